@@ -1,0 +1,411 @@
+//! A bundle directory on local disk, loaded into an immutable value:
+//!
+//! ```text
+//! BUNDLE/
+//!   policy.yaml | policy.json
+//!   attestors/     *.yaml | *.yml | *.json
+//!   attestations/  *.json
+//! ```
+//!
+//! Attestations are indexed by digest so a decision never scans the bundle,
+//! and verified (attestor, digest) verdicts are cached so a repeated decision
+//! does no cryptography. A bad policy or attestor makes the bundle invalid; a
+//! bad occurrence is reported and skipped.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use sha2::{Digest as _, Sha256};
+
+use crate::decision::AttestorVerdict;
+use crate::error::{BundleError, FieldError};
+use crate::model::{Attestor, Occurrence, Policy};
+use crate::node::{MAX_DOCUMENT_BYTES, Node, Path as FieldPath};
+use crate::parse::{NoteInterner, attestor_from_node, occurrence_from_node, policy_from_node};
+use crate::reference::Digest;
+
+/// Verdict cache bound: requests name a few hundred images on a node; the
+/// bound keeps a flood of distinct digests from growing memory without limit.
+const CACHE_CAPACITY: usize = 16_384;
+
+#[derive(Debug)]
+pub struct Bundle {
+    pub(crate) policy: Policy,
+    pub(crate) attestors: HashMap<String, Attestor>,
+    pub(crate) occurrences: Vec<Occurrence>,
+    by_digest: HashMap<Digest, Vec<u32>>,
+    digest: String,
+    warnings: Vec<FieldError>,
+    cache: RwLock<HashMap<CacheKey, AttestorVerdict>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct CacheKey {
+    pub attestor: String,
+    pub digest: Digest,
+    /// Only set in strict-repository mode, where the repository matters.
+    pub repository: Option<String>,
+}
+
+impl Bundle {
+    /// Loads a bundle directory. Errors list every problem that makes the
+    /// bundle invalid; skipped occurrences are in [`Bundle::warnings`].
+    pub fn load(dir: &Path) -> Result<Bundle, BundleError> {
+        let mut errors = Vec::new();
+        let mut hasher = Sha256::new();
+
+        let policy = match find_policy_file(dir) {
+            Ok(path) => read_document(&path, &mut hasher).and_then(|(text, _)| {
+                Node::parse(&text).and_then(|n| policy_from_node(&n)).map_err(|e| e.in_file(&path))
+            }),
+            Err(e) => Err(e),
+        };
+        let policy = match policy {
+            Ok(p) => Some(p),
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        };
+
+        let mut attestors: HashMap<String, Attestor> = HashMap::new();
+        let mut attestor_files: HashMap<String, PathBuf> = HashMap::new();
+        for path in list_files(&dir.join("attestors"), &["yaml", "yml", "json"], &mut errors) {
+            let parsed = read_document(&path, &mut hasher).and_then(|(text, _)| {
+                let root = Node::parse(&text)?;
+                let items = attestor_items(&root)?;
+                items.into_iter().map(|(p, n)| attestor_from_node(n, p)).collect::<Result<Vec<_>, _>>()
+            });
+            match parsed {
+                Ok(list) => {
+                    for attestor in list {
+                        if let Some(previous) = attestor_files.get(&attestor.name) {
+                            errors.push(
+                                FieldError::new(
+                                    "name",
+                                    None,
+                                    format!("attestor {:?} is also defined in {}", attestor.name, previous.display()),
+                                )
+                                .in_file(&path),
+                            );
+                            continue;
+                        }
+                        attestor_files.insert(attestor.name.clone(), path.clone());
+                        attestors.insert(attestor.name.clone(), attestor);
+                    }
+                }
+                Err(e) => errors.push(e.in_file(&path)),
+            }
+        }
+
+        if let Some(policy) = &policy {
+            for (field, rule) in policy.rules() {
+                for (i, name) in rule.require_attestations_by.iter().enumerate() {
+                    if !attestors.contains_key(name) {
+                        let file = find_policy_file(dir).unwrap_or_else(|_| dir.join("policy.yaml"));
+                        errors.push(
+                            FieldError::new(
+                                format!("{field}.requireAttestationsBy[{i}]"),
+                                None,
+                                format!("attestor {name:?} is not in the bundle's attestors/"),
+                            )
+                            .in_file(&file),
+                        );
+                    }
+                }
+            }
+        }
+
+        let mut warnings = Vec::new();
+        let mut occurrences = Vec::new();
+        let mut notes = NoteInterner::default();
+        for path in list_files(&dir.join("attestations"), &["json"], &mut warnings) {
+            let mut sink = |result: Result<Occurrence, FieldError>| match result {
+                Ok(o) => occurrences.push(o),
+                Err(e) => warnings.push(e.in_file(&path)),
+            };
+            if let Err(e) = stream_occurrences(&path, &mut hasher, &mut notes, &mut sink) {
+                warnings.push(e.in_file(&path));
+            }
+        }
+
+        let policy = match policy {
+            Some(p) if errors.is_empty() => p,
+            _ => return Err(BundleError { errors }),
+        };
+        Ok(Bundle::assemble(policy, attestors, occurrences, warnings, format!("sha256:{}", hex::encode(hasher.finalize()))))
+    }
+
+    /// Builds a bundle from values already parsed (tests, benchmarks, the CLI
+    /// checking single files).
+    pub fn from_parts(policy: Policy, attestors: Vec<Attestor>, occurrences: Vec<Occurrence>) -> Result<Bundle, BundleError> {
+        let mut errors = Vec::new();
+        let mut by_name = HashMap::new();
+        for a in attestors {
+            by_name.insert(a.name.clone(), a);
+        }
+        for (field, rule) in policy.rules() {
+            for name in &rule.require_attestations_by {
+                if !by_name.contains_key(name) {
+                    errors.push(FieldError::new(format!("{field}.requireAttestationsBy"), None, format!("attestor {name:?} is not in the bundle")));
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(BundleError { errors });
+        }
+        Ok(Bundle::assemble(policy, by_name, occurrences, Vec::new(), "sha256:unhashed".to_string()))
+    }
+
+    fn assemble(
+        policy: Policy,
+        attestors: HashMap<String, Attestor>,
+        occurrences: Vec<Occurrence>,
+        warnings: Vec<FieldError>,
+        digest: String,
+    ) -> Bundle {
+        let mut by_digest: HashMap<Digest, Vec<u32>> = HashMap::with_capacity(occurrences.len());
+        for (i, o) in occurrences.iter().enumerate() {
+            // More than u32::MAX occurrences cannot be read into memory anyway.
+            let index = u32::try_from(i).unwrap_or(u32::MAX);
+            by_digest.entry(o.resource_digest.clone()).or_default().push(index);
+        }
+        Bundle {
+            policy,
+            attestors,
+            occurrences,
+            by_digest,
+            digest,
+            warnings,
+            cache: RwLock::new(HashMap::new()),
+        }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn attestor(&self, name: &str) -> Option<&Attestor> {
+        self.attestors.get(name)
+    }
+
+    pub fn attestors(&self) -> impl Iterator<Item = &Attestor> {
+        self.attestors.values()
+    }
+
+    pub fn occurrence_count(&self) -> usize {
+        self.occurrences.len()
+    }
+
+    /// sha256 over every file the bundle was read from, in read order.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// Occurrences and files that were skipped, with why.
+    pub fn warnings(&self) -> &[FieldError] {
+        &self.warnings
+    }
+
+    pub(crate) fn occurrences_for(&self, digest: &Digest) -> impl Iterator<Item = &Occurrence> {
+        self.by_digest
+            .get(digest)
+            .into_iter()
+            .flatten()
+            .filter_map(|&i| self.occurrences.get(i as usize))
+    }
+
+    pub(crate) fn cached(&self, key: &CacheKey) -> Option<AttestorVerdict> {
+        self.cache.read().ok()?.get(key).cloned()
+    }
+
+    pub(crate) fn remember(&self, key: CacheKey, verdict: AttestorVerdict) {
+        if let Ok(mut cache) = self.cache.write() {
+            if cache.len() >= CACHE_CAPACITY {
+                cache.clear();
+            }
+            cache.insert(key, verdict);
+        }
+    }
+}
+
+fn find_policy_file(dir: &Path) -> Result<PathBuf, FieldError> {
+    let yaml = dir.join("policy.yaml");
+    let yml = dir.join("policy.yml");
+    let json = dir.join("policy.json");
+    let present: Vec<PathBuf> = [yaml, yml, json].into_iter().filter(|p| p.is_file()).collect();
+    match present.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(FieldError::new("", None, "no policy.yaml or policy.json in the bundle").in_file(dir)),
+        _ => Err(FieldError::new("", None, "more than one of policy.yaml, policy.yml and policy.json").in_file(dir)),
+    }
+}
+
+/// Files with one of `extensions`, sorted; hidden entries (Kubernetes
+/// ConfigMap mounts keep `..data` and timestamped copies) are skipped. A
+/// missing directory is an empty one.
+fn list_files(dir: &Path, extensions: &[&str], errors: &mut Vec<FieldError>) -> Vec<PathBuf> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => {
+            errors.push(FieldError::new("", None, format!("cannot read directory: {e}")).in_file(dir));
+            return Vec::new();
+        }
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension().and_then(|x| x.to_str()).is_some_and(|x| extensions.contains(&x)) && p.is_file()
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+fn read_document(path: &Path, hasher: &mut Sha256) -> Result<(String, u64), FieldError> {
+    let io_error = |e: std::io::Error| FieldError::new("", None, format!("cannot read: {e}")).in_file(path);
+    let file = File::open(path).map_err(io_error)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_DOCUMENT_BYTES as u64 + 1).read_to_end(&mut bytes).map_err(io_error)?;
+    if bytes.len() > MAX_DOCUMENT_BYTES {
+        return Err(FieldError::new("", None, format!("larger than {MAX_DOCUMENT_BYTES} bytes")).in_file(path));
+    }
+    hash_file(hasher, path, &bytes);
+    let len = bytes.len() as u64;
+    let text = String::from_utf8(bytes).map_err(|_| FieldError::new("", None, "not UTF-8 text").in_file(path))?;
+    Ok((text, len))
+}
+
+fn hash_file(hasher: &mut Sha256, path: &Path, bytes: &[u8]) {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    hasher.update((name.len() as u64).to_be_bytes());
+    hasher.update(name.as_bytes());
+    hasher.update((bytes.len() as u64).to_be_bytes());
+    hasher.update(bytes);
+}
+
+fn attestor_items(root: &Node) -> Result<Vec<(FieldPath, &Node)>, FieldError> {
+    use crate::node::{Kind, Obj, list_items};
+    match &root.kind {
+        Kind::Seq(_) => list_items(root, &FieldPath::root()),
+        Kind::Map(entries) if entries.iter().any(|(k, _)| k == "attestors") => Obj::new(root, FieldPath::root())?.list("attestors"),
+        _ => Ok(vec![(FieldPath::root(), root)]),
+    }
+}
+
+/// Hashes what passes through, so streamed files count in the bundle digest.
+struct HashingReader<'h, R> {
+    inner: R,
+    hasher: &'h mut Sha256,
+}
+
+impl<R: Read> Read for HashingReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+type Sink<'s> = dyn FnMut(Result<Occurrence, FieldError>) + 's;
+
+/// Reads an attestation file element by element, so a file of 100,000
+/// occurrences never sits in memory as one document.
+fn stream_occurrences(
+    path: &Path,
+    hasher: &mut Sha256,
+    notes: &mut NoteInterner,
+    sink: &mut Sink<'_>,
+) -> Result<(), FieldError> {
+    let file = File::open(path).map_err(|e| FieldError::new("", None, format!("cannot read: {e}")))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    hasher.update((name.len() as u64).to_be_bytes());
+    hasher.update(name.as_bytes());
+    let reader = HashingReader { inner: BufReader::with_capacity(256 << 10, file), hasher };
+    let mut de = serde_json::Deserializer::from_reader(reader);
+    let result = (&mut de).deserialize_any(TopVisitor { notes, sink });
+    let result = result.and_then(|()| de.end());
+    result.map_err(|e| {
+        let location = (e.line() > 0).then(|| crate::error::Location { line: e.line() as u64, column: e.column() as u64 });
+        FieldError::new("", location, format!("invalid JSON: {e}"))
+    })
+}
+
+struct TopVisitor<'a, 's> {
+    notes: &'a mut NoteInterner,
+    sink: &'a mut Sink<'s>,
+}
+
+impl<'de> Visitor<'de> for TopVisitor<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an occurrence, a list of occurrences or {\"occurrences\": [...]}")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        ElementsVisitor { notes: self.notes, sink: self.sink, prefix: String::new() }.visit_seq(seq)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut fields = serde_json::Map::new();
+        let mut listed = false;
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "occurrences" {
+                listed = true;
+                map.next_value_seed(ElementsVisitor { notes: self.notes, sink: self.sink, prefix: "occurrences".to_string() })?;
+            } else {
+                let value: serde_json::Value = map.next_value()?;
+                fields.insert(key, value);
+            }
+        }
+        if !listed {
+            let node = Node::from_json(serde_json::Value::Object(fields));
+            (self.sink)(occurrence_from_node(&node, FieldPath::root(), self.notes));
+        }
+        Ok(())
+    }
+}
+
+struct ElementsVisitor<'a, 's> {
+    notes: &'a mut NoteInterner,
+    sink: &'a mut Sink<'s>,
+    prefix: String,
+}
+
+impl<'de> DeserializeSeed<'de> for ElementsVisitor<'_, '_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ElementsVisitor<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a list of occurrences")
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut index = 0usize;
+        while let Some(value) = seq.next_element::<serde_json::Value>()? {
+            let node = Node::from_json(value);
+            let path = FieldPath::starting(format!("{}[{index}]", self.prefix));
+            (self.sink)(occurrence_from_node(&node, path, self.notes));
+            index += 1;
+        }
+        Ok(())
+    }
+}

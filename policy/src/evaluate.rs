@@ -1,0 +1,274 @@
+//! Evaluation in SPEC §3 order: break-glass, allowlist, system images, rule
+//! selection, evaluation mode, enforcement mode.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use crate::bundle::{Bundle, CacheKey};
+use crate::decision::{AttestorVerdict, Decision, ImageSubject, Outcome, Reason, RuleRef};
+use crate::glob::NamePattern;
+use crate::model::{AdmissionRule, Attestor, EnforcementMode, EvaluationMode, GlobalPolicyEvaluationMode, KeyMaterial, Occurrence, Signature};
+use crate::payload::check_payload;
+use crate::reference::{Digest, ImageRef};
+
+pub const BREAK_GLASS_LABEL: &str = "image-policy.k8s.io/break-glass";
+pub const BREAK_GLASS_ANNOTATION: &str = "alpha.image-policy.k8s.io/break-glass";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailMode {
+    #[default]
+    Closed,
+    Open,
+}
+
+/// How this node decides: set by the node's configuration, not the policy.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The node's cluster, GCP form `location.clusterId`.
+    pub cluster: Option<String>,
+    /// Images allowed when `globalPolicyEvaluationMode: ENABLE`.
+    pub system_images: Vec<NamePattern>,
+    /// Require an attestation's resource URI to name the same repository.
+    pub strict_repository: bool,
+    pub fail_mode: FailMode,
+}
+
+pub const DEFAULT_SYSTEM_IMAGES: &[&str] = &["registry.k8s.io/pause*"];
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            cluster: None,
+            system_images: DEFAULT_SYSTEM_IMAGES.iter().filter_map(|p| NamePattern::parse(p).ok()).collect(),
+            strict_repository: false,
+            fail_mode: FailMode::Closed,
+        }
+    }
+}
+
+/// The pod a request is for. Everything is optional: the shim may know
+/// nothing beyond the image.
+#[derive(Debug, Clone, Default)]
+pub struct PodContext {
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub uid: Option<String>,
+    pub service_account: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl PodContext {
+    pub fn break_glass(&self) -> bool {
+        self.labels.get(BREAK_GLASS_LABEL).is_some_and(|v| v == "true")
+            || self.annotations.get(BREAK_GLASS_ANNOTATION).is_some_and(|v| v == "true")
+    }
+}
+
+/// Decides one image. `reference` is the name as the request gave it (for
+/// the record); `image` is its normalised parse, with the digest filled in
+/// when it was resolved.
+pub fn evaluate(bundle: Option<&Bundle>, node: &NodeConfig, reference: &str, image: &ImageRef, pod: &PodContext) -> Decision {
+    let subject = ImageSubject::from_ref(reference, image);
+    let Some(bundle) = bundle else {
+        return Decision::failed(subject, Outcome::NoPolicy, Reason::NoPolicy, node.fail_mode);
+    };
+    let (outcome, attestors) = evaluate_policy(bundle, node, image, pod);
+    let (policy_allowed, policy_reason, dry_run) = match &outcome {
+        Outcome::Allowlisted { .. } => (true, Reason::Allowlisted, false),
+        Outcome::SystemImage { .. } => (true, Reason::SystemImage, false),
+        Outcome::Rule { reason, enforcement_mode, .. } => {
+            let allowed = matches!(reason, Reason::AlwaysAllow | Reason::Attested);
+            (allowed, *reason, !allowed && *enforcement_mode == EnforcementMode::DryrunAuditLogOnly)
+        }
+        // evaluate_policy never yields these.
+        Outcome::NoPolicy | Outcome::Error { .. } => (false, Reason::Error, false),
+    };
+    let mut decision = Decision {
+        allowed: policy_allowed,
+        reason: policy_reason,
+        overridden: None,
+        enforced: true,
+        outcome,
+        attestors,
+        image: subject,
+        fail_open: false,
+    };
+    if dry_run {
+        decision.allowed = true;
+        decision.overridden = Some(decision.reason);
+        decision.reason = Reason::DryRun;
+        decision.enforced = false;
+    }
+    if pod.break_glass() {
+        decision.overridden = Some(decision.overridden.unwrap_or(decision.reason));
+        decision.allowed = true;
+        decision.reason = Reason::BreakGlass;
+        decision.enforced = false;
+    }
+    decision
+}
+
+impl Decision {
+    /// A decision when no policy could be applied (`NO_POLICY`, `ERROR`),
+    /// settled by the node's fail mode.
+    pub fn failed(image: ImageSubject, outcome: Outcome, reason: Reason, fail_mode: FailMode) -> Decision {
+        let open = fail_mode == FailMode::Open;
+        Decision { allowed: open, reason, overridden: None, enforced: !open, outcome, attestors: Vec::new(), image, fail_open: open }
+    }
+
+    /// An internal failure (e.g. the runtime could not tell the digest).
+    pub fn error(image: ImageSubject, message: impl Into<String>, fail_mode: FailMode) -> Decision {
+        Decision::failed(image, Outcome::Error { message: message.into() }, Reason::Error, fail_mode)
+    }
+}
+
+fn evaluate_policy(bundle: &Bundle, node: &NodeConfig, image: &ImageRef, pod: &PodContext) -> (Outcome, Vec<AttestorVerdict>) {
+    let policy = bundle.policy();
+    if let Some(p) = policy.admission_whitelist_patterns.iter().find(|p| p.matches(image)) {
+        return (Outcome::Allowlisted { pattern: p.as_str().to_string() }, Vec::new());
+    }
+    if policy.global_policy_evaluation_mode == GlobalPolicyEvaluationMode::Enable {
+        if let Some(p) = node.system_images.iter().find(|p| p.matches(image)) {
+            return (Outcome::SystemImage { pattern: p.as_str().to_string() }, Vec::new());
+        }
+    }
+    let (rule_ref, rule) = select_rule(bundle, node, pod);
+    let (reason, attestors) = match rule.evaluation_mode {
+        EvaluationMode::AlwaysAllow => (Reason::AlwaysAllow, Vec::new()),
+        EvaluationMode::AlwaysDeny => (Reason::AlwaysDeny, Vec::new()),
+        EvaluationMode::RequireAttestation => {
+            let verdicts: Vec<AttestorVerdict> =
+                rule.require_attestations_by.iter().map(|name| attestor_verdict(bundle, node, name, image)).collect();
+            let reason = if verdicts.iter().all(|v| v.satisfied) { Reason::Attested } else { Reason::MissingAttestations };
+            (reason, verdicts)
+        }
+    };
+    let outcome = Outcome::Rule {
+        rule: rule_ref,
+        evaluation_mode: rule.evaluation_mode,
+        enforcement_mode: rule.enforcement_mode,
+        reason,
+    };
+    (outcome, attestors)
+}
+
+fn select_rule<'b>(bundle: &'b Bundle, node: &NodeConfig, pod: &PodContext) -> (RuleRef, &'b AdmissionRule) {
+    let policy = bundle.policy();
+    if let (Some(ns), Some(sa)) = (&pod.namespace, &pod.service_account) {
+        let key = format!("{ns}:{sa}");
+        if let Some(rule) = policy.kubernetes_service_account_admission_rules.get(&key) {
+            return (RuleRef::ServiceAccount(key), rule);
+        }
+    }
+    if let Some(ns) = &pod.namespace {
+        if let Some(rule) = policy.kubernetes_namespace_admission_rules.get(ns) {
+            return (RuleRef::Namespace(ns.clone()), rule);
+        }
+    }
+    if let Some(cluster) = &node.cluster {
+        if let Some(rule) = policy.cluster_admission_rules.get(cluster) {
+            return (RuleRef::Cluster(cluster.clone()), rule);
+        }
+    }
+    (RuleRef::Default, &policy.default_admission_rule)
+}
+
+fn attestor_verdict(bundle: &Bundle, node: &NodeConfig, name: &str, image: &ImageRef) -> AttestorVerdict {
+    let Some(digest) = &image.digest else {
+        return AttestorVerdict { name: name.to_string(), satisfied: false, detail: "image has no digest".to_string() };
+    };
+    let key = CacheKey {
+        attestor: name.to_string(),
+        digest: digest.clone(),
+        repository: node.strict_repository.then(|| image.repository.clone()),
+    };
+    if let Some(v) = bundle.cached(&key) {
+        return v;
+    }
+    let verdict = match bundle.attestor(name) {
+        // Bundle validation guarantees every required attestor exists.
+        None => AttestorVerdict { name: name.to_string(), satisfied: false, detail: "attestor is not in the bundle".to_string() },
+        Some(attestor) => verify_attestor(bundle, attestor, digest, node.strict_repository.then_some(image.repository.as_str())),
+    };
+    bundle.remember(key, verdict.clone());
+    verdict
+}
+
+/// Why attestations for the right note and digest did not count, tallied.
+#[derive(Default)]
+struct Problems(Vec<(String, usize)>);
+
+impl Problems {
+    fn add(&mut self, problem: String) {
+        match self.0.iter_mut().find(|(p, _)| *p == problem) {
+            Some((_, n)) => *n += 1,
+            None => self.0.push((problem, 1)),
+        }
+    }
+}
+
+fn verify_attestor(bundle: &Bundle, attestor: &Attestor, digest: &Digest, strict_repository: Option<&str>) -> AttestorVerdict {
+    let mut problems = Problems::default();
+    for occurrence in bundle.occurrences_for(digest) {
+        if *occurrence.note_name != *attestor.note_reference {
+            continue;
+        }
+        if let Some(repo) = strict_repository {
+            if occurrence.resource_repository != repo {
+                problems.add(format!("attestation for repository {} (strict repository mode)", occurrence.resource_repository));
+                continue;
+            }
+        }
+        for signature in &occurrence.signatures {
+            match verify_signature(attestor, occurrence, signature, digest) {
+                Ok(key_id) => {
+                    let what = occurrence.name.as_deref().unwrap_or("attestation");
+                    return AttestorVerdict {
+                        name: attestor.name.clone(),
+                        satisfied: true,
+                        detail: format!("{what} verified with key {key_id}"),
+                    };
+                }
+                Err(problem) => problems.add(problem),
+            }
+        }
+    }
+    let mut detail = format!("no attestation for {digest}");
+    for (problem, count) in &problems.0 {
+        let noun = if *count == 1 { "signature" } else { "signatures" };
+        let _ = write!(detail, "; {count} {noun} {problem}");
+    }
+    AttestorVerdict { name: attestor.name.clone(), satisfied: false, detail }
+}
+
+/// Verifies one signature; on success, the key id that verified it.
+fn verify_signature<'a>(attestor: &'a Attestor, occurrence: &Occurrence, signature: &Signature, digest: &Digest) -> Result<&'a str, String> {
+    let key_id = signature.public_key_id();
+    let Some(key) = attestor.public_keys.iter().find(|k| k.id == key_id) else {
+        return Err(format!("by unknown key id {key_id}"));
+    };
+    let verified_payload: std::borrow::Cow<'_, [u8]> = match (&key.material, signature) {
+        (KeyMaterial::Pkix(pkix), Signature::Detached { signature, .. }) => {
+            let Some(payload) = &occurrence.serialized_payload else {
+                return Err(format!("by key {key_id} with no payload"));
+            };
+            pkix.verify(payload, signature).map_err(|e| format!("by key {key_id} that fail to verify: {e}"))?;
+            std::borrow::Cow::Borrowed(payload.as_slice())
+        }
+        (KeyMaterial::Pgp(pgp), Signature::Detached { signature: message, .. } | Signature::PgpAttached { message, .. }) => {
+            let literal = pgp.verify_attached(message).map_err(|e| format!("by key {key_id} that fail to verify: {e}"))?;
+            if let Some(payload) = &occurrence.serialized_payload {
+                if *payload != literal {
+                    return Err(format!("by key {key_id} over data other than the serialized payload"));
+                }
+            }
+            std::borrow::Cow::Owned(literal)
+        }
+        (KeyMaterial::Pkix(_), Signature::PgpAttached { .. }) => {
+            return Err(format!("by key {key_id} in PGP form but the key is PKIX"));
+        }
+    };
+    check_payload(&verified_payload, digest).map_err(|e| format!("by key {key_id} with a bad payload: {e}"))?;
+    Ok(key.id.as_str())
+}
