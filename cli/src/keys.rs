@@ -242,7 +242,9 @@ fn describe_needed(alg: SignatureAlgorithm) -> String {
 fn parse_private_pem(pem: &str) -> anyhow::Result<PrivateKey> {
     let blocks = pem_blocks(pem).context("reading the PEM private key")?;
     if blocks.is_empty() {
-        bail!("no PEM block found; expected -----BEGIN PRIVATE KEY----- (PKCS#8), RSA PRIVATE KEY or EC PRIVATE KEY");
+        bail!(
+            "no PEM block found; expected -----BEGIN PRIVATE KEY----- (PKCS#8), RSA PRIVATE KEY or EC PRIVATE KEY"
+        );
     }
     // openssl ecparam -genkey writes the curve as a separate block first.
     let ec_parameters_curve = blocks
@@ -322,9 +324,8 @@ fn parse_sec1(der: &[u8], curve_hint: Option<Curve>) -> anyhow::Result<PrivateKe
     let ec = sec1::EcPrivateKey::from_der(der)
         .map_err(|e| anyhow!("invalid SEC1 EC private key: {e}"))?;
     let curve = match ec.parameters {
-        Some(sec1::EcParameters::NamedCurve(oid)) => Curve::from_oid(&oid).ok_or_else(|| {
-            anyhow!("unsupported EC curve {oid}; expected P-256, P-384 or P-521")
-        })?,
+        Some(sec1::EcParameters::NamedCurve(oid)) => Curve::from_oid(&oid)
+            .ok_or_else(|| anyhow!("unsupported EC curve {oid}; expected P-256, P-384 or P-521"))?,
         None => curve_hint.ok_or_else(|| {
             anyhow!("the EC private key does not name its curve and no EC PARAMETERS block does")
         })?,

@@ -1,8 +1,90 @@
-//! attestgate: the command line for people and pipelines.
+//! attestgate: the command line for people and pipelines — keys, signing,
+//! payloads, attestors, linting bundles and evaluating images exactly as the
+//! node would.
+//!
+//! Exit codes: 0 allow / success, 1 deny, 2 bad input or failure.
 
+mod attestor;
+mod check;
+mod evaluate;
 mod keys;
+mod sign;
 
-fn main() -> anyhow::Result<()> {
-    let _ = keys::generate;
-    Ok(())
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "attestgate",
+    version,
+    about = "Binary Authorization for the Kubernetes node"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Decide whether an image may run, as the node would (exit 0 allow, 1 deny, 2 bad input).
+    Evaluate(evaluate::Args),
+    /// Validate policies, attestors and attestations.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Generate a PKIX key pair (PEM) for signing attestations.
+    Keygen(sign::KeygenArgs),
+    /// Print the signature payload for REPOSITORY@DIGEST, byte-identical to gcloud's.
+    Payload(sign::PayloadArgs),
+    /// Sign an image digest and write a Grafeas attestation occurrence.
+    Sign(sign::SignArgs),
+    /// Manage attestor resources.
+    Attestor {
+        #[command(subcommand)]
+        command: AttestorCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate a bundle directory or one policy, attestor or occurrence file.
+    Check(check::Args),
+}
+
+#[derive(Subcommand)]
+enum AttestorCommand {
+    /// Write an Attestor resource (YAML) to stdout.
+    Create(attestor::CreateArgs),
+}
+
+/// What a command wants the process to exit with.
+pub enum Outcome {
+    Success,
+    Deny,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Evaluate(args) => evaluate::run(args),
+        Command::Policy {
+            command: PolicyCommand::Check(args),
+        } => check::run(args),
+        Command::Keygen(args) => sign::keygen(args),
+        Command::Payload(args) => sign::payload(args),
+        Command::Sign(args) => sign::sign(args),
+        Command::Attestor {
+            command: AttestorCommand::Create(args),
+        } => attestor::create(args),
+    };
+    match result {
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::Deny) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("attestgate: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }

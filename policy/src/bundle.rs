@@ -60,7 +60,9 @@ impl Bundle {
 
         let policy = match find_policy_file(dir) {
             Ok(path) => read_document(&path, &mut hasher).and_then(|(text, _)| {
-                Node::parse(&text).and_then(|n| policy_from_node(&n)).map_err(|e| e.in_file(&path))
+                Node::parse(&text)
+                    .and_then(|n| policy_from_node(&n))
+                    .map_err(|e| e.in_file(&path))
             }),
             Err(e) => Err(e),
         };
@@ -74,11 +76,18 @@ impl Bundle {
 
         let mut attestors: HashMap<String, Attestor> = HashMap::new();
         let mut attestor_files: HashMap<String, PathBuf> = HashMap::new();
-        for path in list_files(&dir.join("attestors"), &["yaml", "yml", "json"], &mut errors) {
+        for path in list_files(
+            &dir.join("attestors"),
+            &["yaml", "yml", "json"],
+            &mut errors,
+        ) {
             let parsed = read_document(&path, &mut hasher).and_then(|(text, _)| {
                 let root = Node::parse(&text)?;
                 let items = attestor_items(&root)?;
-                items.into_iter().map(|(p, n)| attestor_from_node(n, p)).collect::<Result<Vec<_>, _>>()
+                items
+                    .into_iter()
+                    .map(|(p, n)| attestor_from_node(n, p))
+                    .collect::<Result<Vec<_>, _>>()
             });
             match parsed {
                 Ok(list) => {
@@ -88,7 +97,11 @@ impl Bundle {
                                 FieldError::new(
                                     "name",
                                     None,
-                                    format!("attestor {:?} is also defined in {}", attestor.name, previous.display()),
+                                    format!(
+                                        "attestor {:?} is also defined in {}",
+                                        attestor.name,
+                                        previous.display()
+                                    ),
                                 )
                                 .in_file(&path),
                             );
@@ -106,7 +119,8 @@ impl Bundle {
             for (field, rule) in policy.rules() {
                 for (i, name) in rule.require_attestations_by.iter().enumerate() {
                     if !attestors.contains_key(name) {
-                        let file = find_policy_file(dir).unwrap_or_else(|_| dir.join("policy.yaml"));
+                        let file =
+                            find_policy_file(dir).unwrap_or_else(|_| dir.join("policy.yaml"));
                         errors.push(
                             FieldError::new(
                                 format!("{field}.requireAttestationsBy[{i}]"),
@@ -137,12 +151,22 @@ impl Bundle {
             Some(p) if errors.is_empty() => p,
             _ => return Err(BundleError { errors }),
         };
-        Ok(Bundle::assemble(policy, attestors, occurrences, warnings, format!("sha256:{}", hex::encode(hasher.finalize()))))
+        Ok(Bundle::assemble(
+            policy,
+            attestors,
+            occurrences,
+            warnings,
+            format!("sha256:{}", hex::encode(hasher.finalize())),
+        ))
     }
 
     /// Builds a bundle from values already parsed (tests, benchmarks, the CLI
     /// checking single files).
-    pub fn from_parts(policy: Policy, attestors: Vec<Attestor>, occurrences: Vec<Occurrence>) -> Result<Bundle, BundleError> {
+    pub fn from_parts(
+        policy: Policy,
+        attestors: Vec<Attestor>,
+        occurrences: Vec<Occurrence>,
+    ) -> Result<Bundle, BundleError> {
         let mut errors = Vec::new();
         let mut by_name = HashMap::new();
         for a in attestors {
@@ -151,14 +175,24 @@ impl Bundle {
         for (field, rule) in policy.rules() {
             for name in &rule.require_attestations_by {
                 if !by_name.contains_key(name) {
-                    errors.push(FieldError::new(format!("{field}.requireAttestationsBy"), None, format!("attestor {name:?} is not in the bundle")));
+                    errors.push(FieldError::new(
+                        format!("{field}.requireAttestationsBy"),
+                        None,
+                        format!("attestor {name:?} is not in the bundle"),
+                    ));
                 }
             }
         }
         if !errors.is_empty() {
             return Err(BundleError { errors });
         }
-        Ok(Bundle::assemble(policy, by_name, occurrences, Vec::new(), "sha256:unhashed".to_string()))
+        Ok(Bundle::assemble(
+            policy,
+            by_name,
+            occurrences,
+            Vec::new(),
+            "sha256:unhashed".to_string(),
+        ))
     }
 
     fn assemble(
@@ -172,7 +206,10 @@ impl Bundle {
         for (i, o) in occurrences.iter().enumerate() {
             // More than u32::MAX occurrences cannot be read into memory anyway.
             let index = u32::try_from(i).unwrap_or(u32::MAX);
-            by_digest.entry(o.resource_digest.clone()).or_default().push(index);
+            by_digest
+                .entry(o.resource_digest.clone())
+                .or_default()
+                .push(index);
         }
         Bundle {
             policy,
@@ -237,11 +274,21 @@ fn find_policy_file(dir: &Path) -> Result<PathBuf, FieldError> {
     let yaml = dir.join("policy.yaml");
     let yml = dir.join("policy.yml");
     let json = dir.join("policy.json");
-    let present: Vec<PathBuf> = [yaml, yml, json].into_iter().filter(|p| p.is_file()).collect();
+    let present: Vec<PathBuf> = [yaml, yml, json]
+        .into_iter()
+        .filter(|p| p.is_file())
+        .collect();
     match present.as_slice() {
         [one] => Ok(one.clone()),
-        [] => Err(FieldError::new("", None, "no policy.yaml or policy.json in the bundle").in_file(dir)),
-        _ => Err(FieldError::new("", None, "more than one of policy.yaml, policy.yml and policy.json").in_file(dir)),
+        [] => Err(
+            FieldError::new("", None, "no policy.yaml or policy.json in the bundle").in_file(dir),
+        ),
+        _ => Err(FieldError::new(
+            "",
+            None,
+            "more than one of policy.yaml, policy.yml and policy.json",
+        )
+        .in_file(dir)),
     }
 }
 
@@ -253,7 +300,9 @@ fn list_files(dir: &Path, extensions: &[&str], errors: &mut Vec<FieldError>) -> 
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
         Err(e) => {
-            errors.push(FieldError::new("", None, format!("cannot read directory: {e}")).in_file(dir));
+            errors.push(
+                FieldError::new("", None, format!("cannot read directory: {e}")).in_file(dir),
+            );
             return Vec::new();
         }
     };
@@ -262,7 +311,10 @@ fn list_files(dir: &Path, extensions: &[&str], errors: &mut Vec<FieldError>) -> 
         .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
         .map(|e| e.path())
         .filter(|p| {
-            p.extension().and_then(|x| x.to_str()).is_some_and(|x| extensions.contains(&x)) && p.is_file()
+            p.extension()
+                .and_then(|x| x.to_str())
+                .is_some_and(|x| extensions.contains(&x))
+                && p.is_file()
         })
         .collect();
     files.sort();
@@ -270,21 +322,31 @@ fn list_files(dir: &Path, extensions: &[&str], errors: &mut Vec<FieldError>) -> 
 }
 
 fn read_document(path: &Path, hasher: &mut Sha256) -> Result<(String, u64), FieldError> {
-    let io_error = |e: std::io::Error| FieldError::new("", None, format!("cannot read: {e}")).in_file(path);
+    let io_error =
+        |e: std::io::Error| FieldError::new("", None, format!("cannot read: {e}")).in_file(path);
     let file = File::open(path).map_err(io_error)?;
     let mut bytes = Vec::new();
-    file.take(MAX_DOCUMENT_BYTES as u64 + 1).read_to_end(&mut bytes).map_err(io_error)?;
+    file.take(MAX_DOCUMENT_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_error)?;
     if bytes.len() > MAX_DOCUMENT_BYTES {
-        return Err(FieldError::new("", None, format!("larger than {MAX_DOCUMENT_BYTES} bytes")).in_file(path));
+        return Err(
+            FieldError::new("", None, format!("larger than {MAX_DOCUMENT_BYTES} bytes"))
+                .in_file(path),
+        );
     }
     hash_file(hasher, path, &bytes);
     let len = bytes.len() as u64;
-    let text = String::from_utf8(bytes).map_err(|_| FieldError::new("", None, "not UTF-8 text").in_file(path))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| FieldError::new("", None, "not UTF-8 text").in_file(path))?;
     Ok((text, len))
 }
 
 fn hash_file(hasher: &mut Sha256, path: &Path, bytes: &[u8]) {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     hasher.update((name.len() as u64).to_be_bytes());
     hasher.update(name.as_bytes());
     hasher.update((bytes.len() as u64).to_be_bytes());
@@ -295,7 +357,9 @@ fn attestor_items(root: &Node) -> Result<Vec<(FieldPath, &Node)>, FieldError> {
     use crate::node::{Kind, Obj, list_items};
     match &root.kind {
         Kind::Seq(_) => list_items(root, &FieldPath::root()),
-        Kind::Map(entries) if entries.iter().any(|(k, _)| k == "attestors") => Obj::new(root, FieldPath::root())?.list("attestors"),
+        Kind::Map(entries) if entries.iter().any(|(k, _)| k == "attestors") => {
+            Obj::new(root, FieldPath::root())?.list("attestors")
+        }
         _ => Ok(vec![(FieldPath::root(), root)]),
     }
 }
@@ -324,16 +388,26 @@ fn stream_occurrences(
     notes: &mut NoteInterner,
     sink: &mut Sink<'_>,
 ) -> Result<(), FieldError> {
-    let file = File::open(path).map_err(|e| FieldError::new("", None, format!("cannot read: {e}")))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let file =
+        File::open(path).map_err(|e| FieldError::new("", None, format!("cannot read: {e}")))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     hasher.update((name.len() as u64).to_be_bytes());
     hasher.update(name.as_bytes());
-    let reader = HashingReader { inner: BufReader::with_capacity(256 << 10, file), hasher };
+    let reader = HashingReader {
+        inner: BufReader::with_capacity(256 << 10, file),
+        hasher,
+    };
     let mut de = serde_json::Deserializer::from_reader(reader);
     let result = (&mut de).deserialize_any(TopVisitor { notes, sink });
     let result = result.and_then(|()| de.end());
     result.map_err(|e| {
-        let location = (e.line() > 0).then(|| crate::error::Location { line: e.line() as u64, column: e.column() as u64 });
+        let location = (e.line() > 0).then(|| crate::error::Location {
+            line: e.line() as u64,
+            column: e.column() as u64,
+        });
         FieldError::new("", location, format!("invalid JSON: {e}"))
     })
 }
@@ -351,7 +425,12 @@ impl<'de> Visitor<'de> for TopVisitor<'_, '_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
-        ElementsVisitor { notes: self.notes, sink: self.sink, prefix: String::new() }.visit_seq(seq)
+        ElementsVisitor {
+            notes: self.notes,
+            sink: self.sink,
+            prefix: String::new(),
+        }
+        .visit_seq(seq)
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
@@ -360,7 +439,11 @@ impl<'de> Visitor<'de> for TopVisitor<'_, '_> {
         while let Some(key) = map.next_key::<String>()? {
             if key == "occurrences" {
                 listed = true;
-                map.next_value_seed(ElementsVisitor { notes: self.notes, sink: self.sink, prefix: "occurrences".to_string() })?;
+                map.next_value_seed(ElementsVisitor {
+                    notes: self.notes,
+                    sink: self.sink,
+                    prefix: "occurrences".to_string(),
+                })?;
             } else {
                 let value: serde_json::Value = map.next_value()?;
                 fields.insert(key, value);

@@ -126,11 +126,22 @@ impl ImageSubject {
 /// What the policy said and why, before break-glass, dry run or fail mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Allowlisted { pattern: String },
-    SystemImage { pattern: String },
-    Rule { rule: RuleRef, evaluation_mode: EvaluationMode, enforcement_mode: EnforcementMode, reason: Reason },
+    Allowlisted {
+        pattern: String,
+    },
+    SystemImage {
+        pattern: String,
+    },
+    Rule {
+        rule: RuleRef,
+        evaluation_mode: EvaluationMode,
+        enforcement_mode: EnforcementMode,
+        reason: Reason,
+    },
     NoPolicy,
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,13 +170,22 @@ impl Decision {
     pub fn explanation(&self) -> String {
         let image = self.image.display_name();
         let policy_part = match &self.outcome {
-            Outcome::Allowlisted { pattern } => format!("image {image} allowed: matches allowlist pattern {pattern}"),
-            Outcome::SystemImage { pattern } => format!("image {image} allowed: system image (pattern {pattern})"),
+            Outcome::Allowlisted { pattern } => {
+                format!("image {image} allowed: matches allowlist pattern {pattern}")
+            }
+            Outcome::SystemImage { pattern } => {
+                format!("image {image} allowed: system image (pattern {pattern})")
+            }
             Outcome::Rule { rule, reason, .. } => match reason {
-                Reason::AlwaysAllow => format!("image {image} allowed by rule {rule}: ALWAYS_ALLOW"),
+                Reason::AlwaysAllow => {
+                    format!("image {image} allowed by rule {rule}: ALWAYS_ALLOW")
+                }
                 Reason::Attested => {
                     let names: Vec<&str> = self.attestors.iter().map(|a| a.name.as_str()).collect();
-                    format!("image {image} allowed by rule {rule}: attested by {}", names.join(", "))
+                    format!(
+                        "image {image} allowed by rule {rule}: attested by {}",
+                        names.join(", ")
+                    )
                 }
                 Reason::AlwaysDeny => format!("image {image} denied by rule {rule}: ALWAYS_DENY"),
                 _ => {
@@ -182,10 +202,19 @@ impl Decision {
             Outcome::Error { message } => format!("error deciding image {image}: {message}"),
         };
         match self.reason {
-            Reason::DryRun => format!("dry run: {} (allowed: enforcementMode is DRYRUN_AUDIT_LOG_ONLY)", policy_part.replacen(" denied ", " would be denied ", 1)),
-            Reason::BreakGlass => format!("break-glass: image {image} allowed; policy alone: {policy_part}"),
+            Reason::DryRun => format!(
+                "dry run: {} (allowed: enforcementMode is DRYRUN_AUDIT_LOG_ONLY)",
+                policy_part.replacen(" denied ", " would be denied ", 1)
+            ),
+            Reason::BreakGlass => {
+                format!("break-glass: image {image} allowed; policy alone: {policy_part}")
+            }
             Reason::NoPolicy | Reason::Error => {
-                let mode = if self.fail_open { "allowed: fail mode open" } else { "denied: fail mode closed" };
+                let mode = if self.fail_open {
+                    "allowed: fail mode open"
+                } else {
+                    "denied: fail mode closed"
+                };
                 format!("{policy_part} ({mode})")
             }
             _ => policy_part,
@@ -194,14 +223,18 @@ impl Decision {
 
     fn evaluation_mode(&self) -> Option<EvaluationMode> {
         match &self.outcome {
-            Outcome::Rule { evaluation_mode, .. } => Some(*evaluation_mode),
+            Outcome::Rule {
+                evaluation_mode, ..
+            } => Some(*evaluation_mode),
             _ => None,
         }
     }
 
     fn enforcement_mode(&self) -> Option<EnforcementMode> {
         match &self.outcome {
-            Outcome::Rule { enforcement_mode, .. } => Some(*enforcement_mode),
+            Outcome::Rule {
+                enforcement_mode, ..
+            } => Some(*enforcement_mode),
             _ => None,
         }
     }

@@ -24,8 +24,17 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    pub(crate) fn new(path: impl Into<String>, location: Option<Location>, message: impl Into<String>) -> Self {
-        FieldError { file: None, location, path: path.into(), message: message.into() }
+    pub(crate) fn new(
+        path: impl Into<String>,
+        location: Option<Location>,
+        message: impl Into<String>,
+    ) -> Self {
+        FieldError {
+            file: None,
+            location,
+            path: path.into(),
+            message: message.into(),
+        }
     }
 
     pub(crate) fn in_file(mut self, file: &std::path::Path) -> Self {

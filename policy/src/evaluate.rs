@@ -7,7 +7,10 @@ use std::fmt::Write as _;
 use crate::bundle::{Bundle, CacheKey};
 use crate::decision::{AttestorVerdict, Decision, ImageSubject, Outcome, Reason, RuleRef};
 use crate::glob::NamePattern;
-use crate::model::{AdmissionRule, Attestor, EnforcementMode, EvaluationMode, GlobalPolicyEvaluationMode, KeyMaterial, Occurrence, Signature};
+use crate::model::{
+    AdmissionRule, Attestor, EnforcementMode, EvaluationMode, GlobalPolicyEvaluationMode,
+    KeyMaterial, Occurrence, Signature,
+};
 use crate::payload::check_payload;
 use crate::reference::{Digest, ImageRef};
 
@@ -39,7 +42,10 @@ impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
             cluster: None,
-            system_images: DEFAULT_SYSTEM_IMAGES.iter().filter_map(|p| NamePattern::parse(p).ok()).collect(),
+            system_images: DEFAULT_SYSTEM_IMAGES
+                .iter()
+                .filter_map(|p| NamePattern::parse(p).ok())
+                .collect(),
             strict_repository: false,
             fail_mode: FailMode::Closed,
         }
@@ -60,15 +66,26 @@ pub struct PodContext {
 
 impl PodContext {
     pub fn break_glass(&self) -> bool {
-        self.labels.get(BREAK_GLASS_LABEL).is_some_and(|v| v == "true")
-            || self.annotations.get(BREAK_GLASS_ANNOTATION).is_some_and(|v| v == "true")
+        self.labels
+            .get(BREAK_GLASS_LABEL)
+            .is_some_and(|v| v == "true")
+            || self
+                .annotations
+                .get(BREAK_GLASS_ANNOTATION)
+                .is_some_and(|v| v == "true")
     }
 }
 
 /// Decides one image. `reference` is the name as the request gave it (for
 /// the record); `image` is its normalised parse, with the digest filled in
 /// when it was resolved.
-pub fn evaluate(bundle: Option<&Bundle>, node: &NodeConfig, reference: &str, image: &ImageRef, pod: &PodContext) -> Decision {
+pub fn evaluate(
+    bundle: Option<&Bundle>,
+    node: &NodeConfig,
+    reference: &str,
+    image: &ImageRef,
+    pod: &PodContext,
+) -> Decision {
     let subject = ImageSubject::from_ref(reference, image);
     let Some(bundle) = bundle else {
         return Decision::failed(subject, Outcome::NoPolicy, Reason::NoPolicy, node.fail_mode);
@@ -77,9 +94,17 @@ pub fn evaluate(bundle: Option<&Bundle>, node: &NodeConfig, reference: &str, ima
     let (policy_allowed, policy_reason, dry_run) = match &outcome {
         Outcome::Allowlisted { .. } => (true, Reason::Allowlisted, false),
         Outcome::SystemImage { .. } => (true, Reason::SystemImage, false),
-        Outcome::Rule { reason, enforcement_mode, .. } => {
+        Outcome::Rule {
+            reason,
+            enforcement_mode,
+            ..
+        } => {
             let allowed = matches!(reason, Reason::AlwaysAllow | Reason::Attested);
-            (allowed, *reason, !allowed && *enforcement_mode == EnforcementMode::DryrunAuditLogOnly)
+            (
+                allowed,
+                *reason,
+                !allowed && *enforcement_mode == EnforcementMode::DryrunAuditLogOnly,
+            )
         }
         // evaluate_policy never yields these.
         Outcome::NoPolicy | Outcome::Error { .. } => (false, Reason::Error, false),
@@ -112,25 +137,65 @@ pub fn evaluate(bundle: Option<&Bundle>, node: &NodeConfig, reference: &str, ima
 impl Decision {
     /// A decision when no policy could be applied (`NO_POLICY`, `ERROR`),
     /// settled by the node's fail mode.
-    pub fn failed(image: ImageSubject, outcome: Outcome, reason: Reason, fail_mode: FailMode) -> Decision {
+    pub fn failed(
+        image: ImageSubject,
+        outcome: Outcome,
+        reason: Reason,
+        fail_mode: FailMode,
+    ) -> Decision {
         let open = fail_mode == FailMode::Open;
-        Decision { allowed: open, reason, overridden: None, enforced: !open, outcome, attestors: Vec::new(), image, fail_open: open }
+        Decision {
+            allowed: open,
+            reason,
+            overridden: None,
+            enforced: !open,
+            outcome,
+            attestors: Vec::new(),
+            image,
+            fail_open: open,
+        }
     }
 
     /// An internal failure (e.g. the runtime could not tell the digest).
     pub fn error(image: ImageSubject, message: impl Into<String>, fail_mode: FailMode) -> Decision {
-        Decision::failed(image, Outcome::Error { message: message.into() }, Reason::Error, fail_mode)
+        Decision::failed(
+            image,
+            Outcome::Error {
+                message: message.into(),
+            },
+            Reason::Error,
+            fail_mode,
+        )
     }
 }
 
-fn evaluate_policy(bundle: &Bundle, node: &NodeConfig, image: &ImageRef, pod: &PodContext) -> (Outcome, Vec<AttestorVerdict>) {
+fn evaluate_policy(
+    bundle: &Bundle,
+    node: &NodeConfig,
+    image: &ImageRef,
+    pod: &PodContext,
+) -> (Outcome, Vec<AttestorVerdict>) {
     let policy = bundle.policy();
-    if let Some(p) = policy.admission_whitelist_patterns.iter().find(|p| p.matches(image)) {
-        return (Outcome::Allowlisted { pattern: p.as_str().to_string() }, Vec::new());
+    if let Some(p) = policy
+        .admission_whitelist_patterns
+        .iter()
+        .find(|p| p.matches(image))
+    {
+        return (
+            Outcome::Allowlisted {
+                pattern: p.as_str().to_string(),
+            },
+            Vec::new(),
+        );
     }
     if policy.global_policy_evaluation_mode == GlobalPolicyEvaluationMode::Enable {
         if let Some(p) = node.system_images.iter().find(|p| p.matches(image)) {
-            return (Outcome::SystemImage { pattern: p.as_str().to_string() }, Vec::new());
+            return (
+                Outcome::SystemImage {
+                    pattern: p.as_str().to_string(),
+                },
+                Vec::new(),
+            );
         }
     }
     let (rule_ref, rule) = select_rule(bundle, node, pod);
@@ -138,9 +203,16 @@ fn evaluate_policy(bundle: &Bundle, node: &NodeConfig, image: &ImageRef, pod: &P
         EvaluationMode::AlwaysAllow => (Reason::AlwaysAllow, Vec::new()),
         EvaluationMode::AlwaysDeny => (Reason::AlwaysDeny, Vec::new()),
         EvaluationMode::RequireAttestation => {
-            let verdicts: Vec<AttestorVerdict> =
-                rule.require_attestations_by.iter().map(|name| attestor_verdict(bundle, node, name, image)).collect();
-            let reason = if verdicts.iter().all(|v| v.satisfied) { Reason::Attested } else { Reason::MissingAttestations };
+            let verdicts: Vec<AttestorVerdict> = rule
+                .require_attestations_by
+                .iter()
+                .map(|name| attestor_verdict(bundle, node, name, image))
+                .collect();
+            let reason = if verdicts.iter().all(|v| v.satisfied) {
+                Reason::Attested
+            } else {
+                Reason::MissingAttestations
+            };
             (reason, verdicts)
         }
     };
@@ -153,7 +225,11 @@ fn evaluate_policy(bundle: &Bundle, node: &NodeConfig, image: &ImageRef, pod: &P
     (outcome, attestors)
 }
 
-fn select_rule<'b>(bundle: &'b Bundle, node: &NodeConfig, pod: &PodContext) -> (RuleRef, &'b AdmissionRule) {
+fn select_rule<'b>(
+    bundle: &'b Bundle,
+    node: &NodeConfig,
+    pod: &PodContext,
+) -> (RuleRef, &'b AdmissionRule) {
     let policy = bundle.policy();
     if let (Some(ns), Some(sa)) = (&pod.namespace, &pod.service_account) {
         let key = format!("{ns}:{sa}");
@@ -174,9 +250,18 @@ fn select_rule<'b>(bundle: &'b Bundle, node: &NodeConfig, pod: &PodContext) -> (
     (RuleRef::Default, &policy.default_admission_rule)
 }
 
-fn attestor_verdict(bundle: &Bundle, node: &NodeConfig, name: &str, image: &ImageRef) -> AttestorVerdict {
+fn attestor_verdict(
+    bundle: &Bundle,
+    node: &NodeConfig,
+    name: &str,
+    image: &ImageRef,
+) -> AttestorVerdict {
     let Some(digest) = &image.digest else {
-        return AttestorVerdict { name: name.to_string(), satisfied: false, detail: "image has no digest".to_string() };
+        return AttestorVerdict {
+            name: name.to_string(),
+            satisfied: false,
+            detail: "image has no digest".to_string(),
+        };
     };
     let key = CacheKey {
         attestor: name.to_string(),
@@ -188,8 +273,17 @@ fn attestor_verdict(bundle: &Bundle, node: &NodeConfig, name: &str, image: &Imag
     }
     let verdict = match bundle.attestor(name) {
         // Bundle validation guarantees every required attestor exists.
-        None => AttestorVerdict { name: name.to_string(), satisfied: false, detail: "attestor is not in the bundle".to_string() },
-        Some(attestor) => verify_attestor(bundle, attestor, digest, node.strict_repository.then_some(image.repository.as_str())),
+        None => AttestorVerdict {
+            name: name.to_string(),
+            satisfied: false,
+            detail: "attestor is not in the bundle".to_string(),
+        },
+        Some(attestor) => verify_attestor(
+            bundle,
+            attestor,
+            digest,
+            node.strict_repository.then_some(image.repository.as_str()),
+        ),
     };
     bundle.remember(key, verdict.clone());
     verdict
@@ -208,7 +302,12 @@ impl Problems {
     }
 }
 
-fn verify_attestor(bundle: &Bundle, attestor: &Attestor, digest: &Digest, strict_repository: Option<&str>) -> AttestorVerdict {
+fn verify_attestor(
+    bundle: &Bundle,
+    attestor: &Attestor,
+    digest: &Digest,
+    strict_repository: Option<&str>,
+) -> AttestorVerdict {
     let mut problems = Problems::default();
     for occurrence in bundle.occurrences_for(digest) {
         if *occurrence.note_name != *attestor.note_reference {
@@ -216,7 +315,10 @@ fn verify_attestor(bundle: &Bundle, attestor: &Attestor, digest: &Digest, strict
         }
         if let Some(repo) = strict_repository {
             if occurrence.resource_repository != repo {
-                problems.add(format!("attestation for repository {} (strict repository mode)", occurrence.resource_repository));
+                problems.add(format!(
+                    "attestation for repository {} (strict repository mode)",
+                    occurrence.resource_repository
+                ));
                 continue;
             }
         }
@@ -236,14 +338,27 @@ fn verify_attestor(bundle: &Bundle, attestor: &Attestor, digest: &Digest, strict
     }
     let mut detail = format!("no attestation for {digest}");
     for (problem, count) in &problems.0 {
-        let noun = if *count == 1 { "signature" } else { "signatures" };
+        let noun = if *count == 1 {
+            "signature"
+        } else {
+            "signatures"
+        };
         let _ = write!(detail, "; {count} {noun} {problem}");
     }
-    AttestorVerdict { name: attestor.name.clone(), satisfied: false, detail }
+    AttestorVerdict {
+        name: attestor.name.clone(),
+        satisfied: false,
+        detail,
+    }
 }
 
 /// Verifies one signature; on success, the key id that verified it.
-fn verify_signature<'a>(attestor: &'a Attestor, occurrence: &Occurrence, signature: &Signature, digest: &Digest) -> Result<&'a str, String> {
+fn verify_signature<'a>(
+    attestor: &'a Attestor,
+    occurrence: &Occurrence,
+    signature: &Signature,
+    digest: &Digest,
+) -> Result<&'a str, String> {
     let key_id = signature.public_key_id();
     let Some(key) = attestor.public_keys.iter().find(|k| k.id == key_id) else {
         return Err(format!("by unknown key id {key_id}"));
@@ -253,14 +368,25 @@ fn verify_signature<'a>(attestor: &'a Attestor, occurrence: &Occurrence, signatu
             let Some(payload) = &occurrence.serialized_payload else {
                 return Err(format!("by key {key_id} with no payload"));
             };
-            pkix.verify(payload, signature).map_err(|e| format!("by key {key_id} that fail to verify: {e}"))?;
+            pkix.verify(payload, signature)
+                .map_err(|e| format!("by key {key_id} that fail to verify: {e}"))?;
             std::borrow::Cow::Borrowed(payload.as_slice())
         }
-        (KeyMaterial::Pgp(pgp), Signature::Detached { signature: message, .. } | Signature::PgpAttached { message, .. }) => {
-            let literal = pgp.verify_attached(message).map_err(|e| format!("by key {key_id} that fail to verify: {e}"))?;
+        (
+            KeyMaterial::Pgp(pgp),
+            Signature::Detached {
+                signature: message, ..
+            }
+            | Signature::PgpAttached { message, .. },
+        ) => {
+            let literal = pgp
+                .verify_attached(message)
+                .map_err(|e| format!("by key {key_id} that fail to verify: {e}"))?;
             if let Some(payload) = &occurrence.serialized_payload {
                 if *payload != literal {
-                    return Err(format!("by key {key_id} over data other than the serialized payload"));
+                    return Err(format!(
+                        "by key {key_id} over data other than the serialized payload"
+                    ));
                 }
             }
             std::borrow::Cow::Owned(literal)
@@ -269,6 +395,7 @@ fn verify_signature<'a>(attestor: &'a Attestor, occurrence: &Occurrence, signatu
             return Err(format!("by key {key_id} in PGP form but the key is PKIX"));
         }
     };
-    check_payload(&verified_payload, digest).map_err(|e| format!("by key {key_id} with a bad payload: {e}"))?;
+    check_payload(&verified_payload, digest)
+        .map_err(|e| format!("by key {key_id} with a bad payload: {e}"))?;
     Ok(key.id.as_str())
 }

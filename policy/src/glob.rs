@@ -49,7 +49,10 @@ impl NamePattern {
         } else {
             Matcher::Exact(ImageRef::parse(pattern)?)
         };
-        Ok(NamePattern { pattern: pattern.to_string(), matcher })
+        Ok(NamePattern {
+            pattern: pattern.to_string(),
+            matcher,
+        })
     }
 
     pub fn as_str(&self) -> &str {
@@ -62,8 +65,14 @@ impl NamePattern {
         match &self.matcher {
             Matcher::Exact(want) => {
                 want.repository == image.repository
-                    && want.tag.as_ref().is_none_or(|t| image.tag.as_ref() == Some(t))
-                    && want.digest.as_ref().is_none_or(|d| image.digest.as_ref() == Some(d))
+                    && want
+                        .tag
+                        .as_ref()
+                        .is_none_or(|t| image.tag.as_ref() == Some(t))
+                    && want
+                        .digest
+                        .as_ref()
+                        .is_none_or(|d| image.digest.as_ref() == Some(d))
             }
             Matcher::Segment(prefix) | Matcher::Anything(prefix) => {
                 let segment_only = matches!(self.matcher, Matcher::Segment(_));
@@ -80,7 +89,8 @@ impl NamePattern {
                 let with_suffix = |sep: char, suffix: &str| {
                     if prefix.len() <= repo.len() {
                         repo.starts_with(prefix.as_str())
-                            && (!segment_only || !repo[prefix.len()..].contains('/') && !suffix.contains('/'))
+                            && (!segment_only
+                                || !repo[prefix.len()..].contains('/') && !suffix.contains('/'))
                     } else {
                         let mut candidate = String::with_capacity(repo.len() + 1 + suffix.len());
                         candidate.push_str(repo);
@@ -90,7 +100,10 @@ impl NamePattern {
                     }
                 };
                 image.tag.as_deref().is_some_and(|t| with_suffix(':', t))
-                    || image.digest.as_ref().is_some_and(|d| with_suffix('@', d.as_str()))
+                    || image
+                        .digest
+                        .as_ref()
+                        .is_some_and(|d| with_suffix('@', d.as_str()))
             }
         }
     }
@@ -108,18 +121,35 @@ mod tests {
     use super::*;
 
     fn m(pattern: &str, image: &str) -> bool {
-        NamePattern::parse(pattern).unwrap().matches(&ImageRef::parse(image).unwrap())
+        NamePattern::parse(pattern)
+            .unwrap()
+            .matches(&ImageRef::parse(image).unwrap())
     }
 
     const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
     #[test]
     fn single_star_stops_at_slash() {
-        assert!(m("gcr.io/google_containers/*", "gcr.io/google_containers/pause"));
-        assert!(m("gcr.io/google_containers/*", "gcr.io/google_containers/pause:3.1"));
-        assert!(m("gcr.io/google_containers/*", &format!("gcr.io/google_containers/pause@{D}")));
-        assert!(!m("gcr.io/google_containers/*", "gcr.io/google_containers/sub/pause"));
-        assert!(!m("gcr.io/google_containers/*", "gcr.io/google_containers_evil/pause"));
+        assert!(m(
+            "gcr.io/google_containers/*",
+            "gcr.io/google_containers/pause"
+        ));
+        assert!(m(
+            "gcr.io/google_containers/*",
+            "gcr.io/google_containers/pause:3.1"
+        ));
+        assert!(m(
+            "gcr.io/google_containers/*",
+            &format!("gcr.io/google_containers/pause@{D}")
+        ));
+        assert!(!m(
+            "gcr.io/google_containers/*",
+            "gcr.io/google_containers/sub/pause"
+        ));
+        assert!(!m(
+            "gcr.io/google_containers/*",
+            "gcr.io/google_containers_evil/pause"
+        ));
     }
 
     #[test]
@@ -151,7 +181,10 @@ mod tests {
         assert!(m("gcr.io/p/app:1", "gcr.io/p/app:1"));
         assert!(!m("gcr.io/p/app:1", "gcr.io/p/app:2"));
         assert!(!m("gcr.io/p/app:1", &format!("gcr.io/p/app@{D}")));
-        assert!(m(&format!("gcr.io/p/app@{D}"), &format!("gcr.io/p/app:9@{D}")));
+        assert!(m(
+            &format!("gcr.io/p/app@{D}"),
+            &format!("gcr.io/p/app:9@{D}")
+        ));
         assert!(!m(&format!("gcr.io/p/app@{D}"), "gcr.io/p/app:9"));
     }
 
@@ -163,7 +196,14 @@ mod tests {
 
     #[test]
     fn misplaced_wildcards_are_rejected() {
-        for bad in ["gcr.io/*/app", "*gcr.io", "gcr.io/a***", "gcr.io/*a*", "", "gcr.io/a b*"] {
+        for bad in [
+            "gcr.io/*/app",
+            "*gcr.io",
+            "gcr.io/a***",
+            "gcr.io/*a*",
+            "",
+            "gcr.io/a b*",
+        ] {
             assert!(NamePattern::parse(bad).is_err(), "{bad} should be invalid");
         }
     }

@@ -26,7 +26,10 @@ pub mod reference;
 pub mod verify;
 
 pub use bundle::Bundle;
-pub use decision::{AttestorVerdict, Decision, ImageSubject, Operation, Outcome, PodRef, Reason, RecordContext, RuleRef};
+pub use decision::{
+    AttestorVerdict, Decision, ImageSubject, Operation, Outcome, PodRef, Reason, RecordContext,
+    RuleRef,
+};
 pub use error::{BundleError, FieldError, Location};
 pub use evaluate::{FailMode, NodeConfig, PodContext, evaluate};
 pub use glob::NamePattern;

@@ -39,7 +39,10 @@ pub enum EnforcementMode {
 
 impl EnforcementMode {
     pub const NAMES: &[(&str, EnforcementMode)] = &[
-        ("ENFORCED_BLOCK_AND_AUDIT_LOG", EnforcementMode::EnforcedBlockAndAuditLog),
+        (
+            "ENFORCED_BLOCK_AND_AUDIT_LOG",
+            EnforcementMode::EnforcedBlockAndAuditLog,
+        ),
         ("DRYRUN_AUDIT_LOG_ONLY", EnforcementMode::DryrunAuditLogOnly),
     ];
 
@@ -83,23 +86,30 @@ pub struct Policy {
 impl Policy {
     /// Every rule of the policy with the field path it came from.
     pub fn rules(&self) -> impl Iterator<Item = (String, &AdmissionRule)> {
-        std::iter::once(("defaultAdmissionRule".to_string(), &self.default_admission_rule))
-            .chain(self.cluster_admission_rules.iter().map(|(k, r)| (format!("clusterAdmissionRules[{k:?}]"), r)))
-            .chain(
-                self.kubernetes_namespace_admission_rules
-                    .iter()
-                    .map(|(k, r)| (format!("kubernetesNamespaceAdmissionRules[{k:?}]"), r)),
-            )
-            .chain(
-                self.kubernetes_service_account_admission_rules
-                    .iter()
-                    .map(|(k, r)| (format!("kubernetesServiceAccountAdmissionRules[{k:?}]"), r)),
-            )
-            .chain(
-                self.istio_service_identity_admission_rules
-                    .iter()
-                    .map(|(k, r)| (format!("istioServiceIdentityAdmissionRules[{k:?}]"), r)),
-            )
+        std::iter::once((
+            "defaultAdmissionRule".to_string(),
+            &self.default_admission_rule,
+        ))
+        .chain(
+            self.cluster_admission_rules
+                .iter()
+                .map(|(k, r)| (format!("clusterAdmissionRules[{k:?}]"), r)),
+        )
+        .chain(
+            self.kubernetes_namespace_admission_rules
+                .iter()
+                .map(|(k, r)| (format!("kubernetesNamespaceAdmissionRules[{k:?}]"), r)),
+        )
+        .chain(
+            self.kubernetes_service_account_admission_rules
+                .iter()
+                .map(|(k, r)| (format!("kubernetesServiceAccountAdmissionRules[{k:?}]"), r)),
+        )
+        .chain(
+            self.istio_service_identity_admission_rules
+                .iter()
+                .map(|(k, r)| (format!("istioServiceIdentityAdmissionRules[{k:?}]"), r)),
+        )
     }
 }
 
@@ -128,16 +138,23 @@ pub struct Attestor {
 #[derive(Debug, Clone)]
 pub enum Signature {
     /// A detached signature over the occurrence's serialized payload.
-    Detached { public_key_id: String, signature: Vec<u8> },
+    Detached {
+        public_key_id: String,
+        signature: Vec<u8>,
+    },
     /// An OpenPGP signed message whose literal data must be the payload
     /// (v1 `signatures[]` with a PGP key, or v1beta1 `pgpSignedAttestation`).
-    PgpAttached { public_key_id: String, message: Vec<u8> },
+    PgpAttached {
+        public_key_id: String,
+        message: Vec<u8>,
+    },
 }
 
 impl Signature {
     pub fn public_key_id(&self) -> &str {
         match self {
-            Signature::Detached { public_key_id, .. } | Signature::PgpAttached { public_key_id, .. } => public_key_id,
+            Signature::Detached { public_key_id, .. }
+            | Signature::PgpAttached { public_key_id, .. } => public_key_id,
         }
     }
 }

@@ -35,11 +35,17 @@ impl Node {
             return Err(FieldError::new(
                 "",
                 None,
-                format!("document is {} bytes, more than the limit of {MAX_DOCUMENT_BYTES}", text.len()),
+                format!(
+                    "document is {} bytes, more than the limit of {MAX_DOCUMENT_BYTES}",
+                    text.len()
+                ),
             ));
         }
         let raw: Spanned<RawNode> = serde_saphyr::from_str(text).map_err(|e| {
-            let location = e.location().map(|l| Location { line: l.line(), column: l.column() });
+            let location = e.location().map(|l| Location {
+                line: l.line(),
+                column: l.column(),
+            });
             let message = e.to_string();
             // The library renders a source snippet after the first line; the
             // first line alone is the message.
@@ -52,7 +58,10 @@ impl Node {
 
     fn from_spanned(raw: Spanned<RawNode>, text: &str) -> Node {
         let loc = raw.referenced;
-        let location = Some(Location { line: loc.line(), column: loc.column() });
+        let location = Some(Location {
+            line: loc.line(),
+            column: loc.column(),
+        });
         let kind = match raw.value {
             RawNode::Null => Kind::Null,
             RawNode::Str(s) => Kind::Str(s),
@@ -62,10 +71,22 @@ impl Node {
                 Some(s) if !matches!(s, "true" | "false") => Kind::Str(s.to_string()),
                 _ => Kind::Bool(b),
             },
-            RawNode::Number(n) => Kind::Number(source_text(text, &raw.referenced).map(str::to_string).unwrap_or(n)),
-            RawNode::Seq(items) => Kind::Seq(items.into_iter().map(|i| Node::from_spanned(i, text)).collect()),
+            RawNode::Number(n) => Kind::Number(
+                source_text(text, &raw.referenced)
+                    .map(str::to_string)
+                    .unwrap_or(n),
+            ),
+            RawNode::Seq(items) => Kind::Seq(
+                items
+                    .into_iter()
+                    .map(|i| Node::from_spanned(i, text))
+                    .collect(),
+            ),
             RawNode::Map(entries) => Kind::Map(
-                entries.into_iter().map(|(k, v)| (k.value, Node::from_spanned(v, text))).collect(),
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k.value, Node::from_spanned(v, text)))
+                    .collect(),
             ),
         };
         Node { kind, location }
@@ -79,12 +100,19 @@ impl Node {
             serde_json::Value::Bool(b) => Kind::Bool(b),
             serde_json::Value::Number(n) => Kind::Number(n.to_string()),
             serde_json::Value::String(s) => Kind::Str(s),
-            serde_json::Value::Array(items) => Kind::Seq(items.into_iter().map(Node::from_json).collect()),
-            serde_json::Value::Object(map) => {
-                Kind::Map(map.into_iter().map(|(k, v)| (k, Node::from_json(v))).collect())
+            serde_json::Value::Array(items) => {
+                Kind::Seq(items.into_iter().map(Node::from_json).collect())
             }
+            serde_json::Value::Object(map) => Kind::Map(
+                map.into_iter()
+                    .map(|(k, v)| (k, Node::from_json(v)))
+                    .collect(),
+            ),
         };
-        Node { kind, location: None }
+        Node {
+            kind,
+            location: None,
+        }
     }
 
     pub(crate) fn type_name(&self) -> &'static str {
@@ -124,7 +152,11 @@ impl Path {
     }
 
     pub(crate) fn field(&self, name: &str) -> Path {
-        if self.0.is_empty() { Path(name.to_string()) } else { Path(format!("{}.{name}", self.0)) }
+        if self.0.is_empty() {
+            Path(name.to_string())
+        } else {
+            Path(format!("{}.{name}", self.0))
+        }
     }
 
     pub(crate) fn index(&self, i: usize) -> Path {
@@ -152,14 +184,25 @@ pub(crate) struct Obj<'n> {
 impl<'n> Obj<'n> {
     pub(crate) fn new(node: &'n Node, path: Path) -> Result<Obj<'n>, FieldError> {
         match &node.kind {
-            Kind::Map(entries) => Ok(Obj { node, entries, path }),
-            _ => Err(path.error(Some(node), format!("expected a mapping, found {}", node.type_name()))),
+            Kind::Map(entries) => Ok(Obj {
+                node,
+                entries,
+                path,
+            }),
+            _ => Err(path.error(
+                Some(node),
+                format!("expected a mapping, found {}", node.type_name()),
+            )),
         }
     }
 
     /// The field's node, treating an explicit `null` as absent.
     pub(crate) fn get(&self, name: &str) -> Option<&'n Node> {
-        self.entries.iter().find(|(k, _)| k == name).map(|(_, v)| v).filter(|v| !v.is_null())
+        self.entries
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
+            .filter(|v| !v.is_null())
     }
 
     pub(crate) fn string(&self, name: &str) -> Result<Option<String>, FieldError> {
@@ -173,13 +216,18 @@ impl<'n> Obj<'n> {
     pub(crate) fn required_string(&self, name: &str) -> Result<String, FieldError> {
         match self.string(name)? {
             Some(s) if !s.is_empty() => Ok(s),
-            Some(_) => Err(self.path.field(name).error(self.get(name), "must not be empty")),
+            Some(_) => Err(self
+                .path
+                .field(name)
+                .error(self.get(name), "must not be empty")),
             None => Err(self.missing(name)),
         }
     }
 
     pub(crate) fn object(&self, name: &str) -> Result<Option<Obj<'n>>, FieldError> {
-        self.get(name).map(|n| Obj::new(n, self.path.field(name))).transpose()
+        self.get(name)
+            .map(|n| Obj::new(n, self.path.field(name)))
+            .transpose()
     }
 
     pub(crate) fn list(&self, name: &str) -> Result<Vec<(Path, &'n Node)>, FieldError> {
@@ -190,14 +238,26 @@ impl<'n> Obj<'n> {
     }
 
     pub(crate) fn missing(&self, name: &str) -> FieldError {
-        self.path.field(name).error(Some(self.node), "missing required field")
+        self.path
+            .field(name)
+            .error(Some(self.node), "missing required field")
     }
 }
 
-pub(crate) fn list_items<'n>(node: &'n Node, path: &Path) -> Result<Vec<(Path, &'n Node)>, FieldError> {
+pub(crate) fn list_items<'n>(
+    node: &'n Node,
+    path: &Path,
+) -> Result<Vec<(Path, &'n Node)>, FieldError> {
     match &node.kind {
-        Kind::Seq(items) => Ok(items.iter().enumerate().map(|(i, n)| (path.index(i), n)).collect()),
-        _ => Err(path.error(Some(node), format!("expected a list, found {}", node.type_name()))),
+        Kind::Seq(items) => Ok(items
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (path.index(i), n))
+            .collect()),
+        _ => Err(path.error(
+            Some(node),
+            format!("expected a list, found {}", node.type_name()),
+        )),
     }
 }
 
@@ -205,7 +265,10 @@ pub(crate) fn scalar_string(node: &Node, path: &Path) -> Result<String, FieldErr
     match &node.kind {
         Kind::Str(s) | Kind::Number(s) => Ok(s.clone()),
         Kind::Bool(b) => Ok(b.to_string()),
-        _ => Err(path.error(Some(node), format!("expected a string, found {}", node.type_name()))),
+        _ => Err(path.error(
+            Some(node),
+            format!("expected a string, found {}", node.type_name()),
+        )),
     }
 }
 
@@ -275,7 +338,10 @@ impl<'de> Visitor<'de> for RawVisitor {
             let value = map.next_value()?;
             // A repeated key would silently override a rule or a key: refuse it.
             if !seen.insert(key.value.clone()) {
-                return Err(serde::de::Error::custom(format!("duplicate key {:?}", key.value)));
+                return Err(serde::de::Error::custom(format!(
+                    "duplicate key {:?}",
+                    key.value
+                )));
             }
             entries.push((key, value));
         }

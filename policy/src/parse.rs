@@ -11,8 +11,8 @@ use base64::Engine as _;
 use crate::error::FieldError;
 use crate::glob::NamePattern;
 use crate::model::{
-    AdmissionRule, Attestor, AttestorPublicKey, EnforcementMode, EvaluationMode, GlobalPolicyEvaluationMode,
-    KeyMaterial, Occurrence, Policy, Signature,
+    AdmissionRule, Attestor, AttestorPublicKey, EnforcementMode, EvaluationMode,
+    GlobalPolicyEvaluationMode, KeyMaterial, Occurrence, Policy, Signature,
 };
 use crate::node::{Kind, Node, Obj, Path, list_items, scalar_string};
 use crate::reference::ImageRef;
@@ -27,7 +27,10 @@ pub fn parse_policy(text: &str) -> Result<Policy, FieldError> {
 pub fn parse_attestors(text: &str) -> Result<Vec<Attestor>, FieldError> {
     let root = Node::parse(text)?;
     let items = resource_list(&root, "attestors")?;
-    items.into_iter().map(|(path, node)| attestor_from_node(node, path)).collect()
+    items
+        .into_iter()
+        .map(|(path, node)| attestor_from_node(node, path))
+        .collect()
 }
 
 /// Parses one occurrence document (object, array or `{"occurrences": [...]}`)
@@ -58,12 +61,21 @@ fn resource_list<'n>(root: &'n Node, field: &str) -> Result<Vec<(Path, &'n Node)
         }
         Kind::Map(_) => Ok(vec![(Path::root(), root)]),
         Kind::Null => Ok(Vec::new()),
-        _ => Err(Path::root().error(Some(root), format!("expected a mapping or a list, found {}", root.type_name()))),
+        _ => Err(Path::root().error(
+            Some(root),
+            format!("expected a mapping or a list, found {}", root.type_name()),
+        )),
     }
 }
 
-fn enum_value<T: Copy>(obj: &Obj<'_>, field: &str, names: &[(&str, T)]) -> Result<Option<T>, FieldError> {
-    let Some(value) = obj.string(field)? else { return Ok(None) };
+fn enum_value<T: Copy>(
+    obj: &Obj<'_>,
+    field: &str,
+    names: &[(&str, T)],
+) -> Result<Option<T>, FieldError> {
+    let Some(value) = obj.string(field)? else {
+        return Ok(None);
+    };
     let path = obj.path.field(field);
     if let Some((_, v)) = names.iter().find(|(n, _)| *n == value) {
         return Ok(Some(*v));
@@ -72,7 +84,10 @@ fn enum_value<T: Copy>(obj: &Obj<'_>, field: &str, names: &[(&str, T)]) -> Resul
     let message = if value.ends_with("_UNSPECIFIED") || value.is_empty() {
         format!("must be specified (one of {})", allowed.join(", "))
     } else {
-        format!("unknown value {value:?} (expected one of {})", allowed.join(", "))
+        format!(
+            "unknown value {value:?} (expected one of {})",
+            allowed.join(", ")
+        )
     };
     Err(path.error(obj.get(field), message))
 }
@@ -81,7 +96,9 @@ pub(crate) fn policy_from_node(root: &Node) -> Result<Policy, FieldError> {
     let obj = Obj::new(root, Path::root())?;
 
     let global_policy_evaluation_mode = match obj.string("globalPolicyEvaluationMode")?.as_deref() {
-        None | Some("GLOBAL_POLICY_EVALUATION_MODE_UNSPECIFIED") | Some("DISABLE") => GlobalPolicyEvaluationMode::Disable,
+        None | Some("GLOBAL_POLICY_EVALUATION_MODE_UNSPECIFIED") | Some("DISABLE") => {
+            GlobalPolicyEvaluationMode::Disable
+        }
         Some("ENABLE") => GlobalPolicyEvaluationMode::Enable,
         Some(other) => {
             return Err(obj.path.field("globalPolicyEvaluationMode").error(
@@ -95,8 +112,12 @@ pub(crate) fn policy_from_node(root: &Node) -> Result<Policy, FieldError> {
     for (path, node) in obj.list("admissionWhitelistPatterns")? {
         let entry = Obj::new(node, path)?;
         let pattern = entry.required_string("namePattern")?;
-        let compiled = NamePattern::parse(&pattern)
-            .map_err(|e| entry.path.field("namePattern").error(entry.get("namePattern"), format!("invalid pattern {pattern:?}: {e}")))?;
+        let compiled = NamePattern::parse(&pattern).map_err(|e| {
+            entry.path.field("namePattern").error(
+                entry.get("namePattern"),
+                format!("invalid pattern {pattern:?}: {e}"),
+            )
+        })?;
         admission_whitelist_patterns.push(compiled);
     }
 
@@ -106,12 +127,21 @@ pub(crate) fn policy_from_node(root: &Node) -> Result<Policy, FieldError> {
     };
 
     let cluster_admission_rules = rule_map(&obj, "clusterAdmissionRules", validate_cluster_key)?;
-    let kubernetes_namespace_admission_rules =
-        rule_map(&obj, "kubernetesNamespaceAdmissionRules", validate_namespace_key)?;
-    let kubernetes_service_account_admission_rules =
-        rule_map(&obj, "kubernetesServiceAccountAdmissionRules", validate_service_account_key)?;
-    let istio_service_identity_admission_rules =
-        rule_map(&obj, "istioServiceIdentityAdmissionRules", validate_istio_key)?;
+    let kubernetes_namespace_admission_rules = rule_map(
+        &obj,
+        "kubernetesNamespaceAdmissionRules",
+        validate_namespace_key,
+    )?;
+    let kubernetes_service_account_admission_rules = rule_map(
+        &obj,
+        "kubernetesServiceAccountAdmissionRules",
+        validate_service_account_key,
+    )?;
+    let istio_service_identity_admission_rules = rule_map(
+        &obj,
+        "istioServiceIdentityAdmissionRules",
+        validate_istio_key,
+    )?;
 
     Ok(Policy {
         name: obj.string("name")?,
@@ -132,7 +162,9 @@ fn rule_map(
     validate_key: fn(&str) -> Result<(), String>,
 ) -> Result<HashMap<String, AdmissionRule>, FieldError> {
     let mut rules = HashMap::new();
-    let Some(map) = obj.object(field)? else { return Ok(rules) };
+    let Some(map) = obj.object(field)? else {
+        return Ok(rules);
+    };
     for (key, node) in map.entries {
         let path = map.path.key(key);
         validate_key(key).map_err(|m| path.error(Some(node), m))?;
@@ -148,7 +180,9 @@ fn rule_from_obj(obj: &Obj<'_>) -> Result<AdmissionRule, FieldError> {
     let enforcement_mode = match enum_value(obj, "enforcementMode", EnforcementMode::NAMES)? {
         Some(mode) => mode,
         // An ALWAYS_ALLOW rule never denies, so what a denial would do is moot.
-        None if evaluation_mode == EvaluationMode::AlwaysAllow => EnforcementMode::EnforcedBlockAndAuditLog,
+        None if evaluation_mode == EvaluationMode::AlwaysAllow => {
+            EnforcementMode::EnforcedBlockAndAuditLog
+        }
         None => return Err(obj.missing("enforcementMode")),
     };
     let mut require_attestations_by = Vec::new();
@@ -168,15 +202,24 @@ fn rule_from_obj(obj: &Obj<'_>) -> Result<AdmissionRule, FieldError> {
                 "REQUIRE_ATTESTATION needs at least one attestor",
             ));
         }
-        EvaluationMode::AlwaysAllow | EvaluationMode::AlwaysDeny if !require_attestations_by.is_empty() => {
+        EvaluationMode::AlwaysAllow | EvaluationMode::AlwaysDeny
+            if !require_attestations_by.is_empty() =>
+        {
             return Err(field.error(
                 obj.get("requireAttestationsBy"),
-                format!("must be empty when evaluationMode is {}", evaluation_mode.name()),
+                format!(
+                    "must be empty when evaluationMode is {}",
+                    evaluation_mode.name()
+                ),
             ));
         }
         _ => {}
     }
-    Ok(AdmissionRule { evaluation_mode, require_attestations_by, enforcement_mode })
+    Ok(AdmissionRule {
+        evaluation_mode,
+        require_attestations_by,
+        enforcement_mode,
+    })
 }
 
 /// `projects/P/attestors/A`.
@@ -189,43 +232,81 @@ fn validate_resource_name(name: &str, collection: &str) -> Result<(), String> {
     let ok = parts.len() == 4
         && parts[0] == "projects"
         && parts[2] == collection
-        && [parts[1], parts[3]].iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')));
-    if ok { Ok(()) } else { Err(format!("{name:?} is not of the form projects/PROJECT/{collection}/NAME")) }
+        && [parts[1], parts[3]].iter().all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not of the form projects/PROJECT/{collection}/NAME"
+        ))
+    }
 }
 
 /// GCP form `location.clusterId`.
 fn validate_cluster_key(key: &str) -> Result<(), String> {
     let ok = key.split_once('.').is_some_and(|(location, cluster)| {
-        let label = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        let label = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        };
         label(location) && cluster.split('.').all(label)
     });
-    if ok { Ok(()) } else { Err(format!("cluster key {key:?} is not of the form location.clusterId")) }
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "cluster key {key:?} is not of the form location.clusterId"
+        ))
+    }
 }
 
 /// Kubernetes namespace names are DNS-1123 labels.
 fn validate_namespace_key(key: &str) -> Result<(), String> {
-    if dns1123_label(key) { Ok(()) } else { Err(format!("{key:?} is not a valid Kubernetes namespace name")) }
+    if dns1123_label(key) {
+        Ok(())
+    } else {
+        Err(format!("{key:?} is not a valid Kubernetes namespace name"))
+    }
 }
 
 fn validate_service_account_key(key: &str) -> Result<(), String> {
     match key.split_once(':') {
         Some((ns, sa)) if dns1123_label(ns) && dns1123_subdomain(sa) => Ok(()),
-        _ => Err(format!("{key:?} is not of the form namespace:serviceaccount")),
+        _ => Err(format!(
+            "{key:?} is not of the form namespace:serviceaccount"
+        )),
     }
 }
 
 fn validate_istio_key(key: &str) -> Result<(), String> {
     let ok = key.strip_prefix("spiffe://").is_some_and(|rest| {
         let parts: Vec<&str> = rest.split('/').collect();
-        parts.len() == 5 && !parts[0].is_empty() && parts[1] == "ns" && !parts[2].is_empty() && parts[3] == "sa" && !parts[4].is_empty()
+        parts.len() == 5
+            && !parts[0].is_empty()
+            && parts[1] == "ns"
+            && !parts[2].is_empty()
+            && parts[3] == "sa"
+            && !parts[4].is_empty()
     });
-    if ok { Ok(()) } else { Err(format!("{key:?} is not of the form spiffe://DOMAIN/ns/NAMESPACE/sa/SERVICEACCOUNT")) }
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{key:?} is not of the form spiffe://DOMAIN/ns/NAMESPACE/sa/SERVICEACCOUNT"
+        ))
+    }
 }
 
 fn dns1123_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -238,25 +319,41 @@ pub(crate) fn attestor_from_node(node: &Node, path: Path) -> Result<Attestor, Fi
     let obj = Obj::new(node, path)?;
     let name = obj.required_string("name")?;
     validate_attestor_name(&name).map_err(|m| obj.path.field("name").error(obj.get("name"), m))?;
-    let note = match (obj.object("userOwnedGrafeasNote")?, obj.object("userOwnedDrydockNote")?) {
+    let note = match (
+        obj.object("userOwnedGrafeasNote")?,
+        obj.object("userOwnedDrydockNote")?,
+    ) {
         (Some(n), None) | (None, Some(n)) => n,
         (Some(_), Some(_)) => {
-            return Err(obj.path.error(Some(node), "only one of userOwnedGrafeasNote and userOwnedDrydockNote may be set"));
+            return Err(obj.path.error(
+                Some(node),
+                "only one of userOwnedGrafeasNote and userOwnedDrydockNote may be set",
+            ));
         }
         (None, None) => return Err(obj.missing("userOwnedGrafeasNote")),
     };
     let note_reference = note.required_string("noteReference")?;
-    validate_resource_name(&note_reference, "notes")
-        .map_err(|m| note.path.field("noteReference").error(note.get("noteReference"), m))?;
+    validate_resource_name(&note_reference, "notes").map_err(|m| {
+        note.path
+            .field("noteReference")
+            .error(note.get("noteReference"), m)
+    })?;
     let mut public_keys: Vec<AttestorPublicKey> = Vec::new();
     for (key_path, key_node) in note.list("publicKeys")? {
         let key = public_key_from_node(key_node, key_path.clone())?;
         if public_keys.iter().any(|k| k.id == key.id) {
-            return Err(key_path.field("id").error(Some(key_node), format!("key id {:?} appears twice", key.id)));
+            return Err(key_path
+                .field("id")
+                .error(Some(key_node), format!("key id {:?} appears twice", key.id)));
         }
         public_keys.push(key);
     }
-    Ok(Attestor { name, description: obj.string("description")?, note_reference, public_keys })
+    Ok(Attestor {
+        name,
+        description: obj.string("description")?,
+        note_reference,
+        public_keys,
+    })
 }
 
 fn public_key_from_node(node: &Node, path: Path) -> Result<AttestorPublicKey, FieldError> {
@@ -274,13 +371,23 @@ fn public_key_from_node(node: &Node, path: Path) -> Result<AttestorPublicKey, Fi
                 if algorithm_name == "SIGNATURE_ALGORITHM_UNSPECIFIED" {
                     field.error(pkix.get("signatureAlgorithm"), "must be specified")
                 } else {
-                    field.error(pkix.get("signatureAlgorithm"), format!("unknown value {algorithm_name:?}"))
+                    field.error(
+                        pkix.get("signatureAlgorithm"),
+                        format!("unknown value {algorithm_name:?}"),
+                    )
                 }
             })?;
-            let key = PkixKey::from_pem(&pem, algorithm)
-                .map_err(|e| pkix.path.field("publicKeyPem").error(pkix.get("publicKeyPem"), e.to_string()))?;
+            let key = PkixKey::from_pem(&pem, algorithm).map_err(|e| {
+                pkix.path
+                    .field("publicKeyPem")
+                    .error(pkix.get("publicKeyPem"), e.to_string())
+            })?;
             let id = if id.is_empty() { key.derived_id() } else { id };
-            Ok(AttestorPublicKey { id, comment, material: KeyMaterial::Pkix(key) })
+            Ok(AttestorPublicKey {
+                id,
+                comment,
+                material: KeyMaterial::Pkix(key),
+            })
         }
         (None, Some(armored)) => {
             let field = obj.path.field("asciiArmoredPgpPublicKey");
@@ -293,10 +400,20 @@ fn public_key_from_node(node: &Node, path: Path) -> Result<AttestorPublicKey, Fi
                     format!("{id:?} is not the key's fingerprint {fingerprint}"),
                 ));
             }
-            Ok(AttestorPublicKey { id: fingerprint, comment, material: KeyMaterial::Pgp(key) })
+            Ok(AttestorPublicKey {
+                id: fingerprint,
+                comment,
+                material: KeyMaterial::Pgp(key),
+            })
         }
-        (Some(_), Some(_)) => Err(obj.path.error(Some(node), "only one of pkixPublicKey and asciiArmoredPgpPublicKey may be set")),
-        (None, None) => Err(obj.path.error(Some(node), "one of pkixPublicKey or asciiArmoredPgpPublicKey is required")),
+        (Some(_), Some(_)) => Err(obj.path.error(
+            Some(node),
+            "only one of pkixPublicKey and asciiArmoredPgpPublicKey may be set",
+        )),
+        (None, None) => Err(obj.path.error(
+            Some(node),
+            "one of pkixPublicKey or asciiArmoredPgpPublicKey is required",
+        )),
     }
 }
 
@@ -317,8 +434,12 @@ impl NoteInterner {
 }
 
 fn base64_field(obj: &Obj<'_>, field: &str) -> Result<Option<Vec<u8>>, FieldError> {
-    let Some(text) = obj.string(field)? else { return Ok(None) };
-    decode_base64(&text).map(Some).map_err(|m| obj.path.field(field).error(obj.get(field), m))
+    let Some(text) = obj.string(field)? else {
+        return Ok(None);
+    };
+    decode_base64(&text)
+        .map(Some)
+        .map_err(|m| obj.path.field(field).error(obj.get(field), m))
 }
 
 /// Bytes fields are standard base64 in the REST API; gcloud users also
@@ -334,21 +455,33 @@ pub(crate) fn decode_base64(text: &str) -> Result<Vec<u8>, String> {
     Err("invalid base64".to_string())
 }
 
-pub(crate) fn occurrence_from_node(node: &Node, path: Path, notes: &mut NoteInterner) -> Result<Occurrence, FieldError> {
+pub(crate) fn occurrence_from_node(
+    node: &Node,
+    path: Path,
+    notes: &mut NoteInterner,
+) -> Result<Occurrence, FieldError> {
     let obj = Obj::new(node, path)?;
     if let Some(kind) = obj.string("kind")? {
         if kind != "ATTESTATION" {
-            return Err(obj.path.field("kind").error(obj.get("kind"), format!("{kind:?} is not ATTESTATION")));
+            return Err(obj
+                .path
+                .field("kind")
+                .error(obj.get("kind"), format!("{kind:?} is not ATTESTATION")));
         }
     }
     let note_name = obj.required_string("noteName")?;
-    validate_resource_name(&note_name, "notes").map_err(|m| obj.path.field("noteName").error(obj.get("noteName"), m))?;
+    validate_resource_name(&note_name, "notes")
+        .map_err(|m| obj.path.field("noteName").error(obj.get("noteName"), m))?;
 
     // v1 `resourceUri`, v1beta1 `resource.uri`.
     let (uri, uri_path, uri_node) = match obj.string("resourceUri")? {
         Some(uri) => (uri, obj.path.field("resourceUri"), obj.get("resourceUri")),
         None => match obj.object("resource")? {
-            Some(resource) => (resource.required_string("uri")?, resource.path.field("uri"), resource.get("uri")),
+            Some(resource) => (
+                resource.required_string("uri")?,
+                resource.path.field("uri"),
+                resource.get("uri"),
+            ),
             None => return Err(obj.missing("resourceUri")),
         },
     };
@@ -358,7 +491,9 @@ pub(crate) fn occurrence_from_node(node: &Node, path: Path, notes: &mut NoteInte
         return Err(uri_path.error(uri_node, format!("{uri:?} names no digest")));
     };
 
-    let attestation = obj.object("attestation")?.ok_or_else(|| obj.missing("attestation"))?;
+    let attestation = obj
+        .object("attestation")?
+        .ok_or_else(|| obj.missing("attestation"))?;
     let (serialized_payload, signatures) = match attestation.object("attestation")? {
         // v1beta1: attestation.attestation.{pgpSignedAttestation|genericSignedAttestation}
         Some(inner) => v1beta1_attestation(&inner)?,
@@ -369,7 +504,10 @@ pub(crate) fn occurrence_from_node(node: &Node, path: Path, notes: &mut NoteInte
         }
     };
     if signatures.is_empty() {
-        return Err(attestation.path.field("signatures").error(Some(attestation.node), "no signatures"));
+        return Err(attestation
+            .path
+            .field("signatures")
+            .error(Some(attestation.node), "no signatures"));
     }
     Ok(Occurrence {
         name: obj.string("name")?,
@@ -382,12 +520,21 @@ pub(crate) fn occurrence_from_node(node: &Node, path: Path, notes: &mut NoteInte
 }
 
 fn v1beta1_attestation(inner: &Obj<'_>) -> Result<(Option<Vec<u8>>, Vec<Signature>), FieldError> {
-    match (inner.object("pgpSignedAttestation")?, inner.object("genericSignedAttestation")?) {
+    match (
+        inner.object("pgpSignedAttestation")?,
+        inner.object("genericSignedAttestation")?,
+    ) {
         (Some(pgp), None) => {
             let signature = pgp.required_string("signature")?;
             let key_id = pgp.required_string("pgpKeyId")?;
             check_content_type(&pgp)?;
-            Ok((None, vec![Signature::PgpAttached { public_key_id: key_id, message: signature.into_bytes() }]))
+            Ok((
+                None,
+                vec![Signature::PgpAttached {
+                    public_key_id: key_id,
+                    message: signature.into_bytes(),
+                }],
+            ))
         }
         (None, Some(generic)) => {
             check_content_type(&generic)?;
@@ -420,9 +567,125 @@ fn signature_list(obj: &Obj<'_>) -> Result<Vec<Signature>, FieldError> {
         let public_key_id = sig.required_string("publicKeyId")?;
         let bytes = base64_field(&sig, "signature")?.ok_or_else(|| sig.missing("signature"))?;
         if bytes.is_empty() {
-            return Err(sig.path.field("signature").error(sig.get("signature"), "empty signature"));
+            return Err(sig
+                .path
+                .field("signature")
+                .error(sig.get("signature"), "empty signature"));
         }
-        signatures.push(Signature::Detached { public_key_id, signature: bytes });
+        signatures.push(Signature::Detached {
+            public_key_id,
+            signature: bytes,
+        });
     }
     Ok(signatures)
+}
+
+/// What a checked file turned out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DocumentKind {
+    Policy,
+    Attestors { count: usize },
+    Occurrences { count: usize },
+}
+
+/// Validates one policy, attestor or occurrence file on its own. The kind
+/// comes from the file's place in a bundle (`policy.*`, `attestors/`,
+/// `attestations/`), else from its content. Every problem is returned.
+pub fn check_file(path: &std::path::Path) -> Result<DocumentKind, Vec<FieldError>> {
+    let text = std::fs::read(path)
+        .map_err(|e| vec![FieldError::new("", None, format!("cannot read: {e}")).in_file(path)])?;
+    let text = String::from_utf8(text)
+        .map_err(|_| vec![FieldError::new("", None, "not UTF-8 text").in_file(path)])?;
+    let root = Node::parse(&text).map_err(|e| vec![e.in_file(path)])?;
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default();
+    let parent = path
+        .parent()
+        .and_then(|p| p.file_name())
+        .and_then(|s| s.to_str())
+        .unwrap_or_default();
+    let kind = if stem == "policy" {
+        Kind_::Policy
+    } else if parent == "attestors" {
+        Kind_::Attestors
+    } else if parent == "attestations" {
+        Kind_::Occurrences
+    } else {
+        sniff(&root)
+    };
+    let in_file = |e: FieldError| e.in_file(path);
+    match kind {
+        Kind_::Policy => policy_from_node(&root)
+            .map(|_| DocumentKind::Policy)
+            .map_err(|e| vec![in_file(e)]),
+        Kind_::Attestors => {
+            let items = resource_list(&root, "attestors").map_err(|e| vec![in_file(e)])?;
+            let mut errors = Vec::new();
+            let count = items.len();
+            for (p, n) in items {
+                if let Err(e) = attestor_from_node(n, p) {
+                    errors.push(in_file(e));
+                }
+            }
+            if errors.is_empty() {
+                Ok(DocumentKind::Attestors { count })
+            } else {
+                Err(errors)
+            }
+        }
+        Kind_::Occurrences => {
+            let items = resource_list(&root, "occurrences").map_err(|e| vec![in_file(e)])?;
+            let mut notes = NoteInterner::default();
+            let mut errors = Vec::new();
+            let mut valid = 0;
+            for (p, n) in items {
+                match occurrence_from_node(n, p, &mut notes) {
+                    Ok(_) => valid += 1,
+                    Err(e) => errors.push(in_file(e)),
+                }
+            }
+            if errors.is_empty() {
+                Ok(DocumentKind::Occurrences { count: valid })
+            } else {
+                Err(errors)
+            }
+        }
+    }
+}
+
+enum Kind_ {
+    Policy,
+    Attestors,
+    Occurrences,
+}
+
+fn sniff(root: &Node) -> Kind_ {
+    let first = match &root.kind {
+        Kind::Seq(items) => items.first(),
+        _ => Some(root),
+    };
+    let has = |node: Option<&Node>, keys: &[&str]| match node.map(|n| &n.kind) {
+        Some(Kind::Map(entries)) => entries.iter().any(|(k, _)| keys.contains(&k.as_str())),
+        _ => false,
+    };
+    if has(
+        first,
+        &[
+            "defaultAdmissionRule",
+            "admissionWhitelistPatterns",
+            "globalPolicyEvaluationMode",
+            "clusterAdmissionRules",
+        ],
+    ) {
+        Kind_::Policy
+    } else if has(
+        first,
+        &["attestors", "userOwnedGrafeasNote", "userOwnedDrydockNote"],
+    ) {
+        Kind_::Attestors
+    } else {
+        Kind_::Occurrences
+    }
 }

@@ -32,8 +32,12 @@ pub enum PayloadError {
 
 /// The payload for `REPOSITORY@DIGEST` (an optional `https://` is dropped).
 pub fn signature_payload(artifact_url: &str) -> Result<String, PayloadError> {
-    let url = artifact_url.strip_prefix("https://").unwrap_or(artifact_url);
-    let (repository, digest) = url.split_once('@').ok_or_else(|| PayloadError::NotDigestUrl(artifact_url.to_string()))?;
+    let url = artifact_url
+        .strip_prefix("https://")
+        .unwrap_or(artifact_url);
+    let (repository, digest) = url
+        .split_once('@')
+        .ok_or_else(|| PayloadError::NotDigestUrl(artifact_url.to_string()))?;
     let parsed = ImageRef::parse(url)?;
     if parsed.tag.is_some() || parsed.digest.is_none() {
         return Err(PayloadError::NotDigestUrl(artifact_url.to_string()));
@@ -52,7 +56,8 @@ pub fn signature_payload(artifact_url: &str) -> Result<String, PayloadError> {
 /// Checks a verified payload: it must name `expected` and be a container
 /// signature.
 pub fn check_payload(payload: &[u8], expected: &Digest) -> Result<(), PayloadError> {
-    let value: serde_json::Value = serde_json::from_slice(payload).map_err(|_| PayloadError::NotJson)?;
+    let value: serde_json::Value =
+        serde_json::from_slice(payload).map_err(|_| PayloadError::NotJson)?;
     let critical = value.get("critical").ok_or(PayloadError::NoDigest)?;
     let found = critical
         .get("image")
@@ -60,9 +65,15 @@ pub fn check_payload(payload: &[u8], expected: &Digest) -> Result<(), PayloadErr
         .and_then(|d| d.as_str())
         .ok_or(PayloadError::NoDigest)?;
     if found != expected.as_str() {
-        return Err(PayloadError::DigestMismatch { found: found.to_string(), expected: expected.to_string() });
+        return Err(PayloadError::DigestMismatch {
+            found: found.to_string(),
+            expected: expected.to_string(),
+        });
     }
-    let kind = critical.get("type").and_then(|t| t.as_str()).unwrap_or_default();
+    let kind = critical
+        .get("type")
+        .and_then(|t| t.as_str())
+        .unwrap_or_default();
     if !ACCEPTED_PAYLOAD_TYPES.contains(&kind) {
         return Err(PayloadError::UnknownType(kind.to_string()));
     }
@@ -121,25 +132,38 @@ mod tests {
     fn check_fails_because_digest_differs() {
         let payload = signature_payload(&format!("gcr.io/p/web@{D}")).unwrap();
         let other = Digest::parse(&format!("sha256:{}", "f".repeat(64))).unwrap();
-        assert!(matches!(check_payload(payload.as_bytes(), &other), Err(PayloadError::DigestMismatch { .. })));
+        assert!(matches!(
+            check_payload(payload.as_bytes(), &other),
+            Err(PayloadError::DigestMismatch { .. })
+        ));
     }
 
     #[test]
     fn check_fails_because_type_unknown() {
-        let payload = format!(r#"{{"critical":{{"image":{{"docker-manifest-digest":"{D}"}},"type":"my signature"}}}}"#);
-        assert!(matches!(check_payload(payload.as_bytes(), &Digest::parse(D).unwrap()), Err(PayloadError::UnknownType(_))));
+        let payload = format!(
+            r#"{{"critical":{{"image":{{"docker-manifest-digest":"{D}"}},"type":"my signature"}}}}"#
+        );
+        assert!(matches!(
+            check_payload(payload.as_bytes(), &Digest::parse(D).unwrap()),
+            Err(PayloadError::UnknownType(_))
+        ));
     }
 
     #[test]
     fn every_accepted_type_passes() {
         for t in ACCEPTED_PAYLOAD_TYPES {
-            let payload = format!(r#"{{"critical":{{"image":{{"docker-manifest-digest":"{D}"}},"type":"{t}"}}}}"#);
+            let payload = format!(
+                r#"{{"critical":{{"image":{{"docker-manifest-digest":"{D}"}},"type":"{t}"}}}}"#
+            );
             check_payload(payload.as_bytes(), &Digest::parse(D).unwrap()).unwrap();
         }
     }
 
     #[test]
     fn non_ascii_is_escaped_like_python() {
-        assert_eq!(ascii_json_string("é😀\u{1}"), "\"\\u00e9\\ud83d\\ude00\\u0001\"");
+        assert_eq!(
+            ascii_json_string("é😀\u{1}"),
+            "\"\\u00e9\\ud83d\\ude00\\u0001\""
+        );
     }
 }

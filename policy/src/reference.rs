@@ -15,9 +15,15 @@ pub enum ReferenceError {
     #[error("empty image reference")]
     Empty,
     #[error("invalid image reference {reference:?}: {reason}")]
-    Invalid { reference: String, reason: &'static str },
+    Invalid {
+        reference: String,
+        reason: &'static str,
+    },
     #[error("invalid digest {digest:?}: {reason}")]
-    InvalidDigest { digest: String, reason: &'static str },
+    InvalidDigest {
+        digest: String,
+        reason: &'static str,
+    },
 }
 
 /// A content digest (`sha256:<64 hex>`, `sha512:<128 hex>`), lower case.
@@ -26,8 +32,13 @@ pub struct Digest(String);
 
 impl Digest {
     pub fn parse(s: &str) -> Result<Digest, ReferenceError> {
-        let invalid = |reason| ReferenceError::InvalidDigest { digest: s.to_string(), reason };
-        let (algorithm, hex) = s.split_once(':').ok_or_else(|| invalid("missing algorithm"))?;
+        let invalid = |reason| ReferenceError::InvalidDigest {
+            digest: s.to_string(),
+            reason,
+        };
+        let (algorithm, hex) = s
+            .split_once(':')
+            .ok_or_else(|| invalid("missing algorithm"))?;
         let expected_len = match algorithm {
             "sha256" => 64,
             "sha512" => 128,
@@ -36,7 +47,10 @@ impl Digest {
         if hex.len() != expected_len {
             return Err(invalid("wrong length for its algorithm"));
         }
-        if !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(invalid("not lower-case hexadecimal"));
         }
         Ok(Digest(s.to_string()))
@@ -68,7 +82,10 @@ impl ImageRef {
         if reference.is_empty() {
             return Err(ReferenceError::Empty);
         }
-        let invalid = |reason| ReferenceError::Invalid { reference: reference.to_string(), reason };
+        let invalid = |reason| ReferenceError::Invalid {
+            reference: reference.to_string(),
+            reason,
+        };
         let (name_and_tag, digest) = match reference.split_once('@') {
             Some((n, d)) => (n, Some(Digest::parse(d)?)),
             None => (reference, None),
@@ -93,13 +110,19 @@ impl ImageRef {
             return Err(invalid("invalid registry host"));
         }
         if !valid_path(&path) {
-            return Err(invalid("invalid repository path (lower-case letters, digits and separators)"));
+            return Err(invalid(
+                "invalid repository path (lower-case letters, digits and separators)",
+            ));
         }
         let repository = format!("{domain}/{path}");
         if repository.len() > MAX_NAME_LEN {
             return Err(invalid("repository name longer than 255 characters"));
         }
-        Ok(ImageRef { repository, tag: tag.map(str::to_string), digest })
+        Ok(ImageRef {
+            repository,
+            tag: tag.map(str::to_string),
+            digest,
+        })
     }
 
     /// `repository@digest` when there is a digest, else the reference itself.
@@ -112,7 +135,11 @@ impl ImageRef {
 
     /// The same image pinned to `digest`, keeping repository and tag.
     pub fn with_digest(&self, digest: Digest) -> ImageRef {
-        ImageRef { repository: self.repository.clone(), tag: self.tag.clone(), digest: Some(digest) }
+        ImageRef {
+            repository: self.repository.clone(),
+            tag: self.tag.clone(),
+            digest: Some(digest),
+        }
     }
 }
 
@@ -141,9 +168,16 @@ fn split_domain(name: &str) -> (&str, std::borrow::Cow<'_, str>) {
         }
         _ => (DEFAULT_DOMAIN, name),
     };
-    let domain = if domain == LEGACY_DEFAULT_DOMAIN { DEFAULT_DOMAIN } else { domain };
+    let domain = if domain == LEGACY_DEFAULT_DOMAIN {
+        DEFAULT_DOMAIN
+    } else {
+        domain
+    };
     if domain == DEFAULT_DOMAIN && !rest.contains('/') {
-        (domain, std::borrow::Cow::Owned(format!("{OFFICIAL_REPO_PREFIX}{rest}")))
+        (
+            domain,
+            std::borrow::Cow::Owned(format!("{OFFICIAL_REPO_PREFIX}{rest}")),
+        )
     } else {
         (domain, std::borrow::Cow::Borrowed(rest))
     }
@@ -155,7 +189,10 @@ fn valid_tag(tag: &str) -> bool {
         Some(first) if first.is_ascii_alphanumeric() || *first == b'_' => {}
         _ => return false,
     }
-    bytes.len() <= MAX_TAG_LEN && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    bytes.len() <= MAX_TAG_LEN
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 fn valid_domain(domain: &str) -> bool {
@@ -163,7 +200,11 @@ fn valid_domain(domain: &str) -> bool {
         // [IPv6]:port
         match rest.split_once(']') {
             Some((addr, after)) => {
-                if addr.is_empty() || !addr.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
+                if addr.is_empty()
+                    || !addr
+                        .bytes()
+                        .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+                {
                     return false;
                 }
                 match after {
@@ -189,7 +230,9 @@ fn valid_domain(domain: &str) -> bool {
             !label.is_empty()
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
 }
 
@@ -253,7 +296,10 @@ mod tests {
         assert_eq!(norm("nginx:1.25"), "docker.io/library/nginx:1.25");
         assert_eq!(norm("library/nginx"), "docker.io/library/nginx");
         assert_eq!(norm("bitnami/redis"), "docker.io/bitnami/redis");
-        assert_eq!(norm("index.docker.io/library/nginx"), "docker.io/library/nginx");
+        assert_eq!(
+            norm("index.docker.io/library/nginx"),
+            "docker.io/library/nginx"
+        );
         assert_eq!(norm("docker.io/nginx"), "docker.io/library/nginx");
     }
 
@@ -287,7 +333,19 @@ mod tests {
 
     #[test]
     fn invalid_names_are_rejected() {
-        for bad in ["", "gcr.io/Upper", "gcr.io/a//b", "gcr.io/a/", "gcr.io/-a", "a:", "a:-x", "gcr.io:x/a", "a b", "gcr.io/a..b", "gcr.io/a___b"] {
+        for bad in [
+            "",
+            "gcr.io/Upper",
+            "gcr.io/a//b",
+            "gcr.io/a/",
+            "gcr.io/-a",
+            "a:",
+            "a:-x",
+            "gcr.io:x/a",
+            "a b",
+            "gcr.io/a..b",
+            "gcr.io/a___b",
+        ] {
             assert!(ImageRef::parse(bad).is_err(), "{bad} should be invalid");
         }
         assert!(ImageRef::parse(&format!("a:{}", "t".repeat(129))).is_err());
@@ -295,7 +353,13 @@ mod tests {
 
     #[test]
     fn separators_follow_the_distribution_grammar() {
-        for good in ["gcr.io/a.b", "gcr.io/a_b", "gcr.io/a__b", "gcr.io/a---b", "gcr.io/a-b.c_d"] {
+        for good in [
+            "gcr.io/a.b",
+            "gcr.io/a_b",
+            "gcr.io/a__b",
+            "gcr.io/a---b",
+            "gcr.io/a-b.c_d",
+        ] {
             assert!(ImageRef::parse(good).is_ok(), "{good} should be valid");
         }
     }

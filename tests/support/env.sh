@@ -327,13 +327,35 @@ ag_registry_digest() {
 }
 
 # ag_image_archive LAYOUT TAG OUT.tar NAME: write an OCI archive of LAYOUT:TAG
-# whose index names it NAME (a full reference, e.g. example.test/app:1), for
-# `ag_ctr DIR images import OUT.tar`. The manifest (and so its digest) is the
-# layout's, unchanged.
+# whose index annotates it org.opencontainers.image.ref.name=NAME. A full
+# reference (example.test/app:1) makes plain `ctr images import OUT.tar` name
+# it so; a bare tag suits `ctr images import --base-name REPO` (see
+# ag_image_import). The manifest (and so its digest) is the layout's.
 ag_image_archive() {
   local layout="${1:?LAYOUT}" tag="${2:?TAG}" out="${3:?OUT}" name="${4:?NAME}"
   rm -f "$out"
   skopeo copy -q "oci:$layout:$tag" "oci-archive:$out:$name" >/dev/null
+}
+
+# ag_image_import DIR LAYOUT TAG REPO:NEWTAG [--no-digest]: put LAYOUT:TAG on
+# DIR's node without a pull: `ctr -n k8s.io images import` of an OCI archive,
+# named REPO:NEWTAG and (unless --no-digest) also REPO@<digest>, so the CRI's
+# ImageStatus shows a repoDigest just as for a pulled image. With --no-digest
+# the image has repoTags only and no repoDigests (like a plain `ctr import`).
+# Prints the manifest digest. Archive kept in DIR/imports/.
+ag_image_import() {
+  local dir="${1:?DIR}" layout="${2:?LAYOUT}" tag="${3:?TAG}" name="${4:?REPO:TAG}"
+  local repo="${name%:*}" newtag="${name##*:}" flags=(--digests) tar
+  if [[ "$repo" == "$name" || "$newtag" == */* ]]; then
+    ag__err "ag_image_import: NAME must be REPO:TAG, got '$name'"; return 1
+  fi
+  [[ "${5:-}" == --no-digest ]] && flags=()
+  mkdir -p "$dir/imports"
+  tar="$dir/imports/${repo//\//_}_$newtag.tar"
+  # The archive's ref name is just the tag; ctr prefixes --base-name.
+  ag_image_archive "$layout" "$tag" "$tar" "$newtag" || return 1
+  ag_ctr "$dir" images import --base-name "$repo" "${flags[@]}" "$tar" >/dev/null || return 1
+  ag_image_digest "$layout" "$tag"
 }
 
 # ------------------------------------------------------------ containerd ---

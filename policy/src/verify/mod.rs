@@ -27,9 +27,16 @@ pub enum KeyError {
     #[error("invalid PEM public key: {0}")]
     InvalidPem(String),
     #[error("key type {actual} does not match signature algorithm {algorithm}")]
-    AlgorithmMismatch { algorithm: &'static str, actual: String },
+    AlgorithmMismatch {
+        algorithm: &'static str,
+        actual: String,
+    },
     #[error("RSA key is {actual} bits but signature algorithm {algorithm} needs {expected}")]
-    RsaKeySize { algorithm: &'static str, expected: usize, actual: usize },
+    RsaKeySize {
+        algorithm: &'static str,
+        expected: usize,
+        actual: usize,
+    },
     #[error("invalid PGP public key: {0}")]
     InvalidPgp(String),
 }

@@ -56,7 +56,11 @@ impl PgpKey {
         let (mut keys, _headers) = SignedPublicKey::from_string_many(&text).map_err(invalid)?;
         let key = match keys.next() {
             Some(key) => key.map_err(invalid)?,
-            None => return Err(KeyError::InvalidPgp("no public key in the block".to_owned())),
+            None => {
+                return Err(KeyError::InvalidPgp(
+                    "no public key in the block".to_owned(),
+                ));
+            }
         };
         // An attestor key names exactly one certificate; a second one would be
         // silently trusted or silently ignored, both surprising.
@@ -125,7 +129,9 @@ impl PgpKey {
                 ));
             }
             armored_text = normalize_armor(text);
-            Message::from_armor(armored_text.as_bytes()).map_err(malformed)?.0
+            Message::from_armor(armored_text.as_bytes())
+                .map_err(malformed)?
+                .0
         } else {
             Message::from_bytes(message).map_err(malformed)?
         };

@@ -234,7 +234,10 @@ pub struct UnknownAlgorithm(pub String);
 
 /// `ni:///sha-256;` + unpadded base64url of SHA-256 over the DER SubjectPublicKeyInfo.
 pub fn pkix_key_id(spki_der: &[u8]) -> String {
-    format!("ni:///sha-256;{}", URL_SAFE_NO_PAD.encode(Sha256::digest(spki_der)))
+    format!(
+        "ni:///sha-256;{}",
+        URL_SAFE_NO_PAD.encode(Sha256::digest(spki_der))
+    )
 }
 
 /// The verifying key, parsed once, bound to its scheme and hash.
@@ -359,8 +362,12 @@ impl PkixKey {
     pub fn verify(&self, payload: &[u8], signature: &[u8]) -> Result<(), VerifyError> {
         let bad = |_| VerifyError::BadSignature;
         match &self.verifier {
-            Verifier::RsaPkcs1Sha256(k) => k.verify(payload, &rsa_signature(signature)?).map_err(bad),
-            Verifier::RsaPkcs1Sha512(k) => k.verify(payload, &rsa_signature(signature)?).map_err(bad),
+            Verifier::RsaPkcs1Sha256(k) => {
+                k.verify(payload, &rsa_signature(signature)?).map_err(bad)
+            }
+            Verifier::RsaPkcs1Sha512(k) => {
+                k.verify(payload, &rsa_signature(signature)?).map_err(bad)
+            }
             Verifier::RsaPssSha256(k) => k.verify(payload, &pss_signature(signature)?).map_err(bad),
             Verifier::RsaPssSha512(k) => k.verify(payload, &pss_signature(signature)?).map_err(bad),
             Verifier::P256(k) => {
@@ -487,9 +494,9 @@ pub fn pem_blocks(text: &str) -> Result<Vec<PemBlock>, KeyError> {
                 "PEM block {label} has no END line"
             )));
         }
-        let der = STANDARD
-            .decode(body.as_bytes())
-            .map_err(|e| KeyError::InvalidPem(format!("PEM block {label} is not valid base64: {e}")))?;
+        let der = STANDARD.decode(body.as_bytes()).map_err(|e| {
+            KeyError::InvalidPem(format!("PEM block {label} is not valid base64: {e}"))
+        })?;
         blocks.push(PemBlock {
             label: label.to_owned(),
             has_headers,
@@ -555,8 +562,13 @@ mod tests {
 
     #[test]
     fn unknown_and_lowercase_names_do_not_parse() {
-        for name in ["", "ecdsa_p256_sha256", "RSA_PSS_1024_SHA256", "ED25519", " ECDSA_P256_SHA256"]
-        {
+        for name in [
+            "",
+            "ecdsa_p256_sha256",
+            "RSA_PSS_1024_SHA256",
+            "ED25519",
+            " ECDSA_P256_SHA256",
+        ] {
             assert_eq!(SignatureAlgorithm::parse(name), None, "{name:?}");
         }
     }

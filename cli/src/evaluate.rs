@@ -1,0 +1,134 @@
+//! `attestgate evaluate`: one decision, exactly as the node makes it.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use attestgate_policy::{
+    Bundle, FailMode, ImageRef, NamePattern, NodeConfig, Operation, PodContext, PodRef,
+    RecordContext, evaluate,
+};
+use clap::{Args as ClapArgs, ValueEnum};
+
+use crate::Outcome;
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(ClapArgs)]
+pub struct Args {
+    /// Bundle directory (policy, attestors/, attestations/).
+    #[arg(long)]
+    bundle: PathBuf,
+    /// Image reference; with @sha256:… for attestation checks.
+    #[arg(long)]
+    image: String,
+    /// The node's cluster name, GCP form location.clusterId.
+    #[arg(long)]
+    cluster: Option<String>,
+    #[arg(long)]
+    namespace: Option<String>,
+    #[arg(long)]
+    service_account: Option<String>,
+    /// Pod label KEY=VALUE (repeatable).
+    #[arg(long = "label", value_name = "K=V")]
+    labels: Vec<String>,
+    /// Pod annotation KEY=VALUE (repeatable).
+    #[arg(long = "annotation", value_name = "K=V")]
+    annotations: Vec<String>,
+    /// Node system-image patterns (repeatable); default registry.k8s.io/pause*.
+    #[arg(long = "system-image", value_name = "PATTERN")]
+    system_images: Vec<String>,
+    /// Require attestations to name the image's own repository.
+    #[arg(long)]
+    strict_repository: bool,
+    #[arg(long, value_enum, default_value = "text")]
+    output: Output,
+}
+
+fn key_value(pair: &str, flag: &str) -> anyhow::Result<(String, String)> {
+    match pair.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => bail!("--{flag} {pair:?}: expected KEY=VALUE"),
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    let image =
+        ImageRef::parse(&args.image).with_context(|| format!("--image {:?}", args.image))?;
+    let bundle = Bundle::load(&args.bundle).map_err(|e| {
+        let all: Vec<String> = e.errors.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!(
+            "invalid bundle {}:\n  {}",
+            args.bundle.display(),
+            all.join("\n  ")
+        )
+    })?;
+    for warning in bundle.warnings() {
+        eprintln!("warning: skipped: {warning}");
+    }
+    let mut node = NodeConfig {
+        cluster: args.cluster.clone(),
+        strict_repository: args.strict_repository,
+        fail_mode: FailMode::Closed,
+        ..NodeConfig::default()
+    };
+    if !args.system_images.is_empty() {
+        node.system_images = args
+            .system_images
+            .iter()
+            .map(|p| NamePattern::parse(p).with_context(|| format!("--system-image {p:?}")))
+            .collect::<anyhow::Result<_>>()?;
+    }
+    let mut pod = PodContext {
+        namespace: args.namespace.clone(),
+        service_account: args.service_account.clone(),
+        ..PodContext::default()
+    };
+    for l in &args.labels {
+        let (k, v) = key_value(l, "label")?;
+        pod.labels.insert(k, v);
+    }
+    for a in &args.annotations {
+        let (k, v) = key_value(a, "annotation")?;
+        pod.annotations.insert(k, v);
+    }
+    let decision = evaluate(Some(&bundle), &node, &args.image, &image, &pod);
+    match args.output {
+        Output::Text => {
+            let verdict = if decision.allowed { "ALLOW" } else { "DENY" };
+            println!("{verdict} {}: {}", decision.reason, decision.explanation());
+            for a in &decision.attestors {
+                let mark = if a.satisfied { "ok  " } else { "FAIL" };
+                println!("  {mark} {}: {}", a.name, a.detail);
+            }
+        }
+        Output::Json => {
+            let ctx = RecordContext {
+                operation: Operation::Evaluate,
+                time: time::OffsetDateTime::now_utc(),
+                pod: args.namespace.as_ref().map(|ns| PodRef {
+                    namespace: Some(ns.clone()),
+                    name: None,
+                    uid: None,
+                }),
+                container: None,
+                cluster: args.cluster.clone(),
+                bundle: Some(attestgate_policy::decision::BundleRef {
+                    digest: bundle.digest().to_string(),
+                    loaded_at: attestgate_policy::decision::format_time(
+                        time::OffsetDateTime::now_utc(),
+                    ),
+                }),
+            };
+            println!("{}", decision.record_json(&ctx));
+        }
+    }
+    Ok(if decision.allowed {
+        Outcome::Success
+    } else {
+        Outcome::Deny
+    })
+}

@@ -1,0 +1,153 @@
+//! `keygen`, `payload` and `sign`: what a CI pipeline needs to attest an image.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use attestgate_policy::payload::signature_payload;
+use attestgate_policy::verify::SignatureAlgorithm;
+use base64::Engine as _;
+use clap::Args as ClapArgs;
+
+use crate::Outcome;
+use crate::keys::{SigningKey, generate};
+
+pub fn parse_algorithm(name: &str) -> anyhow::Result<SignatureAlgorithm> {
+    SignatureAlgorithm::parse(name).with_context(|| {
+        let names: Vec<&str> = SignatureAlgorithm::ALL.iter().map(|a| a.name()).collect();
+        format!(
+            "unknown signature algorithm {name:?}; one of {}",
+            names.join(", ")
+        )
+    })
+}
+
+#[derive(ClapArgs)]
+pub struct KeygenArgs {
+    /// GCP signature algorithm, e.g. ECDSA_P256_SHA256 or RSA_PSS_2048_SHA256.
+    #[arg(long)]
+    algorithm: String,
+    /// Where to write the private key (PKCS#8 PEM, mode 0600).
+    #[arg(long)]
+    private: PathBuf,
+    /// Where to write the public key (SubjectPublicKeyInfo PEM).
+    #[arg(long)]
+    public: PathBuf,
+    /// Overwrite existing files.
+    #[arg(long)]
+    force: bool,
+}
+
+pub fn keygen(args: KeygenArgs) -> anyhow::Result<Outcome> {
+    let algorithm = parse_algorithm(&args.algorithm)?;
+    let key = generate(algorithm)?;
+    write_file(&args.private, key.private_pem.as_bytes(), 0o600, args.force)?;
+    write_file(&args.public, key.public_pem.as_bytes(), 0o644, args.force)?;
+    eprintln!(
+        "wrote {} and {}",
+        args.private.display(),
+        args.public.display()
+    );
+    Ok(Outcome::Success)
+}
+
+/// Writes a new file; refuses to replace one unless `force`, so a
+/// mistyped path never destroys a signing key.
+fn write_file(path: &Path, bytes: &[u8], mode: u32, force: bool) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).mode(mode);
+    if force {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(bytes)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+#[derive(ClapArgs)]
+pub struct PayloadArgs {
+    /// REPOSITORY@DIGEST (an https:// prefix is accepted).
+    #[arg(long)]
+    artifact_url: String,
+}
+
+pub fn payload(args: PayloadArgs) -> anyhow::Result<Outcome> {
+    let payload = signature_payload(&args.artifact_url)?;
+    std::io::stdout().write_all(payload.as_bytes())?;
+    Ok(Outcome::Success)
+}
+
+#[derive(ClapArgs)]
+pub struct SignArgs {
+    /// REPOSITORY@DIGEST of the image to attest.
+    #[arg(long)]
+    artifact_url: String,
+    /// Private key PEM: PKCS#8, PKCS#1 RSA or SEC1 EC, as openssl writes them.
+    #[arg(long)]
+    key: PathBuf,
+    #[arg(long)]
+    algorithm: String,
+    /// The attestor's note, projects/P/notes/N.
+    #[arg(long)]
+    note: String,
+    /// Public key id to record; defaults to the key's derived ni:///sha-256; id.
+    #[arg(long)]
+    key_id: Option<String>,
+    /// Write the occurrence here instead of stdout.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+pub fn sign(args: SignArgs) -> anyhow::Result<Outcome> {
+    let algorithm = parse_algorithm(&args.algorithm)?;
+    let note_parts: Vec<&str> = args.note.split('/').collect();
+    if !(note_parts.len() == 4
+        && note_parts[0] == "projects"
+        && note_parts[2] == "notes"
+        && !note_parts[1].is_empty()
+        && !note_parts[3].is_empty())
+    {
+        bail!(
+            "--note {:?}: expected projects/PROJECT/notes/NOTE",
+            args.note
+        );
+    }
+    let payload = signature_payload(&args.artifact_url)?;
+    let pem = std::fs::read_to_string(&args.key)
+        .with_context(|| format!("cannot read {}", args.key.display()))?;
+    let key = SigningKey::from_pem(&pem, algorithm)
+        .with_context(|| format!("key {}", args.key.display()))?;
+    let signature = key.sign(payload.as_bytes())?;
+    let key_id = match args.key_id {
+        Some(id) if !id.is_empty() => id,
+        _ => key.key_id()?,
+    };
+    let url = args
+        .artifact_url
+        .strip_prefix("https://")
+        .unwrap_or(&args.artifact_url);
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let occurrence = serde_json::json!({
+        "resourceUri": format!("https://{url}"),
+        "noteName": args.note,
+        "kind": "ATTESTATION",
+        "attestation": {
+            "serializedPayload": b64.encode(payload.as_bytes()),
+            "signatures": [{ "publicKeyId": key_id, "signature": b64.encode(&signature) }],
+        },
+    });
+    let mut text = serde_json::to_string_pretty(&occurrence)?;
+    text.push('\n');
+    match &args.out {
+        Some(path) => std::fs::write(path, text)
+            .with_context(|| format!("cannot write {}", path.display()))?,
+        None => std::io::stdout().write_all(text.as_bytes())?,
+    }
+    Ok(Outcome::Success)
+}

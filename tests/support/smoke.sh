@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# End-to-end smoke test of the test environment itself (no attestgate code):
+# registry -> images -> containerd -> CRI pull/runp/create/start/exec/logs/
+# streaming URLs/events -> ctr import (image on the node without a pull) ->
+# teardown, asserting nothing is left running or mounted.
+#
+#   sudo tests/support/smoke.sh            # keep nothing
+#   AG_KEEP=1 tests/support/smoke.sh       # leave DIR (logs, configs) behind
+#
+# Prints a timing line per step and ends with "N passed, N failed".
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=env.sh
+source "$here/env.sh"
+
+ag_require
+DIR="$(mktemp -d /tmp/ag.XXXXXX)"
+passed=0 failed=0
+ok() { passed=$((passed + 1)); printf 'ok   %s\n' "$*"; }
+bad() { failed=$((failed + 1)); printf 'FAIL %s\n' "$*"; }
+check() { local what="$1"; shift; if "$@"; then ok "$what"; else bad "$what"; fi; }
+now() { date +%s.%N; }
+T=$(now)
+lap() { local t; t=$(now); printf 'time %-28s %6.2fs\n' "$1" "$(echo "$t - $T" | bc)"; T=$t; }
+
+cleanup() {
+  local rc=$?
+  ag_containerd_stop "$DIR" || true
+  ag_registry_stop "$DIR" || true
+  if ag_assert_clean "$DIR"; then ok "teardown left no process, mount or bridge"; else bad "teardown left debris"; fi
+  lap "teardown"
+  if [[ -z "${AG_KEEP:-}" ]]; then rm -rf "$DIR"; else echo "kept $DIR"; fi
+  echo "$passed passed, $failed failed"
+  ((failed == 0 && rc == 0)) || exit 1
+}
+trap cleanup EXIT
+
+echo "DIR=$DIR"
+ag_versions | sed 's/^/version: /'
+
+ag_registry_start "$DIR"; lap "registry start"
+
+ag_image_build_pause "$DIR/oci" pause >/dev/null
+ag_image_build_app "$DIR/oci" app >/dev/null; lap "build pause+app (umoci)"
+PAUSE="$AG_REGISTRY/attestgate/pause:1"
+APP="$AG_REGISTRY/attestgate/app:1"
+pause_digest="$(ag_image_push "$DIR/oci" pause "$PAUSE")"
+app_digest="$(ag_image_push "$DIR/oci" app "$APP")"; lap "push pause+app (skopeo)"
+check "registry serves the pushed digest" test "$(ag_registry_digest "$APP")" = "$app_digest"
+check "layout digest equals pushed digest" \
+  test "$(ag_image_digest "$DIR/oci" app)" = "$app_digest"
+
+ag_containerd_start "$DIR" "$PAUSE" "$AG_REGISTRY"; lap "containerd start (to CRI ready)"
+c_version() { ag_cri "$DIR" version | grep -q '"runtimeName": "containerd"'; }
+check "CRI version answers" c_version
+
+ref="$(ag_cri "$DIR" pull "$APP")"; lap "CRI pull app (HTTP registry)"
+check "pull returns an image id" test -n "$ref"
+c_repodigest() { ag_cri "$DIR" inspecti "$APP" | grep -qF "attestgate/app@$app_digest"; }
+check "ImageStatus lists the repo digest" c_repodigest
+c_pull_digest() { ag_cri "$DIR" pull "${APP%:1}@$app_digest" >/dev/null; }
+check "pull by digest" c_pull_digest
+
+ag_pod_config web ns1 uid-web >"$DIR/pod.json"
+pod="$(ag_cri "$DIR" runp "$DIR/pod.json")"; lap "runp (pause pulled over HTTP)"
+c_pod_ip() { ag_cri "$DIR" inspectp "$pod" | grep -q '"ip": "10\.'; }
+check "pod has a bridge IP" c_pod_ip
+
+ag_container_config app "$APP" >"$DIR/app.json"
+ctr_id="$(ag_cri "$DIR" create "$pod" "$DIR/app.json" "$DIR/pod.json")"
+ag_cri "$DIR" start "$ctr_id"; lap "create+start container"
+c_running() { ag_cri "$DIR" inspect "$ctr_id" | grep -q CONTAINER_RUNNING; }
+check "container running" c_running
+c_exec() {
+  local out rc=0
+  out="$(ag_cri "$DIR" exec "$ctr_id" sh -c 'echo hi-from-exec; exit 3')" || rc=$?
+  [[ "$rc" == 3 && "$out" == hi-from-exec ]]
+}
+check "exec sync (stdout + exit code)" c_exec
+c_logs() { ag_cri "$DIR" logs "$ctr_id" | grep -q ' stdout F hello$'; }
+check "logs show hello" ag_wait_until 10 "hello in logs" c_logs
+c_exec_url() { ag_cri "$DIR" exec-url "$ctr_id" ls | grep -q '^http://127.0.0.1:[0-9]*/exec/'; }
+check "exec URL" c_exec_url
+c_attach_url() { ag_cri "$DIR" attach-url "$ctr_id" | grep -q '/attach/'; }
+check "attach URL" c_attach_url
+c_pf_url() { ag_cri "$DIR" port-forward-url "$pod" 8080 | grep -q '/portforward/'; }
+check "port-forward URL" c_pf_url
+if [[ -n "$(command -v python3)" ]] && "$AG_PYTHON" -c 'import websocket' 2>/dev/null; then
+  c_ws_exec() { [[ "$(ag_stream_exec "$DIR" "$ctr_id" echo via-stream)" == via-stream ]]; }
+  check "exec through the streaming URL (websocket)" c_ws_exec
+fi
+# containerd 1.6 has no GetContainerEvents (added in 1.7): expect UNIMPLEMENTED.
+c_events() { ag_cri "$DIR" events --for 2 2>&1 | grep -q 'code = UNIMPLEMENTED'; }
+check "GetContainerEvents is UNIMPLEMENTED on containerd 1.6" c_events
+lap "exec/logs/urls/events"
+
+# Image on the node without a pull: imported with ctr, never in the registry.
+ag_image_build_app "$DIR/oci" local --label attestgate.test/variant=local >/dev/null
+local_digest="$(ag_image_import "$DIR" "$DIR/oci" local attestgate.test/local/app:1)"
+lap "build+ctr import"
+c_import() { ag_cri "$DIR" inspecti attestgate.test/local/app:1 | grep -qF "attestgate.test/local/app@$local_digest"; }
+check "imported image visible to CRI with repo digest" c_import
+ag_container_config local attestgate.test/local/app:1 sh -c 'echo from-local; sleep 600' >"$DIR/local.json"
+ctr2="$(ag_cri "$DIR" create "$pod" "$DIR/local.json" "$DIR/pod.json")"
+ag_cri "$DIR" start "$ctr2"
+c_local_logs() { ag_cri "$DIR" logs "$ctr2" | grep -q from-local; }
+check "container from imported image runs" ag_wait_until 10 "from-local" c_local_logs
+
+ag_cri "$DIR" stop "$ctr_id" -t 10
+ag_cri "$DIR" stop "$ctr2" -t 2; lap "stop 2 containers"
+c_exit0() {
+  local s; s="$(ag_cri "$DIR" inspect "$ctr_id")"
+  grep -q CONTAINER_EXITED <<<"$s" && ! grep -q '"exitCode":' <<<"$s"
+}
+check "app exited 0 on SIGTERM" c_exit0
+ag_cri "$DIR" rm "$ctr_id"
+ag_cri "$DIR" rm "$ctr2"
+ag_cri "$DIR" stopp "$pod"
+ag_cri "$DIR" rmp "$pod"; lap "rm containers, stopp+rmp"
+c_no_pods() { ! ag_cri "$DIR" pods | grep -q '"id"'; }
+check "no pods left" c_no_pods
