@@ -90,7 +90,7 @@ impl std::fmt::Debug for SigningKey {
 
 /// The key material found in a PEM file, before it is bound to an algorithm.
 enum PrivateKey {
-    Rsa(rsa::RsaPrivateKey),
+    Rsa(Box<rsa::RsaPrivateKey>),
     P256(p256::SecretKey),
     P384(p384::SecretKey),
     P521(p521::SecretKey),
@@ -127,6 +127,7 @@ impl SigningKey {
         };
         let (signer, spki) = match (alg.kind(), key) {
             (KeyKind::RsaPss { bits } | KeyKind::RsaPkcs1 { bits }, PrivateKey::Rsa(k)) => {
+                let k = *k;
                 let actual = k.n().bits();
                 ensure!(
                     actual == bits,
@@ -184,10 +185,6 @@ impl SigningKey {
             spki_der,
             verifier,
         })
-    }
-
-    pub fn algorithm(&self) -> SignatureAlgorithm {
-        self.algorithm
     }
 
     /// Signs `payload`: RSA-PSS (salt = digest length) or PKCS#1 v1.5, or ECDSA
@@ -271,7 +268,7 @@ fn parse_private_block(block: &PemBlock, curve_hint: Option<Curve>) -> anyhow::R
     match block.label.as_str() {
         "PRIVATE KEY" => parse_pkcs8(&block.der),
         "RSA PRIVATE KEY" => rsa::RsaPrivateKey::from_pkcs1_der(&block.der)
-            .map(PrivateKey::Rsa)
+            .map(|k| PrivateKey::Rsa(Box::new(k)))
             .map_err(|e| anyhow!("invalid PKCS#1 RSA private key: {e}")),
         "EC PRIVATE KEY" => parse_sec1(&block.der, curve_hint),
         "PUBLIC KEY" | "RSA PUBLIC KEY" => {
@@ -289,7 +286,7 @@ fn parse_pkcs8(der: &[u8]) -> anyhow::Result<PrivateKey> {
     let oid = info.algorithm.oid;
     if oid == OID_RSA_ENCRYPTION {
         return rsa::RsaPrivateKey::from_pkcs8_der(der)
-            .map(PrivateKey::Rsa)
+            .map(|k| PrivateKey::Rsa(Box::new(k)))
             .map_err(|e| anyhow!("invalid PKCS#8 RSA private key: {e}"));
     }
     if oid == OID_RSASSA_PSS {

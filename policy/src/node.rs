@@ -92,29 +92,6 @@ impl Node {
         Node { kind, location }
     }
 
-    /// Builds a tree without locations from a JSON value (attestation files,
-    /// which are parsed by serde_json for speed).
-    pub(crate) fn from_json(value: serde_json::Value) -> Node {
-        let kind = match value {
-            serde_json::Value::Null => Kind::Null,
-            serde_json::Value::Bool(b) => Kind::Bool(b),
-            serde_json::Value::Number(n) => Kind::Number(n.to_string()),
-            serde_json::Value::String(s) => Kind::Str(s),
-            serde_json::Value::Array(items) => {
-                Kind::Seq(items.into_iter().map(Node::from_json).collect())
-            }
-            serde_json::Value::Object(map) => Kind::Map(
-                map.into_iter()
-                    .map(|(k, v)| (k, Node::from_json(v)))
-                    .collect(),
-            ),
-        };
-        Node {
-            kind,
-            location: None,
-        }
-    }
-
     pub(crate) fn type_name(&self) -> &'static str {
         match self.kind {
             Kind::Null => "null",
@@ -141,6 +118,12 @@ fn source_text<'t>(text: &'t str, loc: &serde_saphyr::Location) -> Option<&'t st
 /// A field path under construction, rendered like `a.b[2].c`.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Path(String);
+
+impl std::fmt::Display for Path {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 impl Path {
     pub(crate) fn root() -> Path {
@@ -352,5 +335,75 @@ impl<'de> Visitor<'de> for RawVisitor {
 impl<'de> Deserialize<'de> for RawNode {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<RawNode, D::Error> {
         d.deserialize_any(RawVisitor)
+    }
+}
+
+/// Attestation files are read by serde_json straight into nodes (without
+/// locations): no intermediate `serde_json::Value`, one allocation per value.
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Node, D::Error> {
+        d.deserialize_any(PlainVisitor)
+    }
+}
+
+struct PlainVisitor;
+
+impl PlainVisitor {
+    fn node<E>(kind: Kind) -> Result<Node, E> {
+        Ok(Node {
+            kind,
+            location: None,
+        })
+    }
+}
+
+impl<'de> Visitor<'de> for PlainVisitor {
+    type Value = Node;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<Node, E> {
+        Self::node(Kind::Null)
+    }
+    fn visit_none<E>(self) -> Result<Node, E> {
+        Self::node(Kind::Null)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Node, E> {
+        Self::node(Kind::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Node, E> {
+        Self::node(Kind::Number(v.to_string()))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Node, E> {
+        Self::node(Kind::Number(v.to_string()))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Node, E> {
+        Self::node(Kind::Number(v.to_string()))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Node, E> {
+        Self::node(Kind::Str(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Node, E> {
+        Self::node(Kind::Str(v))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Self::node(Kind::Seq(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
+        let mut entries: Vec<(String, Node)> = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let value: Node = map.next_value()?;
+            // Same rule as for YAML; maps in occurrences are a handful of keys.
+            if entries.len() < 64 && entries.iter().any(|(k, _)| *k == key) {
+                return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
+            }
+            entries.push((key, value));
+        }
+        Self::node(Kind::Map(entries))
     }
 }

@@ -446,6 +446,11 @@ fn base64_field(obj: &Obj<'_>, field: &str) -> Result<Option<Vec<u8>>, FieldErro
 /// paste URL-safe or unpadded forms, which decode to the same bytes.
 pub(crate) fn decode_base64(text: &str) -> Result<Vec<u8>, String> {
     use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    if let Ok(bytes) = STANDARD.decode(text) {
+        return Ok(bytes);
+    }
+    // Line-wrapped base64 (as `base64` and openssl write it) is common in
+    // hand-made files.
     let trimmed: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
     for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
         if let Ok(bytes) = engine.decode(&trimmed) {

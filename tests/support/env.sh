@@ -33,7 +33,8 @@ AG_PYTHON="${AG_PYTHON:-/usr/bin/python3}"
 AG_CNI_BIN_DIR="${AG_CNI_BIN_DIR:-/usr/lib/cni}"
 AG_BUSYBOX="${AG_BUSYBOX:-/bin/busybox}"
 AG_DEBIAN_PACKAGES=(containerd runc containernetworking-plugins docker-registry
-  skopeo umoci busybox-static python3-grpcio python3-grpc-tools iproute2 curl)
+  skopeo umoci busybox-static python3-grpcio python3-grpc-tools python3-websocket
+  iproute2 curl bc)
 
 ag__err() { printf 'env.sh: %s\n' "$*" >&2; }
 ag__log() { [[ -n "${AG_QUIET:-}" ]] || printf 'env.sh: %s\n' "$*" >&2; }
@@ -114,7 +115,7 @@ ag_wait_until() {
 
 ag__socket_connects() {
   [[ -S "$1" ]] && "$AG_PYTHON" -c 'import socket, sys
-s = socket.socket(socket.AF_UNIX); s.settimeout(1); s.connect(sys.argv[1])' "$1"
+s = socket.socket(socket.AF_UNIX); s.settimeout(1); s.connect(sys.argv[1])' "$1" 2>/dev/null
 }
 
 # ag_wait_for_socket PATH [TIMEOUT_S=30]: wait until PATH is a unix socket
@@ -123,6 +124,7 @@ ag_wait_for_socket() { ag_wait_until "${2:-30}" "unix socket $1" ag__socket_conn
 
 # ag_wait_for_tcp HOST PORT [TIMEOUT_S=30]: wait until HOST:PORT accepts.
 ag_wait_for_tcp() {
+  # shellcheck disable=SC2016 # expanded by the inner bash
   ag_wait_until "${3:-30}" "tcp $1:$2" bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$1" "$2"
 }
 
@@ -369,6 +371,13 @@ ag_image_import() {
 # 10.99.<n>.0/24, no masquerade, no default route in pods) and a hosts.toml
 # under DIR/containerd/certs.d making each INSECURE_REGISTRY (default
 # $AG_REGISTRY) a plain-HTTP host.
+# Hooks for later tests: AG_RUNTIME_TYPE replaces io.containerd.runc.v2 as the
+# default runtime's runtime_type: io.containerd.NAME.VER makes containerd run
+# the shim binary containerd-shim-NAME-VER found on its PATH, and
+# ag_containerd_start puts AG_SHIM_DIR first on that PATH (how to slot in a
+# wrapping shim; `runtime_path` is parsed by 1.6.20 but was not honoured);
+# AG_CONTAINERD_CONFIG_HOOK names a command run with the config.toml path
+# after it is written (to edit it); AG_CONTAINERD_LOG_LEVEL (default info).
 ag_containerd_config() {
   local dir="${1:-}"; ag__check_dir "$dir" || return 1
   local sandbox="${2:?SANDBOX_IMAGE}"; shift 2
@@ -415,7 +424,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
       snapshotter = "overlayfs"
       default_runtime_name = "runc"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-        runtime_type = "io.containerd.runc.v2"
+        runtime_type = "${AG_RUNTIME_TYPE:-io.containerd.runc.v2}"
         [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
           BinaryName = "$(command -v runc)"
           # runc state under DIR (default /run/containerd/runc)
@@ -451,7 +460,10 @@ EOF
   ]
 }
 EOF
-  for reg in "${regs[@]}"; do
+  if [[ -n "${AG_CONTAINERD_CONFIG_HOOK:-}" ]]; then
+    "$AG_CONTAINERD_CONFIG_HOOK" "$c/config.toml" || return 1
+  fi
+  for reg in ${regs[@]+"${regs[@]}"}; do
     mkdir -p "$c/certs.d/$reg"
     cat >"$c/certs.d/$reg/hosts.toml" <<EOF
 server = "http://$reg"
@@ -481,7 +493,8 @@ ag_containerd_start() {
   AG_POD_LOG_ROOT="$dir/pod-logs"
   # bridge plugin's isGateway turns on ip_forward; remember to restore it.
   [[ -f "$c/ip_forward.orig" ]] || cat /proc/sys/net/ipv4/ip_forward >"$c/ip_forward.orig"
-  containerd --config "$c/config.toml" >>"$c/containerd.log" 2>&1 </dev/null &
+  PATH="${AG_SHIM_DIR:+$AG_SHIM_DIR:}$PATH" \
+    containerd --config "$c/config.toml" >>"$c/containerd.log" 2>&1 </dev/null &
   echo $! >"$c/pid"
   AG_CONTAINERD_SOCK="$c/containerd.sock"
   echo "$AG_CONTAINERD_SOCK" >"$c/sock"
@@ -528,14 +541,18 @@ ag_pod_config() {
   "log_directory": "$logdir",
   "labels": {"io.kubernetes.pod.name": "$name", "io.kubernetes.pod.namespace": "$ns", "io.kubernetes.pod.uid": "$uid"},
   "annotations": {"attestgate.test/pod": "$name"},
-  "linux": {"cgroup_parent": "/attestgate/${AG_CGROUP_TAG:-default}/pod-$uid"}
+  "linux": {
+    "cgroup_parent": "/attestgate/${AG_CGROUP_TAG:-default}/pod-$uid",
+    "security_context": {"namespace_options": {"pid": "CONTAINER"}}
+  }
 }
 EOF
 }
 
-# ag_container_config NAME IMAGE [ARG...]: print a ContainerConfig JSON; with
-# ARGs they replace the image's cmd (args); the log file is NAME.log in the
-# pod's log_directory.
+# ag_container_config NAME IMAGE [ARG...]: print a ContainerConfig JSON; ARGs,
+# when given, become `command` (replacing the image's ENTRYPOINT, as a k8s
+# `command:` does; CRI `args` would be appended to it). Own PID namespace (as
+# kubelet sets it); log file NAME.log in the pod's log_directory.
 ag_container_config() {
   local name="${1:?NAME}" image="${2:?IMAGE}"; shift 2
   local args="" a line=""
@@ -543,16 +560,35 @@ ag_container_config() {
     a="${a//\\/\\\\}"; a="${a//\"/\\\"}"
     args+="${args:+, }\"$a\""
   done
-  (($# == 0)) || line='"args": ['"$args"'],'
+  (($# == 0)) || line='"command": ['"$args"'],'
   cat <<EOF
 {
   "metadata": {"name": "$name", "attempt": 0},
   "image": {"image": "$image"},
   $line
   "log_path": "$name.log",
-  "labels": {"io.kubernetes.container.name": "$name"}
+  "labels": {"io.kubernetes.container.name": "$name"},
+  "linux": {"security_context": {"namespace_options": {"pid": "CONTAINER"}}}
 }
 EOF
+}
+
+# ag_stream_exec DIR CTR_ID CMD...: run CMD through the CRI Exec streaming
+# URL (WebSocket; needs python3-websocket). Copies stdout/stderr, returns the
+# command's exit code.
+ag_stream_exec() {
+  local dir="${1:?DIR}" id="${2:?CTR_ID}" url; shift 2
+  url="$(ag_cri "$dir" exec-url "$id" "$@")" || return 1
+  "$AG_PYTHON" "$AG_SUPPORT_DIR/cri/stream.py" exec "$url"
+}
+
+# ag_port_forward DIR POD_ID PORT [DATA]: send DATA (default an HTTP/1.0
+# GET /) to PORT inside the pod through the CRI PortForward streaming URL and
+# print the reply (WebSocket; needs python3-websocket).
+ag_port_forward() {
+  local dir="${1:?DIR}" pod="${2:?POD_ID}" port="${3:?PORT}" url
+  url="$(ag_cri "$dir" port-forward-url "$pod" "$port")" || return 1
+  "$AG_PYTHON" "$AG_SUPPORT_DIR/cri/stream.py" portforward "$url" "$port" ${4+"$4"}
 }
 
 # ag_cri_remove_all DIR: stop and remove every CRI pod sandbox (and so its
@@ -580,6 +616,7 @@ ag_containerd_stop() {
     for ns in $(ctr --address "$c/containerd.sock" namespaces ls -q 2>/dev/null); do
       for id in $(ctr --address "$c/containerd.sock" -n "$ns" tasks ls -q 2>/dev/null); do
         ctr --address "$c/containerd.sock" -n "$ns" tasks kill -a -s SIGKILL "$id" >/dev/null 2>&1 || true
+        # shellcheck disable=SC2016 # expanded by the inner bash
         ag_wait_until 10 "task $id to exit" bash -c \
           '! ctr --address "$0" -n "$1" tasks ls | grep -q "^$2 .*RUNNING"' \
           "$c/containerd.sock" "$ns" "$id" || true
@@ -594,20 +631,36 @@ ag_containerd_stop() {
   if [[ -f "$c/pid" ]]; then
     ag_stop_pid "$(cat "$c/pid")" "$c/config.toml" 30 && rm -f "$c/pid"
   fi
-  # Force-clean whatever a crash or a failed test left.
-  if [[ -d "$c/runc" ]]; then
-    for ns in "$c/runc"/*; do
-      [[ -d "$ns" ]] || continue
-      for id in $(runc --root "$ns" list -q 2>/dev/null); do
-        runc --root "$ns" kill -a "$id" KILL >/dev/null 2>&1 || true
-        runc --root "$ns" delete -f "$id" >/dev/null 2>&1 || true
-      done
+  # Force-clean whatever a crash or a failed test left: every task bundle
+  # under our state dir. CRI tasks keep runc state in DIR (runtime option
+  # Root); tasks made by plain `ctr run` use runc's default root under
+  # /run/containerd/runc/NS, so look there too, but only act on a container
+  # whose runc state names our bundle.
+  local bundle root sock socks=()
+  for bundle in "$c"/state/io.containerd.runtime.v2.task/*/*; do
+    [[ -d "$bundle" ]] || continue
+    id="${bundle##*/}"; ns="${bundle%/*}"; ns="${ns##*/}"
+    for root in "$c/runc/$ns" "/run/containerd/runc/$ns"; do
+      [[ -d "$root/$id" ]] || continue
+      runc --root "$root" state "$id" 2>/dev/null | grep -qF "\"bundle\": \"$bundle\"" || continue
+      ag__err "killing leftover container $ns/$id (runc root $root)"
+      runc --root "$root" kill -a "$id" KILL >/dev/null 2>&1 || true
+      # shellcheck disable=SC2016 # expanded by the inner bash
+      ag_wait_until 10 "container $id to stop" bash -c \
+        '! runc --root "$0" state "$1" 2>/dev/null | grep -q "\"status\": \"running\""' "$root" "$id" || true
+      runc --root "$root" delete -f "$id" >/dev/null 2>&1 || true
     done
-  fi
+    # containerd 1.6 puts shim sockets in /run/containerd/s whatever `state` says
+    if [[ -f "$bundle/address" ]]; then
+      sock="$(sed 's|^unix://||' "$bundle/address")"
+      [[ "$sock" == /run/containerd/s/* ]] && socks+=("$sock")
+    fi
+  done
   for pid in $(ag_pids_mentioning "$c/containerd.sock"); do
     ag__err "killing leftover pid $pid: $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | cut -c1-120)"
     kill -KILL "$pid" 2>/dev/null || true
   done
+  for sock in ${socks[@]+"${socks[@]}"}; do rm -f "$sock"; done
   while read -r m; do
     [[ -n "$m" ]] || continue
     umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || ag__err "cannot unmount $m"
@@ -616,10 +669,12 @@ ag_containerd_stop() {
   rm -f /var/lib/cni/results/"ag-$h"-* 2>/dev/null || true
   local cg
   for cg in /sys/fs/cgroup/*/attestgate/"$h"; do
-    [[ -d "$cg" ]] && find "$cg" -depth -type d -exec rmdir {} \; 2>/dev/null
+    [[ -d "$cg" ]] || continue
+    find "$cg" -depth -type d -exec rmdir {} \; 2>/dev/null || ag__err "cgroup $cg not empty"
   done
   for cg in /sys/fs/cgroup/*/attestgate; do
-    [[ -d "$cg" ]] && rmdir "$cg" 2>/dev/null
+    [[ -d "$cg" ]] || continue
+    rmdir "$cg" 2>/dev/null || true # other environments may still use it
   done
   if [[ -f "$c/ip_forward.orig" ]] && ! ip -br link show type bridge 2>/dev/null | grep -q '^agbr'; then
     cat "$c/ip_forward.orig" >/proc/sys/net/ipv4/ip_forward 2>/dev/null || true

@@ -20,6 +20,10 @@ ok() { passed=$((passed + 1)); printf 'ok   %s\n' "$*"; }
 bad() { failed=$((failed + 1)); printf 'FAIL %s\n' "$*"; }
 check() { local what="$1"; shift; if "$@"; then ok "$what"; else bad "$what"; fi; }
 now() { date +%s.%N; }
+# out_has STRING CMD...: CMD succeeds and its stdout contains STRING (output is
+# captured first, so no SIGPIPE/pipefail surprises); out_re: a grep regex.
+out_has() { local p="$1" out; shift; out="$("$@")" || return 1; [[ "$out" == *"$p"* ]]; }
+out_re() { local p="$1" out; shift; out="$("$@")" || return 1; grep -q -- "$p" <<<"$out"; }
 T=$(now)
 lap() { local t; t=$(now); printf 'time %-28s %6.2fs\n' "$1" "$(echo "$t - $T" | bc)"; T=$t; }
 
@@ -46,30 +50,31 @@ PAUSE="$AG_REGISTRY/attestgate/pause:1"
 APP="$AG_REGISTRY/attestgate/app:1"
 pause_digest="$(ag_image_push "$DIR/oci" pause "$PAUSE")"
 app_digest="$(ag_image_push "$DIR/oci" app "$APP")"; lap "push pause+app (skopeo)"
+check "registry serves the pushed pause digest" test "$(ag_registry_digest "$PAUSE")" = "$pause_digest"
 check "registry serves the pushed digest" test "$(ag_registry_digest "$APP")" = "$app_digest"
 check "layout digest equals pushed digest" \
   test "$(ag_image_digest "$DIR/oci" app)" = "$app_digest"
 
 ag_containerd_start "$DIR" "$PAUSE" "$AG_REGISTRY"; lap "containerd start (to CRI ready)"
-c_version() { ag_cri "$DIR" version | grep -q '"runtimeName": "containerd"'; }
+c_version() { out_has '"runtimeName": "containerd"' ag_cri "$DIR" version; }
 check "CRI version answers" c_version
 
 ref="$(ag_cri "$DIR" pull "$APP")"; lap "CRI pull app (HTTP registry)"
 check "pull returns an image id" test -n "$ref"
-c_repodigest() { ag_cri "$DIR" inspecti "$APP" | grep -qF "attestgate/app@$app_digest"; }
+c_repodigest() { out_has "attestgate/app@$app_digest" ag_cri "$DIR" inspecti "$APP"; }
 check "ImageStatus lists the repo digest" c_repodigest
 c_pull_digest() { ag_cri "$DIR" pull "${APP%:1}@$app_digest" >/dev/null; }
 check "pull by digest" c_pull_digest
 
 ag_pod_config web ns1 uid-web >"$DIR/pod.json"
 pod="$(ag_cri "$DIR" runp "$DIR/pod.json")"; lap "runp (pause pulled over HTTP)"
-c_pod_ip() { ag_cri "$DIR" inspectp "$pod" | grep -q '"ip": "10\.'; }
+c_pod_ip() { out_re '"ip": "10\.' ag_cri "$DIR" inspectp "$pod"; }
 check "pod has a bridge IP" c_pod_ip
 
 ag_container_config app "$APP" >"$DIR/app.json"
 ctr_id="$(ag_cri "$DIR" create "$pod" "$DIR/app.json" "$DIR/pod.json")"
 ag_cri "$DIR" start "$ctr_id"; lap "create+start container"
-c_running() { ag_cri "$DIR" inspect "$ctr_id" | grep -q CONTAINER_RUNNING; }
+c_running() { out_has CONTAINER_RUNNING ag_cri "$DIR" inspect "$ctr_id"; }
 check "container running" c_running
 c_exec() {
   local out rc=0
@@ -77,20 +82,24 @@ c_exec() {
   [[ "$rc" == 3 && "$out" == hi-from-exec ]]
 }
 check "exec sync (stdout + exit code)" c_exec
-c_logs() { ag_cri "$DIR" logs "$ctr_id" | grep -q ' stdout F hello$'; }
+c_logs() { out_re ' stdout F hello$' ag_cri "$DIR" logs "$ctr_id"; }
 check "logs show hello" ag_wait_until 10 "hello in logs" c_logs
-c_exec_url() { ag_cri "$DIR" exec-url "$ctr_id" ls | grep -q '^http://127.0.0.1:[0-9]*/exec/'; }
+c_exec_url() { out_re '^http://127.0.0.1:[0-9]*/exec/' ag_cri "$DIR" exec-url "$ctr_id" ls; }
 check "exec URL" c_exec_url
-c_attach_url() { ag_cri "$DIR" attach-url "$ctr_id" | grep -q '/attach/'; }
+c_attach_url() { out_has /attach/ ag_cri "$DIR" attach-url "$ctr_id"; }
 check "attach URL" c_attach_url
-c_pf_url() { ag_cri "$DIR" port-forward-url "$pod" 8080 | grep -q '/portforward/'; }
+c_pf_url() { out_has /portforward/ ag_cri "$DIR" port-forward-url "$pod" 8080; }
 check "port-forward URL" c_pf_url
-if [[ -n "$(command -v python3)" ]] && "$AG_PYTHON" -c 'import websocket' 2>/dev/null; then
+if "$AG_PYTHON" -c 'import websocket' 2>/dev/null; then
   c_ws_exec() { [[ "$(ag_stream_exec "$DIR" "$ctr_id" echo via-stream)" == via-stream ]]; }
   check "exec through the streaming URL (websocket)" c_ws_exec
 fi
 # containerd 1.6 has no GetContainerEvents (added in 1.7): expect UNIMPLEMENTED.
-c_events() { ag_cri "$DIR" events --for 2 2>&1 | grep -q 'code = UNIMPLEMENTED'; }
+c_events() {
+  local out rc=0
+  out="$(ag_cri "$DIR" events --for 2 2>&1)" || rc=$?
+  [[ "$rc" == 3 && "$out" == *"code = UNIMPLEMENTED"* ]]
+}
 check "GetContainerEvents is UNIMPLEMENTED on containerd 1.6" c_events
 lap "exec/logs/urls/events"
 
@@ -98,13 +107,23 @@ lap "exec/logs/urls/events"
 ag_image_build_app "$DIR/oci" local --label attestgate.test/variant=local >/dev/null
 local_digest="$(ag_image_import "$DIR" "$DIR/oci" local attestgate.test/local/app:1)"
 lap "build+ctr import"
-c_import() { ag_cri "$DIR" inspecti attestgate.test/local/app:1 | grep -qF "attestgate.test/local/app@$local_digest"; }
+c_import() { out_has "attestgate.test/local/app@$local_digest" ag_cri "$DIR" inspecti attestgate.test/local/app:1; }
 check "imported image visible to CRI with repo digest" c_import
-ag_container_config local attestgate.test/local/app:1 sh -c 'echo from-local; sleep 600' >"$DIR/local.json"
+ag_container_config local attestgate.test/local/app:1 sh -c \
+  'echo from-local; mkdir -p /www; echo hello-from-httpd >/www/index.html; exec httpd -f -p 8080 -h /www' \
+  >"$DIR/local.json"
 ctr2="$(ag_cri "$DIR" create "$pod" "$DIR/local.json" "$DIR/pod.json")"
 ag_cri "$DIR" start "$ctr2"
-c_local_logs() { ag_cri "$DIR" logs "$ctr2" | grep -q from-local; }
+c_local_logs() { out_has from-local ag_cri "$DIR" logs "$ctr2"; }
 check "container from imported image runs" ag_wait_until 10 "from-local" c_local_logs
+if "$AG_PYTHON" -c 'import websocket' 2>/dev/null; then
+  c_pf() { out_has hello-from-httpd ag_port_forward "$DIR" "$pod" 8080; }
+  check "port-forward to httpd in the pod (websocket)" ag_wait_until 10 "port-forward" c_pf
+  lap "port-forward round trip"
+fi
+pod_ip="$(ag_cri "$DIR" inspectp "$pod" | sed -n 's/.*"ip": "\(10[.0-9]*\)".*/\1/p')"
+c_pod_http() { out_has hello-from-httpd curl -fsS -m 3 "http://$pod_ip:8080/"; }
+check "host reaches the pod over the bridge" c_pod_http
 
 ag_cri "$DIR" stop "$ctr_id" -t 10
 ag_cri "$DIR" stop "$ctr2" -t 2; lap "stop 2 containers"
@@ -117,5 +136,8 @@ ag_cri "$DIR" rm "$ctr_id"
 ag_cri "$DIR" rm "$ctr2"
 ag_cri "$DIR" stopp "$pod"
 ag_cri "$DIR" rmp "$pod"; lap "rm containers, stopp+rmp"
-c_no_pods() { ! ag_cri "$DIR" pods | grep -q '"id"'; }
+c_no_pods() { ! out_has '"id"' ag_cri "$DIR" pods; }
 check "no pods left" c_no_pods
+ag_cri "$DIR" rmi "$APP"
+c_rmi() { local out; out="$(ag_cri "$DIR" inspecti "$APP")" && [[ "$out" != *'"id"'* ]]; }
+check "RemoveImage by tag removes the image (ImageStatus empty)" c_rmi

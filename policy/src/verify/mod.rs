@@ -11,14 +11,18 @@
 //! - `PgpKey::from_armored(text) -> Result<PgpKey, KeyError>`; `fingerprint()` upper hex.
 //! - `PgpKey::verify_attached(message bytes, armored or binary) -> Result<Vec<u8>, VerifyError>`
 //!   returns the literal data of a message signed by the key (primary or subkey).
+//!
+//! Also public, for the CLI's private keys: `pem_blocks` (lenient PEM splitting),
+//! `pkix_key_id(spki_der)`, `PkixKey::from_der` / `spki_der()`, and the algorithm
+//! details `SignatureAlgorithm::{kind, hash, rsa_bits, curve, is_rsa, is_pss}`.
 
 mod pgp;
 mod pkix;
 
 pub use self::pgp::PgpKey;
 pub use self::pkix::{
-    Curve, HashAlgorithm, KeyKind, PemBlock, PkixKey, SignatureAlgorithm, UnknownAlgorithm,
-    pem_blocks, pkix_key_id,
+    Curve, HashAlgorithm, KeyKind, PemBlock, PemError, PkixKey, SignatureAlgorithm,
+    UnknownAlgorithm, pem_blocks, pkix_key_id,
 };
 
 /// A public key could not be used.

@@ -13,7 +13,7 @@ use super::{KeyError, VerifyError};
 
 /// Payloads are a few hundred bytes of JSON; the cap bounds what a decompression
 /// bomb in an occurrence file can make the node allocate.
-pub const MAX_LITERAL_DATA: u64 = 1 << 20;
+pub(crate) const MAX_LITERAL_DATA: u64 = 1 << 20;
 
 /// How many compression layers may wrap the signed message. gpg writes one.
 const MAX_COMPRESSION_LAYERS: usize = 2;

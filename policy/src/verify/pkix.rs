@@ -79,7 +79,7 @@ pub enum HashAlgorithm {
 
 impl HashAlgorithm {
     /// The digest length in bytes (also the PSS salt length).
-    pub fn len(self) -> usize {
+    pub fn digest_len(self) -> usize {
         match self {
             HashAlgorithm::Sha256 => 32,
             HashAlgorithm::Sha384 => 48,
@@ -451,6 +451,11 @@ fn bit_length(be: &[u8]) -> usize {
     }
 }
 
+/// Text that is not well-formed PEM.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[error("malformed PEM: {0}")]
+pub struct PemError(pub String);
+
 /// A PEM block: its label, whether it had RFC 1421 headers (`Proc-Type: 4,ENCRYPTED`
 /// of traditional encrypted keys), and its decoded body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -463,7 +468,7 @@ pub struct PemBlock {
 /// Splits text into PEM blocks. Lenient where YAML and copy-paste are careless
 /// (indentation, trailing spaces, CRLF, any base64 line width), strict on
 /// matching BEGIN/END labels and base64.
-pub fn pem_blocks(text: &str) -> Result<Vec<PemBlock>, KeyError> {
+pub fn pem_blocks(text: &str) -> Result<Vec<PemBlock>, PemError> {
     let mut blocks = Vec::new();
     let mut lines = text.lines().map(str::trim);
     while let Some(line) = lines.next() {
@@ -476,9 +481,7 @@ pub fn pem_blocks(text: &str) -> Result<Vec<PemBlock>, KeyError> {
         for line in lines.by_ref() {
             if let Some(end) = pem_boundary(line, "END") {
                 if end != label {
-                    return Err(KeyError::InvalidPem(format!(
-                        "PEM block BEGIN {label} ends with END {end}"
-                    )));
+                    return Err(PemError(format!("BEGIN {label} ends with END {end}")));
                 }
                 ended = true;
                 break;
@@ -490,13 +493,11 @@ pub fn pem_blocks(text: &str) -> Result<Vec<PemBlock>, KeyError> {
             }
         }
         if !ended {
-            return Err(KeyError::InvalidPem(format!(
-                "PEM block {label} has no END line"
-            )));
+            return Err(PemError(format!("{label} block has no END line")));
         }
-        let der = STANDARD.decode(body.as_bytes()).map_err(|e| {
-            KeyError::InvalidPem(format!("PEM block {label} is not valid base64: {e}"))
-        })?;
+        let der = STANDARD
+            .decode(body.as_bytes())
+            .map_err(|e| PemError(format!("{label} block is not valid base64: {e}")))?;
         blocks.push(PemBlock {
             label: label.to_owned(),
             has_headers,
@@ -514,7 +515,7 @@ fn pem_boundary<'a>(line: &'a str, kind: &str) -> Option<&'a str> {
 }
 
 fn decode_public_pem(pem: &str) -> Result<Vec<u8>, KeyError> {
-    let blocks = pem_blocks(pem)?;
+    let blocks = pem_blocks(pem).map_err(|e| KeyError::InvalidPem(e.0))?;
     let mut found = blocks.into_iter().filter(|b| b.label == "PUBLIC KEY");
     match (found.next(), found.next()) {
         (Some(block), None) => Ok(block.der),
