@@ -989,3 +989,20 @@ fn revoked_key_is_rejected_when_loading() {
     let err = PgpKey::from_armored(&gpg.export(ED_UID)).unwrap_err();
     assert!(err.to_string().contains("revoked"), "{err}");
 }
+
+#[test]
+fn literal_data_over_one_mebibyte_is_rejected() {
+    // Highly compressible: a small occurrence that would inflate to 4 MiB.
+    let gpg = Gpg::new();
+    gpg.gen_key(ED_UID, "ed25519");
+    let key = gpg.key(ED_UID);
+    let big = vec![b' '; 4 << 20];
+    let msg = gpg.sign(ED_UID, &big, &["--compress-algo", "zlib"]);
+    assert!(msg.len() < 64 << 10, "{}", msg.len());
+    let err = key.verify_attached(&msg).unwrap_err();
+    assert!(matches!(err, VerifyError::Malformed(_)), "{err:?}");
+
+    let fits = vec![b' '; 1 << 20];
+    let msg = gpg.sign(ED_UID, &fits, &[]);
+    assert_eq!(key.verify_attached(&msg), Ok(fits));
+}

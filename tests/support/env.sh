@@ -34,7 +34,7 @@ AG_CNI_BIN_DIR="${AG_CNI_BIN_DIR:-/usr/lib/cni}"
 AG_BUSYBOX="${AG_BUSYBOX:-/bin/busybox}"
 AG_DEBIAN_PACKAGES=(containerd runc containernetworking-plugins docker-registry
   skopeo umoci busybox-static python3-grpcio python3-grpc-tools python3-websocket
-  iproute2 curl bc)
+  iproute2 curl)
 
 ag__err() { printf 'env.sh: %s\n' "$*" >&2; }
 ag__log() { [[ -n "${AG_QUIET:-}" ]] || printf 'env.sh: %s\n' "$*" >&2; }
@@ -46,6 +46,14 @@ ag__check_dir() {
     ag__err "DIR must be an absolute path without whitespace: '$d'"; return 1
   fi
   mkdir -p "$d"
+}
+
+# ag__need N USAGE ARGS...: at least N arguments, the first N non-empty.
+ag__need() {
+  local n="$1" usage="$2" i; shift 2
+  for ((i = 1; i <= n; i++)); do
+    if (($# < i)) || [[ -z "${!i}" ]]; then ag__err "usage: $usage"; return 1; fi
+  done
 }
 
 # ag__hash DIR: 8 hex chars identifying DIR (bridge/network/cgroup names).
@@ -98,14 +106,21 @@ ag_free_port() {
 s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
 
-# ag_wait_until TIMEOUT_S DESCRIPTION CMD...: run CMD every 0.1 s until it
-# succeeds; non-zero after TIMEOUT_S seconds.
+# ag_wait_until [--pid PID] TIMEOUT_S DESCRIPTION CMD...: run CMD every 0.1 s
+# until it succeeds; non-zero after TIMEOUT_S seconds, or as soon as PID (the
+# daemon being waited for) has exited.
 ag_wait_until() {
+  local pid=""
+  if [[ "${1:-}" == --pid ]]; then pid="${2:-}"; shift 2; fi
+  ag__need 3 "ag_wait_until [--pid PID] TIMEOUT_S DESCRIPTION CMD..." "$@" || return 1
   local timeout="$1" what="$2"; shift 2
   local deadline=$((SECONDS + timeout))
   # SECONDS has 1 s resolution; also bound the number of tries.
   local tries=$((timeout * 10 + 10))
   until "$@" >/dev/null 2>&1; do
+    if [[ -n "$pid" ]] && ! ag__pid_alive "$pid"; then
+      ag__err "pid $pid exited while waiting for $what"; return 1
+    fi
     if ((SECONDS > deadline || --tries <= 0)); then
       ag__err "timed out after ${timeout}s waiting for $what"; return 1
     fi
@@ -118,9 +133,12 @@ ag__socket_connects() {
 s = socket.socket(socket.AF_UNIX); s.settimeout(1); s.connect(sys.argv[1])' "$1" 2>/dev/null
 }
 
-# ag_wait_for_socket PATH [TIMEOUT_S=30]: wait until PATH is a unix socket
-# that accepts a connection.
-ag_wait_for_socket() { ag_wait_until "${2:-30}" "unix socket $1" ag__socket_connects "$1"; }
+# ag_wait_for_socket PATH [TIMEOUT_S=30] [PID]: wait until PATH is a unix
+# socket that accepts a connection (give up early if PID exits).
+ag_wait_for_socket() {
+  ag__need 1 "ag_wait_for_socket PATH [TIMEOUT_S] [PID]" "$@" || return 1
+  ag_wait_until ${3:+--pid "$3"} "${2:-30}" "unix socket $1" ag__socket_connects "$1"
+}
 
 # ag_wait_for_tcp HOST PORT [TIMEOUT_S=30]: wait until HOST:PORT accepts.
 ag_wait_for_tcp() {
@@ -128,14 +146,19 @@ ag_wait_for_tcp() {
   ag_wait_until "${3:-30}" "tcp $1:$2" bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$1" "$2"
 }
 
-# ag_wait_for_http URL [TIMEOUT_S=30]: wait until URL answers 2xx.
-ag_wait_for_http() { ag_wait_until "${2:-30}" "$1" curl -fsS -m 2 -o /dev/null "$1"; }
+# ag_wait_for_http URL [TIMEOUT_S=30] [PID]: wait until URL answers 2xx
+# (give up early if PID exits).
+ag_wait_for_http() {
+  ag__need 1 "ag_wait_for_http URL [TIMEOUT_S] [PID]" "$@" || return 1
+  ag_wait_until ${3:+--pid "$3"} "${2:-30}" "$1" curl -fsS -m 2 -o /dev/null "$1"
+}
 
 # ag__pid_alive PID: running and not a zombie (reaps a zombie child).
 ag__pid_alive() {
   local pid="$1" state
   [[ -r "/proc/$pid/stat" ]] || return 1
-  state="$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || true)"
+  # field 3 of /proc/PID/stat, after the parenthesised command name
+  state="$(sed -n 's/^.*) \(.\).*/\1/p' "/proc/$pid/stat" 2>/dev/null || true)"
   if [[ "$state" == Z || -z "$state" ]]; then
     wait "$pid" 2>/dev/null || true
     return 1
@@ -229,7 +252,7 @@ EOF
   echo $! >"$r/pid"
   AG_REGISTRY="127.0.0.1:$port"
   echo "$AG_REGISTRY" >"$r/addr"
-  if ! ag_wait_for_http "http://$AG_REGISTRY/v2/" "${AG_REGISTRY_TIMEOUT:-20}"; then
+  if ! ag_wait_for_http "http://$AG_REGISTRY/v2/" "${AG_REGISTRY_TIMEOUT:-20}" "$(cat "$r/pid")"; then
     tail -20 "$r/registry.log" >&2 || true
     return 1
   fi
@@ -238,7 +261,8 @@ EOF
 
 # ag_registry_stop DIR: stop the registry started in DIR by its pid.
 ag_registry_stop() {
-  local r="${1:?DIR}/registry"
+  ag__need 1 "ag_registry_stop DIR" "$@" || return 1
+  local r="${1}/registry"
   [[ -f "$r/pid" ]] || return 0
   ag_stop_pid "$(cat "$r/pid")" "$r/config.yml" 20 && rm -f "$r/pid"
 }
@@ -253,7 +277,8 @@ ag_registry_stop() {
 # Prints the manifest digest in the layout (the registry digest after a push,
 # which keeps the manifest byte for byte).
 ag_image_build() {
-  local layout="${1:?LAYOUT}" tag="${2:?TAG}"; shift 2
+  ag__need 2 "ag_image_build LAYOUT TAG [--label K=V]... [--cmd ARG]... -- ENTRYPOINT..." "$@" || return 1
+  local layout="${1}" tag="${2}"; shift 2
   local cfg=() a
   while (($#)); do
     case "$1" in
@@ -305,7 +330,8 @@ ag_image_build_pause() {
 # ag_image_build_app LAYOUT [TAG=app] [--label K=V]...: prints "hello" then
 # sleeps for an hour; exits 0 on SIGTERM. Prints its digest.
 ag_image_build_app() {
-  local layout="${1:?LAYOUT}" tag="${2:-app}"; shift $(($# >= 2 ? 2 : 1))
+  ag__need 1 "ag_image_build_app LAYOUT [TAG] [--label K=V]..." "$@" || return 1
+  local layout="${1}" tag="${2:-app}"; shift $(($# >= 2 ? 2 : 1))
   ag_image_build "$layout" "$tag" "$@" -- /bin/sh -c \
     'trap "exit 0" TERM INT; echo hello; sleep 3600 & wait'
 }
@@ -313,7 +339,8 @@ ag_image_build_app() {
 # ag_image_push LAYOUT TAG REF: skopeo-copy LAYOUT:TAG to docker://REF over
 # plain HTTP; prints the pushed manifest digest (as the registry stores it).
 ag_image_push() {
-  local layout="${1:?LAYOUT}" tag="${2:?TAG}" ref="${3:?REF}" df
+  ag__need 3 "ag_image_push LAYOUT TAG REF" "$@" || return 1
+  local layout="${1}" tag="${2}" ref="${3}" df
   df="$(mktemp "${TMPDIR:-/tmp}/ag-digest.XXXXXX")" || return 1
   if ! skopeo copy -q --dest-tls-verify=false --digestfile "$df" \
     "oci:$layout:$tag" "docker://$ref" >/dev/null; then
@@ -334,7 +361,8 @@ ag_registry_digest() {
 # it so; a bare tag suits `ctr images import --base-name REPO` (see
 # ag_image_import). The manifest (and so its digest) is the layout's.
 ag_image_archive() {
-  local layout="${1:?LAYOUT}" tag="${2:?TAG}" out="${3:?OUT}" name="${4:?NAME}"
+  ag__need 4 "ag_image_archive LAYOUT TAG OUT.tar NAME" "$@" || return 1
+  local layout="${1}" tag="${2}" out="${3}" name="${4}"
   rm -f "$out"
   skopeo copy -q "oci:$layout:$tag" "oci-archive:$out:$name" >/dev/null
 }
@@ -346,7 +374,8 @@ ag_image_archive() {
 # the image has repoTags only and no repoDigests (like a plain `ctr import`).
 # Prints the manifest digest. Archive kept in DIR/imports/.
 ag_image_import() {
-  local dir="${1:?DIR}" layout="${2:?LAYOUT}" tag="${3:?TAG}" name="${4:?REPO:TAG}"
+  ag__need 4 "ag_image_import DIR LAYOUT TAG REPO:TAG [--no-digest]" "$@" || return 1
+  local dir="${1}" layout="${2}" tag="${3}" name="${4}"
   local repo="${name%:*}" newtag="${name##*:}" flags=(--digests) tar
   if [[ "$repo" == "$name" || "$newtag" == */* ]]; then
     ag__err "ag_image_import: NAME must be REPO:TAG, got '$name'"; return 1
@@ -379,8 +408,9 @@ ag_image_import() {
 # AG_CONTAINERD_CONFIG_HOOK names a command run with the config.toml path
 # after it is written (to edit it); AG_CONTAINERD_LOG_LEVEL (default info).
 ag_containerd_config() {
+  ag__need 2 "ag_containerd_config DIR SANDBOX_IMAGE [INSECURE_REGISTRY...]" "$@" || return 1
   local dir="${1:-}"; ag__check_dir "$dir" || return 1
-  local sandbox="${2:?SANDBOX_IMAGE}"; shift 2
+  local sandbox="${2}"; shift 2
   local regs=("$@")
   if ((${#regs[@]} == 0)) && [[ -n "${AG_REGISTRY:-}" ]]; then regs=("$AG_REGISTRY"); fi
   local c="$dir/containerd" h n subnet reg
@@ -388,6 +418,22 @@ ag_containerd_config() {
   n=$((16#${h:0:4} % 250 + 1))
   subnet="${AG_CNI_SUBNET:-10.99.$n.0/24}"
   mkdir -p "$c/root" "$c/state" "$c/net.d" "$c/certs.d" "$c/cni-ipam" "$c/opt"
+  local runtime_block
+  if [[ "${AG_RUNTIME_TYPE:-io.containerd.runc.v2}" == io.containerd.runc.v2 ]]; then
+    runtime_block="        runtime_type = \"io.containerd.runc.v2\"
+        [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]
+          BinaryName = \"$(command -v runc)\"
+          # runc state under DIR (default /run/containerd/runc)
+          Root = \"$c/runc\"
+          # systemd is not PID 1 here: cgroupfs driver
+          SystemdCgroup = false"
+  else
+    # For any other runtime_type the CRI plugin sends the options table as
+    # runtimeoptions.v1.Options, which containerd-shim-runc-v2 cannot decode
+    # ("type with url runtimeoptions.v1.Options: not found"): no options, so
+    # runc runs with its defaults (root /run/containerd/runc, cgroupfs).
+    runtime_block="        runtime_type = \"$AG_RUNTIME_TYPE\""
+  fi
   cat >"$c/config.toml" <<EOF
 # generated by tests/support/env.sh for $dir
 version = 2
@@ -424,13 +470,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
       snapshotter = "overlayfs"
       default_runtime_name = "runc"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-        runtime_type = "${AG_RUNTIME_TYPE:-io.containerd.runc.v2}"
-        [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-          BinaryName = "$(command -v runc)"
-          # runc state under DIR (default /run/containerd/runc)
-          Root = "$c/runc"
-          # systemd is not PID 1 here: cgroupfs driver
-          SystemdCgroup = false
+$runtime_block
 
     [plugins."io.containerd.grpc.v1.cri".cni]
       bin_dir = "$AG_CNI_BIN_DIR"
@@ -499,8 +539,9 @@ ag_containerd_start() {
   AG_CONTAINERD_SOCK="$c/containerd.sock"
   echo "$AG_CONTAINERD_SOCK" >"$c/sock"
   local t="${AG_CONTAINERD_TIMEOUT:-60}"
-  if ! ag_wait_for_socket "$AG_CONTAINERD_SOCK" "$t" ||
-    ! ag_wait_until "$t" "CRI RuntimeReady and NetworkReady" ag__cri_ready "$dir"; then
+  local pid; pid="$(cat "$c/pid")"
+  if ! ag_wait_for_socket "$AG_CONTAINERD_SOCK" "$t" "$pid" ||
+    ! ag_wait_until --pid "$pid" "$t" "CRI RuntimeReady and NetworkReady" ag__cri_ready "$dir"; then
     tail -30 "$c/containerd.log" >&2 || true
     return 1
   fi
@@ -514,16 +555,22 @@ ag__cri_ready() {
 }
 
 # ag_cri DIR ARGS...: run the CRI client (tests/support/cri/cri.py, crictl
-# stand-in) against DIR's containerd. See cri.py --help for commands.
+# stand-in) against DIR's containerd, or against AG_CRI_ENDPOINT when set
+# (e.g. unix:///path/attestgate.sock, to go through the proxy). See
+# `cri.py --help` for commands; a gRPC error prints
+# "rpc error: code = CODE desc = MESSAGE" on stderr and returns 3.
 ag_cri() {
-  local dir="${1:?DIR}"; shift
-  "$AG_PYTHON" "$AG_SUPPORT_DIR/cri/cri.py" -e "unix://$dir/containerd/containerd.sock" "$@"
+  ag__need 1 "ag_cri DIR ARGS..." "$@" || return 1
+  local dir="${1}"; shift
+  "$AG_PYTHON" "$AG_SUPPORT_DIR/cri/cri.py" \
+    -e "${AG_CRI_ENDPOINT:-unix://$dir/containerd/containerd.sock}" "$@"
 }
 
 # ag_ctr DIR ARGS...: ctr against DIR's containerd, namespace AG_CTR_NS
 # (default k8s.io, the CRI plugin's).
 ag_ctr() {
-  local dir="${1:?DIR}"; shift
+  ag__need 1 "ag_ctr DIR ARGS..." "$@" || return 1
+  local dir="${1}"; shift
   ctr --address "$dir/containerd/containerd.sock" -n "${AG_CTR_NS:-k8s.io}" "$@"
 }
 
@@ -532,7 +579,8 @@ ag_ctr() {
 # logs in LOG_DIR, default $AG_POD_LOG_ROOT/NAME (both set by
 # ag_containerd_start, so call it after that in the same shell).
 ag_pod_config() {
-  local name="${1:?NAME}" ns="${2:-default}" uid="${3:-uid-$1}"
+  ag__need 1 "ag_pod_config NAME [NAMESPACE] [UID] [LOG_DIR]" "$@" || return 1
+  local name="${1}" ns="${2:-default}" uid="${3:-uid-$1}"
   local logdir="${4:-${AG_POD_LOG_ROOT:-/tmp/ag-pod-logs}/$name}"
   cat <<EOF
 {
@@ -554,7 +602,8 @@ EOF
 # `command:` does; CRI `args` would be appended to it). Own PID namespace (as
 # kubelet sets it); log file NAME.log in the pod's log_directory.
 ag_container_config() {
-  local name="${1:?NAME}" image="${2:?IMAGE}"; shift 2
+  ag__need 2 "ag_container_config NAME IMAGE [ARG...]" "$@" || return 1
+  local name="${1}" image="${2}"; shift 2
   local args="" a line=""
   for a in "$@"; do
     a="${a//\\/\\\\}"; a="${a//\"/\\\"}"
@@ -577,7 +626,8 @@ EOF
 # URL (WebSocket; needs python3-websocket). Copies stdout/stderr, returns the
 # command's exit code.
 ag_stream_exec() {
-  local dir="${1:?DIR}" id="${2:?CTR_ID}" url; shift 2
+  ag__need 3 "ag_stream_exec DIR CTR_ID CMD..." "$@" || return 1
+  local dir="${1}" id="${2}" url; shift 2
   url="$(ag_cri "$dir" exec-url "$id" "$@")" || return 1
   "$AG_PYTHON" "$AG_SUPPORT_DIR/cri/stream.py" exec "$url"
 }
@@ -586,7 +636,8 @@ ag_stream_exec() {
 # GET /) to PORT inside the pod through the CRI PortForward streaming URL and
 # print the reply (WebSocket; needs python3-websocket).
 ag_port_forward() {
-  local dir="${1:?DIR}" pod="${2:?POD_ID}" port="${3:?PORT}" url
+  ag__need 3 "ag_port_forward DIR POD_ID PORT [DATA]" "$@" || return 1
+  local dir="${1}" pod="${2}" port="${3}" url
   url="$(ag_cri "$dir" port-forward-url "$pod" "$port")" || return 1
   "$AG_PYTHON" "$AG_SUPPORT_DIR/cri/stream.py" portforward "$url" "$port" ${4+"$4"}
 }
@@ -594,7 +645,8 @@ ag_port_forward() {
 # ag_cri_remove_all DIR: stop and remove every CRI pod sandbox (and so its
 # containers) in DIR's containerd. Tolerates a dead containerd.
 ag_cri_remove_all() {
-  local dir="${1:?DIR}" id
+  ag__need 1 "ag_cri_remove_all DIR" "$@" || return 1
+  local dir="${1}" id
   ag__socket_connects "$dir/containerd/containerd.sock" || return 0
   for id in $(ag_cri "$dir" pods 2>/dev/null | sed -n 's/^ *"id": "\([0-9a-f]*\)".*/\1/p'); do
     ag_cri "$dir" stopp "$id" || ag__err "stopp $id failed"
@@ -609,7 +661,8 @@ ag_cri_remove_all() {
 # under DIR, the CNI bridge, IPAM/CNI cache files, our cgroups; ip_forward
 # restored. Idempotent.
 ag_containerd_stop() {
-  local dir="${1:?DIR}" c="$1/containerd" ns id pid m h
+  ag__need 1 "ag_containerd_stop DIR" "$@" || return 1
+  local dir="${1}" c="$1/containerd" ns id pid m h
   h="$(ag__hash "$dir")"
   if ag__socket_connects "$c/containerd.sock"; then
     ag_cri_remove_all "$dir"
@@ -686,7 +739,8 @@ ag_containerd_stop() {
 # ag_assert_clean DIR: non-zero (and a list on stderr) if any process still
 # mentions DIR, anything is mounted under DIR, or DIR's bridge exists.
 ag_assert_clean() {
-  local dir="${1:?DIR}" bad=0 p h
+  ag__need 1 "ag_assert_clean DIR" "$@" || return 1
+  local dir="${1}" bad=0 p h
   h="$(ag__hash "$dir")"
   for p in $(ag_pids_mentioning "$dir"); do
     ag__err "still running: $p $(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | cut -c1-160)"; bad=1
@@ -728,7 +782,8 @@ EOF
 # ag_down DIR: containerd then registry stopped; returns ag_assert_clean's
 # verdict.
 ag_down() {
-  local dir="${1:?DIR}"
+  ag__need 1 "ag_down DIR" "$@" || return 1
+  local dir="${1}"
   ag_containerd_stop "$dir"
   ag_registry_stop "$dir"
   ag_assert_clean "$dir"

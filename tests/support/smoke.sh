@@ -25,7 +25,7 @@ now() { date +%s.%N; }
 out_has() { local p="$1" out; shift; out="$("$@")" || return 1; [[ "$out" == *"$p"* ]]; }
 out_re() { local p="$1" out; shift; out="$("$@")" || return 1; grep -q -- "$p" <<<"$out"; }
 T=$(now)
-lap() { local t; t=$(now); printf 'time %-28s %6.2fs\n' "$1" "$(echo "$t - $T" | bc)"; T=$t; }
+lap() { local t; t=$(now); awk -v a="$T" -v b="$t" -v w="$1" 'BEGIN { printf "time %-32s %6.2fs\n", w, b - a }'; T=$t; }
 
 cleanup() {
   local rc=$?

@@ -157,7 +157,8 @@ impl PgpKey {
                 ));
             }
         }
-        // Signatures may also wrap compressed data (sign-then-compress).
+        // A signature may also cover a compressed message; its hash is over the
+        // decompressed literal data.
         let mut msg = msg.decompress().map_err(malformed)?;
         check_signed_literal(&msg)?;
 
