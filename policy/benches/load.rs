@@ -37,11 +37,7 @@ fn main() {
     let key = common::ecdsa_p256();
     std::fs::create_dir_all(dir.path().join("attestors")).unwrap();
     std::fs::create_dir_all(dir.path().join("attestations")).unwrap();
-    std::fs::write(
-        dir.path().join("policy.yaml"),
-        "defaultAdmissionRule:\n  evaluationMode: REQUIRE_ATTESTATION\n  enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG\n  requireAttestationsBy: [projects/bench/attestors/ci]\n",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("policy.yaml"), common::POLICY).unwrap();
     std::fs::write(
         dir.path().join("attestors/ci.yaml"),
         common::attestor_yaml("projects/bench/attestors/ci", &key),

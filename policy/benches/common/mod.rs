@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use attestgate_policy::Bundle;
-use attestgate_policy::parse::{parse_attestors, parse_occurrences, parse_policy};
+use attestgate_policy::parse::parse_attestors;
 use attestgate_policy::payload::signature_payload;
 use base64::Engine as _;
 use rsa::pkcs8::EncodePublicKey as _;
@@ -101,26 +101,31 @@ pub fn occurrence_json(key: &Key, key_id: &str, digest: &str) -> String {
     )
 }
 
+pub const POLICY: &str = "defaultAdmissionRule:\n  evaluationMode: REQUIRE_ATTESTATION\n  enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG\n  requireAttestationsBy: [projects/bench/attestors/ci]\n";
+
 /// A bundle whose default rule requires one attestor using `key`, holding
 /// a valid attestation for `digest(0)` and `extra` attestations for other
 /// digests (signed once and reused: loading does not verify).
 pub fn bundle(key: &Key, extra: u64) -> Bundle {
-    let policy = parse_policy(
-        "defaultAdmissionRule:\n  evaluationMode: REQUIRE_ATTESTATION\n  enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG\n  requireAttestationsBy: [projects/bench/attestors/ci]\n",
-    )
-    .unwrap();
     let attestors = parse_attestors(&attestor_yaml("projects/bench/attestors/ci", key)).unwrap();
     let key_id = attestors[0].public_keys[0].id.clone();
-    let mut text = String::from("[");
-    text.push_str(&occurrence_json(key, &key_id, &digest(0)));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("attestations")).unwrap();
+    let mut out = std::io::BufWriter::new(std::fs::File::create(dir.path().join("attestations/all.json")).unwrap());
+    use std::io::Write as _;
+    write!(out, "[{}", occurrence_json(key, &key_id, &digest(0))).unwrap();
     let template = occurrence_json(key, &key_id, &digest(1));
     let d1 = digest(1);
     for i in 1..=extra {
-        text.push(',');
-        text.push_str(&template.replace(&d1, &digest(i)));
+        write!(out, ",\n{}", template.replace(&d1, &digest(i))).unwrap();
     }
-    text.push(']');
-    let (occurrences, bad) = parse_occurrences(&text).unwrap();
-    assert!(bad.is_empty(), "{bad:?}");
-    Bundle::from_parts(policy, attestors, occurrences).unwrap()
+    out.write_all(b"]").unwrap();
+    out.flush().unwrap();
+    drop(out);
+    std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
+    std::fs::create_dir_all(dir.path().join("attestors")).unwrap();
+    std::fs::write(dir.path().join("attestors/ci.yaml"), attestor_yaml("projects/bench/attestors/ci", key)).unwrap();
+    let bundle = Bundle::load(dir.path()).unwrap();
+    assert!(bundle.warnings().is_empty());
+    bundle
 }
