@@ -51,6 +51,11 @@ impl Node {
             // first line alone is the message.
             let first = message.lines().next().unwrap_or("syntax error");
             let first = first.trim_start_matches("error: ");
+            // The location is already in front of the message.
+            let first = match first.strip_prefix("line ").and_then(|rest| rest.split_once(": ")) {
+                Some((position, message)) if position.contains(" column ") => message,
+                _ => first,
+            };
             FieldError::new("", location, format!("invalid YAML/JSON: {first}"))
         })?;
         Ok(Node::from_spanned(raw, text))
@@ -316,16 +321,9 @@ impl<'de> Visitor<'de> for RawVisitor {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawNode, A::Error> {
         let mut entries: Vec<(Spanned<String>, Spanned<RawNode>)> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
         while let Some(key) = map.next_key::<Spanned<String>>()? {
+            // The parser itself refuses duplicate keys.
             let value = map.next_value()?;
-            // A repeated key would silently override a rule or a key: refuse it.
-            if !seen.insert(key.value.clone()) {
-                return Err(serde::de::Error::custom(format!(
-                    "duplicate key {:?}",
-                    key.value
-                )));
-            }
             entries.push((key, value));
         }
         Ok(RawNode::Map(entries))
