@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs every test of attestgate: formatting, lints, unit, interop (openssl,
+# gpg) and end-to-end suites. Installs the Debian packages the tests use
+# when run as root. Usage: bash scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(openssl gnupg ca-certificates)
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  missing=()
+  for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "==> installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+fi
+
+for tool in openssl gpg cargo; do
+  command -v "$tool" >/dev/null || { echo "test.sh: $tool is required" >&2; exit 1; }
+done
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "==> cargo test"
+cargo test --workspace --locked
