@@ -53,13 +53,13 @@ pub fn create(args: CreateArgs) -> anyhow::Result<Outcome> {
     if text.contains("-----BEGIN PGP PUBLIC KEY BLOCK-----") {
         let key = PgpKey::from_armored(&text)
             .with_context(|| format!("PGP key {}", args.public_key.display()))?;
-        if let Some(id) = &args.key_id {
-            if !id.eq_ignore_ascii_case(key.fingerprint()) {
-                bail!(
-                    "--key-id {id:?} is not the PGP key's fingerprint {}",
-                    key.fingerprint()
-                );
-            }
+        if let Some(id) = &args.key_id
+            && !id.eq_ignore_ascii_case(key.fingerprint())
+        {
+            bail!(
+                "--key-id {id:?} is not the PGP key's fingerprint {}",
+                key.fingerprint()
+            );
         }
         out.push_str("  - asciiArmoredPgpPublicKey: |\n");
         out.push_str(&block(text.trim_end(), "      "));

@@ -13,12 +13,19 @@ use base64::Engine as _;
 use support::*;
 
 fn attestgate(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_attestgate")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_attestgate"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn ok(args: &[&str]) -> String {
     let out = attestgate(args);
-    assert!(out.status.success(), "attestgate {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "attestgate {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -31,20 +38,56 @@ fn payload_is_byte_identical_to_gcloud() {
     let expected = format!(
         "{{\n  \"critical\": {{\n    \"identity\": {{\n      \"docker-reference\": \"gcr.io/example-project/web\"\n    }},\n    \"image\": {{\n      \"docker-manifest-digest\": \"{D}\"\n    }},\n    \"type\": \"Google cloud binauthz container signature\"\n  }}\n}}\n"
     );
-    assert_eq!(ok(&["payload", "--artifact-url", &format!("gcr.io/example-project/web@{D}")]), expected);
-    assert_eq!(ok(&["payload", "--artifact-url", &format!("https://gcr.io/example-project/web@{D}")]), expected);
-    let out = attestgate(&["payload", "--artifact-url", "gcr.io/example-project/web:latest"]);
+    assert_eq!(
+        ok(&[
+            "payload",
+            "--artifact-url",
+            &format!("gcr.io/example-project/web@{D}")
+        ]),
+        expected
+    );
+    assert_eq!(
+        ok(&[
+            "payload",
+            "--artifact-url",
+            &format!("https://gcr.io/example-project/web@{D}")
+        ]),
+        expected
+    );
+    let out = attestgate(&[
+        "payload",
+        "--artifact-url",
+        "gcr.io/example-project/web:latest",
+    ]);
     assert_eq!(out.status.code(), Some(2));
 }
 
-fn openssl_verify(dir: &Path, alg: &Alg, public_pem: &str, payload: &[u8], signature: &[u8]) -> bool {
+fn openssl_verify(
+    dir: &Path,
+    alg: &Alg,
+    public_pem: &str,
+    payload: &[u8],
+    signature: &[u8],
+) -> bool {
     std::fs::write(dir.join("v.pub"), public_pem).unwrap();
     std::fs::write(dir.join("v.payload"), payload).unwrap();
     std::fs::write(dir.join("v.sig"), signature).unwrap();
     let mut cmd = Command::new("openssl");
-    cmd.current_dir(dir).args(["dgst", alg.digest, "-verify", "v.pub", "-signature", "v.sig"]);
+    cmd.current_dir(dir).args([
+        "dgst",
+        alg.digest,
+        "-verify",
+        "v.pub",
+        "-signature",
+        "v.sig",
+    ]);
     if alg.pss {
-        cmd.args(["-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:digest"]);
+        cmd.args([
+            "-sigopt",
+            "rsa_padding_mode:pss",
+            "-sigopt",
+            "rsa_pss_saltlen:digest",
+        ]);
     }
     cmd.arg("v.payload");
     cmd.output().expect("openssl is required").status.success()
@@ -65,24 +108,65 @@ fn sign_output_verifies_with_openssl_for_every_algorithm() {
             std::fs::copy(&key.private, &private).unwrap();
             std::fs::write(&public, &key.public_pem).unwrap();
         } else {
-            ok(&["keygen", "--algorithm", alg.name, "--private", private.to_str().unwrap(), "--public", public.to_str().unwrap()]);
+            ok(&[
+                "keygen",
+                "--algorithm",
+                alg.name,
+                "--private",
+                private.to_str().unwrap(),
+                "--public",
+                public.to_str().unwrap(),
+            ]);
         }
-        let occurrence = ok(&["sign", "--artifact-url", &url, "--key", private.to_str().unwrap(), "--algorithm", alg.name, "--note", NOTE]);
+        let occurrence = ok(&[
+            "sign",
+            "--artifact-url",
+            &url,
+            "--key",
+            private.to_str().unwrap(),
+            "--algorithm",
+            alg.name,
+            "--note",
+            NOTE,
+        ]);
         let v: serde_json::Value = serde_json::from_str(&occurrence).unwrap();
         assert_eq!(v["resourceUri"], format!("https://{url}"));
         assert_eq!(v["noteName"], NOTE);
         assert_eq!(v["kind"], "ATTESTATION");
-        let signed = B64.decode(v["attestation"]["serializedPayload"].as_str().unwrap()).unwrap();
+        let signed = B64
+            .decode(v["attestation"]["serializedPayload"].as_str().unwrap())
+            .unwrap();
         assert_eq!(signed, payload.as_bytes());
-        let signature = B64.decode(v["attestation"]["signatures"][0]["signature"].as_str().unwrap()).unwrap();
+        let signature = B64
+            .decode(
+                v["attestation"]["signatures"][0]["signature"]
+                    .as_str()
+                    .unwrap(),
+            )
+            .unwrap();
         let public_pem = std::fs::read_to_string(&public).unwrap();
-        assert!(openssl_verify(d, alg, &public_pem, &signed, &signature), "{}: openssl rejects the signature", alg.name);
+        assert!(
+            openssl_verify(d, alg, &public_pem, &signed, &signature),
+            "{}: openssl rejects the signature",
+            alg.name
+        );
         let mut tampered = signed.clone();
         tampered[10] ^= 1;
-        assert!(!openssl_verify(d, alg, &public_pem, &tampered, &signature), "{}", alg.name);
+        assert!(
+            !openssl_verify(d, alg, &public_pem, &tampered, &signature),
+            "{}",
+            alg.name
+        );
         // The id is the derived one openssl computes.
-        let key = OpensslKey { alg, private: private.clone(), public_pem };
-        assert_eq!(v["attestation"]["signatures"][0]["publicKeyId"], key.derived_id());
+        let key = OpensslKey {
+            alg,
+            private: private.clone(),
+            public_pem,
+        };
+        assert_eq!(
+            v["attestation"]["signatures"][0]["publicKeyId"],
+            key.derived_id()
+        );
     }
 }
 
@@ -92,15 +176,38 @@ fn keygen_writes_private_key_0600_and_never_overwrites() {
     let dir = tempfile::tempdir().unwrap();
     let private = dir.path().join("k.pem");
     let public = dir.path().join("k.pub");
-    let args = ["keygen", "--algorithm", "ECDSA_P256_SHA256", "--private", private.to_str().unwrap(), "--public", public.to_str().unwrap()];
+    let args = [
+        "keygen",
+        "--algorithm",
+        "ECDSA_P256_SHA256",
+        "--private",
+        private.to_str().unwrap(),
+        "--public",
+        public.to_str().unwrap(),
+    ];
     ok(&args);
-    assert_eq!(std::fs::metadata(&private).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&private).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let before = std::fs::read(&private).unwrap();
     let again = attestgate(&args);
     assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("cannot create"));
-    assert_eq!(std::fs::read(&private).unwrap(), before, "the key was not replaced");
-    let unknown = attestgate(&["keygen", "--algorithm", "ED25519", "--private", "/dev/null", "--public", "/dev/null"]);
+    assert_eq!(
+        std::fs::read(&private).unwrap(),
+        before,
+        "the key was not replaced"
+    );
+    let unknown = attestgate(&[
+        "keygen",
+        "--algorithm",
+        "ED25519",
+        "--private",
+        "/dev/null",
+        "--public",
+        "/dev/null",
+    ]);
     assert_eq!(unknown.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown signature algorithm"));
 }
@@ -112,12 +219,47 @@ fn pipeline_bundle(dir: &Path) -> String {
     std::fs::create_dir_all(b.join("attestations")).unwrap();
     let private = dir.join("ci.key");
     let public = dir.join("ci.pub");
-    ok(&["keygen", "--algorithm", "RSA_PSS_2048_SHA256", "--private", private.to_str().unwrap(), "--public", public.to_str().unwrap()]);
-    let attestor = ok(&["attestor", "create", "--name", "projects/test/attestors/ci", "--note", NOTE, "--public-key", public.to_str().unwrap(), "--algorithm", "RSA_PSS_2048_SHA256"]);
+    ok(&[
+        "keygen",
+        "--algorithm",
+        "RSA_PSS_2048_SHA256",
+        "--private",
+        private.to_str().unwrap(),
+        "--public",
+        public.to_str().unwrap(),
+    ]);
+    let attestor = ok(&[
+        "attestor",
+        "create",
+        "--name",
+        "projects/test/attestors/ci",
+        "--note",
+        NOTE,
+        "--public-key",
+        public.to_str().unwrap(),
+        "--algorithm",
+        "RSA_PSS_2048_SHA256",
+    ]);
     std::fs::write(b.join("attestors/ci.yaml"), attestor).unwrap();
     let image = format!("registry.test/app@{D}");
-    ok(&["sign", "--artifact-url", &image, "--key", private.to_str().unwrap(), "--algorithm", "RSA_PSS_2048_SHA256", "--note", NOTE, "--out", b.join("attestations/ci.json").to_str().unwrap()]);
-    std::fs::write(b.join("policy.yaml"), require_policy(&["projects/test/attestors/ci"])).unwrap();
+    ok(&[
+        "sign",
+        "--artifact-url",
+        &image,
+        "--key",
+        private.to_str().unwrap(),
+        "--algorithm",
+        "RSA_PSS_2048_SHA256",
+        "--note",
+        NOTE,
+        "--out",
+        b.join("attestations/ci.json").to_str().unwrap(),
+    ]);
+    std::fs::write(
+        b.join("policy.yaml"),
+        require_policy(&["projects/test/attestors/ci"]),
+    )
+    .unwrap();
     b.to_str().unwrap().to_string()
 }
 
@@ -125,8 +267,19 @@ fn pipeline_bundle(dir: &Path) -> String {
 fn evaluate_exit_codes_follow_the_decision() {
     let dir = tempfile::tempdir().unwrap();
     let bundle = pipeline_bundle(dir.path());
-    let allowed = attestgate(&["evaluate", "--bundle", &bundle, "--image", &format!("registry.test/app@{D}")]);
-    assert_eq!(allowed.status.code(), Some(0), "{}", String::from_utf8_lossy(&allowed.stdout));
+    let allowed = attestgate(&[
+        "evaluate",
+        "--bundle",
+        &bundle,
+        "--image",
+        &format!("registry.test/app@{D}"),
+    ]);
+    assert_eq!(
+        allowed.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&allowed.stdout)
+    );
     assert!(String::from_utf8_lossy(&allowed.stdout).starts_with("ALLOW ATTESTED"));
 
     let other = format!("registry.test/app@sha256:{}", "f".repeat(64));
@@ -134,13 +287,41 @@ fn evaluate_exit_codes_follow_the_decision() {
     assert_eq!(denied.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&denied.stdout).starts_with("DENY MISSING_ATTESTATIONS"));
 
-    let break_glass = attestgate(&["evaluate", "--bundle", &bundle, "--image", &other, "--label", "image-policy.k8s.io/break-glass=true"]);
+    let break_glass = attestgate(&[
+        "evaluate",
+        "--bundle",
+        &bundle,
+        "--image",
+        &other,
+        "--label",
+        "image-policy.k8s.io/break-glass=true",
+    ]);
     assert_eq!(break_glass.status.code(), Some(0));
 
     for bad in [
-        vec!["evaluate", "--bundle", &bundle, "--image", "Not A Reference"],
-        vec!["evaluate", "--bundle", "/nonexistent", "--image", "registry.test/app:1"],
-        vec!["evaluate", "--bundle", &bundle, "--image", "registry.test/app:1", "--label", "novalue"],
+        vec![
+            "evaluate",
+            "--bundle",
+            &bundle,
+            "--image",
+            "Not A Reference",
+        ],
+        vec![
+            "evaluate",
+            "--bundle",
+            "/nonexistent",
+            "--image",
+            "registry.test/app:1",
+        ],
+        vec![
+            "evaluate",
+            "--bundle",
+            &bundle,
+            "--image",
+            "registry.test/app:1",
+            "--label",
+            "novalue",
+        ],
         vec!["evaluate", "--bundle", &bundle],
     ] {
         assert_eq!(attestgate(&bad).status.code(), Some(2), "{bad:?}");
@@ -151,7 +332,19 @@ fn evaluate_exit_codes_follow_the_decision() {
 fn evaluate_json_prints_exactly_the_decision_record() {
     let dir = tempfile::tempdir().unwrap();
     let bundle = pipeline_bundle(dir.path());
-    let out = attestgate(&["evaluate", "--bundle", &bundle, "--image", &format!("registry.test/app:1.0@{D}"), "--namespace", "prod", "--cluster", "us-east1-b.prod", "--output", "json"]);
+    let out = attestgate(&[
+        "evaluate",
+        "--bundle",
+        &bundle,
+        "--image",
+        &format!("registry.test/app:1.0@{D}"),
+        "--namespace",
+        "prod",
+        "--cluster",
+        "us-east1-b.prod",
+        "--output",
+        "json",
+    ]);
     assert_eq!(out.status.code(), Some(0));
     let text = String::from_utf8(out.stdout).unwrap();
     assert_eq!(text.lines().count(), 1);
@@ -160,14 +353,22 @@ fn evaluate_json_prints_exactly_the_decision_record() {
     assert_eq!(v["decision"], "allow");
     assert_eq!(v["reason"], "ATTESTED");
     assert_eq!(v["enforced"], true);
-    assert_eq!(v["image"]["reference"], format!("registry.test/app:1.0@{D}"));
+    assert_eq!(
+        v["image"]["reference"],
+        format!("registry.test/app:1.0@{D}")
+    );
     assert_eq!(v["image"]["repository"], "registry.test/app");
     assert_eq!(v["image"]["digest"], D);
     assert_eq!(v["pod"]["namespace"], "prod");
     assert_eq!(v["cluster"], "us-east1-b.prod");
     assert_eq!(v["rule"], "default");
     assert_eq!(v["attestors"][0]["satisfied"], true);
-    assert!(v["bundle"]["digest"].as_str().unwrap().starts_with("sha256:"));
+    assert!(
+        v["bundle"]["digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
     assert!(v["time"].as_str().unwrap().ends_with('Z'));
 }
 
@@ -176,10 +377,28 @@ fn policy_check_reports_file_line_and_field() {
     let dir = tempfile::tempdir().unwrap();
     let bundle = pipeline_bundle(dir.path());
     let good = attestgate(&["policy", "check", &bundle]);
-    assert_eq!(good.status.code(), Some(0), "{}", String::from_utf8_lossy(&good.stderr));
-    assert!(String::from_utf8_lossy(&good.stdout).contains("valid bundle (1 attestor(s), 1 attestation(s), 0 skipped)"));
-    assert_eq!(attestgate(&["policy", "check", &format!("{bundle}/attestors/ci.yaml")]).status.code(), Some(0));
-    assert_eq!(attestgate(&["policy", "check", &format!("{bundle}/attestations/ci.json")]).status.code(), Some(0));
+    assert_eq!(
+        good.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&good.stdout)
+            .contains("valid bundle (1 attestor(s), 1 attestation(s), 0 skipped)")
+    );
+    assert_eq!(
+        attestgate(&["policy", "check", &format!("{bundle}/attestors/ci.yaml")])
+            .status
+            .code(),
+        Some(0)
+    );
+    assert_eq!(
+        attestgate(&["policy", "check", &format!("{bundle}/attestations/ci.json")])
+            .status
+            .code(),
+        Some(0)
+    );
 
     std::fs::write(
         format!("{bundle}/policy.yaml"),
@@ -190,7 +409,12 @@ fn policy_check_reports_file_line_and_field() {
         let bad = attestgate(&["policy", "check", &path]);
         assert_eq!(bad.status.code(), Some(2));
         let stderr = String::from_utf8_lossy(&bad.stderr);
-        assert!(stderr.contains("policy.yaml:3:19: defaultAdmissionRule.evaluationMode: unknown value \"SOMETIMES\""), "{stderr}");
+        assert!(
+            stderr.contains(
+                "policy.yaml:3:19: defaultAdmissionRule.evaluationMode: unknown value \"SOMETIMES\""
+            ),
+            "{stderr}"
+        );
     }
 }
 
@@ -198,11 +422,20 @@ fn policy_check_reports_file_line_and_field() {
 fn policy_check_strict_fails_on_skipped_attestations() {
     let dir = tempfile::tempdir().unwrap();
     let bundle = pipeline_bundle(dir.path());
-    std::fs::write(format!("{bundle}/attestations/bad.json"), "[{\"noteName\": 1}]").unwrap();
+    std::fs::write(
+        format!("{bundle}/attestations/bad.json"),
+        "[{\"noteName\": 1}]",
+    )
+    .unwrap();
     let lenient = attestgate(&["policy", "check", &bundle]);
     assert_eq!(lenient.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&lenient.stderr).contains("warning: skipped"));
-    assert_eq!(attestgate(&["policy", "check", "--strict", &bundle]).status.code(), Some(2));
+    assert_eq!(
+        attestgate(&["policy", "check", "--strict", &bundle])
+            .status
+            .code(),
+        Some(2)
+    );
 }
 
 #[test]
@@ -211,9 +444,29 @@ fn attestor_create_takes_pgp_keys() {
     let key = GpgKey::generate(dir.path(), "cli-pgp", "ed25519");
     let public = dir.path().join("pgp.asc");
     std::fs::write(&public, &key.armored_public).unwrap();
-    let yaml = ok(&["attestor", "create", "--name", "projects/test/attestors/pgp", "--note", NOTE, "--public-key", public.to_str().unwrap()]);
+    let yaml = ok(&[
+        "attestor",
+        "create",
+        "--name",
+        "projects/test/attestors/pgp",
+        "--note",
+        NOTE,
+        "--public-key",
+        public.to_str().unwrap(),
+    ]);
     let attestors = attestgate_policy::parse::parse_attestors(&yaml).unwrap();
     assert_eq!(attestors[0].public_keys[0].id, key.fingerprint);
-    let wrong = attestgate(&["attestor", "create", "--name", "projects/test/attestors/pgp", "--note", NOTE, "--public-key", public.to_str().unwrap(), "--key-id", "ABCD"]);
+    let wrong = attestgate(&[
+        "attestor",
+        "create",
+        "--name",
+        "projects/test/attestors/pgp",
+        "--note",
+        NOTE,
+        "--public-key",
+        public.to_str().unwrap(),
+        "--key-id",
+        "ABCD",
+    ]);
     assert_eq!(wrong.status.code(), Some(2));
 }

@@ -3,6 +3,8 @@
 //!
 //! `cargo bench -p attestgate-policy --bench decide`
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use attestgate_policy::{ImageRef, NodeConfig, PodContext, evaluate};

@@ -8,6 +8,8 @@
 //! raise this process's peak RSS; then it is loaded five times and the
 //! median time and the process's peak RSS (VmHWM) are printed.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::Write as _;

@@ -188,15 +188,15 @@ fn evaluate_policy(
             Vec::new(),
         );
     }
-    if policy.global_policy_evaluation_mode == GlobalPolicyEvaluationMode::Enable {
-        if let Some(p) = node.system_images.iter().find(|p| p.matches(image)) {
-            return (
-                Outcome::SystemImage {
-                    pattern: p.as_str().to_string(),
-                },
-                Vec::new(),
-            );
-        }
+    if policy.global_policy_evaluation_mode == GlobalPolicyEvaluationMode::Enable
+        && let Some(p) = node.system_images.iter().find(|p| p.matches(image))
+    {
+        return (
+            Outcome::SystemImage {
+                pattern: p.as_str().to_string(),
+            },
+            Vec::new(),
+        );
     }
     let (rule_ref, rule) = select_rule(bundle, node, pod);
     let (reason, attestors) = match rule.evaluation_mode {
@@ -237,15 +237,15 @@ fn select_rule<'b>(
             return (RuleRef::ServiceAccount(key), rule);
         }
     }
-    if let Some(ns) = &pod.namespace {
-        if let Some(rule) = policy.kubernetes_namespace_admission_rules.get(ns) {
-            return (RuleRef::Namespace(ns.clone()), rule);
-        }
+    if let Some(ns) = &pod.namespace
+        && let Some(rule) = policy.kubernetes_namespace_admission_rules.get(ns)
+    {
+        return (RuleRef::Namespace(ns.clone()), rule);
     }
-    if let Some(cluster) = &node.cluster {
-        if let Some(rule) = policy.cluster_admission_rules.get(cluster) {
-            return (RuleRef::Cluster(cluster.clone()), rule);
-        }
+    if let Some(cluster) = &node.cluster
+        && let Some(rule) = policy.cluster_admission_rules.get(cluster)
+    {
+        return (RuleRef::Cluster(cluster.clone()), rule);
     }
     (RuleRef::Default, &policy.default_admission_rule)
 }
@@ -313,14 +313,14 @@ fn verify_attestor(
         if *occurrence.note_name != *attestor.note_reference {
             continue;
         }
-        if let Some(repo) = strict_repository {
-            if occurrence.resource_repository != repo {
-                problems.add(format!(
-                    "attestation for repository {} (strict repository mode)",
-                    occurrence.resource_repository
-                ));
-                continue;
-            }
+        if let Some(repo) = strict_repository
+            && occurrence.resource_repository != repo
+        {
+            problems.add(format!(
+                "attestation for repository {} (strict repository mode)",
+                occurrence.resource_repository
+            ));
+            continue;
         }
         for signature in &occurrence.signatures {
             match verify_signature(attestor, occurrence, signature, digest) {
@@ -382,12 +382,12 @@ fn verify_signature<'a>(
             let literal = pgp
                 .verify_attached(message)
                 .map_err(|e| format!("by key {key_id} that fail to verify: {e}"))?;
-            if let Some(payload) = &occurrence.serialized_payload {
-                if *payload != literal {
-                    return Err(format!(
-                        "by key {key_id} over data other than the serialized payload"
-                    ));
-                }
+            if let Some(payload) = &occurrence.serialized_payload
+                && *payload != literal
+            {
+                return Err(format!(
+                    "by key {key_id} over data other than the serialized payload"
+                ));
             }
             std::borrow::Cow::Owned(literal)
         }

@@ -52,7 +52,10 @@ impl Node {
             let first = message.lines().next().unwrap_or("syntax error");
             let first = first.trim_start_matches("error: ");
             // The location is already in front of the message.
-            let first = match first.strip_prefix("line ").and_then(|rest| rest.split_once(": ")) {
+            let first = match first
+                .strip_prefix("line ")
+                .and_then(|rest| rest.split_once(": "))
+            {
                 Some((position, message)) if position.contains(" column ") => message,
                 _ => first,
             };

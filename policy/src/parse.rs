@@ -466,13 +466,13 @@ pub(crate) fn occurrence_from_node(
     notes: &mut NoteInterner,
 ) -> Result<Occurrence, FieldError> {
     let obj = Obj::new(node, path)?;
-    if let Some(kind) = obj.string("kind")? {
-        if kind != "ATTESTATION" {
-            return Err(obj
-                .path
-                .field("kind")
-                .error(obj.get("kind"), format!("{kind:?} is not ATTESTATION")));
-        }
+    if let Some(kind) = obj.string("kind")?
+        && kind != "ATTESTATION"
+    {
+        return Err(obj
+            .path
+            .field("kind")
+            .error(obj.get("kind"), format!("{kind:?} is not ATTESTATION")));
     }
     let note_name = obj.required_string("noteName")?;
     validate_resource_name(&note_name, "notes")

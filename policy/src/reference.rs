@@ -97,10 +97,10 @@ impl ImageRef {
             }
             _ => (name_and_tag, None),
         };
-        if let Some(tag) = tag {
-            if !valid_tag(tag) {
-                return Err(invalid("invalid tag"));
-            }
+        if let Some(tag) = tag
+            && !valid_tag(tag)
+        {
+            return Err(invalid("invalid tag"));
         }
         if name.is_empty() {
             return Err(invalid("missing repository name"));
@@ -220,10 +220,10 @@ fn valid_domain(domain: &str) -> bool {
             None => (domain, None),
         }
     };
-    if let Some(port) = port {
-        if !valid_port(port) {
-            return false;
-        }
+    if let Some(port) = port
+        && !valid_port(port)
+    {
+        return false;
     }
     !host.is_empty()
         && host.split('.').all(|label| {

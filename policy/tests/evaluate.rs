@@ -2,11 +2,16 @@
 //! by openssl and gpg: every branch of SPEC §3, every reason code, and the
 //! ways an attestation must fail to count (SPEC §4).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::sync::OnceLock;
 
-use attestgate_policy::{Bundle, Decision, FailMode, ImageRef, ImageSubject, NamePattern, NodeConfig, PodContext, Reason, evaluate};
+use attestgate_policy::{
+    Bundle, Decision, FailMode, ImageRef, ImageSubject, NamePattern, NodeConfig, PodContext,
+    Reason, evaluate,
+};
 use serde_json::json;
 use support::*;
 
@@ -20,9 +25,16 @@ fn keys() -> &'static Keys {
     static KEYS: OnceLock<Keys> = OnceLock::new();
     KEYS.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let by_alg = ALGORITHMS.iter().map(|a| OpensslKey::generate(dir.path(), a.name, a)).collect();
+        let by_alg = ALGORITHMS
+            .iter()
+            .map(|a| OpensslKey::generate(dir.path(), a.name, a))
+            .collect();
         let other_p256 = OpensslKey::generate(dir.path(), "other", alg("ECDSA_P256_SHA256"));
-        Keys { _dir: dir, by_alg, other_p256 }
+        Keys {
+            _dir: dir,
+            by_alg,
+            other_p256,
+        }
     })
 }
 
@@ -39,11 +51,21 @@ fn decide(bundle: &Bundle, image: &str, pod: &PodContext) -> Decision {
 }
 
 fn decide_on(bundle: &Bundle, node: &NodeConfig, image: &str, pod: &PodContext) -> Decision {
-    evaluate(Some(bundle), node, image, &ImageRef::parse(image).unwrap(), pod)
+    evaluate(
+        Some(bundle),
+        node,
+        image,
+        &ImageRef::parse(image).unwrap(),
+        pod,
+    )
 }
 
 fn pod() -> PodContext {
-    PodContext { namespace: Some("prod".into()), name: Some("web-0".into()), ..PodContext::default() }
+    PodContext {
+        namespace: Some("prod".into()),
+        name: Some("web-0".into()),
+        ..PodContext::default()
+    }
 }
 
 /// A bundle requiring CI (P-256 key), with one good attestation for `digest("good")`.
@@ -54,7 +76,15 @@ fn attested_bundle() -> (BundleDir, String) {
     let b = BundleDir::new();
     b.policy(&require_policy(&[CI]))
         .attestor("ci.yaml", &pkix_attestor_yaml(CI, NOTE, &[("", k)]))
-        .attestations("good.json", &json!([occurrence_v1(NOTE, &format!("{REPO}@{d}"), &p, &[(&k.derived_id(), &k.sign(&p))])]));
+        .attestations(
+            "good.json",
+            &json!([occurrence_v1(
+                NOTE,
+                &format!("{REPO}@{d}"),
+                &p,
+                &[(&k.derived_id(), &k.sign(&p))]
+            )]),
+        );
     (b, d)
 }
 
@@ -67,10 +97,24 @@ fn every_algorithm_verifies_openssl_signatures() {
         let b = BundleDir::new();
         b.policy(&require_policy(&[CI]))
             .attestor("ci.yaml", &pkix_attestor_yaml(CI, NOTE, &[("", k)]))
-            .attestations("a.json", &json!([occurrence_v1(NOTE, &format!("{REPO}@{d}"), &p, &[(&k.derived_id(), &sig)])]));
+            .attestations(
+                "a.json",
+                &json!([occurrence_v1(
+                    NOTE,
+                    &format!("{REPO}@{d}"),
+                    &p,
+                    &[(&k.derived_id(), &sig)]
+                )]),
+            );
         let bundle = b.load();
         let decision = decide(&bundle, &format!("{REPO}@{d}"), &pod());
-        assert_eq!(decision.reason, Reason::Attested, "{}: {}", k.alg.name, decision.explanation());
+        assert_eq!(
+            decision.reason,
+            Reason::Attested,
+            "{}: {}",
+            k.alg.name,
+            decision.explanation()
+        );
         assert!(decision.allowed);
 
         // The same signature over a payload with one byte changed must not verify.
@@ -80,9 +124,22 @@ fn every_algorithm_verifies_openssl_signatures() {
         let b2 = BundleDir::new();
         b2.policy(&require_policy(&[CI]))
             .attestor("ci.yaml", &pkix_attestor_yaml(CI, NOTE, &[("", k)]))
-            .attestations("a.json", &json!([occurrence_v1(NOTE, &format!("{REPO}@{d}"), &tampered, &[(&k.derived_id(), &sig)])]));
+            .attestations(
+                "a.json",
+                &json!([occurrence_v1(
+                    NOTE,
+                    &format!("{REPO}@{d}"),
+                    &tampered,
+                    &[(&k.derived_id(), &sig)]
+                )]),
+            );
         let decision = decide(&b2.load(), &format!("{REPO}@{d}"), &pod());
-        assert_eq!(decision.reason, Reason::MissingAttestations, "{}", k.alg.name);
+        assert_eq!(
+            decision.reason,
+            Reason::MissingAttestations,
+            "{}",
+            k.alg.name
+        );
     }
 }
 
@@ -91,12 +148,24 @@ fn algorithm_aliases_are_accepted() {
     let k = key("RSA_PSS_2048_SHA256");
     let d = digest("alias");
     let p = payload(REPO, &d);
-    let yaml = pkix_attestor_yaml(CI, NOTE, &[("", k)]).replace("RSA_PSS_2048_SHA256", "RSA_SIGN_PSS_2048_SHA256");
+    let yaml = pkix_attestor_yaml(CI, NOTE, &[("", k)])
+        .replace("RSA_PSS_2048_SHA256", "RSA_SIGN_PSS_2048_SHA256");
     let b = BundleDir::new();
     b.policy(&require_policy(&[CI]))
         .attestor("ci.yaml", &yaml)
-        .attestations("a.json", &json!([occurrence_v1(NOTE, &format!("{REPO}@{d}"), &p, &[(&k.derived_id(), &k.sign(&p))])]));
-    assert_eq!(decide(&b.load(), &format!("{REPO}@{d}"), &pod()).reason, Reason::Attested);
+        .attestations(
+            "a.json",
+            &json!([occurrence_v1(
+                NOTE,
+                &format!("{REPO}@{d}"),
+                &p,
+                &[(&k.derived_id(), &k.sign(&p))]
+            )]),
+        );
+    assert_eq!(
+        decide(&b.load(), &format!("{REPO}@{d}"), &pod()).reason,
+        Reason::Attested
+    );
 }
 
 #[test]
@@ -121,10 +190,15 @@ fn unsigned_image_is_denied_missing_attestations() {
     let decision = decide(&b.load(), &format!("{REPO}@{other}"), &pod());
     assert!(!decision.allowed);
     assert_eq!(decision.reason, Reason::MissingAttestations);
-    assert_eq!(decision.attestors[0].detail, format!("no attestation for {other}"));
+    assert_eq!(
+        decision.attestors[0].detail,
+        format!("no attestation for {other}")
+    );
     assert_eq!(
         decision.explanation(),
-        format!("image {REPO}@{other} denied by rule default: attestor {CI} not satisfied (no attestation for {other})")
+        format!(
+            "image {REPO}@{other} denied by rule default: attestor {CI} not satisfied (no attestation for {other})"
+        )
     );
 }
 
@@ -142,20 +216,44 @@ fn attestation_in_another_registry_counts_unless_strict() {
     let bundle = b.load();
     let mirror = format!("mirror.test/team/app@{d}");
     assert_eq!(decide(&bundle, &mirror, &pod()).reason, Reason::Attested);
-    let strict = NodeConfig { strict_repository: true, ..NodeConfig::default() };
+    let strict = NodeConfig {
+        strict_repository: true,
+        ..NodeConfig::default()
+    };
     let decision = decide_on(&bundle, &strict, &mirror, &pod());
     assert_eq!(decision.reason, Reason::MissingAttestations);
-    assert!(decision.attestors[0].detail.contains("strict repository"), "{}", decision.attestors[0].detail);
-    assert_eq!(decide_on(&bundle, &strict, &format!("{REPO}@{d}"), &pod()).reason, Reason::Attested);
+    assert!(
+        decision.attestors[0].detail.contains("strict repository"),
+        "{}",
+        decision.attestors[0].detail
+    );
+    assert_eq!(
+        decide_on(&bundle, &strict, &format!("{REPO}@{d}"), &pod()).reason,
+        Reason::Attested
+    );
 }
 
 /// One attestation for `d` with the given parts, in a bundle requiring CI with key P-256.
-fn single(note: &str, resource_digest: &str, payload_bytes: &[u8], key_id: &str, sig: &[u8]) -> Bundle {
+fn single(
+    note: &str,
+    resource_digest: &str,
+    payload_bytes: &[u8],
+    key_id: &str,
+    sig: &[u8],
+) -> Bundle {
     let k = key("ECDSA_P256_SHA256");
     let b = BundleDir::new();
     b.policy(&require_policy(&[CI]))
         .attestor("ci.yaml", &pkix_attestor_yaml(CI, NOTE, &[("", k)]))
-        .attestations("a.json", &json!([occurrence_v1(note, &format!("{REPO}@{resource_digest}"), payload_bytes, &[(key_id, sig)])]));
+        .attestations(
+            "a.json",
+            &json!([occurrence_v1(
+                note,
+                &format!("{REPO}@{resource_digest}"),
+                payload_bytes,
+                &[(key_id, sig)]
+            )]),
+        );
     b.load()
 }
 
@@ -167,9 +265,17 @@ fn denied_because_payload_tampered() {
     let sig = k.sign(&p);
     let mut tampered = p.clone();
     tampered.push(b' ');
-    let decision = decide(&single(NOTE, &d, &tampered, &k.derived_id(), &sig), &format!("{REPO}@{d}"), &pod());
+    let decision = decide(
+        &single(NOTE, &d, &tampered, &k.derived_id(), &sig),
+        &format!("{REPO}@{d}"),
+        &pod(),
+    );
     assert_eq!(decision.reason, Reason::MissingAttestations);
-    assert!(decision.attestors[0].detail.contains("fail to verify"), "{}", decision.attestors[0].detail);
+    assert!(
+        decision.attestors[0].detail.contains("fail to verify"),
+        "{}",
+        decision.attestors[0].detail
+    );
 }
 
 #[test]
@@ -179,9 +285,19 @@ fn denied_because_payload_digest_differs_from_resource_uri() {
     let other = digest("other-image");
     // Validly signed payload for another image, filed under this image's URI.
     let p = payload(REPO, &other);
-    let decision = decide(&single(NOTE, &d, &p, &k.derived_id(), &k.sign(&p)), &format!("{REPO}@{d}"), &pod());
+    let decision = decide(
+        &single(NOTE, &d, &p, &k.derived_id(), &k.sign(&p)),
+        &format!("{REPO}@{d}"),
+        &pod(),
+    );
     assert_eq!(decision.reason, Reason::MissingAttestations);
-    assert!(decision.attestors[0].detail.contains(&format!("payload names digest {other}")), "{}", decision.attestors[0].detail);
+    assert!(
+        decision.attestors[0]
+            .detail
+            .contains(&format!("payload names digest {other}")),
+        "{}",
+        decision.attestors[0].detail
+    );
 }
 
 #[test]
@@ -189,9 +305,16 @@ fn denied_because_note_is_another_attestors() {
     let k = key("ECDSA_P256_SHA256");
     let d = digest("n");
     let p = payload(REPO, &d);
-    let decision = decide(&single(QA_NOTE, &d, &p, &k.derived_id(), &k.sign(&p)), &format!("{REPO}@{d}"), &pod());
+    let decision = decide(
+        &single(QA_NOTE, &d, &p, &k.derived_id(), &k.sign(&p)),
+        &format!("{REPO}@{d}"),
+        &pod(),
+    );
     assert_eq!(decision.reason, Reason::MissingAttestations);
-    assert_eq!(decision.attestors[0].detail, format!("no attestation for {d}"));
+    assert_eq!(
+        decision.attestors[0].detail,
+        format!("no attestation for {d}")
+    );
 }
 
 #[test]
@@ -199,7 +322,11 @@ fn denied_because_key_id_unknown() {
     let k = key("ECDSA_P256_SHA256");
     let d = digest("u");
     let p = payload(REPO, &d);
-    let decision = decide(&single(NOTE, &d, &p, "ni:///sha-256;unknown", &k.sign(&p)), &format!("{REPO}@{d}"), &pod());
+    let decision = decide(
+        &single(NOTE, &d, &p, "ni:///sha-256;unknown", &k.sign(&p)),
+        &format!("{REPO}@{d}"),
+        &pod(),
+    );
     assert_eq!(decision.reason, Reason::MissingAttestations);
     assert_eq!(
         decision.attestors[0].detail,
@@ -217,8 +344,23 @@ fn denied_because_signature_is_by_another_key_than_its_id_says() {
     let p = payload(REPO, &d);
     let b = BundleDir::new();
     b.policy(&require_policy(&[CI]))
-        .attestor("ci.yaml", &pkix_attestor_yaml(CI, NOTE, &[("", a), ("", key("RSA_SIGN_PKCS1_2048_SHA256"))]))
-        .attestations("a.json", &json!([occurrence_v1(NOTE, &format!("{REPO}@{d}"), &p, &[(&a.derived_id(), &x.sign(&p))])]));
+        .attestor(
+            "ci.yaml",
+            &pkix_attestor_yaml(
+                CI,
+                NOTE,
+                &[("", a), ("", key("RSA_SIGN_PKCS1_2048_SHA256"))],
+            ),
+        )
+        .attestations(
+            "a.json",
+            &json!([occurrence_v1(
+                NOTE,
+                &format!("{REPO}@{d}"),
+                &p,
+                &[(&a.derived_id(), &x.sign(&p))]
+            )]),
+        );
     let decision = decide(&b.load(), &format!("{REPO}@{d}"), &pod());
     assert_eq!(decision.reason, Reason::MissingAttestations);
 }
@@ -235,11 +377,27 @@ fn any_good_signature_among_several_satisfies() {
         .attestations(
             "a.json",
             &json!([
-                occurrence_v1(NOTE, &format!("{REPO}@{d}"), &p, &[(&a.derived_id(), &x.sign(&p))]),
-                occurrence_v1(NOTE, &format!("{REPO}@{d}"), &p, &[("ni:///sha-256;nope", &x.sign(&p)), (&a.derived_id(), &a.sign(&p))]),
+                occurrence_v1(
+                    NOTE,
+                    &format!("{REPO}@{d}"),
+                    &p,
+                    &[(&a.derived_id(), &x.sign(&p))]
+                ),
+                occurrence_v1(
+                    NOTE,
+                    &format!("{REPO}@{d}"),
+                    &p,
+                    &[
+                        ("ni:///sha-256;nope", &x.sign(&p)),
+                        (&a.derived_id(), &a.sign(&p))
+                    ]
+                ),
             ]),
         );
-    assert_eq!(decide(&b.load(), &format!("{REPO}@{d}"), &pod()).reason, Reason::Attested);
+    assert_eq!(
+        decide(&b.load(), &format!("{REPO}@{d}"), &pod()).reason,
+        Reason::Attested
+    );
 }
 
 #[test]
@@ -249,9 +407,30 @@ fn custom_key_ids_are_used_as_given() {
     let p = payload(REPO, &d);
     let b = BundleDir::new();
     b.policy(&require_policy(&[CI]))
-        .attestor("ci.yaml", &pkix_attestor_yaml(CI, NOTE, &[("//cloudkms.googleapis.com/v1/projects/test/keys/k/1", k)]))
-        .attestations("a.json", &json!([occurrence_v1(NOTE, &format!("{REPO}@{d}"), &p, &[("//cloudkms.googleapis.com/v1/projects/test/keys/k/1", &k.sign(&p))])]));
-    assert_eq!(decide(&b.load(), &format!("{REPO}@{d}"), &pod()).reason, Reason::Attested);
+        .attestor(
+            "ci.yaml",
+            &pkix_attestor_yaml(
+                CI,
+                NOTE,
+                &[("//cloudkms.googleapis.com/v1/projects/test/keys/k/1", k)],
+            ),
+        )
+        .attestations(
+            "a.json",
+            &json!([occurrence_v1(
+                NOTE,
+                &format!("{REPO}@{d}"),
+                &p,
+                &[(
+                    "//cloudkms.googleapis.com/v1/projects/test/keys/k/1",
+                    &k.sign(&p)
+                )]
+            )]),
+        );
+    assert_eq!(
+        decide(&b.load(), &format!("{REPO}@{d}"), &pod()).reason,
+        Reason::Attested
+    );
 }
 
 #[test]
@@ -259,7 +438,12 @@ fn garbage_base64_occurrence_is_skipped_and_others_still_count() {
     let k = key("ECDSA_P256_SHA256");
     let d = digest("g");
     let p = payload(REPO, &d);
-    let good = occurrence_v1(NOTE, &format!("{REPO}@{d}"), &p, &[(&k.derived_id(), &k.sign(&p))]);
+    let good = occurrence_v1(
+        NOTE,
+        &format!("{REPO}@{d}"),
+        &p,
+        &[(&k.derived_id(), &k.sign(&p))],
+    );
     let mut bad = good.clone();
     bad["attestation"]["signatures"][0]["signature"] = json!("!!not base64!!");
     let b = BundleDir::new();
@@ -270,27 +454,67 @@ fn garbage_base64_occurrence_is_skipped_and_others_still_count() {
     assert_eq!(bundle.occurrence_count(), 1);
     assert_eq!(bundle.warnings().len(), 1);
     let w = bundle.warnings()[0].to_string();
-    assert!(w.contains("a.json") && w.contains("[0].attestation.signatures[0].signature: invalid base64"), "{w}");
-    assert_eq!(decide(&bundle, &format!("{REPO}@{d}"), &pod()).reason, Reason::Attested);
+    assert!(
+        w.contains("a.json")
+            && w.contains("[0].attestation.signatures[0].signature: invalid base64"),
+        "{w}"
+    );
+    assert_eq!(
+        decide(&bundle, &format!("{REPO}@{d}"), &pod()).reason,
+        Reason::Attested
+    );
 }
 
 #[test]
 fn denied_because_payload_type_unknown() {
     let k = key("ECDSA_P256_SHA256");
     let d = digest("type");
-    let p = format!(r#"{{"critical":{{"identity":{{"docker-reference":"{REPO}"}},"image":{{"docker-manifest-digest":"{d}"}},"type":"my own signature"}}}}"#);
-    let decision = decide(&single(NOTE, &d, p.as_bytes(), &k.derived_id(), &k.sign(p.as_bytes())), &format!("{REPO}@{d}"), &pod());
+    let p = format!(
+        r#"{{"critical":{{"identity":{{"docker-reference":"{REPO}"}},"image":{{"docker-manifest-digest":"{d}"}},"type":"my own signature"}}}}"#
+    );
+    let decision = decide(
+        &single(
+            NOTE,
+            &d,
+            p.as_bytes(),
+            &k.derived_id(),
+            &k.sign(p.as_bytes()),
+        ),
+        &format!("{REPO}@{d}"),
+        &pod(),
+    );
     assert_eq!(decision.reason, Reason::MissingAttestations);
-    assert!(decision.attestors[0].detail.contains("not a container signature type"), "{}", decision.attestors[0].detail);
+    assert!(
+        decision.attestors[0]
+            .detail
+            .contains("not a container signature type"),
+        "{}",
+        decision.attestors[0].detail
+    );
 }
 
 #[test]
 fn every_accepted_payload_type_verifies() {
     let k = key("ECDSA_P256_SHA256");
-    for (i, t) in attestgate_policy::payload::ACCEPTED_PAYLOAD_TYPES.iter().enumerate() {
+    for (i, t) in attestgate_policy::payload::ACCEPTED_PAYLOAD_TYPES
+        .iter()
+        .enumerate()
+    {
         let d = digest(&format!("type-{i}"));
-        let p = format!(r#"{{"critical":{{"identity":{{"docker-reference":"{REPO}"}},"image":{{"docker-manifest-digest":"{d}"}},"type":"{t}"}},"optional":{{}}}}"#);
-        let decision = decide(&single(NOTE, &d, p.as_bytes(), &k.derived_id(), &k.sign(p.as_bytes())), &format!("{REPO}@{d}"), &pod());
+        let p = format!(
+            r#"{{"critical":{{"identity":{{"docker-reference":"{REPO}"}},"image":{{"docker-manifest-digest":"{d}"}},"type":"{t}"}},"optional":{{}}}}"#
+        );
+        let decision = decide(
+            &single(
+                NOTE,
+                &d,
+                p.as_bytes(),
+                &k.derived_id(),
+                &k.sign(p.as_bytes()),
+            ),
+            &format!("{REPO}@{d}"),
+            &pod(),
+        );
         assert_eq!(decision.reason, Reason::Attested, "{t}");
     }
 }
@@ -305,15 +529,38 @@ fn every_required_attestor_must_be_satisfied() {
     b.policy(&require_policy(&[CI, QA]))
         .attestor("ci.yaml", &pkix_attestor_yaml(CI, NOTE, &[("", ci)]))
         .attestor("qa.yaml", &pkix_attestor_yaml(QA, QA_NOTE, &[("", qa)]))
-        .attestations("ci.json", &json!([occurrence_v1(NOTE, &format!("{REPO}@{d}"), &p, &[(&ci.derived_id(), &ci.sign(&p))])]));
+        .attestations(
+            "ci.json",
+            &json!([occurrence_v1(
+                NOTE,
+                &format!("{REPO}@{d}"),
+                &p,
+                &[(&ci.derived_id(), &ci.sign(&p))]
+            )]),
+        );
     let decision = decide(&b.load(), &format!("{REPO}@{d}"), &pod());
     assert_eq!(decision.reason, Reason::MissingAttestations);
     assert!(decision.attestors[0].satisfied);
     assert!(!decision.attestors[1].satisfied);
-    assert!(decision.explanation().contains(&format!("attestor {QA} not satisfied")));
+    assert!(
+        decision
+            .explanation()
+            .contains(&format!("attestor {QA} not satisfied"))
+    );
 
-    b.attestations("qa.json", &json!([occurrence_v1(QA_NOTE, &format!("{REPO}@{d}"), &p, &[(&qa.derived_id(), &qa.sign(&p))])]));
-    assert_eq!(decide(&b.load(), &format!("{REPO}@{d}"), &pod()).reason, Reason::Attested);
+    b.attestations(
+        "qa.json",
+        &json!([occurrence_v1(
+            QA_NOTE,
+            &format!("{REPO}@{d}"),
+            &p,
+            &[(&qa.derived_id(), &qa.sign(&p))]
+        )]),
+    );
+    assert_eq!(
+        decide(&b.load(), &format!("{REPO}@{d}"), &pod()).reason,
+        Reason::Attested
+    );
 }
 
 #[test]
@@ -326,8 +573,18 @@ fn pgp_signatures_verify_in_v1_and_v1beta1_forms() {
     let p1 = payload(REPO, &d1);
     let p2 = payload(REPO, &d2);
     let p3 = payload(REPO, &d3);
-    let v1 = occurrence_v1(NOTE, &format!("{REPO}@{d1}"), &p1, &[(&gpg_key.fingerprint, &gpg_key.sign(&p1, false))]);
-    let v1_armored = occurrence_v1(NOTE, &format!("{REPO}@{d3}"), &p3, &[(&gpg_key.fingerprint, &gpg_key.sign(&p3, true))]);
+    let v1 = occurrence_v1(
+        NOTE,
+        &format!("{REPO}@{d1}"),
+        &p1,
+        &[(&gpg_key.fingerprint, &gpg_key.sign(&p1, false))],
+    );
+    let v1_armored = occurrence_v1(
+        NOTE,
+        &format!("{REPO}@{d3}"),
+        &p3,
+        &[(&gpg_key.fingerprint, &gpg_key.sign(&p3, true))],
+    );
     let v1beta1 = json!({
         "name": "projects/test/occurrences/pgp",
         "resource": {"uri": format!("https://{REPO}@{d2}")},
@@ -342,26 +599,59 @@ fn pgp_signatures_verify_in_v1_and_v1beta1_forms() {
     let b = BundleDir::new();
     b.policy(&require_policy(&[CI]))
         .attestor("ci.yaml", &pgp_attestor_yaml(CI, NOTE, &gpg_key))
-        .attestations("a.json", &json!({"occurrences": [v1, v1beta1, v1_armored], "nextPageToken": ""}));
+        .attestations(
+            "a.json",
+            &json!({"occurrences": [v1, v1beta1, v1_armored], "nextPageToken": ""}),
+        );
     let bundle = b.load();
     assert!(bundle.warnings().is_empty(), "{:?}", bundle.warnings());
     for d in [&d1, &d2, &d3] {
         let decision = decide(&bundle, &format!("{REPO}@{d}"), &pod());
-        assert_eq!(decision.reason, Reason::Attested, "{}", decision.explanation());
+        assert_eq!(
+            decision.reason,
+            Reason::Attested,
+            "{}",
+            decision.explanation()
+        );
     }
 
     // Signed by another gpg key that claims this key's fingerprint.
     let impostor = GpgKey::generate(dir.path(), "impostor", "rsa2048");
     let d4 = digest("pgp-impostor");
     let p4 = payload(REPO, &d4);
-    b.attestations("b.json", &json!([occurrence_v1(NOTE, &format!("{REPO}@{d4}"), &p4, &[(&gpg_key.fingerprint, &impostor.sign(&p4, false))])]));
-    assert_eq!(decide(&b.load(), &format!("{REPO}@{d4}"), &pod()).reason, Reason::MissingAttestations);
+    b.attestations(
+        "b.json",
+        &json!([occurrence_v1(
+            NOTE,
+            &format!("{REPO}@{d4}"),
+            &p4,
+            &[(&gpg_key.fingerprint, &impostor.sign(&p4, false))]
+        )]),
+    );
+    assert_eq!(
+        decide(&b.load(), &format!("{REPO}@{d4}"), &pod()).reason,
+        Reason::MissingAttestations
+    );
 
     // A PGP message whose literal data differs from the serialized payload.
     let d5 = digest("pgp-mismatch");
     let p5 = payload(REPO, &d5);
-    b.attestations("c.json", &json!([occurrence_v1(NOTE, &format!("{REPO}@{d5}"), &p5, &[(&gpg_key.fingerprint, &gpg_key.sign(&payload(REPO, &d4), false))])]));
-    assert_eq!(decide(&b.load(), &format!("{REPO}@{d5}"), &pod()).reason, Reason::MissingAttestations);
+    b.attestations(
+        "c.json",
+        &json!([occurrence_v1(
+            NOTE,
+            &format!("{REPO}@{d5}"),
+            &p5,
+            &[(
+                &gpg_key.fingerprint,
+                &gpg_key.sign(&payload(REPO, &d4), false)
+            )]
+        )]),
+    );
+    assert_eq!(
+        decide(&b.load(), &format!("{REPO}@{d5}"), &pod()).reason,
+        Reason::MissingAttestations
+    );
 }
 
 #[test]
@@ -374,8 +664,20 @@ fn pgp_eddsa_and_ecdsa_keys_verify() {
         let b = BundleDir::new();
         b.policy(&require_policy(&[CI]))
             .attestor("ci.yaml", &pgp_attestor_yaml(CI, NOTE, &gpg_key))
-            .attestations("a.json", &json!([occurrence_v1(NOTE, &format!("{REPO}@{d}"), &p, &[(&gpg_key.fingerprint, &gpg_key.sign(&p, true))])]));
-        assert_eq!(decide(&b.load(), &format!("{REPO}@{d}"), &pod()).reason, Reason::Attested, "{algo}");
+            .attestations(
+                "a.json",
+                &json!([occurrence_v1(
+                    NOTE,
+                    &format!("{REPO}@{d}"),
+                    &p,
+                    &[(&gpg_key.fingerprint, &gpg_key.sign(&p, true))]
+                )]),
+            );
+        assert_eq!(
+            decide(&b.load(), &format!("{REPO}@{d}"), &pod()).reason,
+            Reason::Attested,
+            "{algo}"
+        );
     }
 }
 
@@ -412,37 +714,70 @@ istioServiceIdentityAdmissionRules:
     enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG
 "#,
     )
-    .attestor("ci.yaml", &pkix_attestor_yaml(CI, NOTE, &[("", key("ECDSA_P256_SHA256"))]));
+    .attestor(
+        "ci.yaml",
+        &pkix_attestor_yaml(CI, NOTE, &[("", key("ECDSA_P256_SHA256"))]),
+    );
     b.load()
 }
 
 fn ns(namespace: &str) -> PodContext {
-    PodContext { namespace: Some(namespace.into()), ..PodContext::default() }
+    PodContext {
+        namespace: Some(namespace.into()),
+        ..PodContext::default()
+    }
 }
 
 #[test]
 fn rule_selection_is_most_specific_first() {
     let bundle = rules_bundle();
-    let cluster = NodeConfig { cluster: Some("us-east1-b.prod".into()), ..NodeConfig::default() };
+    let cluster = NodeConfig {
+        cluster: Some("us-east1-b.prod".into()),
+        ..NodeConfig::default()
+    };
     let image = format!("{REPO}@{}", digest("r"));
 
-    let sa = PodContext { service_account: Some("deployer".into()), ..ns("prod") };
+    let sa = PodContext {
+        service_account: Some("deployer".into()),
+        ..ns("prod")
+    };
     let d = decide_on(&bundle, &cluster, &image, &sa);
-    assert_eq!((d.reason, d.rule().unwrap().to_string()), (Reason::AlwaysAllow, "serviceAccount:prod:deployer".into()));
+    assert_eq!(
+        (d.reason, d.rule().unwrap().to_string()),
+        (Reason::AlwaysAllow, "serviceAccount:prod:deployer".into())
+    );
 
     let d = decide_on(&bundle, &cluster, &image, &ns("prod"));
-    assert_eq!((d.reason, d.rule().unwrap().to_string()), (Reason::MissingAttestations, "namespace:prod".into()));
+    assert_eq!(
+        (d.reason, d.rule().unwrap().to_string()),
+        (Reason::MissingAttestations, "namespace:prod".into())
+    );
 
     let d = decide_on(&bundle, &cluster, &image, &ns("other"));
-    assert_eq!((d.reason, d.rule().unwrap().to_string()), (Reason::AlwaysAllow, "cluster:us-east1-b.prod".into()));
+    assert_eq!(
+        (d.reason, d.rule().unwrap().to_string()),
+        (Reason::AlwaysAllow, "cluster:us-east1-b.prod".into())
+    );
 
     let d = decide_on(&bundle, &NodeConfig::default(), &image, &ns("other"));
-    assert_eq!((d.reason, d.rule().unwrap().to_string()), (Reason::AlwaysDeny, "default".into()));
+    assert_eq!(
+        (d.reason, d.rule().unwrap().to_string()),
+        (Reason::AlwaysDeny, "default".into())
+    );
     assert!(!d.allowed && d.enforced);
 
     // The service-account rule needs the service account to be known.
-    let unknown_sa = PodContext { service_account: None, ..ns("prod") };
-    assert_eq!(decide_on(&bundle, &cluster, &image, &unknown_sa).rule().unwrap().to_string(), "namespace:prod");
+    let unknown_sa = PodContext {
+        service_account: None,
+        ..ns("prod")
+    };
+    assert_eq!(
+        decide_on(&bundle, &cluster, &image, &unknown_sa)
+            .rule()
+            .unwrap()
+            .to_string(),
+        "namespace:prod"
+    );
 }
 
 #[test]
@@ -452,20 +787,38 @@ fn dry_run_allows_and_records_what_would_have_happened() {
     assert_eq!(d.reason, Reason::DryRun);
     assert_eq!(d.overridden, Some(Reason::AlwaysDeny));
     assert!(!d.enforced);
-    assert!(d.explanation().contains("would be denied by rule namespace:staging"), "{}", d.explanation());
+    assert!(
+        d.explanation()
+            .contains("would be denied by rule namespace:staging"),
+        "{}",
+        d.explanation()
+    );
 }
 
 #[test]
 fn allowlist_patterns_allow_before_rules() {
     let bundle = rules_bundle();
-    let d = decide(&bundle, "registry.test:5000/tools/kubectl:1.30", &ns("prod"));
+    let d = decide(
+        &bundle,
+        "registry.test:5000/tools/kubectl:1.30",
+        &ns("prod"),
+    );
     assert_eq!(d.reason, Reason::Allowlisted);
     assert!(d.allowed && d.enforced);
-    assert_eq!(decide(&bundle, "registry.test:5000/pinned:1.0", &ns("prod")).reason, Reason::Allowlisted);
+    assert_eq!(
+        decide(&bundle, "registry.test:5000/pinned:1.0", &ns("prod")).reason,
+        Reason::Allowlisted
+    );
     // Another tag is not the pinned one.
-    assert_eq!(decide(&bundle, "registry.test:5000/pinned:2.0", &ns("prod")).reason, Reason::MissingAttestations);
+    assert_eq!(
+        decide(&bundle, "registry.test:5000/pinned:2.0", &ns("prod")).reason,
+        Reason::MissingAttestations
+    );
     // `*` does not cross `/`.
-    assert_eq!(decide(&bundle, "registry.test:5000/tools/sub/x:1", &ns("prod")).reason, Reason::MissingAttestations);
+    assert_eq!(
+        decide(&bundle, "registry.test:5000/tools/sub/x:1", &ns("prod")).reason,
+        Reason::MissingAttestations
+    );
 }
 
 #[test]
@@ -473,20 +826,40 @@ fn system_images_need_global_policy_evaluation_enabled() {
     let bundle = rules_bundle();
     let d = decide(&bundle, "registry.k8s.io/pause:3.10", &ns("prod"));
     assert_eq!(d.reason, Reason::SystemImage);
-    let node = NodeConfig { system_images: vec![NamePattern::parse("registry.test:5000/sandbox/pause*").unwrap()], ..NodeConfig::default() };
-    assert_eq!(decide_on(&bundle, &node, "registry.test:5000/sandbox/pause:1", &ns("prod")).reason, Reason::SystemImage);
-    assert_eq!(decide_on(&bundle, &node, "registry.k8s.io/pause:3.10", &ns("prod")).reason, Reason::MissingAttestations);
+    let node = NodeConfig {
+        system_images: vec![NamePattern::parse("registry.test:5000/sandbox/pause*").unwrap()],
+        ..NodeConfig::default()
+    };
+    assert_eq!(
+        decide_on(
+            &bundle,
+            &node,
+            "registry.test:5000/sandbox/pause:1",
+            &ns("prod")
+        )
+        .reason,
+        Reason::SystemImage
+    );
+    assert_eq!(
+        decide_on(&bundle, &node, "registry.k8s.io/pause:3.10", &ns("prod")).reason,
+        Reason::MissingAttestations
+    );
 
     let b = BundleDir::new();
     b.policy("defaultAdmissionRule:\n  evaluationMode: ALWAYS_DENY\n  enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG\n");
-    assert_eq!(decide(&b.load(), "registry.k8s.io/pause:3.10", &ns("prod")).reason, Reason::AlwaysDeny);
+    assert_eq!(
+        decide(&b.load(), "registry.k8s.io/pause:3.10", &ns("prod")).reason,
+        Reason::AlwaysDeny
+    );
 }
 
 #[test]
 fn break_glass_label_or_annotation_allows_but_still_evaluates() {
     let bundle = rules_bundle();
     let mut with_label = ns("other");
-    with_label.labels.insert("image-policy.k8s.io/break-glass".into(), "true".into());
+    with_label
+        .labels
+        .insert("image-policy.k8s.io/break-glass".into(), "true".into());
     let d = decide(&bundle, &format!("{REPO}:1"), &with_label);
     assert!(d.allowed);
     assert_eq!(d.reason, Reason::BreakGlass);
@@ -495,23 +868,49 @@ fn break_glass_label_or_annotation_allows_but_still_evaluates() {
     assert_eq!(d.rule().unwrap().to_string(), "default");
 
     let mut with_annotation = ns("prod");
-    with_annotation.annotations.insert("alpha.image-policy.k8s.io/break-glass".into(), "true".into());
+    with_annotation.annotations.insert(
+        "alpha.image-policy.k8s.io/break-glass".into(),
+        "true".into(),
+    );
     let d = decide(&bundle, &format!("{REPO}:1"), &with_annotation);
-    assert_eq!((d.reason, d.overridden), (Reason::BreakGlass, Some(Reason::MissingAttestations)));
+    assert_eq!(
+        (d.reason, d.overridden),
+        (Reason::BreakGlass, Some(Reason::MissingAttestations))
+    );
     assert_eq!(d.attestors.len(), 1, "the attestors were still evaluated");
 
     let mut not_true = ns("other");
-    not_true.labels.insert("image-policy.k8s.io/break-glass".into(), "yes".into());
-    assert_eq!(decide(&bundle, &format!("{REPO}:1"), &not_true).reason, Reason::AlwaysDeny);
+    not_true
+        .labels
+        .insert("image-policy.k8s.io/break-glass".into(), "yes".into());
+    assert_eq!(
+        decide(&bundle, &format!("{REPO}:1"), &not_true).reason,
+        Reason::AlwaysDeny
+    );
 }
 
 #[test]
 fn no_policy_follows_fail_mode() {
     let image = ImageRef::parse("registry.test/app:1").unwrap();
-    let closed = evaluate(None, &NodeConfig::default(), "registry.test/app:1", &image, &pod());
+    let closed = evaluate(
+        None,
+        &NodeConfig::default(),
+        "registry.test/app:1",
+        &image,
+        &pod(),
+    );
     assert!(!closed.allowed);
     assert_eq!(closed.reason, Reason::NoPolicy);
-    let open = evaluate(None, &NodeConfig { fail_mode: FailMode::Open, ..NodeConfig::default() }, "registry.test/app:1", &image, &pod());
+    let open = evaluate(
+        None,
+        &NodeConfig {
+            fail_mode: FailMode::Open,
+            ..NodeConfig::default()
+        },
+        "registry.test/app:1",
+        &image,
+        &pod(),
+    );
     assert!(open.allowed);
     assert_eq!(open.reason, Reason::NoPolicy);
     assert!(open.explanation().contains("fail mode open"));
@@ -519,8 +918,16 @@ fn no_policy_follows_fail_mode() {
 
 #[test]
 fn internal_error_follows_fail_mode() {
-    let subject = ImageSubject { reference: "registry.test/app:1".into(), repository: None, digest: None };
-    let d = Decision::error(subject.clone(), "runtime cannot tell the digest", FailMode::Closed);
+    let subject = ImageSubject {
+        reference: "registry.test/app:1".into(),
+        repository: None,
+        digest: None,
+    };
+    let d = Decision::error(
+        subject.clone(),
+        "runtime cannot tell the digest",
+        FailMode::Closed,
+    );
     assert!(!d.allowed);
     assert_eq!(d.reason, Reason::Error);
     assert!(d.explanation().contains("runtime cannot tell the digest"));
@@ -536,10 +943,17 @@ fn decision_record_has_the_documented_shape() {
     let ctx = attestgate_policy::RecordContext {
         operation: attestgate_policy::Operation::CreateContainer,
         time: time::macros::datetime!(2026-01-02 03:04:05.123456 UTC),
-        pod: Some(attestgate_policy::PodRef { namespace: Some("prod".into()), name: Some("web-0".into()), uid: Some("u-1".into()) }),
+        pod: Some(attestgate_policy::PodRef {
+            namespace: Some("prod".into()),
+            name: Some("web-0".into()),
+            uid: Some("u-1".into()),
+        }),
         container: Some("web".into()),
         cluster: Some("us-east1-b.prod".into()),
-        bundle: Some(attestgate_policy::decision::BundleRef { digest: bundle.digest().into(), loaded_at: "2026-01-02T03:00:00.000000Z".into() }),
+        bundle: Some(attestgate_policy::decision::BundleRef {
+            digest: bundle.digest().into(),
+            loaded_at: "2026-01-02T03:00:00.000000Z".into(),
+        }),
     };
     let line = decision.record_json(&ctx);
     assert!(!line.contains('\n'));

@@ -2,6 +2,7 @@
 //! RustCrypto primitives openssl interoperates with (the test suite proves
 //! that interoperability), and bundles built from their text forms.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)]
 
 use attestgate_policy::Bundle;
@@ -21,10 +22,12 @@ pub fn digest(i: u64) -> String {
     )
 }
 
+type Signer = Box<dyn Fn(&[u8]) -> Vec<u8>>;
+
 pub struct Key {
     pub algorithm: &'static str,
     pub public_pem: String,
-    signer: Box<dyn Fn(&[u8]) -> Vec<u8>>,
+    signer: Signer,
 }
 
 impl Key {
@@ -111,7 +114,9 @@ pub fn bundle(key: &Key, extra: u64) -> Bundle {
     let key_id = attestors[0].public_keys[0].id.clone();
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("attestations")).unwrap();
-    let mut out = std::io::BufWriter::new(std::fs::File::create(dir.path().join("attestations/all.json")).unwrap());
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(dir.path().join("attestations/all.json")).unwrap(),
+    );
     use std::io::Write as _;
     write!(out, "[{}", occurrence_json(key, &key_id, &digest(0))).unwrap();
     let template = occurrence_json(key, &key_id, &digest(1));
@@ -124,7 +129,11 @@ pub fn bundle(key: &Key, extra: u64) -> Bundle {
     drop(out);
     std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
     std::fs::create_dir_all(dir.path().join("attestors")).unwrap();
-    std::fs::write(dir.path().join("attestors/ci.yaml"), attestor_yaml("projects/bench/attestors/ci", key)).unwrap();
+    std::fs::write(
+        dir.path().join("attestors/ci.yaml"),
+        attestor_yaml("projects/bench/attestors/ci", key),
+    )
+    .unwrap();
     let bundle = Bundle::load(dir.path()).unwrap();
     assert!(bundle.warnings().is_empty());
     bundle

@@ -2,6 +2,7 @@
 //! `openssl` and `gpg`, so what the tests verify is what those tools write.
 //! A missing tool fails the test: interoperability is the point.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -15,7 +16,11 @@ pub const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose:
 pub fn run(cmd: &mut Command, input: Option<&[u8]>) -> Vec<u8> {
     use std::io::Write as _;
     let mut child = cmd
-        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -24,7 +29,11 @@ pub fn run(cmd: &mut Command, input: Option<&[u8]>) -> Vec<u8> {
         child.stdin.take().unwrap().write_all(input).unwrap();
     }
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }
 
@@ -37,17 +46,72 @@ pub struct Alg {
 }
 
 pub const ALGORITHMS: &[Alg] = &[
-    Alg { name: "RSA_PSS_2048_SHA256", genpkey: &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"], digest: "-sha256", pss: true },
-    Alg { name: "RSA_PSS_3072_SHA256", genpkey: &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:3072"], digest: "-sha256", pss: true },
-    Alg { name: "RSA_PSS_4096_SHA256", genpkey: &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:4096"], digest: "-sha256", pss: true },
-    Alg { name: "RSA_PSS_4096_SHA512", genpkey: &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:4096"], digest: "-sha512", pss: true },
-    Alg { name: "RSA_SIGN_PKCS1_2048_SHA256", genpkey: &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"], digest: "-sha256", pss: false },
-    Alg { name: "RSA_SIGN_PKCS1_3072_SHA256", genpkey: &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:3072"], digest: "-sha256", pss: false },
-    Alg { name: "RSA_SIGN_PKCS1_4096_SHA256", genpkey: &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:4096"], digest: "-sha256", pss: false },
-    Alg { name: "RSA_SIGN_PKCS1_4096_SHA512", genpkey: &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:4096"], digest: "-sha512", pss: false },
-    Alg { name: "ECDSA_P256_SHA256", genpkey: &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"], digest: "-sha256", pss: false },
-    Alg { name: "ECDSA_P384_SHA384", genpkey: &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"], digest: "-sha384", pss: false },
-    Alg { name: "ECDSA_P521_SHA512", genpkey: &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-521"], digest: "-sha512", pss: false },
+    Alg {
+        name: "RSA_PSS_2048_SHA256",
+        genpkey: &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+        digest: "-sha256",
+        pss: true,
+    },
+    Alg {
+        name: "RSA_PSS_3072_SHA256",
+        genpkey: &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:3072"],
+        digest: "-sha256",
+        pss: true,
+    },
+    Alg {
+        name: "RSA_PSS_4096_SHA256",
+        genpkey: &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:4096"],
+        digest: "-sha256",
+        pss: true,
+    },
+    Alg {
+        name: "RSA_PSS_4096_SHA512",
+        genpkey: &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:4096"],
+        digest: "-sha512",
+        pss: true,
+    },
+    Alg {
+        name: "RSA_SIGN_PKCS1_2048_SHA256",
+        genpkey: &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+        digest: "-sha256",
+        pss: false,
+    },
+    Alg {
+        name: "RSA_SIGN_PKCS1_3072_SHA256",
+        genpkey: &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:3072"],
+        digest: "-sha256",
+        pss: false,
+    },
+    Alg {
+        name: "RSA_SIGN_PKCS1_4096_SHA256",
+        genpkey: &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:4096"],
+        digest: "-sha256",
+        pss: false,
+    },
+    Alg {
+        name: "RSA_SIGN_PKCS1_4096_SHA512",
+        genpkey: &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:4096"],
+        digest: "-sha512",
+        pss: false,
+    },
+    Alg {
+        name: "ECDSA_P256_SHA256",
+        genpkey: &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        digest: "-sha256",
+        pss: false,
+    },
+    Alg {
+        name: "ECDSA_P384_SHA384",
+        genpkey: &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"],
+        digest: "-sha384",
+        pss: false,
+    },
+    Alg {
+        name: "ECDSA_P521_SHA512",
+        genpkey: &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-521"],
+        digest: "-sha512",
+        pss: false,
+    },
 ];
 
 pub fn alg(name: &str) -> &'static Alg {
@@ -64,27 +128,61 @@ pub struct OpensslKey {
 impl OpensslKey {
     pub fn generate(dir: &Path, name: &str, alg: &'static Alg) -> OpensslKey {
         let private = dir.join(format!("{name}.key"));
-        run(Command::new("openssl").arg("genpkey").args(alg.genpkey).arg("-out").arg(&private), None);
-        let public_pem = String::from_utf8(run(Command::new("openssl").args(["pkey", "-pubout", "-in"]).arg(&private), None)).unwrap();
-        OpensslKey { alg, private, public_pem }
+        run(
+            Command::new("openssl")
+                .arg("genpkey")
+                .args(alg.genpkey)
+                .arg("-out")
+                .arg(&private),
+            None,
+        );
+        let public_pem = String::from_utf8(run(
+            Command::new("openssl")
+                .args(["pkey", "-pubout", "-in"])
+                .arg(&private),
+            None,
+        ))
+        .unwrap();
+        OpensslKey {
+            alg,
+            private,
+            public_pem,
+        }
     }
 
     /// `openssl dgst -sign`, with PSS salt = digest length for PSS.
     pub fn sign(&self, payload: &[u8]) -> Vec<u8> {
         let mut cmd = Command::new("openssl");
-        cmd.arg("dgst").arg(self.alg.digest).arg("-sign").arg(&self.private);
+        cmd.arg("dgst")
+            .arg(self.alg.digest)
+            .arg("-sign")
+            .arg(&self.private);
         if self.alg.pss {
             // MGF1 uses the signature digest by default; salt = digest length.
-            cmd.args(["-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:digest"]);
+            cmd.args([
+                "-sigopt",
+                "rsa_padding_mode:pss",
+                "-sigopt",
+                "rsa_pss_saltlen:digest",
+            ]);
         }
         run(&mut cmd, Some(payload))
     }
 
     /// The key id GCP derives: sha256 of the DER SPKI, base64url unpadded.
     pub fn derived_id(&self) -> String {
-        let der = run(Command::new("openssl").args(["pkey", "-pubin", "-outform", "DER"]), Some(self.public_pem.as_bytes()));
-        let digest = run(Command::new("openssl").args(["dgst", "-sha256", "-binary"]), Some(&der));
-        format!("ni:///sha-256;{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest))
+        let der = run(
+            Command::new("openssl").args(["pkey", "-pubin", "-outform", "DER"]),
+            Some(self.public_pem.as_bytes()),
+        );
+        let digest = run(
+            Command::new("openssl").args(["dgst", "-sha256", "-binary"]),
+            Some(&der),
+        );
+        format!(
+            "ni:///sha-256;{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest)
+        )
     }
 }
 
@@ -105,16 +203,31 @@ impl GpgKey {
             std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
         }
         let uid = format!("{name} <{name}@attestgate.test>");
-        run(gpg(&home).args(["--quick-gen-key", &uid, algo, "sign", "never"]), None);
-        let colons = String::from_utf8(run(gpg(&home).args(["--with-colons", "--list-keys", &uid]), None)).unwrap();
+        run(
+            gpg(&home).args(["--quick-gen-key", &uid, algo, "sign", "never"]),
+            None,
+        );
+        let colons = String::from_utf8(run(
+            gpg(&home).args(["--with-colons", "--list-keys", &uid]),
+            None,
+        ))
+        .unwrap();
         let fingerprint = colons
             .lines()
             .find(|l| l.starts_with("fpr:"))
             .and_then(|l| l.split(':').nth(9))
             .unwrap()
             .to_string();
-        let armored_public = String::from_utf8(run(gpg(&home).args(["--armor", "--export", &fingerprint]), None)).unwrap();
-        GpgKey { home, fingerprint, armored_public }
+        let armored_public = String::from_utf8(run(
+            gpg(&home).args(["--armor", "--export", &fingerprint]),
+            None,
+        ))
+        .unwrap();
+        GpgKey {
+            home,
+            fingerprint,
+            armored_public,
+        }
     }
 
     /// `gpg --sign` (attached, compressed as gpg does by default).
@@ -130,7 +243,14 @@ impl GpgKey {
 
 fn gpg(home: &Path) -> Command {
     let mut cmd = Command::new("gpg");
-    cmd.env("GNUPGHOME", home).args(["--batch", "--yes", "--pinentry-mode", "loopback", "--passphrase", ""]);
+    cmd.env("GNUPGHOME", home).args([
+        "--batch",
+        "--yes",
+        "--pinentry-mode",
+        "loopback",
+        "--passphrase",
+        "",
+    ]);
     cmd
 }
 
@@ -139,15 +259,21 @@ pub const REPO: &str = "registry.test:5000/team/app";
 
 pub fn digest(seed: &str) -> String {
     use sha2::Digest as _;
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(seed.as_bytes())))
+    format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(seed.as_bytes()))
+    )
 }
 
 pub fn payload(repo: &str, digest: &str) -> Vec<u8> {
-    attestgate_policy::payload::signature_payload(&format!("{repo}@{digest}")).unwrap().into_bytes()
+    attestgate_policy::payload::signature_payload(&format!("{repo}@{digest}"))
+        .unwrap()
+        .into_bytes()
 }
 
 pub fn pkix_attestor_yaml(name: &str, note: &str, keys: &[(&str, &OpensslKey)]) -> String {
-    let mut out = format!("name: {name}\nuserOwnedGrafeasNote:\n  noteReference: {note}\n  publicKeys:\n");
+    let mut out =
+        format!("name: {name}\nuserOwnedGrafeasNote:\n  noteReference: {note}\n  publicKeys:\n");
     for (id, key) in keys {
         out.push_str(&format!("  - id: '{id}'\n    pkixPublicKey:\n      signatureAlgorithm: {}\n      publicKeyPem: |\n", key.alg.name));
         for line in key.public_pem.lines() {
@@ -158,7 +284,10 @@ pub fn pkix_attestor_yaml(name: &str, note: &str, keys: &[(&str, &OpensslKey)]) 
 }
 
 pub fn pgp_attestor_yaml(name: &str, note: &str, key: &GpgKey) -> String {
-    let mut out = format!("name: {name}\nuserOwnedGrafeasNote:\n  noteReference: {note}\n  publicKeys:\n  - id: {}\n    asciiArmoredPgpPublicKey: |\n", key.fingerprint);
+    let mut out = format!(
+        "name: {name}\nuserOwnedGrafeasNote:\n  noteReference: {note}\n  publicKeys:\n  - id: {}\n    asciiArmoredPgpPublicKey: |\n",
+        key.fingerprint
+    );
     for line in key.armored_public.lines() {
         out.push_str(&format!("      {line}\n"));
     }
@@ -166,7 +295,12 @@ pub fn pgp_attestor_yaml(name: &str, note: &str, key: &GpgKey) -> String {
 }
 
 /// A v1 occurrence (gcloud's `attestations list --format=json` element).
-pub fn occurrence_v1(note: &str, resource: &str, payload: &[u8], signatures: &[(&str, &[u8])]) -> serde_json::Value {
+pub fn occurrence_v1(
+    note: &str,
+    resource: &str,
+    payload: &[u8],
+    signatures: &[(&str, &[u8])],
+) -> serde_json::Value {
     let sigs: Vec<serde_json::Value> = signatures
         .iter()
         .map(|(id, sig)| serde_json::json!({"publicKeyId": id, "signature": B64.encode(sig)}))
@@ -209,7 +343,11 @@ impl BundleDir {
     }
 
     pub fn attestations(&self, file: &str, value: &serde_json::Value) -> &Self {
-        std::fs::write(self.path().join("attestations").join(file), serde_json::to_vec_pretty(value).unwrap()).unwrap();
+        std::fs::write(
+            self.path().join("attestations").join(file),
+            serde_json::to_vec_pretty(value).unwrap(),
+        )
+        .unwrap();
         self
     }
 
@@ -226,6 +364,9 @@ impl BundleDir {
 pub fn require_policy(attestors: &[&str]) -> String {
     format!(
         "defaultAdmissionRule:\n  evaluationMode: REQUIRE_ATTESTATION\n  enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG\n  requireAttestationsBy:\n{}",
-        attestors.iter().map(|a| format!("  - {a}\n")).collect::<String>()
+        attestors
+            .iter()
+            .map(|a| format!("  - {a}\n"))
+            .collect::<String>()
     )
 }
