@@ -406,13 +406,39 @@ fn stream_occurrences(
     hasher.update((name.len() as u64).to_be_bytes());
     hasher.update(name.as_bytes());
     // Hash below the buffer, so the hasher sees large chunks.
-    let mut reader = BufReader::with_capacity(
+    let reader = BufReader::with_capacity(
         1 << 20,
         HashingReader {
             inner: file,
             hasher,
         },
     );
+    read_occurrences(reader, notes, sink)
+}
+
+/// Reads attestation occurrences from any JSON source (one occurrence, an
+/// array, or `{"occurrences": [...]}`): the good ones and one error per bad
+/// one. The error is for a document that could not be read to its end;
+/// what was read before it is still returned.
+pub fn parse_occurrence_stream<R: Read>(reader: R) -> (Vec<Occurrence>, Vec<FieldError>) {
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    let mut notes = NoteInterner::default();
+    let mut sink = |r: Result<Occurrence, FieldError>| match r {
+        Ok(o) => good.push(o),
+        Err(e) => bad.push(e),
+    };
+    if let Err(e) = read_occurrences(BufReader::new(reader), &mut notes, &mut sink) {
+        bad.push(e);
+    }
+    (good, bad)
+}
+
+fn read_occurrences<R: BufRead>(
+    mut reader: R,
+    notes: &mut NoteInterner,
+    sink: &mut Sink<'_>,
+) -> Result<(), FieldError> {
     let io_error = |e: std::io::Error| FieldError::new("", None, format!("cannot read: {e}"));
     let mut line = 1u64;
     let first = loop {
