@@ -16,7 +16,10 @@ use std::hint::black_box;
 const PAYLOAD: &[u8] = br#"{"critical":{"identity":{"docker-reference":"registry.example/team/app"},"image":{"docker-manifest-digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000"},"type":"Google cloud binauthz container signature"}}"#;
 
 /// The DER SPKI of a fresh key for `alg` and a signature by it over PAYLOAD.
-fn signed(alg: SignatureAlgorithm, rsa_keys: &mut HashMap<usize, rsa::RsaPrivateKey>) -> (Vec<u8>, Vec<u8>) {
+fn signed(
+    alg: SignatureAlgorithm,
+    rsa_keys: &mut HashMap<usize, rsa::RsaPrivateKey>,
+) -> (Vec<u8>, Vec<u8>) {
     let rng = &mut rand::thread_rng();
     let pss = alg.is_pss();
     let sha512 = alg.hash().digest_len() == 64;

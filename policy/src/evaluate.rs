@@ -8,8 +8,8 @@ use crate::bundle::{Bundle, CacheKey};
 use crate::decision::{AttestorVerdict, Decision, ImageSubject, Outcome, Reason, RuleRef};
 use crate::glob::NamePattern;
 use crate::model::{
-    AdmissionRule, Attestor, EnforcementMode, EvaluationMode, GlobalPolicyEvaluationMode,
-    KeyMaterial, Occurrence, Signature,
+    AdmissionRule, Attestor, AttestorPublicKey, EnforcementMode, EvaluationMode,
+    GlobalPolicyEvaluationMode, KeyMaterial, Occurrence, Signature,
 };
 use crate::payload::check_payload;
 use crate::reference::{Digest, ImageRef};
@@ -88,7 +88,13 @@ pub fn evaluate(
 ) -> Decision {
     let subject = ImageSubject::from_ref(reference, image);
     let Some(bundle) = bundle else {
-        return Decision::failed(subject, Outcome::NoPolicy, Reason::NoPolicy, node.fail_mode);
+        let decision =
+            Decision::failed(subject, Outcome::NoPolicy, Reason::NoPolicy, node.fail_mode);
+        return if pod.break_glass() {
+            decision.broken_glass()
+        } else {
+            decision
+        };
     };
     let (outcome, attestors) = evaluate_policy(bundle, node, image, pod);
     let (policy_allowed, policy_reason, dry_run) = match &outcome {
@@ -126,15 +132,41 @@ pub fn evaluate(
         decision.enforced = false;
     }
     if pod.break_glass() {
-        decision.overridden = Some(decision.overridden.unwrap_or(decision.reason));
-        decision.allowed = true;
-        decision.reason = Reason::BreakGlass;
-        decision.enforced = false;
+        decision.broken_glass()
+    } else {
+        decision
     }
-    decision
+}
+
+/// PKIX ids are URIs compared exactly; a PGP id is a fingerprint, which
+/// tools print in either case and sometimes in groups of four.
+fn key_id_matches(key: &AttestorPublicKey, id: &str) -> bool {
+    match key.material {
+        KeyMaterial::Pkix(_) => key.id == id,
+        KeyMaterial::Pgp(_) => {
+            let mut given = id.bytes().filter(|b| !b.is_ascii_whitespace());
+            let mut own = key.id.bytes();
+            loop {
+                match (given.next(), own.next()) {
+                    (None, None) => return true,
+                    (Some(a), Some(b)) if a.eq_ignore_ascii_case(&b) => {}
+                    _ => return false,
+                }
+            }
+        }
+    }
 }
 
 impl Decision {
+    /// Break-glass: allowed whatever was decided, which stays on record.
+    pub fn broken_glass(mut self) -> Decision {
+        self.overridden = Some(self.overridden.unwrap_or(self.reason));
+        self.allowed = true;
+        self.reason = Reason::BreakGlass;
+        self.enforced = false;
+        self
+    }
+
     /// A decision when no policy could be applied (`NO_POLICY`, `ERROR`),
     /// settled by the node's fail mode.
     pub fn failed(
@@ -360,7 +392,11 @@ fn verify_signature<'a>(
     digest: &Digest,
 ) -> Result<&'a str, String> {
     let key_id = signature.public_key_id();
-    let Some(key) = attestor.public_keys.iter().find(|k| k.id == key_id) else {
+    let Some(key) = attestor
+        .public_keys
+        .iter()
+        .find(|k| key_id_matches(k, key_id))
+    else {
         return Err(format!("by unknown key id {key_id}"));
     };
     let verified_payload: std::borrow::Cow<'_, [u8]> = match (&key.material, signature) {

@@ -596,16 +596,33 @@ fn pgp_signatures_verify_in_v1_and_v1beta1_forms() {
             "pgpKeyId": gpg_key.fingerprint,
         }}},
     });
+    // gpg prints fingerprints in groups of four, and older tools in lower case.
+    let grouped: String = gpg_key
+        .fingerprint
+        .to_lowercase()
+        .as_bytes()
+        .chunks(4)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut v1beta1_grouped = v1beta1.clone();
+    let d6 = digest("pgp-grouped-id");
+    let p6 = payload(REPO, &d6);
+    v1beta1_grouped["resource"]["uri"] = json!(format!("https://{REPO}@{d6}"));
+    v1beta1_grouped["attestation"]["attestation"]["pgpSignedAttestation"]["pgpKeyId"] =
+        json!(grouped);
+    v1beta1_grouped["attestation"]["attestation"]["pgpSignedAttestation"]["signature"] =
+        json!(String::from_utf8(gpg_key.sign(&p6, true)).unwrap());
     let b = BundleDir::new();
     b.policy(&require_policy(&[CI]))
         .attestor("ci.yaml", &pgp_attestor_yaml(CI, NOTE, &gpg_key))
         .attestations(
             "a.json",
-            &json!({"occurrences": [v1, v1beta1, v1_armored], "nextPageToken": ""}),
+            &json!({"occurrences": [v1, v1beta1, v1_armored, v1beta1_grouped], "nextPageToken": ""}),
         );
     let bundle = b.load();
     assert!(bundle.warnings().is_empty(), "{:?}", bundle.warnings());
-    for d in [&d1, &d2, &d3] {
+    for d in [&d1, &d2, &d3, &d6] {
         let decision = decide(&bundle, &format!("{REPO}@{d}"), &pod());
         assert_eq!(
             decision.reason,
@@ -914,6 +931,27 @@ fn no_policy_follows_fail_mode() {
     assert!(open.allowed);
     assert_eq!(open.reason, Reason::NoPolicy);
     assert!(open.explanation().contains("fail mode open"));
+}
+
+#[test]
+fn break_glass_applies_even_without_a_policy() {
+    let image = ImageRef::parse("registry.test/app:1").unwrap();
+    let mut glass = pod();
+    glass
+        .labels
+        .insert("image-policy.k8s.io/break-glass".into(), "true".into());
+    let d = evaluate(
+        None,
+        &NodeConfig::default(),
+        "registry.test/app:1",
+        &image,
+        &glass,
+    );
+    assert!(d.allowed);
+    assert_eq!(
+        (d.reason, d.overridden),
+        (Reason::BreakGlass, Some(Reason::NoPolicy))
+    );
 }
 
 #[test]

@@ -5,11 +5,21 @@ use std::fmt;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use rsa::pkcs1::der::Decode as _;
-use rsa::signature::Verifier as _;
-use sha2::{Digest as _, Sha256, Sha512};
+use sha2::{Digest as _, Sha256, Sha384, Sha512};
 use spki::ObjectIdentifier;
 
 use super::{KeyError, VerifyError};
+
+// The fast verifiers live next to this file rather than in a `pkix/`
+// directory so that the verify module's layout stays flat; they are private
+// to PKIX keys.
+#[path = "ecdsa_fast.rs"]
+mod ecdsa_fast;
+#[path = "rsa_fast.rs"]
+mod rsa_fast;
+
+use self::ecdsa_fast::EcdsaKey;
+use self::rsa_fast::RsaKey;
 
 const OID_RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
 const OID_RSASSA_PSS: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.10");
@@ -241,15 +251,19 @@ pub fn pkix_key_id(spki_der: &[u8]) -> String {
 }
 
 /// The verifying key, parsed once, bound to its scheme and hash.
+///
+/// Verification does not go through the rsa and ecdsa crates' verifiers,
+/// which are several times too slow for the admission path (generic bignum
+/// modpow; two constant-time scalar multiplications): see `rsa_fast` and
+/// `ecdsa_fast`. The crates still parse and validate the keys, and the tests
+/// check that both give the same answers.
 #[derive(Clone)]
 enum Verifier {
-    RsaPkcs1Sha256(rsa::pkcs1v15::VerifyingKey<Sha256>),
-    RsaPkcs1Sha512(rsa::pkcs1v15::VerifyingKey<Sha512>),
-    RsaPssSha256(rsa::pss::VerifyingKey<Sha256>),
-    RsaPssSha512(rsa::pss::VerifyingKey<Sha512>),
-    P256(p256::ecdsa::VerifyingKey),
-    P384(p384::ecdsa::VerifyingKey),
-    P521(p521::ecdsa::VerifyingKey),
+    RsaPkcs1(RsaKey, HashAlgorithm),
+    RsaPss(RsaKey, HashAlgorithm),
+    P256(EcdsaKey<p256::NistP256>),
+    P384(EcdsaKey<p384::NistP384>),
+    P521(EcdsaKey<p521::NistP521>),
 }
 
 /// A PKIX public key of an attestor, ready to verify signatures.
@@ -296,16 +310,11 @@ impl PkixKey {
                     return Err(mismatch(describe_key_oid(&spki.algorithm)));
                 }
                 let key = parse_rsa_public_key(key_bytes, alg, bits)?;
-                match (alg.is_pss(), alg.hash()) {
-                    (false, HashAlgorithm::Sha512) => {
-                        Verifier::RsaPkcs1Sha512(rsa::pkcs1v15::VerifyingKey::new(key))
-                    }
-                    (false, _) => Verifier::RsaPkcs1Sha256(rsa::pkcs1v15::VerifyingKey::new(key)),
-                    // `new` fixes the salt length to the digest length, as GCP and KMS sign.
-                    (true, HashAlgorithm::Sha512) => {
-                        Verifier::RsaPssSha512(rsa::pss::VerifyingKey::new(key))
-                    }
-                    (true, _) => Verifier::RsaPssSha256(rsa::pss::VerifyingKey::new(key)),
+                if alg.is_pss() {
+                    // The salt is as long as the digest, as GCP and KMS sign.
+                    Verifier::RsaPss(key, alg.hash())
+                } else {
+                    Verifier::RsaPkcs1(key, alg.hash())
                 }
             }
             KeyKind::Ecdsa(curve) => {
@@ -322,16 +331,24 @@ impl PkixKey {
                 }
                 let invalid =
                     |e: p256::ecdsa::Error| KeyError::InvalidPem(format!("invalid EC point: {e}"));
+                // The curve crates check that the point is on the curve and
+                // not the identity.
                 match curve {
-                    Curve::P256 => Verifier::P256(
-                        p256::ecdsa::VerifyingKey::from_sec1_bytes(key_bytes).map_err(invalid)?,
-                    ),
-                    Curve::P384 => Verifier::P384(
-                        p384::ecdsa::VerifyingKey::from_sec1_bytes(key_bytes).map_err(invalid)?,
-                    ),
-                    Curve::P521 => Verifier::P521(
-                        p521::ecdsa::VerifyingKey::from_sec1_bytes(key_bytes).map_err(invalid)?,
-                    ),
+                    Curve::P256 => Verifier::P256(EcdsaKey::new(
+                        p256::ecdsa::VerifyingKey::from_sec1_bytes(key_bytes)
+                            .map_err(invalid)?
+                            .as_affine(),
+                    )),
+                    Curve::P384 => Verifier::P384(EcdsaKey::new(
+                        p384::ecdsa::VerifyingKey::from_sec1_bytes(key_bytes)
+                            .map_err(invalid)?
+                            .as_affine(),
+                    )),
+                    Curve::P521 => Verifier::P521(EcdsaKey::new(
+                        p521::ecdsa::VerifyingKey::from_sec1_bytes(key_bytes)
+                            .map_err(invalid)?
+                            .as_affine(),
+                    )),
                 }
             }
         };
@@ -359,45 +376,40 @@ impl PkixKey {
     }
 
     /// Checks `signature` over exactly `payload`.
+    ///
+    /// An ECDSA signature that is not DER with r and s in [1, n-1] is
+    /// `Malformed`; every other failure, including an RSA signature of the
+    /// wrong length, is `BadSignature`, as with the rsa and ecdsa crates.
     pub fn verify(&self, payload: &[u8], signature: &[u8]) -> Result<(), VerifyError> {
-        let bad = |_| VerifyError::BadSignature;
-        match &self.verifier {
-            Verifier::RsaPkcs1Sha256(k) => {
-                k.verify(payload, &rsa_signature(signature)?).map_err(bad)
-            }
-            Verifier::RsaPkcs1Sha512(k) => {
-                k.verify(payload, &rsa_signature(signature)?).map_err(bad)
-            }
-            Verifier::RsaPssSha256(k) => k.verify(payload, &pss_signature(signature)?).map_err(bad),
-            Verifier::RsaPssSha512(k) => k.verify(payload, &pss_signature(signature)?).map_err(bad),
+        let valid = match &self.verifier {
+            Verifier::RsaPkcs1(k, hash) => k.verify_pkcs1v15(*hash, payload, signature),
+            Verifier::RsaPss(k, hash) => k.verify_pss(*hash, payload, signature),
             Verifier::P256(k) => {
                 let sig = p256::ecdsa::Signature::from_der(signature).map_err(der_error)?;
-                k.verify(payload, &sig).map_err(bad)
+                let (r, s) = sig.split_scalars();
+                k.verify(&Sha256::digest(payload), &r, &s)
             }
             Verifier::P384(k) => {
                 let sig = p384::ecdsa::Signature::from_der(signature).map_err(der_error)?;
-                k.verify(payload, &sig).map_err(bad)
+                let (r, s) = sig.split_scalars();
+                k.verify(&Sha384::digest(payload), &r, &s)
             }
             Verifier::P521(k) => {
                 let sig = p521::ecdsa::Signature::from_der(signature).map_err(der_error)?;
-                k.verify(payload, &sig).map_err(bad)
+                let (r, s) = sig.split_scalars();
+                k.verify(&Sha512::digest(payload), &r, &s)
             }
+        };
+        if valid {
+            Ok(())
+        } else {
+            Err(VerifyError::BadSignature)
         }
     }
 }
 
 fn der_error(e: p256::ecdsa::Error) -> VerifyError {
     VerifyError::Malformed(format!("ECDSA signature is not ASN.1 DER: {e}"))
-}
-
-fn rsa_signature(signature: &[u8]) -> Result<rsa::pkcs1v15::Signature, VerifyError> {
-    rsa::pkcs1v15::Signature::try_from(signature)
-        .map_err(|e| VerifyError::Malformed(format!("RSA signature: {e}")))
-}
-
-fn pss_signature(signature: &[u8]) -> Result<rsa::pss::Signature, VerifyError> {
-    rsa::pss::Signature::try_from(signature)
-        .map_err(|e| VerifyError::Malformed(format!("RSA signature: {e}")))
 }
 
 fn describe_key_oid(alg: &spki::AlgorithmIdentifierRef<'_>) -> String {
@@ -424,7 +436,7 @@ fn parse_rsa_public_key(
     pkcs1_der: &[u8],
     alg: SignatureAlgorithm,
     expected_bits: usize,
-) -> Result<rsa::RsaPublicKey, KeyError> {
+) -> Result<RsaKey, KeyError> {
     let raw = rsa::pkcs1::RsaPublicKey::from_der(pkcs1_der)
         .map_err(|e| KeyError::InvalidPem(format!("invalid RSA public key: {e}")))?;
     // Measured on the raw modulus so that oversized keys, which the rsa crate refuses
@@ -439,8 +451,15 @@ fn parse_rsa_public_key(
     }
     let n = rsa::BigUint::from_bytes_be(raw.modulus.as_bytes());
     let e = rsa::BigUint::from_bytes_be(raw.public_exponent.as_bytes());
+    // The rsa crate's checks (odd n, odd 3 ≤ e < 2^33, e < n) decide which
+    // keys are acceptable; the fast verifier only takes the numbers.
     rsa::RsaPublicKey::new(n, e)
-        .map_err(|e| KeyError::InvalidPem(format!("invalid RSA public key: {e}")))
+        .map_err(|e| KeyError::InvalidPem(format!("invalid RSA public key: {e}")))?;
+    RsaKey::new(raw.modulus.as_bytes(), raw.public_exponent.as_bytes()).ok_or_else(|| {
+        KeyError::InvalidPem(format!(
+            "RSA modulus is not a {expected_bits}-bit odd number"
+        ))
+    })
 }
 
 fn bit_length(be: &[u8]) -> usize {
