@@ -1,5 +1,152 @@
-//! attestgate-proxy: the node daemon. Not yet implemented; see issue "attestgate-proxy".
+//! attestgate-proxy: the node daemon. kubelet talks CRI to this process as
+//! if it were containerd; it forwards everything to containerd, deciding on
+//! PullImage and CreateContainer first.
+//!
+//! A call goes: `server.rs` (route: intercept or forward) →
+//! `intercept/{pull,create}.rs` (resolve the image through containerd,
+//! decide with attestgate-policy, write the audit record) → `upstream.rs`
+//! (the same bytes to containerd).
+
+mod audit;
+mod bundle;
+mod config;
+mod grpc;
+mod intercept;
+mod metrics;
+mod resolve;
+mod server;
+mod upstream;
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser as _;
+use tokio::net::UnixListener;
+
+use crate::config::{Config, Flags};
 
 fn main() -> anyhow::Result<()> {
-    anyhow::bail!("attestgate-proxy is not implemented yet")
+    let config = Config::load(Flags::parse())?;
+    init_logging(config.log_json);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(run(config))
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let metrics = Arc::new(metrics::Metrics::new());
+    let store = Arc::new(bundle::BundleStore::new(
+        config.bundle.clone(),
+        metrics.clone(),
+    ));
+    {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.reload(true))
+            .await
+            .context("loading the bundle")?;
+    }
+    let audit = audit::AuditLog::open(&config.audit_log)
+        .with_context(|| format!("cannot open the audit log {}", config.audit_log.display()))?;
+    let runtime = resolve::ContainerdImages::new(config.image_endpoint.clone())?;
+    let gate = Arc::new(intercept::Gate {
+        store: store.clone(),
+        node: config.node.clone(),
+        audit,
+        metrics: metrics.clone(),
+        runtime,
+        upstream: upstream::Upstream::new(config.runtime_endpoint.clone()),
+    });
+    let reopen_gate = gate.clone();
+    bundle::spawn_watcher(store, config.bundle.clone(), move || {
+        if let Err(e) = reopen_gate.audit.reopen() {
+            tracing::error!(error = %e, "cannot reopen the audit log");
+        }
+    })?;
+    if let Some(addr) = config.metrics_listen {
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(addr, metrics).await {
+                tracing::error!(error = %e, "metrics server stopped");
+            }
+        });
+    }
+    if config.image_endpoint != config.runtime_endpoint {
+        tracing::warn!(
+            "image_endpoint differs from runtime_endpoint: ImageService calls still go to runtime_endpoint"
+        );
+    }
+
+    let listener = listen(&config.listen)?;
+    tracing::info!(
+        listen = %config.listen.display(),
+        runtime = %config.runtime_endpoint.display(),
+        bundle = %config.bundle.display(),
+        audit_log = %config.audit_log.display(),
+        "attestgate-proxy ready"
+    );
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+
+    let shutdown = async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    };
+    server::serve(listener, gate, shutdown, Duration::from_secs(30)).await;
+    Ok(())
+}
+
+/// The listening socket: handed over by systemd (LISTEN_FDS), or bound at
+/// `path`, replacing a stale socket file a crash left behind but never one
+/// another live proxy is serving.
+fn listen(path: &Path) -> anyhow::Result<UnixListener> {
+    let mut fds = listenfd::ListenFd::from_env();
+    if fds.len() > 0 {
+        let listener = fds
+            .take_unix_listener(0)
+            .context("LISTEN_FDS: fd 3 is not a Unix stream socket")?
+            .context("LISTEN_FDS set but no socket passed")?;
+        listener.set_nonblocking(true)?;
+        tracing::info!("using the socket passed by systemd");
+        return Ok(UnixListener::from_std(listener)?);
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!("{} is in use by another process", path.display());
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+        tracing::info!(path = %path.display(), "removed a stale socket");
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(listener)
 }

@@ -1,0 +1,199 @@
+//! gRPC at the wire level: message framing, and the one place where errors
+//! become gRPC statuses on the wire.
+
+use bytes::{Buf, Bytes};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http_body_util::BodyExt as _;
+use http_body_util::combinators::UnsyncBoxBody;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// gRPC status codes we produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    InvalidArgument = 3,
+    DeadlineExceeded = 4,
+    PermissionDenied = 7,
+    ResourceExhausted = 8,
+    Internal = 13,
+    Unavailable = 14,
+}
+
+/// Everything the proxy itself refuses or fails with.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The policy said no.
+    #[error("SignatureValidationFailed: {0}")]
+    Denied(String),
+    /// The request could not be understood.
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("request message larger than {0} bytes")]
+    TooLarge(usize),
+    /// containerd could not be reached.
+    #[error("runtime unavailable: {0}")]
+    Upstream(String),
+    #[error("deadline exceeded")]
+    Deadline,
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ProxyError {
+    fn code(&self) -> Code {
+        match self {
+            ProxyError::Denied(_) => Code::PermissionDenied,
+            ProxyError::BadRequest(_) => Code::InvalidArgument,
+            ProxyError::TooLarge(_) => Code::ResourceExhausted,
+            ProxyError::Upstream(_) => Code::Unavailable,
+            ProxyError::Deadline => Code::DeadlineExceeded,
+            ProxyError::Internal(_) => Code::Internal,
+        }
+    }
+
+    /// A trailers-only gRPC response carrying this error.
+    pub fn into_response(self) -> Response<Body> {
+        status_response(self.code(), &self.to_string())
+    }
+}
+
+/// A trailers-only response: HTTP 200 with the gRPC status in the headers of
+/// an empty body, as gRPC servers answer calls they fail before replying.
+pub fn status_response(code: Code, message: &str) -> Response<Body> {
+    let mut response = Response::new(empty());
+    *response.status_mut() = StatusCode::OK;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from(code as u16));
+    // Non-ASCII and control bytes are percent-encoded, as the gRPC spec says.
+    let encoded: String =
+        percent_encoding::utf8_percent_encode(message, &NON_PRINTABLE).to_string();
+    if let Ok(value) = HeaderValue::from_str(&encoded) {
+        headers.insert("grpc-message", value);
+    }
+    response
+}
+
+/// Bytes outside printable ASCII, and '%' itself.
+const NON_PRINTABLE: percent_encoding::AsciiSet = percent_encoding::CONTROLS.add(b'%');
+
+pub fn empty() -> Body {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub fn full(bytes: Bytes) -> Body {
+    http_body_util::Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// A body that yields `data` and then `trailers`, for replaying a response
+/// that was read in full.
+pub fn with_trailers(data: Bytes, trailers: Option<HeaderMap>) -> Body {
+    let mut frames = Vec::with_capacity(2);
+    if !data.is_empty() {
+        frames.push(Ok(http_body::Frame::data(data)));
+    }
+    if let Some(t) = trailers {
+        frames.push(Ok(http_body::Frame::trailers(t)));
+    }
+    http_body_util::StreamBody::new(futures_iter(frames)).boxed_unsync()
+}
+
+fn futures_iter(
+    frames: Vec<Result<http_body::Frame<Bytes>, BoxError>>,
+) -> impl tokio_stream::Stream<Item = Result<http_body::Frame<Bytes>, BoxError>> + Send {
+    tokio_stream::iter(frames)
+}
+
+/// The one message of a unary gRPC request body. Compressed messages are
+/// refused: kubelet never compresses, and we must read what we decide on.
+pub fn single_message(mut body: Bytes) -> Result<Bytes, ProxyError> {
+    if body.len() < 5 {
+        return Err(ProxyError::BadRequest(
+            "request body is not a gRPC message".into(),
+        ));
+    }
+    let compressed = body[0];
+    let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+    if compressed != 0 {
+        return Err(ProxyError::BadRequest(
+            "compressed request messages are not supported".into(),
+        ));
+    }
+    body.advance(5);
+    if body.len() != len {
+        return Err(ProxyError::BadRequest(format!(
+            "request body holds {} bytes after a frame header announcing {len}",
+            body.len()
+        )));
+    }
+    Ok(body)
+}
+
+/// Frames one message.
+#[cfg(test)]
+pub fn frame(message: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(message.len() + 5);
+    out.push(0);
+    out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    out.extend_from_slice(message);
+    Bytes::from(out)
+}
+
+/// The gRPC status of a response read in full: trailers, or headers for a
+/// trailers-only response.
+pub fn response_status(headers: &HeaderMap, trailers: Option<&HeaderMap>) -> Option<u32> {
+    trailers
+        .and_then(|t| t.get("grpc-status"))
+        .or_else(|| headers.get("grpc-status"))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let framed = frame(b"hello");
+        assert_eq!(
+            single_message(framed).unwrap(),
+            Bytes::from_static(b"hello")
+        );
+    }
+
+    #[test]
+    fn malformed_frames_are_refused() {
+        assert!(single_message(Bytes::from_static(b"\0\0\0")).is_err());
+        assert!(single_message(Bytes::from_static(b"\x01\0\0\0\x01x")).is_err());
+        assert!(single_message(Bytes::from_static(b"\0\0\0\0\x02x")).is_err());
+        let mut two = frame(b"a").to_vec();
+        two.extend_from_slice(&frame(b"b"));
+        assert!(single_message(Bytes::from(two)).is_err());
+    }
+
+    #[test]
+    fn denial_is_permission_denied_with_the_kubelet_prefix() {
+        let response = ProxyError::Denied("image x denied by rule default: ALWAYS_DENY".into())
+            .into_response();
+        assert_eq!(response.headers()["grpc-status"], "7");
+        assert_eq!(
+            response.headers()["grpc-message"],
+            "SignatureValidationFailed: image x denied by rule default: ALWAYS_DENY"
+        );
+    }
+
+    #[test]
+    fn non_ascii_messages_are_percent_encoded() {
+        let response = status_response(Code::Internal, "caf\u{e9} 100%");
+        assert_eq!(response.headers()["grpc-message"], "caf%C3%A9 100%25");
+    }
+}

@@ -1,0 +1,252 @@
+//! The two CRI calls the proxy decodes: PullImage and CreateContainer. Each
+//! resolves the image through the runtime, decides with attestgate-policy,
+//! writes the audit record, and only then answers.
+
+pub mod create;
+pub mod pull;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use attestgate_policy::{
+    Decision, FailMode, ImageRef, ImageSubject, NodeConfig, Operation, PodContext, PodRef,
+    RecordContext, evaluate,
+};
+use http::HeaderMap;
+
+use crate::audit::AuditLog;
+use crate::bundle::BundleStore;
+use crate::metrics::Metrics;
+use crate::resolve::ImageRuntime;
+use crate::upstream::Upstream;
+
+/// Everything a decision needs, shared by all connections.
+pub struct Gate<R> {
+    pub store: Arc<BundleStore>,
+    pub node: NodeConfig,
+    pub audit: AuditLog,
+    pub metrics: Arc<Metrics>,
+    pub runtime: R,
+    pub upstream: Upstream,
+}
+
+/// Pod identity and metadata from a PodSandboxConfig.
+#[derive(Debug, Clone, Default)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Pod {
+    fn context(&self) -> PodContext {
+        let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        PodContext {
+            namespace: non_empty(&self.namespace),
+            name: non_empty(&self.name),
+            uid: non_empty(&self.uid),
+            // The CRI does not carry the pod's service account.
+            service_account: None,
+            labels: self.labels.clone(),
+            annotations: self.annotations.clone(),
+        }
+    }
+
+    fn record(&self) -> PodRef {
+        let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        PodRef {
+            namespace: non_empty(&self.namespace),
+            name: non_empty(&self.name),
+            uid: non_empty(&self.uid),
+        }
+    }
+}
+
+/// What is being decided, for the record.
+pub struct Subject<'a> {
+    pub operation: Operation,
+    pub pod: Option<&'a Pod>,
+    pub container: Option<&'a str>,
+}
+
+/// A kubelet call carries `grpc-timeout`; our own runtime lookups get what
+/// is left of it, bounded so a missing header cannot make us wait forever.
+pub fn deadline(headers: &HeaderMap) -> Duration {
+    const DEFAULT: Duration = Duration::from_secs(120);
+    let Some(value) = headers.get("grpc-timeout").and_then(|v| v.to_str().ok()) else {
+        return DEFAULT;
+    };
+    if value.len() < 2 {
+        return DEFAULT;
+    }
+    let (amount, unit) = value.split_at(value.len() - 1);
+    let Ok(amount) = amount.parse::<u64>() else {
+        return DEFAULT;
+    };
+    let duration = match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return DEFAULT,
+    };
+    duration.min(DEFAULT)
+}
+
+/// A bare image id (`sha256:<64 hex>` or 64 hex), which names no repository.
+pub fn is_image_id(image: &str) -> bool {
+    let hex = image.strip_prefix("sha256:").unwrap_or(image);
+    hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The repository digest of `image` among the runtime's repo digests
+/// (`repo@sha256:…`), for the same normalised repository.
+pub fn digest_for(image: &ImageRef, repo_digests: &[String]) -> Option<attestgate_policy::Digest> {
+    repo_digests.iter().find_map(|rd| {
+        let parsed = ImageRef::parse(rd).ok()?;
+        (parsed.repository == image.repository)
+            .then_some(parsed.digest)
+            .flatten()
+    })
+}
+
+impl<R: ImageRuntime> Gate<R> {
+    /// Decides one image and writes its audit record.
+    pub fn decide(
+        &self,
+        subject: &Subject<'_>,
+        reference: &str,
+        image: &ImageRef,
+        started: Instant,
+    ) -> Decision {
+        let current = self.store.current();
+        let pod = subject.pod.map(Pod::context).unwrap_or_default();
+        let decision = evaluate(
+            current.as_ref().map(|c| &c.bundle),
+            &self.node,
+            reference,
+            image,
+            &pod,
+        );
+        self.record(subject, decision, started)
+    }
+
+    /// An internal failure, settled by the fail mode, recorded like any decision.
+    pub fn error(
+        &self,
+        subject: &Subject<'_>,
+        reference: &str,
+        message: impl Into<String>,
+        started: Instant,
+    ) -> Decision {
+        let image = match ImageRef::parse(reference) {
+            Ok(parsed) => ImageSubject::from_ref(reference, &parsed),
+            Err(_) => ImageSubject {
+                reference: reference.to_string(),
+                repository: None,
+                digest: None,
+            },
+        };
+        let mut decision = Decision::error(image, message, self.node.fail_mode);
+        let pod = subject.pod.map(Pod::context).unwrap_or_default();
+        if pod.break_glass() {
+            decision = decision.broken_glass();
+        }
+        self.record(subject, decision, started)
+    }
+
+    /// Writes the record; when it cannot be written, the fail mode decides.
+    fn record(&self, subject: &Subject<'_>, decision: Decision, started: Instant) -> Decision {
+        let current = self.store.current();
+        let ctx = RecordContext {
+            operation: subject.operation,
+            time: time::OffsetDateTime::now_utc(),
+            pod: subject.pod.map(Pod::record),
+            container: subject.container.map(str::to_string),
+            cluster: self.node.cluster.clone(),
+            bundle: current.as_ref().map(|c| c.reference.clone()),
+        };
+        let line = decision.record_json(&ctx);
+        let decision = match self.audit.append(&line) {
+            Ok(()) => decision,
+            Err(e) => {
+                self.metrics.audit_errors.inc();
+                tracing::error!(error = %e, path = %self.audit.path().display(), record = %line, "cannot write the audit log");
+                if self.node.fail_mode == FailMode::Closed && decision.allowed {
+                    Decision::error(
+                        decision.image.clone(),
+                        format!(
+                            "audit log {} cannot be written: {e}",
+                            self.audit.path().display()
+                        ),
+                        FailMode::Closed,
+                    )
+                } else {
+                    decision
+                }
+            }
+        };
+        let operation = match subject.operation {
+            Operation::PullImage => "PullImage",
+            Operation::CreateContainer => "CreateContainer",
+            Operation::TaskCreate => "TaskCreate",
+            Operation::Evaluate => "Evaluate",
+        };
+        self.metrics.observe_decision(
+            operation,
+            decision.allowed,
+            decision.reason.as_str(),
+            started.elapsed(),
+        );
+        if decision.allowed {
+            tracing::debug!(operation, reason = %decision.reason, "{}", decision.explanation());
+        } else {
+            tracing::info!(operation, reason = %decision.reason, "{}", decision.explanation());
+        }
+        decision
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_are_parsed_and_bounded() {
+        let mut h = HeaderMap::new();
+        assert_eq!(deadline(&h), Duration::from_secs(120));
+        h.insert("grpc-timeout", "1500m".parse().unwrap());
+        assert_eq!(deadline(&h), Duration::from_millis(1500));
+        h.insert("grpc-timeout", "5H".parse().unwrap());
+        assert_eq!(deadline(&h), Duration::from_secs(120));
+        h.insert("grpc-timeout", "x".parse().unwrap());
+        assert_eq!(deadline(&h), Duration::from_secs(120));
+    }
+
+    #[test]
+    fn image_ids_are_told_from_names() {
+        let hex = "a".repeat(64);
+        assert!(is_image_id(&format!("sha256:{hex}")));
+        assert!(is_image_id(&hex));
+        assert!(!is_image_id("registry.test/app:1"));
+        assert!(!is_image_id(&format!("registry.test/app@sha256:{hex}")));
+    }
+
+    #[test]
+    fn repo_digest_must_be_for_the_same_repository() {
+        let d1 = format!("sha256:{}", "1".repeat(64));
+        let d2 = format!("sha256:{}", "2".repeat(64));
+        let digests = vec![
+            format!("mirror.test/app@{d1}"),
+            format!("docker.io/library/app@{d2}"),
+        ];
+        let image = ImageRef::parse("app:1").unwrap();
+        assert_eq!(digest_for(&image, &digests).unwrap().as_str(), d2);
+        assert!(digest_for(&ImageRef::parse("other.test/app:1").unwrap(), &digests).is_none());
+    }
+}

@@ -1,0 +1,192 @@
+//! PullImage: a digest reference is decided before anything is pulled; a tag
+//! is pulled, resolved to its repository digest, then decided, and removed
+//! again when denied unless it was on the node before.
+
+use std::time::Instant;
+
+use attestgate_policy::{ImageRef, Operation};
+use bytes::Bytes;
+use http::Response;
+use http::request::Parts;
+use http_body_util::BodyExt as _;
+use prost::Message as _;
+
+use super::{Gate, Pod, Subject, deadline, digest_for};
+use crate::grpc::{self, Body, ProxyError};
+use crate::resolve::{Api, ImageRuntime};
+
+pub struct PullRequest {
+    pub image: String,
+    pub pod: Option<Pod>,
+}
+
+pub fn decode(api: Api, message: &[u8]) -> Result<PullRequest, ProxyError> {
+    let bad = |e: prost::DecodeError| ProxyError::BadRequest(format!("PullImageRequest: {e}"));
+    Ok(match api {
+        Api::V1 => {
+            let r = k8s_cri::v1::PullImageRequest::decode(message).map_err(bad)?;
+            PullRequest {
+                image: r.image.map(|i| i.image).unwrap_or_default(),
+                pod: r.sandbox_config.map(pod_v1),
+            }
+        }
+        Api::V1alpha2 => {
+            let r = k8s_cri::v1alpha2::PullImageRequest::decode(message).map_err(bad)?;
+            PullRequest {
+                image: r.image.map(|i| i.image).unwrap_or_default(),
+                pod: r.sandbox_config.map(pod_v1alpha2),
+            }
+        }
+    })
+}
+
+pub fn pod_v1(c: k8s_cri::v1::PodSandboxConfig) -> Pod {
+    let m = c.metadata.unwrap_or_default();
+    Pod {
+        namespace: m.namespace,
+        name: m.name,
+        uid: m.uid,
+        labels: c.labels.into_iter().collect(),
+        annotations: c.annotations.into_iter().collect(),
+    }
+}
+
+pub fn pod_v1alpha2(c: k8s_cri::v1alpha2::PodSandboxConfig) -> Pod {
+    let m = c.metadata.unwrap_or_default();
+    Pod {
+        namespace: m.namespace,
+        name: m.name,
+        uid: m.uid,
+        labels: c.labels.into_iter().collect(),
+        annotations: c.annotations.into_iter().collect(),
+    }
+}
+
+impl<R: ImageRuntime> Gate<R> {
+    pub async fn pull(
+        &self,
+        api: Api,
+        parts: Parts,
+        body: Bytes,
+    ) -> Result<Response<Body>, ProxyError> {
+        let started = Instant::now();
+        let request = decode(api, &grpc::single_message(body.clone())?)?;
+        let subject = Subject {
+            operation: Operation::PullImage,
+            pod: request.pod.as_ref(),
+            container: None,
+        };
+        let timeout = deadline(&parts.headers);
+
+        let image = match ImageRef::parse(&request.image) {
+            Ok(image) => image,
+            Err(e) => {
+                let decision = self.error(
+                    &subject,
+                    &request.image,
+                    format!("cannot parse image reference: {e}"),
+                    started,
+                );
+                return if decision.allowed {
+                    self.forward(parts, body).await
+                } else {
+                    Err(ProxyError::Denied(decision.explanation()))
+                };
+            }
+        };
+
+        if image.digest.is_some() {
+            let decision = self.decide(&subject, &request.image, &image, started);
+            if !decision.allowed {
+                return Err(ProxyError::Denied(decision.explanation()));
+            }
+            return self.forward(parts, body).await;
+        }
+
+        // A tag: what it resolves to is only known after the pull.
+        let before = self
+            .runtime
+            .image_status(api, &request.image, timeout)
+            .await
+            .ok()
+            .flatten()
+            .map(|i| i.id);
+        let response = self
+            .upstream
+            .send(http::Request::from_parts(parts, grpc::full(body)))
+            .await?;
+        let (head, incoming) = response.into_parts();
+        let collected = incoming
+            .collect()
+            .await
+            .map_err(|e| ProxyError::Upstream(format!("reading PullImage response: {e}")))?;
+        let trailers = collected.trailers().cloned();
+        let data = collected.to_bytes();
+        let status = grpc::response_status(&head.headers, trailers.as_ref());
+        let replay = move || {
+            Response::from_parts(
+                head.clone(),
+                grpc::with_trailers(data.clone(), trailers.clone()),
+            )
+        };
+        if status != Some(0) {
+            // The pull failed: nothing reached the node, nothing to decide.
+            return Ok(replay());
+        }
+        let after = match self
+            .runtime
+            .image_status(api, &request.image, timeout)
+            .await
+        {
+            Ok(Some(info)) => info,
+            Ok(None) => {
+                let decision = self.error(
+                    &subject,
+                    &request.image,
+                    "image not found after pull",
+                    started,
+                );
+                return if decision.allowed {
+                    Ok(replay())
+                } else {
+                    Err(ProxyError::Denied(decision.explanation()))
+                };
+            }
+            Err(e) => {
+                let decision = self.error(
+                    &subject,
+                    &request.image,
+                    format!("cannot resolve the pulled image: {e}"),
+                    started,
+                );
+                return if decision.allowed {
+                    Ok(replay())
+                } else {
+                    Err(ProxyError::Denied(decision.explanation()))
+                };
+            }
+        };
+        let resolved = match digest_for(&image, &after.repo_digests) {
+            Some(digest) => image.with_digest(digest),
+            None => image.clone(),
+        };
+        let decision = self.decide(&subject, &request.image, &resolved, started);
+        if decision.allowed {
+            return Ok(replay());
+        }
+        if before.as_deref() != Some(after.id.as_str()) {
+            if let Err(e) = self.runtime.remove_image(api, &after.id, timeout).await {
+                tracing::error!(image = %request.image, id = %after.id, error = %e, "denied image could not be removed");
+            }
+        }
+        Err(ProxyError::Denied(decision.explanation()))
+    }
+
+    pub async fn forward(&self, parts: Parts, body: Bytes) -> Result<Response<Body>, ProxyError> {
+        let response = self
+            .upstream
+            .send(http::Request::from_parts(parts, grpc::full(body)))
+            .await?;
+        Ok(response.map(|b| b.map_err(|e| Box::new(e) as grpc::BoxError).boxed_unsync()))
+    }
+}

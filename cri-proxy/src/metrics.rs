@@ -1,0 +1,222 @@
+//! Prometheus metrics: decisions by reason, decision latency, forwarded
+//! calls by method, bundle age and load errors.
+
+use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub operation: String,
+    pub decision: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub method: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub decisions: Family<DecisionLabels, Counter>,
+    pub decision_seconds: Family<OperationLabels, Histogram>,
+    pub forwarded: Family<MethodLabels, Counter>,
+    pub bundle_load_errors: Counter,
+    pub bundle_loads: Counter,
+    pub bundle_valid: Gauge,
+    /// Unix time of the bundle in force; its age is computed at scrape time.
+    pub bundle_loaded_at: Gauge<i64, AtomicI64>,
+    bundle_age: Gauge<f64, AtomicU64>,
+    pub audit_errors: Counter,
+}
+
+fn latency_histogram() -> Histogram {
+    // 10 µs … ~20 s: a cached decision to a slow pull.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        1e-5, 2.5, 16,
+    ))
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("attestgate");
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        let decision_seconds = Family::<OperationLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let forwarded = Family::<MethodLabels, Counter>::default();
+        let bundle_load_errors = Counter::default();
+        let bundle_loads = Counter::default();
+        let bundle_valid = Gauge::default();
+        let bundle_loaded_at = Gauge::<i64, AtomicI64>::default();
+        let bundle_age = Gauge::<f64, AtomicU64>::default();
+        let audit_errors = Counter::default();
+        registry.register(
+            "decisions",
+            "Image decisions by operation, decision and reason",
+            decisions.clone(),
+        );
+        registry.register(
+            "decision_duration_seconds",
+            "Time to decide, including runtime lookups",
+            decision_seconds.clone(),
+        );
+        registry.register(
+            "forwarded_calls",
+            "CRI calls forwarded to the runtime, by method",
+            forwarded.clone(),
+        );
+        registry.register(
+            "bundle_load_errors",
+            "Bundle loads rejected as invalid",
+            bundle_load_errors.clone(),
+        );
+        registry.register(
+            "bundle_loads",
+            "Bundles loaded and put in force",
+            bundle_loads.clone(),
+        );
+        registry.register(
+            "bundle_valid",
+            "1 when a valid bundle is in force",
+            bundle_valid.clone(),
+        );
+        registry.register(
+            "bundle_loaded_timestamp_seconds",
+            "When the bundle in force was loaded",
+            bundle_loaded_at.clone(),
+        );
+        registry.register(
+            "bundle_age_seconds",
+            "Age of the bundle in force",
+            bundle_age.clone(),
+        );
+        registry.register(
+            "audit_write_errors",
+            "Audit records that could not be written",
+            audit_errors.clone(),
+        );
+        Metrics {
+            registry,
+            decisions,
+            decision_seconds,
+            forwarded,
+            bundle_load_errors,
+            bundle_loads,
+            bundle_valid,
+            bundle_loaded_at,
+            bundle_age,
+            audit_errors,
+        }
+    }
+
+    pub fn observe_decision(
+        &self,
+        operation: &str,
+        allowed: bool,
+        reason: &str,
+        elapsed: Duration,
+    ) {
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                operation: operation.to_string(),
+                decision: if allowed { "allow" } else { "deny" }.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
+        self.decision_seconds
+            .get_or_create(&OperationLabels {
+                operation: operation.to_string(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a forwarded call. Method names come from the request path; only
+    /// CRI service paths get their own label so a client cannot grow the
+    /// label set without bound.
+    pub fn forwarded(&self, path: &str) {
+        let method = if (path.starts_with("/runtime.v1.") || path.starts_with("/runtime.v1alpha2."))
+            && path.len() < 128
+        {
+            path.trim_start_matches('/').to_string()
+        } else {
+            "other".to_string()
+        };
+        self.forwarded.get_or_create(&MethodLabels { method }).inc();
+    }
+
+    pub fn encode(&self) -> String {
+        let loaded_at = self.bundle_loaded_at.get();
+        if loaded_at > 0 {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            self.bundle_age.set((now - loaded_at).max(0) as f64);
+        }
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Serves `GET /metrics` on `addr` until the task is dropped.
+pub async fn serve(
+    addr: std::net::SocketAddr,
+    metrics: std::sync::Arc<Metrics>,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("metrics_listen {addr}"))?;
+    tracing::info!(%addr, "serving metrics");
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(
+                move |request: hyper::Request<hyper::body::Incoming>| {
+                    let metrics = metrics.clone();
+                    async move {
+                        let response = if request.uri().path() == "/metrics" {
+                            hyper::Response::builder()
+                                .header(
+                                    "content-type",
+                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                )
+                                .body(Full::new(Bytes::from(metrics.encode())))
+                        } else {
+                            hyper::Response::builder()
+                                .status(404)
+                                .body(Full::new(Bytes::from_static(b"not found\n")))
+                        };
+                        response
+                    }
+                },
+            );
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
