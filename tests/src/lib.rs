@@ -1,1 +1,9 @@
-//! Helpers for the end-to-end scenarios (real containerd, runc, CNI, registry).
+//! Support for the end-to-end scenarios: a CRI client built from k8s-cri
+//! ([`cri`]) and a real node environment — registry, containerd, runc, CNI,
+//! images, and attestgate-proxy in front — driven by `support/env.sh`
+//! ([`node`]).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod cri;
+pub mod node;

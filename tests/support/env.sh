@@ -28,13 +28,12 @@
 # See tests/support/README.md for what was verified, timings and gotchas.
 
 AG_SUPPORT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# Debian's python3-grpcio is installed for Debian's python, not a pyenv one.
-AG_PYTHON="${AG_PYTHON:-/usr/bin/python3}"
+# The CRI client: `agcri`, built from the attestgate-e2e crate (k8s-cri).
+AG_CRI_BIN="${AG_CRI_BIN:-agcri}"
 AG_CNI_BIN_DIR="${AG_CNI_BIN_DIR:-/usr/lib/cni}"
 AG_BUSYBOX="${AG_BUSYBOX:-/bin/busybox}"
 AG_DEBIAN_PACKAGES=(containerd runc containernetworking-plugins docker-registry
-  skopeo umoci busybox-static python3-grpcio python3-grpc-tools python3-websocket
-  iproute2 curl)
+  skopeo umoci busybox-static iproute2 curl)
 
 ag__err() { printf 'env.sh: %s\n' "$*" >&2; }
 ag__log() { [[ -n "${AG_QUIET:-}" ]] || printf 'env.sh: %s\n' "$*" >&2; }
@@ -73,13 +72,10 @@ ag_require() {
   local missing=() b
   [[ "$(id -u)" == 0 ]] || { ag__err "must run as root"; return 1; }
   for b in containerd ctr runc containerd-shim-runc-v2 docker-registry skopeo umoci \
-    ip curl sha256sum "$AG_BUSYBOX" "$AG_PYTHON" "$AG_CNI_BIN_DIR/bridge" \
+    ip curl sha256sum "$AG_BUSYBOX" "$AG_CRI_BIN" "$AG_CNI_BIN_DIR/bridge" \
     "$AG_CNI_BIN_DIR/host-local" "$AG_CNI_BIN_DIR/loopback"; do
     command -v "$b" >/dev/null 2>&1 || missing+=("$b")
   done
-  if ! "$AG_PYTHON" -c 'import grpc, grpc_tools' 2>/dev/null; then
-    missing+=("python3-grpcio/python3-grpc-tools for $AG_PYTHON")
-  fi
   if ((${#missing[@]})); then
     ag__err "missing: ${missing[*]} (run ag_install_deps)"; return 1
   fi
@@ -95,15 +91,13 @@ ag_versions() {
   skopeo --version
   umoci --version
   "$AG_BUSYBOX" 2>&1 | head -1
-  "$AG_PYTHON" -c 'import grpc; print("python3-grpcio", grpc.__version__)'
 }
 
 # ----------------------------------------------------------- utilities -----
 
 # ag_free_port: print a TCP port on 127.0.0.1 that was free a moment ago.
 ag_free_port() {
-  "$AG_PYTHON" -c 'import socket
-s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+  "$AG_CRI_BIN" free-port
 }
 
 # ag_wait_until [--pid PID] TIMEOUT_S DESCRIPTION CMD...: run CMD every 0.1 s
@@ -129,8 +123,7 @@ ag_wait_until() {
 }
 
 ag__socket_connects() {
-  [[ -S "$1" ]] && "$AG_PYTHON" -c 'import socket, sys
-s = socket.socket(socket.AF_UNIX); s.settimeout(1); s.connect(sys.argv[1])' "$1" 2>/dev/null
+  [[ -S "$1" ]] && "$AG_CRI_BIN" probe-socket "$1" 2>/dev/null
 }
 
 # ag_wait_for_socket PATH [TIMEOUT_S=30] [PID]: wait until PATH is a unix
@@ -554,16 +547,15 @@ ag__cri_ready() {
   [[ "$(grep -c '"status": true' <<<"$s")" -ge 2 ]]
 }
 
-# ag_cri DIR ARGS...: run the CRI client (tests/support/cri/cri.py, crictl
-# stand-in) against DIR's containerd, or against AG_CRI_ENDPOINT when set
-# (e.g. unix:///path/attestgate.sock, to go through the proxy). See
-# `cri.py --help` for commands; a gRPC error prints
+# ag_cri DIR ARGS...: run the CRI client (agcri, a crictl stand-in built
+# from k8s-cri) against DIR's containerd, or against AG_CRI_ENDPOINT when
+# set (e.g. unix:///path/attestgate.sock, to go through the proxy). See
+# `agcri --help` for commands; a gRPC error prints
 # "rpc error: code = CODE desc = MESSAGE" on stderr and returns 3.
 ag_cri() {
   ag__need 1 "ag_cri DIR ARGS..." "$@" || return 1
   local dir="${1}"; shift
-  "$AG_PYTHON" "$AG_SUPPORT_DIR/cri/cri.py" \
-    -e "${AG_CRI_ENDPOINT:-unix://$dir/containerd/containerd.sock}" "$@"
+  "$AG_CRI_BIN" --endpoint "${AG_CRI_ENDPOINT:-unix://$dir/containerd/containerd.sock}" "$@"
 }
 
 # ag_ctr DIR ARGS...: ctr against DIR's containerd, namespace AG_CTR_NS
@@ -622,25 +614,7 @@ ag_container_config() {
 EOF
 }
 
-# ag_stream_exec DIR CTR_ID CMD...: run CMD through the CRI Exec streaming
-# URL (WebSocket; needs python3-websocket). Copies stdout/stderr, returns the
-# command's exit code.
-ag_stream_exec() {
-  ag__need 3 "ag_stream_exec DIR CTR_ID CMD..." "$@" || return 1
-  local dir="${1}" id="${2}" url; shift 2
-  url="$(ag_cri "$dir" exec-url "$id" "$@")" || return 1
-  "$AG_PYTHON" "$AG_SUPPORT_DIR/cri/stream.py" exec "$url"
-}
 
-# ag_port_forward DIR POD_ID PORT [DATA]: send DATA (default an HTTP/1.0
-# GET /) to PORT inside the pod through the CRI PortForward streaming URL and
-# print the reply (WebSocket; needs python3-websocket).
-ag_port_forward() {
-  ag__need 3 "ag_port_forward DIR POD_ID PORT [DATA]" "$@" || return 1
-  local dir="${1}" pod="${2}" port="${3}" url
-  url="$(ag_cri "$dir" port-forward-url "$pod" "$port")" || return 1
-  "$AG_PYTHON" "$AG_SUPPORT_DIR/cri/stream.py" portforward "$url" "$port" ${4+"$4"}
-}
 
 # ag_cri_remove_all DIR: stop and remove every CRI pod sandbox (and so its
 # containers) in DIR's containerd. Tolerates a dead containerd.

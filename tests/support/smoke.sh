@@ -101,6 +101,14 @@ c_events() {
   [[ "$rc" == 3 && "$out" == *"code = UNIMPLEMENTED"* ]]
 }
 check "GetContainerEvents is UNIMPLEMENTED on containerd 1.6" c_events
+c_raw() { out_re '^[0-9a-f]\+$' ag_cri "$DIR" raw /runtime.v1.RuntimeService/Version ""; }
+check "raw-bytes call of a method path" c_raw
+c_unknown() {
+  local out rc=0
+  out="$(ag_cri "$DIR" raw /runtime.v1.RuntimeService/NoSuchMethodYet "" 2>&1)" || rc=$?
+  [[ "$rc" == 3 && "$out" == *"code = UNIMPLEMENTED"* ]]
+}
+check "unknown method answers UNIMPLEMENTED" c_unknown
 lap "exec/logs/urls/events"
 
 # Image on the node without a pull: imported with ctr, never in the registry.

@@ -1,0 +1,304 @@
+//! A real node for a scenario: registry, containerd (CRI, runc, CNI bridge)
+//! and images from `support/env.sh`, plus attestgate-proxy in front, all
+//! confined to one temporary directory and torn down (by PID) on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::cri::Cri;
+
+/// Where cargo put the workspace's binaries (`target/<profile>`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>
+    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(path.exists(), "{} is not built: run `cargo build --workspace --bins` first (scripts/test.sh does)", path.display());
+    path
+}
+
+fn support_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("support")
+}
+
+/// Whether the end-to-end prerequisites are here. Without them a scenario is
+/// skipped on a developer machine, but fails when ATTESTGATE_E2E_REQUIRED is
+/// set (as CI does), so a missing dependency can never pass silently.
+pub fn available(agcri: &Path) -> bool {
+    let required = std::env::var_os("ATTESTGATE_E2E_REQUIRED").is_some_and(|v| v != "0" && !v.is_empty());
+    let check = Command::new("bash")
+        .arg("-c")
+        .arg(format!("source {}/env.sh && ag_require", support_dir().display()))
+        .env("AG_CRI_BIN", agcri)
+        .output()
+        .expect("bash");
+    if check.status.success() {
+        return true;
+    }
+    let why = String::from_utf8_lossy(&check.stderr);
+    if required {
+        panic!("end-to-end prerequisites missing (ATTESTGATE_E2E_REQUIRED is set): {why}");
+    }
+    eprintln!("SKIPPED: end-to-end prerequisites missing: {why}");
+    false
+}
+
+pub struct Node {
+    dir: tempfile::TempDir,
+    agcri: PathBuf,
+    pub registry: String,
+    pub containerd_sock: PathBuf,
+    pub pause_image: String,
+    pub app_image: String,
+    pub app_digest: String,
+    pub cgroup_tag: String,
+    pub bundle: PathBuf,
+    pub audit_log: PathBuf,
+    pub proxy_sock: PathBuf,
+    proxy: Option<Child>,
+    proxy_args: Vec<String>,
+}
+
+impl Node {
+    /// Brings up registry, images and containerd; `None` when skipped.
+    pub fn up(agcri: &Path) -> Option<Node> {
+        if !available(agcri) {
+            return None;
+        }
+        let dir = tempfile::Builder::new().prefix("ag.").tempdir_in("/tmp").expect("temp dir");
+        let mut node = Node {
+            bundle: dir.path().join("bundle"),
+            audit_log: dir.path().join("audit/audit.jsonl"),
+            proxy_sock: dir.path().join("attestgate.sock"),
+            dir,
+            agcri: agcri.to_path_buf(),
+            registry: String::new(),
+            containerd_sock: PathBuf::new(),
+            pause_image: String::new(),
+            app_image: String::new(),
+            app_digest: String::new(),
+            cgroup_tag: String::new(),
+            proxy: None,
+            proxy_args: Vec::new(),
+        };
+        node.sh("ag_up \"$DIR\"");
+        let env = std::fs::read_to_string(node.dir().join("env")).expect("env file");
+        for line in env.lines() {
+            let Some((k, v)) = line.split_once('=') else { continue };
+            match k {
+                "AG_REGISTRY" => node.registry = v.into(),
+                "AG_CONTAINERD_SOCK" => node.containerd_sock = v.into(),
+                "AG_PAUSE_IMAGE" => node.pause_image = v.into(),
+                "AG_APP_IMAGE" => node.app_image = v.into(),
+                "AG_APP_DIGEST" => node.app_digest = v.into(),
+                "AG_CGROUP_TAG" => node.cgroup_tag = v.into(),
+                _ => {}
+            }
+        }
+        std::fs::create_dir_all(node.bundle.join("attestors")).expect("bundle dir");
+        std::fs::create_dir_all(node.bundle.join("attestations")).expect("bundle dir");
+        Some(node)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs bash with env.sh sourced, DIR set and the node's variables
+    /// loaded; panics with its output when it fails; returns stdout.
+    pub fn sh(&self, script: &str) -> String {
+        let out = self.sh_output(script);
+        assert!(
+            out.status.success(),
+            "env.sh script failed: {script}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn sh_output(&self, script: &str) -> std::process::Output {
+        let env_file = self.dir().join("env");
+        let full = format!(
+            "set -euo pipefail; source {}/env.sh; DIR={}; [[ -f {} ]] && set -a && source {} && set +a; AG_CONTAINERD_SOCK=\"${{AG_CONTAINERD_SOCK:-}}\"; {script}",
+            support_dir().display(),
+            self.dir().display(),
+            env_file.display(),
+            env_file.display(),
+        );
+        Command::new("bash")
+            .arg("-c")
+            .arg(full)
+            .env("AG_CRI_BIN", &self.agcri)
+            .env("AG_QUIET", "1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("bash")
+    }
+
+    /// Builds an image from busybox running `command`, pushes it as
+    /// `REGISTRY/attestgate/NAME:TAG`, and returns (reference, digest).
+    pub fn push_image(&self, name: &str, tag: &str, command: &str) -> (String, String) {
+        let reference = format!("{}/attestgate/{name}:{tag}", self.registry);
+        let layout = self.dir().join("oci");
+        let digest = self.sh(&format!(
+            "ag_image_build {layout} {name}-{tag} --label attestgate.test/name={name}-{tag} -- /bin/sh -c '{command}' >/dev/null && ag_image_push {layout} {name}-{tag} {reference}",
+            layout = layout.display(),
+        ));
+        (reference, digest.lines().last().unwrap_or_default().to_string())
+    }
+
+    /// Starts attestgate-proxy in front of containerd with `args` added, and
+    /// waits until it serves.
+    pub fn start_proxy(&mut self, args: &[&str]) {
+        self.proxy_args = args.iter().map(|s| s.to_string()).collect();
+        self.spawn_proxy();
+    }
+
+    fn spawn_proxy(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir().join("proxy.log"))
+            .expect("proxy log");
+        let child = Command::new(bin("attestgate-proxy"))
+            .arg("--config")
+            .arg(self.dir().join("no-config.toml"))
+            .arg("--listen")
+            .arg(&self.proxy_sock)
+            .arg("--runtime-endpoint")
+            .arg(&self.containerd_sock)
+            .arg("--bundle")
+            .arg(&self.bundle)
+            .arg("--audit-log")
+            .arg(&self.audit_log)
+            .args(&self.proxy_args)
+            .env("RUST_LOG", "info,attestgate_proxy=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn attestgate-proxy");
+        std::fs::write(self.dir().join("no-config.toml"), "").expect("empty config");
+        self.proxy = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&self.proxy_sock).is_err() {
+            if let Some(child) = self.proxy.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("attestgate-proxy exited ({status}): {}", self.proxy_log());
+                }
+            }
+            assert!(Instant::now() < deadline, "attestgate-proxy did not listen: {}", self.proxy_log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM (graceful), wait, and start it again with the same arguments.
+    pub fn restart_proxy(&mut self) {
+        self.stop_proxy();
+        self.spawn_proxy();
+    }
+
+    pub fn stop_proxy(&mut self) {
+        if let Some(mut child) = self.proxy.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Whether the proxy process is still running.
+    pub fn proxy_running(&mut self) -> bool {
+        self.proxy.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    pub fn proxy_log(&self) -> String {
+        std::fs::read_to_string(self.dir().join("proxy.log")).unwrap_or_default()
+    }
+
+    pub async fn via_proxy(&self) -> Cri {
+        Cri::connect(&self.proxy_sock.display().to_string()).await.expect("connect to proxy")
+    }
+
+    pub async fn direct(&self) -> Cri {
+        Cri::connect(&self.containerd_sock.display().to_string()).await.expect("connect to containerd")
+    }
+
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.audit_log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line is not JSON ({e}): {l}")))
+            .collect()
+    }
+
+    pub fn pod(&self, namespace: &str, name: &str) -> k8s_cri::v1::PodSandboxConfig {
+        let logs = self.dir().join("pod-logs").join(name);
+        std::fs::create_dir_all(&logs).expect("pod log dir");
+        crate::cri::pod_config(namespace, name, &logs.display().to_string(), &format!("/attestgate/{}/pod-{namespace}-{name}", self.cgroup_tag))
+    }
+
+    /// Restarts containerd (same config, same state).
+    pub fn restart_containerd(&self) {
+        self.sh("ag_stop_pid \"$(cat \"$DIR/containerd/pid\")\" \"$DIR/containerd/config.toml\" 30 && rm -f \"$DIR/containerd/pid\" && ag_containerd_start \"$DIR\"");
+    }
+
+    /// Writes the bundle's policy.
+    pub fn policy(&self, yaml: &str) {
+        std::fs::write(self.bundle.join("policy.yaml"), yaml).expect("policy");
+    }
+
+    /// Runs the attestgate CLI; panics unless it succeeds; returns stdout.
+    pub fn attestgate(&self, args: &[&str]) -> String {
+        let out = Command::new(bin("attestgate")).args(args).output().expect("attestgate");
+        assert!(out.status.success(), "attestgate {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A CI attestor with a fresh ECDSA key, installed in the bundle; returns
+    /// the private key path.
+    pub fn add_attestor(&self, name: &str) -> PathBuf {
+        let key = self.dir().join(format!("{name}.key"));
+        let public = self.dir().join(format!("{name}.pub"));
+        self.attestgate(&["keygen", "--algorithm", "ECDSA_P256_SHA256", "--private", &key.display().to_string(), "--public", &public.display().to_string()]);
+        let yaml = self.attestgate(&[
+            "attestor", "create", "--name", &format!("projects/e2e/attestors/{name}"), "--note", &format!("projects/e2e/notes/{name}"),
+            "--public-key", &public.display().to_string(), "--algorithm", "ECDSA_P256_SHA256",
+        ]);
+        std::fs::write(self.bundle.join("attestors").join(format!("{name}.yaml")), yaml).expect("attestor");
+        key
+    }
+
+    /// Signs `repository@digest` by attestor `name` into the bundle.
+    pub fn attest(&self, name: &str, key: &Path, image_repository: &str, digest: &str) {
+        let out = self.bundle.join("attestations").join(format!("{name}-{}.json", &digest[7..19]));
+        self.attestgate(&[
+            "sign", "--artifact-url", &format!("{image_repository}@{digest}"), "--key", &key.display().to_string(),
+            "--algorithm", "ECDSA_P256_SHA256", "--note", &format!("projects/e2e/notes/{name}"), "--out", &out.display().to_string(),
+        ]);
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop_proxy();
+        let out = self.sh_output("ag_down \"$DIR\"");
+        if !out.status.success() {
+            eprintln!("teardown of {} reported: {}", self.dir().display(), String::from_utf8_lossy(&out.stderr));
+        }
+    }
+}
