@@ -5,7 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(openssl gnupg ca-certificates)
+# Interop (openssl, gpg), the CRI protos' compiler, and the real node the
+# end-to-end scenarios run: containerd, runc, CNI plugins, a registry, and
+# the tools that build and push images.
+packages=(openssl gnupg ca-certificates protobuf-compiler containerd runc
+  containernetworking-plugins docker-registry skopeo umoci busybox-static
+  iproute2 curl)
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=()
@@ -19,7 +24,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   fi
 fi
 
-for tool in openssl gpg cargo; do
+for tool in openssl gpg cargo protoc; do
   command -v "$tool" >/dev/null || { echo "test.sh: $tool is required" >&2; exit 1; }
 done
 
@@ -27,5 +32,7 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "==> cargo build (the end-to-end scenarios run the binaries)"
+cargo build --workspace --bins --locked
 echo "==> cargo test"
 cargo test --workspace --locked
