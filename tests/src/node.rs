@@ -12,12 +12,19 @@ use crate::cri::Cri;
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> → target/<profile>
-    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
 }
 
 pub fn bin(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
-    assert!(path.exists(), "{} is not built: run `cargo build --workspace --bins` first (scripts/test.sh does)", path.display());
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        path.display()
+    );
     path
 }
 
@@ -29,10 +36,14 @@ fn support_dir() -> PathBuf {
 /// skipped on a developer machine, but fails when ATTESTGATE_E2E_REQUIRED is
 /// set (as CI does), so a missing dependency can never pass silently.
 pub fn available(agcri: &Path) -> bool {
-    let required = std::env::var_os("ATTESTGATE_E2E_REQUIRED").is_some_and(|v| v != "0" && !v.is_empty());
+    let required =
+        std::env::var_os("ATTESTGATE_E2E_REQUIRED").is_some_and(|v| v != "0" && !v.is_empty());
     let check = Command::new("bash")
         .arg("-c")
-        .arg(format!("source {}/env.sh && ag_require", support_dir().display()))
+        .arg(format!(
+            "source {}/env.sh && ag_require",
+            support_dir().display()
+        ))
         .env("AG_CRI_BIN", agcri)
         .output()
         .expect("bash");
@@ -69,7 +80,10 @@ impl Node {
         if !available(agcri) {
             return None;
         }
-        let dir = tempfile::Builder::new().prefix("ag.").tempdir_in("/tmp").expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("ag.")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
         let mut node = Node {
             bundle: dir.path().join("bundle"),
             audit_log: dir.path().join("audit/audit.jsonl"),
@@ -88,7 +102,9 @@ impl Node {
         node.sh("ag_up \"$DIR\"");
         let env = std::fs::read_to_string(node.dir().join("env")).expect("env file");
         for line in env.lines() {
-            let Some((k, v)) = line.split_once('=') else { continue };
+            let Some((k, v)) = line.split_once('=') else {
+                continue;
+            };
             match k {
                 "AG_REGISTRY" => node.registry = v.into(),
                 "AG_CONTAINERD_SOCK" => node.containerd_sock = v.into(),
@@ -149,7 +165,26 @@ impl Node {
             "ag_image_build {layout} {name}-{tag} --label attestgate.test/name={name}-{tag} -- /bin/sh -c '{command}' >/dev/null && ag_image_push {layout} {name}-{tag} {reference}",
             layout = layout.display(),
         ));
-        (reference, digest.lines().last().unwrap_or_default().to_string())
+        (
+            reference,
+            digest.lines().last().unwrap_or_default().to_string(),
+        )
+    }
+
+    /// Builds an image and puts it on the node without a pull
+    /// (`ctr -n k8s.io images import`) as `REGISTRY/attestgate/NAME:TAG`,
+    /// with its repo digest; returns (reference, digest).
+    pub fn import_image(&self, name: &str, tag: &str, command: &str) -> (String, String) {
+        let reference = format!("{}/attestgate/{name}:{tag}", self.registry);
+        let layout = self.dir().join("oci");
+        let digest = self.sh(&format!(
+            "ag_image_build {layout} {name}-{tag} --label attestgate.test/name={name}-{tag} -- /bin/sh -c '{command}' >/dev/null && ag_image_import \"$DIR\" {layout} {name}-{tag} {reference}",
+            layout = layout.display(),
+        ));
+        (
+            reference,
+            digest.lines().last().unwrap_or_default().to_string(),
+        )
     }
 
     /// Starts attestgate-proxy in front of containerd with `args` added, and
@@ -160,6 +195,8 @@ impl Node {
     }
 
     fn spawn_proxy(&mut self) {
+        // An empty file keeps a host's /etc/attestgate/config.toml out of the test.
+        std::fs::write(self.dir().join("no-config.toml"), "").expect("empty config");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -183,7 +220,6 @@ impl Node {
             .stderr(log)
             .spawn()
             .expect("spawn attestgate-proxy");
-        std::fs::write(self.dir().join("no-config.toml"), "").expect("empty config");
         self.proxy = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::os::unix::net::UnixStream::connect(&self.proxy_sock).is_err() {
@@ -192,7 +228,11 @@ impl Node {
                     panic!("attestgate-proxy exited ({status}): {}", self.proxy_log());
                 }
             }
-            assert!(Instant::now() < deadline, "attestgate-proxy did not listen: {}", self.proxy_log());
+            assert!(
+                Instant::now() < deadline,
+                "attestgate-proxy did not listen: {}",
+                self.proxy_log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -205,7 +245,10 @@ impl Node {
 
     pub fn stop_proxy(&mut self) {
         if let Some(mut child) = self.proxy.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -223,7 +266,9 @@ impl Node {
 
     /// Whether the proxy process is still running.
     pub fn proxy_running(&mut self) -> bool {
-        self.proxy.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.proxy
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     pub fn proxy_log(&self) -> String {
@@ -231,25 +276,37 @@ impl Node {
     }
 
     pub async fn via_proxy(&self) -> Cri {
-        Cri::connect(&self.proxy_sock.display().to_string()).await.expect("connect to proxy")
+        Cri::connect(&self.proxy_sock.display().to_string())
+            .await
+            .expect("connect to proxy")
     }
 
     pub async fn direct(&self) -> Cri {
-        Cri::connect(&self.containerd_sock.display().to_string()).await.expect("connect to containerd")
+        Cri::connect(&self.containerd_sock.display().to_string())
+            .await
+            .expect("connect to containerd")
     }
 
     pub fn audit(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(&self.audit_log)
             .unwrap_or_default()
             .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line is not JSON ({e}): {l}")))
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("audit line is not JSON ({e}): {l}"))
+            })
             .collect()
     }
 
     pub fn pod(&self, namespace: &str, name: &str) -> k8s_cri::v1::PodSandboxConfig {
         let logs = self.dir().join("pod-logs").join(name);
         std::fs::create_dir_all(&logs).expect("pod log dir");
-        crate::cri::pod_config(namespace, name, &logs.display().to_string(), &format!("/attestgate/{}/pod-{namespace}-{name}", self.cgroup_tag))
+        crate::cri::pod_config(
+            namespace,
+            name,
+            &logs.display().to_string(),
+            &format!("/attestgate/{}/pod-{namespace}-{name}", self.cgroup_tag),
+        )
     }
 
     /// Restarts containerd (same config, same state).
@@ -264,8 +321,15 @@ impl Node {
 
     /// Runs the attestgate CLI; panics unless it succeeds; returns stdout.
     pub fn attestgate(&self, args: &[&str]) -> String {
-        let out = Command::new(bin("attestgate")).args(args).output().expect("attestgate");
-        assert!(out.status.success(), "attestgate {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(bin("attestgate"))
+            .args(args)
+            .output()
+            .expect("attestgate");
+        assert!(
+            out.status.success(),
+            "attestgate {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -274,21 +338,53 @@ impl Node {
     pub fn add_attestor(&self, name: &str) -> PathBuf {
         let key = self.dir().join(format!("{name}.key"));
         let public = self.dir().join(format!("{name}.pub"));
-        self.attestgate(&["keygen", "--algorithm", "ECDSA_P256_SHA256", "--private", &key.display().to_string(), "--public", &public.display().to_string()]);
-        let yaml = self.attestgate(&[
-            "attestor", "create", "--name", &format!("projects/e2e/attestors/{name}"), "--note", &format!("projects/e2e/notes/{name}"),
-            "--public-key", &public.display().to_string(), "--algorithm", "ECDSA_P256_SHA256",
+        self.attestgate(&[
+            "keygen",
+            "--algorithm",
+            "ECDSA_P256_SHA256",
+            "--private",
+            &key.display().to_string(),
+            "--public",
+            &public.display().to_string(),
         ]);
-        std::fs::write(self.bundle.join("attestors").join(format!("{name}.yaml")), yaml).expect("attestor");
+        let yaml = self.attestgate(&[
+            "attestor",
+            "create",
+            "--name",
+            &format!("projects/e2e/attestors/{name}"),
+            "--note",
+            &format!("projects/e2e/notes/{name}"),
+            "--public-key",
+            &public.display().to_string(),
+            "--algorithm",
+            "ECDSA_P256_SHA256",
+        ]);
+        std::fs::write(
+            self.bundle.join("attestors").join(format!("{name}.yaml")),
+            yaml,
+        )
+        .expect("attestor");
         key
     }
 
     /// Signs `repository@digest` by attestor `name` into the bundle.
     pub fn attest(&self, name: &str, key: &Path, image_repository: &str, digest: &str) {
-        let out = self.bundle.join("attestations").join(format!("{name}-{}.json", &digest[7..19]));
+        let out = self
+            .bundle
+            .join("attestations")
+            .join(format!("{name}-{}.json", &digest[7..19]));
         self.attestgate(&[
-            "sign", "--artifact-url", &format!("{image_repository}@{digest}"), "--key", &key.display().to_string(),
-            "--algorithm", "ECDSA_P256_SHA256", "--note", &format!("projects/e2e/notes/{name}"), "--out", &out.display().to_string(),
+            "sign",
+            "--artifact-url",
+            &format!("{image_repository}@{digest}"),
+            "--key",
+            &key.display().to_string(),
+            "--algorithm",
+            "ECDSA_P256_SHA256",
+            "--note",
+            &format!("projects/e2e/notes/{name}"),
+            "--out",
+            &out.display().to_string(),
         ]);
     }
 }
@@ -298,7 +394,11 @@ impl Drop for Node {
         self.stop_proxy();
         let out = self.sh_output("ag_down \"$DIR\"");
         if !out.status.success() {
-            eprintln!("teardown of {} reported: {}", self.dir().display(), String::from_utf8_lossy(&out.stderr));
+            eprintln!(
+                "teardown of {} reported: {}",
+                self.dir().display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
 }

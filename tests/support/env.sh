@@ -375,7 +375,7 @@ ag_image_import() {
   fi
   [[ "${5:-}" == --no-digest ]] && flags=()
   mkdir -p "$dir/imports"
-  tar="$dir/imports/${repo//\//_}_$newtag.tar"
+  tar="$dir/imports/$(tr "/:" "__" <<<"$repo")_$newtag.tar"
   # The archive's ref name is just the tag; ctr prefixes --base-name.
   ag_image_archive "$layout" "$tag" "$tar" "$newtag" || return 1
   ag_ctr "$dir" images import --base-name "$repo" "${flags[@]}" "$tar" >/dev/null || return 1

@@ -34,21 +34,36 @@ fn signed_node() -> Option<(Node, PathBuf)> {
 fn assert_denied(result: Result<String, tonic::Status>) -> tonic::Status {
     let status = result.expect_err("the call should have been refused");
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
-    assert!(status.message().starts_with("SignatureValidationFailed: "), "{}", status.message());
+    assert!(
+        status.message().starts_with("SignatureValidationFailed: "),
+        "{}",
+        status.message()
+    );
     status
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_image_runs_as_a_pod() {
-    let Some((node, _)) = signed_node() else { return };
+    let Some((node, _)) = signed_node() else {
+        return;
+    };
     let cri = node.via_proxy().await;
     let pod = node.pod("prod", "web-0");
-    let image_id = cri.pull(&node.app_image, Some(pod.clone())).await.expect("signed image pulls");
+    let image_id = cri
+        .pull(&node.app_image, Some(pod.clone()))
+        .await
+        .expect("signed image pulls");
     let pod_id = cri.run_pod(&pod).await.expect("pod runs");
-    let id = cri.create_container(&pod_id, &pod, "web", &image_id, &node.app_image, &[]).await.expect("container created");
+    let id = cri
+        .create_container(&pod_id, &pod, "web", &image_id, &node.app_image, &[])
+        .await
+        .expect("container created");
     cri.start_container(&id).await.expect("container starts");
     let status = cri.container_status(&id).await.unwrap();
-    assert_eq!(status.state, k8s_cri::v1::ContainerState::ContainerRunning as i32);
+    assert_eq!(
+        status.state,
+        k8s_cri::v1::ContainerState::ContainerRunning as i32
+    );
 
     let audit = node.audit();
     assert_eq!(audit.len(), 2, "{audit:#?}");
@@ -67,14 +82,23 @@ async fn signed_image_runs_as_a_pod() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsigned_image_is_refused_at_pull_and_not_left_on_the_node() {
-    let Some((node, _)) = signed_node() else { return };
+    let Some((node, _)) = signed_node() else {
+        return;
+    };
     let (unsigned, digest) = node.push_image("unsigned", "1", "echo unsigned; sleep 3600");
     let cri = node.via_proxy().await;
     let direct = node.direct().await;
 
     let status = assert_denied(cri.pull(&unsigned, None).await);
-    assert!(status.message().contains("MISSING") || status.message().contains("not satisfied"), "{}", status.message());
-    assert!(direct.image_status(&unsigned).await.unwrap().is_none(), "denied image left on the node");
+    assert!(
+        status.message().contains("MISSING") || status.message().contains("not satisfied"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        direct.image_status(&unsigned).await.unwrap().is_none(),
+        "denied image left on the node"
+    );
 
     let by_digest = format!("{}@{digest}", unsigned.rsplit_once(':').unwrap().0);
     assert_denied(cri.pull(&by_digest, None).await);
@@ -88,4 +112,436 @@ async fn unsigned_image_is_refused_at_pull_and_not_left_on_the_node() {
         assert_eq!(line["reason"], "MISSING_ATTESTATIONS");
         assert_eq!(line["image"]["digest"], digest.as_str());
     }
+}
+
+async fn run_app(
+    node: &Node,
+    cri: &attestgate_e2e::cri::Cri,
+    pod: &k8s_cri::v1::PodSandboxConfig,
+    image: &str,
+) -> Result<String, tonic::Status> {
+    let image_id = cri.pull(image, Some(pod.clone())).await?;
+    let pod_id = cri.run_pod(pod).await?;
+    let _ = node;
+    cri.create_container(&pod_id, pod, "app", &image_id, image, &[])
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_imported_without_a_pull_is_refused_at_create() {
+    let Some((node, _)) = signed_node() else {
+        return;
+    };
+    let (imported, digest) = node.import_image("imported", "1", "echo imported; sleep 3600");
+    let cri = node.via_proxy().await;
+    let direct = node.direct().await;
+    let image = direct
+        .image_status(&imported)
+        .await
+        .unwrap()
+        .expect("the import put the image on the node");
+    let pod = node.pod("prod", "sneaky");
+    let pod_id = cri.run_pod(&pod).await.unwrap();
+
+    // As kubelet sends it: the image id plus the pod spec's name.
+    assert_denied(
+        cri.create_container(&pod_id, &pod, "app", &image.id, &imported, &[])
+            .await,
+    );
+    // By name only, and by bare id only (then every repo digest is tried).
+    assert_denied(
+        cri.create_container(&pod_id, &pod, "app", &imported, "", &[])
+            .await,
+    );
+    assert_denied(
+        cri.create_container(&pod_id, &pod, "app", &image.id, "", &[])
+            .await,
+    );
+    // Naming the signed app's digest does not lend this image its attestation.
+    let app_repo = node.app_image.rsplit_once(':').unwrap().0;
+    assert_denied(
+        cri.create_container(
+            &pod_id,
+            &pod,
+            "app",
+            &image.id,
+            &format!("{app_repo}@{}", node.app_digest),
+            &[],
+        )
+        .await,
+    );
+    assert!(
+        cri.list_containers().await.unwrap().is_empty(),
+        "no container was created"
+    );
+
+    let audit = node.audit();
+    assert_eq!(audit.len(), 4, "{audit:#?}");
+    for line in &audit {
+        assert_eq!(line["operation"], "CreateContainer");
+        assert_eq!(line["decision"], "deny");
+    }
+    assert_eq!(audit[0]["image"]["digest"], digest.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_and_break_glass_admit_and_log() {
+    let Some(mut node) = Node::up(&agcri()) else {
+        return;
+    };
+    let key = node.add_attestor("ci");
+    let _ = key;
+    node.policy(&REQUIRE_CI.replace("ENFORCED_BLOCK_AND_AUDIT_LOG", "DRYRUN_AUDIT_LOG_ONLY"));
+    let pause_pattern = format!("{}/attestgate/pause*", node.registry);
+    node.start_proxy(&["--system-image", &pause_pattern]);
+    let cri = node.via_proxy().await;
+    let pod = node.pod("prod", "dry");
+    run_app(&node, &cri, &pod, &node.app_image)
+        .await
+        .expect("dry run admits the unsigned app");
+    let audit = node.audit();
+    assert_eq!(audit.len(), 2);
+    for line in &audit {
+        assert_eq!(line["decision"], "allow");
+        assert_eq!(line["reason"], "DRY_RUN");
+        assert_eq!(line["overridden"], "MISSING_ATTESTATIONS");
+        assert_eq!(line["enforced"], false);
+    }
+
+    // Enforce, then break the glass.
+    node.policy(REQUIRE_CI);
+    node.restart_proxy();
+    let cri = node.via_proxy().await;
+    let (unsigned, _) = node.push_image("unsigned", "1", "sleep 3600");
+    assert_denied(cri.pull(&unsigned, Some(node.pod("prod", "plain"))).await);
+    let mut glass = node.pod("prod", "glass");
+    glass
+        .labels
+        .insert("image-policy.k8s.io/break-glass".into(), "true".into());
+    run_app(&node, &cri, &glass, &unsigned)
+        .await
+        .expect("break-glass admits");
+    let audit = node.audit();
+    let last_two = &audit[audit.len() - 2..];
+    for line in last_two {
+        assert_eq!(line["decision"], "allow");
+        assert_eq!(line["reason"], "BREAK_GLASS");
+        assert_eq!(line["overridden"], "MISSING_ATTESTATIONS");
+    }
+    let mut annotated = node.pod("prod", "glass2");
+    annotated.annotations.insert(
+        "alpha.image-policy.k8s.io/break-glass".into(),
+        "true".into(),
+    );
+    cri.pull(&unsigned, Some(annotated))
+        .await
+        .expect("the annotation breaks the glass too");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_and_cluster_rules_apply() {
+    let Some(mut node) = Node::up(&agcri()) else {
+        return;
+    };
+    let key = node.add_attestor("ci");
+    let repo = node.app_image.rsplit_once(':').unwrap().0.to_string();
+    node.attest("ci", &key, &repo, &node.app_digest.clone());
+    node.policy(
+        "defaultAdmissionRule:
+  evaluationMode: ALWAYS_DENY
+  enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG
+clusterAdmissionRules:
+  us-east1-b.e2e:
+    evaluationMode: REQUIRE_ATTESTATION
+    enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG
+    requireAttestationsBy: [projects/e2e/attestors/ci]
+kubernetesNamespaceAdmissionRules:
+  dev:
+    evaluationMode: ALWAYS_ALLOW
+    enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG
+",
+    );
+    node.start_proxy(&["--cluster", "us-east1-b.e2e"]);
+    let cri = node.via_proxy().await;
+    let (unsigned, _) = node.push_image("unsigned", "1", "sleep 3600");
+    cri.pull(&unsigned, Some(node.pod("dev", "a")))
+        .await
+        .expect("namespace rule allows");
+    // Pulled for dev, but a prod container of it is still refused.
+    assert_denied(cri.pull(&unsigned, Some(node.pod("prod", "b"))).await);
+    cri.pull(&node.app_image, Some(node.pod("prod", "c")))
+        .await
+        .expect("cluster rule: attested");
+    let rules: Vec<String> = node
+        .audit()
+        .iter()
+        .map(|l| {
+            format!(
+                "{} {}",
+                l["rule"].as_str().unwrap(),
+                l["reason"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            "namespace:dev ALWAYS_ALLOW",
+            "cluster:us-east1-b.e2e MISSING_ATTESTATIONS",
+            "cluster:us-east1-b.e2e ATTESTED"
+        ]
+    );
+    assert!(
+        node.audit()
+            .iter()
+            .all(|l| l["cluster"] == "us-east1-b.e2e")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_calls_pass_through_unchanged() {
+    let Some((node, _)) = signed_node() else {
+        return;
+    };
+    let cri = node.via_proxy().await;
+    let direct = node.direct().await;
+    let pod = node.pod("prod", "pass");
+    let image_id = cri.pull(&node.app_image, Some(pod.clone())).await.unwrap();
+    let pod_id = cri.run_pod(&pod).await.unwrap();
+    let id = cri
+        .create_container(
+            &pod_id,
+            &pod,
+            "app",
+            &image_id,
+            &node.app_image,
+            &["/bin/sh", "-c", "echo hello-from-app; exec sleep 3600"],
+        )
+        .await
+        .unwrap();
+    cri.start_container(&id).await.unwrap();
+
+    assert_eq!(
+        cri.version().await.unwrap(),
+        direct.version().await.unwrap()
+    );
+    let ids = |cs: Vec<k8s_cri::v1::Container>| cs.into_iter().map(|c| c.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(cri.list_containers().await.unwrap()),
+        ids(direct.list_containers().await.unwrap())
+    );
+    assert_eq!(
+        cri.container_status(&id).await.unwrap(),
+        direct.container_status(&id).await.unwrap()
+    );
+
+    let exec = cri
+        .exec_sync(&id, &["/bin/sh", "-c", "echo out; echo err >&2; exit 3"])
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            exec.stdout.as_slice(),
+            exec.stderr.as_slice(),
+            exec.exit_code
+        ),
+        (&b"out\n"[..], &b"err\n"[..], 3)
+    );
+
+    let exec_url = cri
+        .runtime
+        .clone()
+        .exec(k8s_cri::v1::ExecRequest {
+            container_id: id.clone(),
+            cmd: vec!["true".into()],
+            stdout: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    assert!(exec_url.starts_with("http://127.0.0.1:"), "{exec_url}");
+    let pf_url = cri
+        .runtime
+        .clone()
+        .port_forward(k8s_cri::v1::PortForwardRequest {
+            pod_sandbox_id: pod_id.clone(),
+            port: vec![8080],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    assert!(pf_url.starts_with("http://127.0.0.1:"), "{pf_url}");
+
+    // Logs: the CRI log file the runtime writes, reopened through the proxy.
+    let log_path = cri.container_status(&id).await.unwrap().log_path;
+    let mut logged = String::new();
+    for _ in 0..50 {
+        logged = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if logged.contains("hello-from-app") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(logged.contains("hello-from-app"), "{log_path}: {logged}");
+    cri.runtime
+        .clone()
+        .reopen_container_log(k8s_cri::v1::ReopenContainerLogRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+
+    // Streaming: GetContainerEvents answers through the proxy exactly as
+    // containerd does (containerd 1.6 does not implement it; 1.7+ streams).
+    let events = |c: attestgate_e2e::cri::Cri| async move {
+        let mut client = c.runtime.clone();
+        match client
+            .get_container_events(k8s_cri::v1::GetEventsRequest {})
+            .await
+        {
+            Ok(stream) => Ok(stream.into_inner()),
+            Err(status) => Err(status.code()),
+        }
+    };
+    match (events(cri.clone()).await, events(direct.clone()).await) {
+        (Err(a), Err(b)) => assert_eq!(a, b),
+        (Ok(mut through), Ok(_)) => {
+            cri.stop_pod(&pod_id).await.unwrap();
+            let event = tokio::time::timeout(Duration::from_secs(10), through.message())
+                .await
+                .expect("an event streams")
+                .unwrap();
+            assert!(event.is_some());
+        }
+        (a, b) => panic!(
+            "GetContainerEvents differs: via proxy {:?}, direct {:?}",
+            a.is_ok(),
+            b.is_ok()
+        ),
+    }
+
+    // A method the proxy's protos do not know is forwarded too.
+    let unknown = |channel: tonic::transport::Channel| async move {
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready().await.unwrap();
+        let path = http::uri::PathAndQuery::from_static("/runtime.v1.RuntimeService/NoSuchMethod");
+        let codec: tonic_prost::ProstCodec<
+            k8s_cri::v1::VersionRequest,
+            k8s_cri::v1::VersionResponse,
+        > = tonic_prost::ProstCodec::default();
+        grpc.unary(
+            tonic::Request::new(k8s_cri::v1::VersionRequest::default()),
+            path,
+            codec,
+        )
+        .await
+        .map(|_| ())
+        .map_err(|s| s.code())
+    };
+    assert_eq!(
+        unknown(cri.channel.clone()).await,
+        unknown(direct.channel.clone()).await
+    );
+    assert_eq!(
+        unknown(cri.channel.clone()).await,
+        Err(tonic::Code::Unimplemented)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_recovers_when_containerd_restarts() {
+    let Some((node, _)) = signed_node() else {
+        return;
+    };
+    let cri = node.via_proxy().await;
+    cri.version().await.unwrap();
+    node.restart_containerd();
+    let mut recovered = false;
+    for _ in 0..50 {
+        if cri.version().await.is_ok() {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        recovered,
+        "the proxy did not reconnect: {}",
+        node.proxy_log()
+    );
+    cri.pull(&node.app_image, None)
+        .await
+        .expect("decisions work again after the restart");
+    let (unsigned, _) = node.push_image("unsigned", "1", "sleep 3600");
+    assert_denied(cri.pull(&unsigned, None).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_bundle_keeps_the_old_policy_enforcing() {
+    let Some((node, _)) = signed_node() else {
+        return;
+    };
+    let cri = node.via_proxy().await;
+    let (unsigned, _) = node.push_image("unsigned", "1", "sleep 3600");
+    std::fs::write(
+        node.bundle.join("policy.yaml"),
+        "defaultAdmissionRule:\n  evaluationMode: SOMETIMES\n",
+    )
+    .unwrap();
+    for _ in 0..100 {
+        if node.proxy_log().contains("invalid bundle") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        node.proxy_log().contains("SOMETIMES"),
+        "the broken bundle was not noticed: {}",
+        node.proxy_log()
+    );
+    assert_denied(cri.pull(&unsigned, None).await);
+    cri.pull(&node.app_image, None)
+        .await
+        .expect("the old policy still admits the signed image");
+    // A valid replacement takes effect.
+    node.policy("defaultAdmissionRule:\n  evaluationMode: ALWAYS_ALLOW\n");
+    let mut allowed = false;
+    for _ in 0..100 {
+        if cri.pull(&unsigned, None).await.is_ok() {
+            allowed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        allowed,
+        "the fixed bundle was not loaded: {}",
+        node.proxy_log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_proxy_appends_to_the_audit_log() {
+    let Some((mut node, _)) = signed_node() else {
+        return;
+    };
+    let (unsigned, _) = node.push_image("unsigned", "1", "sleep 3600");
+    assert_denied(node.via_proxy().await.pull(&unsigned, None).await);
+    node.restart_proxy();
+    assert_denied(node.via_proxy().await.pull(&unsigned, None).await);
+    node.via_proxy()
+        .await
+        .pull(&node.app_image, None)
+        .await
+        .unwrap();
+    let audit = node.audit();
+    let decisions: Vec<&str> = audit
+        .iter()
+        .map(|l| l["decision"].as_str().unwrap())
+        .collect();
+    assert_eq!(decisions, ["deny", "deny", "allow"]);
+    assert!(node.proxy_running());
 }

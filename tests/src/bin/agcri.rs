@@ -12,7 +12,12 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 struct Args {
     /// unix:///path/to.sock or a path.
-    #[arg(long, short = 'e', global = true, default_value = "unix:///run/containerd/containerd.sock")]
+    #[arg(
+        long,
+        short = 'e',
+        global = true,
+        default_value = "unix:///run/containerd/containerd.sock"
+    )]
     endpoint: String,
     #[command(subcommand)]
     command: Command,
@@ -23,17 +28,29 @@ enum Command {
     Version,
     Status,
     Pods,
-    Stopp { id: String },
-    Rmp { id: String },
-    Pull { image: String },
+    Stopp {
+        id: String,
+    },
+    Rmp {
+        id: String,
+    },
+    Pull {
+        image: String,
+    },
     Images,
-    Inspecti { image: String },
-    Rmi { image: String },
+    Inspecti {
+        image: String,
+    },
+    Rmi {
+        image: String,
+    },
     Ps,
     /// Print a TCP port on 127.0.0.1 that was free a moment ago.
     FreePort,
     /// Exit 0 when a Unix socket accepts a connection.
-    ProbeSocket { path: String },
+    ProbeSocket {
+        path: String,
+    },
 }
 
 fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
@@ -79,7 +96,11 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             match e.downcast_ref::<tonic::Status>() {
-                Some(status) => eprintln!("rpc error: code = {:?} desc = {}", status.code(), status.message()),
+                Some(status) => eprintln!(
+                    "rpc error: code = {:?} desc = {}",
+                    status.code(),
+                    status.message()
+                ),
                 None => eprintln!("agcri: {e:#}"),
             }
             ExitCode::from(3)
