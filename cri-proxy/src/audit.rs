@@ -49,10 +49,10 @@ impl AuditLog {
             .file
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(file) = guard.as_mut() {
-            if file.write_all(&line).is_ok() {
-                return Ok(());
-            }
+        if let Some(file) = guard.as_mut()
+            && file.write_all(&line).is_ok()
+        {
+            return Ok(());
         }
         let mut file = open(&self.path)?;
         let result = file.write_all(&line);

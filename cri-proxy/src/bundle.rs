@@ -130,14 +130,15 @@ fn fingerprint(dir: &Path) -> u64 {
             meta.is_dir(),
         )
             .hash(hasher);
-        if meta.is_dir() && depth < 2 {
-            if let Ok(entries) = std::fs::read_dir(path) {
-                let mut names: Vec<PathBuf> =
-                    entries.filter_map(Result::ok).map(|e| e.path()).collect();
-                names.sort();
-                for name in names {
-                    visit(&name, depth + 1, hasher);
-                }
+        if meta.is_dir()
+            && depth < 2
+            && let Ok(entries) = std::fs::read_dir(path)
+        {
+            let mut names: Vec<PathBuf> =
+                entries.filter_map(Result::ok).map(|e| e.path()).collect();
+            names.sort();
+            for name in names {
+                visit(&name, depth + 1, hasher);
             }
         }
     }

@@ -198,7 +198,7 @@ pub async fn serve(
                 move |request: hyper::Request<hyper::body::Incoming>| {
                     let metrics = metrics.clone();
                     async move {
-                        let response = if request.uri().path() == "/metrics" {
+                        if request.uri().path() == "/metrics" {
                             hyper::Response::builder()
                                 .header(
                                     "content-type",
@@ -209,8 +209,7 @@ pub async fn serve(
                             hyper::Response::builder()
                                 .status(404)
                                 .body(Full::new(Bytes::from_static(b"not found\n")))
-                        };
-                        response
+                        }
                     }
                 },
             );

@@ -223,10 +223,10 @@ impl Node {
         self.proxy = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::os::unix::net::UnixStream::connect(&self.proxy_sock).is_err() {
-            if let Some(child) = self.proxy.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!("attestgate-proxy exited ({status}): {}", self.proxy_log());
-                }
+            if let Some(child) = self.proxy.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("attestgate-proxy exited ({status}): {}", self.proxy_log());
             }
             assert!(
                 Instant::now() < deadline,

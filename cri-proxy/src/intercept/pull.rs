@@ -174,10 +174,10 @@ impl<R: ImageRuntime> Gate<R> {
         if decision.allowed {
             return Ok(replay());
         }
-        if before.as_deref() != Some(after.id.as_str()) {
-            if let Err(e) = self.runtime.remove_image(api, &after.id, timeout).await {
-                tracing::error!(image = %request.image, id = %after.id, error = %e, "denied image could not be removed");
-            }
+        if before.as_deref() != Some(after.id.as_str())
+            && let Err(e) = self.runtime.remove_image(api, &after.id, timeout).await
+        {
+            tracing::error!(image = %request.image, id = %after.id, error = %e, "denied image could not be removed");
         }
         Err(ProxyError::Denied(decision.explanation()))
     }
