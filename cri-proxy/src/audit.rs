@@ -61,15 +61,24 @@ impl AuditLog {
     }
 
     /// Reopens the file by path (after logrotate moved it).
+    /// If that fails the old file is let go too: records must reach the
+    /// configured path, not a rotated-away file nobody reads, so writes
+    /// fail (and the fail mode applies) until the path works again.
     pub fn reopen(&self) -> std::io::Result<()> {
-        let file = open(&self.path)?;
-        let mut guard = self
-            .file
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        *guard = Some(file);
-        Ok(())
+        let reopened = open(&self.path);
+        let mut guard = self.file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match reopened {
+            Ok(file) => {
+                *guard = Some(file);
+                Ok(())
+            }
+            Err(e) => {
+                *guard = None;
+                Err(e)
+            }
+        }
     }
+
 }
 
 #[cfg(test)]
@@ -93,5 +102,23 @@ mod tests {
             "{\"n\":1}\n{\"n\":2}\n"
         );
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"n\":3}\n");
+    }
+}
+
+#[cfg(test)]
+mod reopen_tests {
+    use super::*;
+
+    #[test]
+    fn writes_fail_after_a_failed_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&path).unwrap();
+        log.append("{}").unwrap();
+        std::fs::rename(&path, dir.path().join("rotated")).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        assert!(log.reopen().is_err());
+        assert!(log.append("{}").is_err());
+        assert_eq!(std::fs::read_to_string(dir.path().join("rotated")).unwrap(), "{}\n");
     }
 }

@@ -72,6 +72,8 @@ pub struct Node {
     pub proxy_sock: PathBuf,
     proxy: Option<Child>,
     proxy_args: Vec<String>,
+    proxy_wrapper: Vec<String>,
+    proxy_env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -98,6 +100,8 @@ impl Node {
             cgroup_tag: String::new(),
             proxy: None,
             proxy_args: Vec::new(),
+            proxy_wrapper: Vec::new(),
+            proxy_env: Vec::new(),
         };
         node.sh("ag_up \"$DIR\"");
         let env = std::fs::read_to_string(node.dir().join("env")).expect("env file");
@@ -190,8 +194,20 @@ impl Node {
     /// Starts attestgate-proxy in front of containerd with `args` added, and
     /// waits until it serves.
     pub fn start_proxy(&mut self, args: &[&str]) {
+        self.start_proxy_with(&[], &[], args);
+    }
+
+    /// Like [`Node::start_proxy`], run under `wrapper` (e.g.
+    /// `systemd-socket-activate -l SOCKET`) with extra environment.
+    pub fn start_proxy_with(&mut self, wrapper: &[&str], env: &[(&str, &str)], args: &[&str]) {
+        self.proxy_wrapper = wrapper.iter().map(|s| s.to_string()).collect();
+        self.proxy_env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         self.proxy_args = args.iter().map(|s| s.to_string()).collect();
         self.spawn_proxy();
+    }
+
+    pub fn proxy_pid(&self) -> Option<u32> {
+        self.proxy.as_ref().map(Child::id)
     }
 
     fn spawn_proxy(&mut self) {
@@ -202,7 +218,16 @@ impl Node {
             .append(true)
             .open(self.dir().join("proxy.log"))
             .expect("proxy log");
-        let child = Command::new(bin("attestgate-proxy"))
+        let mut command = match self.proxy_wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut c = Command::new(program);
+                c.args(wrapper_args).arg(bin("attestgate-proxy"));
+                c
+            }
+            None => Command::new(bin("attestgate-proxy")),
+        };
+        let child = command
+            .envs(self.proxy_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .arg("--config")
             .arg(self.dir().join("no-config.toml"))
             .arg("--listen")
