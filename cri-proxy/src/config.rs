@@ -53,7 +53,11 @@ pub struct Flags {
     /// Log format: text or json.
     #[arg(long)]
     pub log_format: Option<String>,
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    pub check_config: bool,
 }
+
 
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]

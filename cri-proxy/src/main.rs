@@ -29,8 +29,15 @@ use tokio::net::UnixListener;
 use crate::config::{Config, Flags};
 
 fn main() -> anyhow::Result<()> {
-    let config = Config::load(Flags::parse())?;
+    let flags = Flags::parse();
+    let check_only = flags.check_config;
+    let config = Config::load(flags)?;
+    if check_only {
+        println!("configuration is valid: {config:#?}");
+        return Ok(());
+    }
     init_logging(config.log_json);
+
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
