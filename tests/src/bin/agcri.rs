@@ -45,6 +45,24 @@ enum Command {
         image: String,
     },
     Ps,
+    /// Pull IMAGE, run a pod NAMESPACE/NAME and start a container in it,
+    /// as kubelet would (crictl run).
+    Run {
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        image: String,
+        /// Directory for the pod's container logs.
+        #[arg(long, default_value = "/tmp/agcri-logs")]
+        log_dir: String,
+        #[arg(long, default_value = "")]
+        cgroup_parent: String,
+        /// Pod labels KEY=VALUE (e.g. image-policy.k8s.io/break-glass=true).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+    },
     /// Print a TCP port on 127.0.0.1 that was free a moment ago.
     FreePort,
     /// Exit 0 when a Unix socket accepts a connection.
@@ -86,6 +104,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Command::Inspecti { image } => json(&cri.image_status(&image).await?),
         Command::Rmi { image } => cri.remove_image(&image).await,
         Command::Ps => json(&cri.list_containers().await?),
+        Command::Run { namespace, name, image, log_dir, cgroup_parent, labels } => {
+            let log_dir = format!("{log_dir}/{namespace}_{name}");
+            std::fs::create_dir_all(&log_dir)?;
+            let mut pod = attestgate_e2e::cri::pod_config(&namespace, &name, &log_dir, &cgroup_parent);
+            for label in labels {
+                let (k, v) = label.split_once('=').ok_or_else(|| anyhow::anyhow!("--label {label:?}: expected KEY=VALUE"))?;
+                pod.labels.insert(k.to_string(), v.to_string());
+            }
+            let image_id = cri.pull(&image, Some(pod.clone())).await?;
+            let pod_id = cri.run_pod(&pod).await?;
+            let container = match cri.create_container(&pod_id, &pod, &name, &image_id, &image, &[]).await {
+                Ok(id) => id,
+                Err(status) => {
+                    let _ = cri.stop_pod(&pod_id).await;
+                    let _ = cri.remove_pod(&pod_id).await;
+                    return Err(status.into());
+                }
+            };
+            cri.start_container(&container).await?;
+            println!("pod {namespace}/{name} ({pod_id}) running container {container}");
+            Ok(())
+        }
+
         Command::FreePort | Command::ProbeSocket { .. } => Ok(()),
     }
 }
