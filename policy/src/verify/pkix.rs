@@ -10,9 +10,8 @@ use spki::ObjectIdentifier;
 
 use super::{KeyError, VerifyError};
 
-// The fast verifiers live next to this file rather than in a `pkix/`
-// directory so that the verify module's layout stays flat; they are private
-// to PKIX keys.
+// Implementation details of PKIX keys, hence declared here rather than in
+// verify/mod.rs; `path` keeps the files beside this one.
 #[path = "ecdsa_fast.rs"]
 mod ecdsa_fast;
 #[path = "rsa_fast.rs"]
@@ -451,8 +450,9 @@ fn parse_rsa_public_key(
     }
     let n = rsa::BigUint::from_bytes_be(raw.modulus.as_bytes());
     let e = rsa::BigUint::from_bytes_be(raw.public_exponent.as_bytes());
-    // The rsa crate's checks (odd n, odd 3 ≤ e < 2^33, e < n) decide which
-    // keys are acceptable; the fast verifier only takes the numbers.
+    // The rsa crate's checks (odd n, odd e with 3 ≤ e < 2^33 and e < n)
+    // still decide which keys are acceptable; the fast verifier only takes
+    // the numbers.
     rsa::RsaPublicKey::new(n, e)
         .map_err(|e| KeyError::InvalidPem(format!("invalid RSA public key: {e}")))?;
     RsaKey::new(raw.modulus.as_bytes(), raw.public_exponent.as_bytes()).ok_or_else(|| {

@@ -146,10 +146,12 @@ fn emsa_pss_verify<D: Digest>(payload: &[u8], mut em_k: Vec<u8>, mod_bits: usize
     let Some(excess) = em_k.len().checked_sub(em_len) else {
         return false;
     };
-    if em_k[..excess].iter().any(|b| *b != 0) {
+    let Some((above, em)) = em_k.split_at_mut_checked(excess) else {
+        return false;
+    };
+    if above.iter().any(|b| *b != 0) {
         return false;
     }
-    let em = &mut em_k[excess..];
     // Step 3.
     if em_len < h_len + s_len + 2 {
         return false;
@@ -162,7 +164,9 @@ fn emsa_pss_verify<D: Digest>(payload: &[u8], mut em_k: Vec<u8>, mod_bits: usize
         return false;
     }
     // Step 5.
-    let (masked_db, h) = rest.split_at_mut(em_len - h_len - 1);
+    let Some((masked_db, h)) = rest.split_at_mut_checked(em_len - h_len - 1) else {
+        return false;
+    };
     // Step 6: the bits above emBits must be zero before unmasking.
     let top_bits = 8 * em_len - em_bits;
     let top_mask = 0xffu8.checked_shr(top_bits as u32).unwrap_or(0);
@@ -179,8 +183,9 @@ fn emsa_pss_verify<D: Digest>(payload: &[u8], mut em_k: Vec<u8>, mod_bits: usize
         *first &= top_mask;
     }
     // Step 10: PS zeros, then 0x01, then the salt.
-    let ps_len = em_len - h_len - s_len - 2;
-    let (ps, rest) = db.split_at(ps_len);
+    let Some((ps, rest)) = db.split_at_checked(em_len - h_len - s_len - 2) else {
+        return false;
+    };
     let Some((&separator, salt)) = rest.split_first() else {
         return false;
     };
@@ -327,6 +332,25 @@ fn uint_from_be<const LIMBS: usize>(be: &[u8]) -> Option<Uint<LIMBS>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn digest_info_prefixes_name_the_hash_oids() {
+        use sha2::digest::const_oid::AssociatedOid;
+        fn prefix<D: Digest + AssociatedOid>() -> Vec<u8> {
+            let oid = D::OID;
+            let oid = oid.as_bytes();
+            let (o, d) = (oid.len() as u8, <D as Digest>::output_size() as u8);
+            [
+                &[0x30, o + 8 + d, 0x30, o + 4, 0x06, o][..],
+                oid,
+                &[0x05, 0x00, 0x04, d],
+            ]
+            .concat()
+        }
+        assert_eq!(DIGEST_INFO_SHA256, prefix::<sha2::Sha256>());
+        assert_eq!(DIGEST_INFO_SHA384, prefix::<sha2::Sha384>());
+        assert_eq!(DIGEST_INFO_SHA512, prefix::<sha2::Sha512>());
+    }
 
     #[test]
     fn r2_matches_the_definition() {
