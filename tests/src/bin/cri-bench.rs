@@ -1,0 +1,192 @@
+//! CRI call throughput and latency through three paths in the same run:
+//! containerd directly, a plain byte relay (socat), and attestgate-proxy.
+//! Rounds alternate the order of the paths so drift in the machine's load
+//! hits all three alike. Then CreateContainer + StartContainer latency,
+//! proxy vs direct, alternating.
+//!
+//! Run by `scripts/bench-proxy.sh`, which sets up the node.
+
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use attestgate_e2e::cri::{Cri, pod_config};
+use clap::Parser;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long)]
+    direct: String,
+    #[arg(long)]
+    relay: String,
+    #[arg(long)]
+    proxy: String,
+    /// Rounds of every (path, method, concurrency) cell.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Seconds per cell per round.
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Image for the create+start measurement (signed, on the node).
+    #[arg(long)]
+    image: Option<String>,
+    #[arg(long, default_value_t = 30)]
+    create_iterations: usize,
+    #[arg(long, default_value = "/tmp/cri-bench-logs")]
+    log_dir: String,
+    #[arg(long, default_value = "")]
+    cgroup_parent: String,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Method {
+    Version,
+    ListContainers,
+}
+
+impl Method {
+    fn name(self) -> &'static str {
+        match self {
+            Method::Version => "Version",
+            Method::ListContainers => "ListContainers",
+        }
+    }
+}
+
+async fn call(cri: &Cri, method: Method) {
+    match method {
+        Method::Version => {
+            cri.version().await.expect("Version");
+        }
+        Method::ListContainers => {
+            cri.list_containers().await.expect("ListContainers");
+        }
+    }
+}
+
+/// Runs `concurrency` callers for `seconds`; returns (calls/s, latencies).
+async fn cell(cri: &Cri, method: Method, concurrency: usize, seconds: f64) -> (f64, Vec<Duration>) {
+    for _ in 0..20 {
+        call(cri, method).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let cri = cri.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                call(&cri, method).await;
+                latencies.push(t.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    (all.len() as f64 / elapsed, all)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let paths = [("direct", Cri::connect(&args.direct).await?), ("relay", Cri::connect(&args.relay).await?), ("proxy", Cri::connect(&args.proxy).await?)];
+    let methods = [Method::Version, Method::ListContainers];
+    let concurrencies = [1usize, 4];
+    // results[path][method][concurrency] = per-round (calls/s, p50 µs, p99 µs)
+    let mut results = vec![vec![vec![Vec::<(f64, f64, f64)>::new(); concurrencies.len()]; methods.len()]; paths.len()];
+    for round in 0..args.rounds {
+        let mut order: Vec<usize> = (0..paths.len()).collect();
+        order.rotate_left(round % paths.len());
+        for (mi, &method) in methods.iter().enumerate() {
+            for (ci, &concurrency) in concurrencies.iter().enumerate() {
+                for &pi in &order {
+                    let (rate, mut latencies) = cell(&paths[pi].1, method, concurrency, args.seconds).await;
+                    latencies.sort();
+                    let p50 = percentile(&latencies, 0.5).as_secs_f64() * 1e6;
+                    let p99 = percentile(&latencies, 0.99).as_secs_f64() * 1e6;
+                    results[pi][mi][ci].push((rate, p50, p99));
+                }
+            }
+        }
+        eprintln!("round {}/{} done", round + 1, args.rounds);
+    }
+
+    println!("CRI calls, median of {} rounds x {:.1} s per cell (paths alternated each round)", args.rounds, args.seconds);
+    println!("| method | concurrency | path | calls/s | p50 µs | p99 µs | throughput vs direct | added p50 µs |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (mi, method) in methods.iter().enumerate() {
+        for (ci, concurrency) in concurrencies.iter().enumerate() {
+            let stat = |pi: usize| {
+                let cells = &results[pi][mi][ci];
+                (
+                    median(cells.iter().map(|c| c.0).collect()),
+                    median(cells.iter().map(|c| c.1).collect()),
+                    median(cells.iter().map(|c| c.2).collect()),
+                )
+            };
+            let (direct_rate, direct_p50, _) = stat(0);
+            for (pi, (name, _)) in paths.iter().enumerate() {
+                let (rate, p50, p99) = stat(pi);
+                println!(
+                    "| {} | {concurrency} | {name} | {rate:.0} | {p50:.0} | {p99:.0} | {:.2}x | {:+.0} |",
+                    method.name(),
+                    rate / direct_rate,
+                    p50 - direct_p50
+                );
+            }
+        }
+    }
+
+    if let Some(image) = &args.image {
+        let direct = &paths[0].1;
+        let proxy = &paths[2].1;
+        std::fs::create_dir_all(&args.log_dir)?;
+        let pod = pod_config("bench", "create-start", &args.log_dir, &args.cgroup_parent);
+        let image_id = direct.pull(image, None).await?;
+        let pod_id = direct.run_pod(&pod).await?;
+        let mut times: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+        for i in 0..args.create_iterations * 2 {
+            let (which, cri) = if i % 2 == 0 { (0, proxy) } else { (1, direct) };
+            let started = Instant::now();
+            let id = cri.create_container(&pod_id, &pod, &format!("c{i}"), &image_id, image, &[]).await?;
+            cri.start_container(&id).await?;
+            times[which].push(started.elapsed().as_secs_f64() * 1e3);
+            // Clean up outside the timed part.
+            let mut rt = direct.runtime.clone();
+            rt.stop_container(k8s_cri::v1::StopContainerRequest { container_id: id.clone(), timeout: 0 }).await?;
+            rt.remove_container(k8s_cri::v1::RemoveContainerRequest { container_id: id }).await?;
+        }
+        let _ = direct.stop_pod(&pod_id).await;
+        let _ = direct.remove_pod(&pod_id).await;
+        let proxy_median = median(times[0].clone());
+        let direct_median = median(times[1].clone());
+        let mean = |v: &Vec<f64>| v.iter().sum::<f64>() / v.len() as f64;
+        println!();
+        println!("CreateContainer + StartContainer, {} each, alternating (two-attestor policy on the proxy)", args.create_iterations);
+        println!("| path | median ms | mean ms |");
+        println!("|---|---|---|");
+        println!("| direct | {direct_median:.1} | {:.1} |", mean(&times[1]));
+        println!("| proxy | {proxy_median:.1} | {:.1} |", mean(&times[0]));
+        println!("proxy / direct (median): {:.3}x", proxy_median / direct_median);
+    }
+    Ok(())
+}
