@@ -66,7 +66,10 @@ impl AuditLog {
     /// fail (and the fail mode applies) until the path works again.
     pub fn reopen(&self) -> std::io::Result<()> {
         let reopened = open(&self.path);
-        let mut guard = self.file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut guard = self
+            .file
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         match reopened {
             Ok(file) => {
                 *guard = Some(file);
@@ -78,7 +81,6 @@ impl AuditLog {
             }
         }
     }
-
 }
 
 #[cfg(test)]
@@ -119,6 +121,9 @@ mod reopen_tests {
         std::fs::create_dir(&path).unwrap();
         assert!(log.reopen().is_err());
         assert!(log.append("{}").is_err());
-        assert_eq!(std::fs::read_to_string(dir.path().join("rotated")).unwrap(), "{}\n");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("rotated")).unwrap(),
+            "{}\n"
+        );
     }
 }

@@ -58,7 +58,6 @@ pub struct Flags {
     pub check_config: bool,
 }
 
-
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {

@@ -39,12 +39,14 @@ fn main() -> anyhow::Result<()> {
     init_logging(config.log_json);
 
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = std::env::var("ATTESTGATE_WORKER_THREADS").ok().and_then(|v| v.parse().ok()) {
+    if let Some(n) = std::env::var("ATTESTGATE_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         runtime.worker_threads(n);
     }
     runtime
         .enable_all()
-
         .build()
         .context("cannot start the async runtime")?
         .block_on(run(config))

@@ -201,7 +201,10 @@ impl Node {
     /// `systemd-socket-activate -l SOCKET`) with extra environment.
     pub fn start_proxy_with(&mut self, wrapper: &[&str], env: &[(&str, &str)], args: &[&str]) {
         self.proxy_wrapper = wrapper.iter().map(|s| s.to_string()).collect();
-        self.proxy_env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.proxy_env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         self.proxy_args = args.iter().map(|s| s.to_string()).collect();
         self.spawn_proxy();
     }

@@ -17,28 +17,43 @@ const ALLOW: &str = "defaultAdmissionRule:\n  evaluationMode: ALWAYS_ALLOW\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_activation_and_ready_notification() {
-    let Some(mut node) = Node::up(&agcri()) else { return };
+    let Some(mut node) = Node::up(&agcri()) else {
+        return;
+    };
     node.policy(ALLOW);
     let notify = node.dir().join("notify.sock");
     let notifications = UnixDatagram::bind(&notify).unwrap();
-    notifications.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    notifications
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let listen = node.proxy_sock.display().to_string();
     // systemd-socket-activate binds the socket and passes it as fd 3
     // (LISTEN_FDS=1); the proxy must serve on it rather than bind its own.
     // It passes no environment of its own accord: NOTIFY_SOCKET goes by -E.
     let notify_env = format!("NOTIFY_SOCKET={}", notify.display());
-    node.start_proxy_with(&["systemd-socket-activate", "-l", &listen, "-E", &notify_env], &[], &[]);
+    node.start_proxy_with(
+        &["systemd-socket-activate", "-l", &listen, "-E", &notify_env],
+        &[],
+        &[],
+    );
     let mut buf = [0u8; 256];
     let n = notifications.recv(&mut buf).expect("READY=1 within 20 s");
     assert!(std::str::from_utf8(&buf[..n]).unwrap().contains("READY=1"));
     let cri = node.via_proxy().await;
     cri.version().await.unwrap();
-    assert!(node.proxy_log().contains("using the socket passed by systemd"), "{}", node.proxy_log());
+    assert!(
+        node.proxy_log()
+            .contains("using the socket passed by systemd"),
+        "{}",
+        node.proxy_log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_socket_file_does_not_stop_a_restart_but_a_live_one_does() {
-    let Some(mut node) = Node::up(&agcri()) else { return };
+    let Some(mut node) = Node::up(&agcri()) else {
+        return;
+    };
     node.policy(ALLOW);
     // A socket file left by a crash: bound once, nobody listening now.
     drop(UnixListener::bind(&node.proxy_sock).unwrap());
@@ -62,31 +77,50 @@ async fn stale_socket_file_does_not_stop_a_restart_but_a_live_one_does() {
         .unwrap();
     assert!(!second.status.success());
     assert!(String::from_utf8_lossy(&second.stderr).contains("in use by another process"));
-    node.via_proxy().await.version().await.expect("the first proxy still serves");
+    node.via_proxy()
+        .await
+        .version()
+        .await
+        .expect("the first proxy still serves");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_calls_in_flight_finish() {
-    let Some(mut node) = Node::up(&agcri()) else { return };
+    let Some(mut node) = Node::up(&agcri()) else {
+        return;
+    };
     node.policy(ALLOW);
     node.start_proxy(&[]);
     let cri = node.via_proxy().await;
     let pod = node.pod("default", "slow");
     let image_id = cri.pull(&node.app_image, Some(pod.clone())).await.unwrap();
     let pod_id = cri.run_pod(&pod).await.unwrap();
-    let id = cri.create_container(&pod_id, &pod, "app", &image_id, &node.app_image, &[]).await.unwrap();
+    let id = cri
+        .create_container(&pod_id, &pod, "app", &image_id, &node.app_image, &[])
+        .await
+        .unwrap();
     cri.start_container(&id).await.unwrap();
 
     let in_flight = {
         let cri = cri.clone();
         let id = id.clone();
-        tokio::spawn(async move { cri.exec_sync(&id, &["/bin/sh", "-c", "sleep 2; echo done"]).await })
+        tokio::spawn(async move {
+            cri.exec_sync(&id, &["/bin/sh", "-c", "sleep 2; echo done"])
+                .await
+        })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
     let pid = node.proxy_pid().unwrap();
     let started = Instant::now();
-    std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
-    let result = in_flight.await.unwrap().expect("the call in flight completes");
+    std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    let result = in_flight
+        .await
+        .unwrap()
+        .expect("the call in flight completes");
     assert_eq!(result.stdout, b"done\n");
     // The proxy exits once it is done, well before the 30 s grace period.
     let mut exited = false;
@@ -97,22 +131,44 @@ async fn sigterm_lets_calls_in_flight_finish() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(exited, "the proxy did not exit after SIGTERM: {}", node.proxy_log());
+    assert!(
+        exited,
+        "the proxy did not exit after SIGTERM: {}",
+        node.proxy_log()
+    );
     assert!(started.elapsed() < Duration::from_secs(10));
-    assert!(node.proxy_log().contains("all calls finished"), "{}", node.proxy_log());
+    assert!(
+        node.proxy_log().contains("all calls finished"),
+        "{}",
+        node.proxy_log()
+    );
 }
 
 async fn scrape(addr: &str) -> String {
-    let output = std::process::Command::new("curl").arg("-fsS").arg(format!("http://{addr}/metrics")).output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = std::process::Command::new("curl")
+        .arg("-fsS")
+        .arg(format!("http://{addr}/metrics"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8(output.stdout).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_decisions_calls_and_bundle_errors() {
-    let Some(mut node) = Node::up(&agcri()) else { return };
+    let Some(mut node) = Node::up(&agcri()) else {
+        return;
+    };
     node.policy("defaultAdmissionRule:\n  evaluationMode: ALWAYS_DENY\n  enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG\n");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let addr = format!("127.0.0.1:{port}");
     node.start_proxy(&["--metrics-listen", &addr]);
     let cri = node.via_proxy().await;
@@ -120,59 +176,123 @@ async fn metrics_count_decisions_calls_and_bundle_errors() {
     assert!(cri.pull(&node.app_image, None).await.is_err());
     let text = scrape(&addr).await;
     assert!(text.contains(r#"attestgate_decisions_total{operation="PullImage",decision="deny",reason="ALWAYS_DENY"} 1"#), "{text}");
-    assert!(text.contains(r#"attestgate_forwarded_calls_total{method="runtime.v1.RuntimeService/Version"} 1"#), "{text}");
-    assert!(text.contains("attestgate_decision_duration_seconds_count{operation=\"PullImage\"} 1"), "{text}");
+    assert!(
+        text.contains(
+            r#"attestgate_forwarded_calls_total{method="runtime.v1.RuntimeService/Version"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("attestgate_decision_duration_seconds_count{operation=\"PullImage\"} 1"),
+        "{text}"
+    );
     assert!(text.contains("attestgate_bundle_valid 1"), "{text}");
     assert!(text.contains("attestgate_bundle_age_seconds"), "{text}");
 
     // A broken bundle is counted; SIGHUP forces a reload.
     std::fs::write(node.bundle.join("policy.yaml"), "defaultAdmissionRule: [").unwrap();
-    std::process::Command::new("kill").arg("-HUP").arg(node.proxy_pid().unwrap().to_string()).status().unwrap();
+    std::process::Command::new("kill")
+        .arg("-HUP")
+        .arg(node.proxy_pid().unwrap().to_string())
+        .status()
+        .unwrap();
     let mut counted = false;
     for _ in 0..100 {
-        if scrape(&addr).await.contains("attestgate_bundle_load_errors_total 1") {
+        if scrape(&addr)
+            .await
+            .contains("attestgate_bundle_load_errors_total 1")
+        {
             counted = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(counted, "{}", scrape(&addr).await);
-    assert!(scrape(&addr).await.contains("attestgate_bundle_valid 1"), "the old bundle stays in force");
+    assert!(
+        scrape(&addr).await.contains("attestgate_bundle_valid 1"),
+        "the old bundle stays in force"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_bundle_fails_closed_or_open_as_configured() {
-    let Some(mut node) = Node::up(&agcri()) else { return };
+    let Some(mut node) = Node::up(&agcri()) else {
+        return;
+    };
     node.start_proxy(&[]);
-    let status = node.via_proxy().await.pull(&node.app_image, None).await.expect_err("closed by default");
+    let status = node
+        .via_proxy()
+        .await
+        .pull(&node.app_image, None)
+        .await
+        .expect_err("closed by default");
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
-    assert!(status.message().contains("no valid policy"), "{}", status.message());
+    assert!(
+        status.message().contains("no valid policy"),
+        "{}",
+        status.message()
+    );
     node.stop_proxy();
     node.start_proxy(&["--fail-mode", "open"]);
-    node.via_proxy().await.pull(&node.app_image, None).await.expect("fail mode open admits");
-    let reasons: Vec<String> = node.audit().iter().map(|l| format!("{} {}", l["decision"], l["reason"])).collect();
+    node.via_proxy()
+        .await
+        .pull(&node.app_image, None)
+        .await
+        .expect("fail mode open admits");
+    let reasons: Vec<String> = node
+        .audit()
+        .iter()
+        .map(|l| format!("{} {}", l["decision"], l["reason"]))
+        .collect();
     assert_eq!(reasons, [r#""deny" "NO_POLICY""#, r#""allow" "NO_POLICY""#]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unwritable_audit_log_fails_closed() {
-    let Some(mut node) = Node::up(&agcri()) else { return };
+    let Some(mut node) = Node::up(&agcri()) else {
+        return;
+    };
     node.policy(ALLOW);
     // /dev/full opens fine and fails every write with ENOSPC: a full disk.
     node.audit_log = PathBuf::from("/dev/full");
     node.start_proxy(&[]);
-    let status = node.via_proxy().await.pull(&node.app_image, None).await.expect_err("no audit record, no admission");
+    let status = node
+        .via_proxy()
+        .await
+        .pull(&node.app_image, None)
+        .await
+        .expect_err("no audit record, no admission");
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
-    assert!(status.message().contains("audit log /dev/full cannot be written"), "{}", status.message());
-    assert!(node.direct().await.image_status(&node.app_image).await.unwrap().is_none(), "the pulled image was removed");
+    assert!(
+        status
+            .message()
+            .contains("audit log /dev/full cannot be written"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        node.direct()
+            .await
+            .image_status(&node.app_image)
+            .await
+            .unwrap()
+            .is_none(),
+        "the pulled image was removed"
+    );
     node.stop_proxy();
     node.start_proxy(&["--fail-mode", "open"]);
-    node.via_proxy().await.pull(&node.app_image, None).await.expect("fail mode open admits without a record");
+    node.via_proxy()
+        .await
+        .pull(&node.app_image, None)
+        .await
+        .expect("fail mode open admits without a record");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_log_that_cannot_be_reopened_after_rotation_fails_closed() {
-    let Some(mut node) = Node::up(&agcri()) else { return };
+    let Some(mut node) = Node::up(&agcri()) else {
+        return;
+    };
     node.policy(ALLOW);
     node.start_proxy(&[]);
     let cri = node.via_proxy().await;
@@ -181,9 +301,24 @@ async fn audit_log_that_cannot_be_reopened_after_rotation_fails_closed() {
     let log = node.audit_log.clone();
     std::fs::rename(&log, node.dir().join("rotated.jsonl")).unwrap();
     std::fs::create_dir(&log).unwrap();
-    std::process::Command::new("kill").arg("-HUP").arg(node.proxy_pid().unwrap().to_string()).status().unwrap();
+    std::process::Command::new("kill")
+        .arg("-HUP")
+        .arg(node.proxy_pid().unwrap().to_string())
+        .status()
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let Err(status) = cri.pull(&node.app_image, None).await else { panic!("records must not go to the rotated file: {}", node.proxy_log()) };
+    let Err(status) = cri.pull(&node.app_image, None).await else {
+        panic!(
+            "records must not go to the rotated file: {}",
+            node.proxy_log()
+        )
+    };
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
-    assert_eq!(std::fs::read_to_string(node.dir().join("rotated.jsonl")).unwrap().lines().count(), 1);
+    assert_eq!(
+        std::fs::read_to_string(node.dir().join("rotated.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        1
+    );
 }

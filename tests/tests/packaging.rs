@@ -17,8 +17,15 @@ fn required() -> bool {
 
 #[test]
 fn systemd_units_verify() {
-    if Command::new("systemd-analyze").arg("--version").output().is_err() {
-        assert!(!required(), "systemd-analyze is missing (ATTESTGATE_E2E_REQUIRED is set)");
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            !required(),
+            "systemd-analyze is missing (ATTESTGATE_E2E_REQUIRED is set)"
+        );
         eprintln!("SKIPPED: systemd-analyze is missing");
         return;
     }
@@ -27,7 +34,10 @@ fn systemd_units_verify() {
     let dir = tempfile::tempdir().unwrap();
     for unit in ["attestgate-proxy.service", "attestgate-proxy.socket"] {
         let text = std::fs::read_to_string(packaging().join("systemd").join(unit)).unwrap();
-        let text = text.replace("/usr/bin/attestgate-proxy", &bin("attestgate-proxy").display().to_string());
+        let text = text.replace(
+            "/usr/bin/attestgate-proxy",
+            &bin("attestgate-proxy").display().to_string(),
+        );
         std::fs::write(dir.path().join(unit), text).unwrap();
     }
     let out = Command::new("systemd-analyze")
@@ -41,9 +51,16 @@ fn systemd_units_verify() {
     // Units it cannot see on a build machine (containerd, kubelet) are not our errors.
     let ours: Vec<&str> = stderr
         .lines()
-        .filter(|l| l.contains("attestgate-proxy") && !l.contains("containerd.service") && !l.contains("kubelet.service"))
+        .filter(|l| {
+            l.contains("attestgate-proxy")
+                && !l.contains("containerd.service")
+                && !l.contains("kubelet.service")
+        })
         .collect();
-    assert!(out.status.success() && ours.is_empty(), "systemd-analyze verify: {stderr}");
+    assert!(
+        out.status.success() && ours.is_empty(),
+        "systemd-analyze verify: {stderr}"
+    );
 }
 
 #[test]
@@ -54,7 +71,14 @@ fn shipped_config_is_valid() {
         .arg("--check-config")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("/run/attestgate/cri.sock") && text.contains("Closed"), "{text}");
+    assert!(
+        text.contains("/run/attestgate/cri.sock") && text.contains("Closed"),
+        "{text}"
+    );
 }

@@ -104,17 +104,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Command::Inspecti { image } => json(&cri.image_status(&image).await?),
         Command::Rmi { image } => cri.remove_image(&image).await,
         Command::Ps => json(&cri.list_containers().await?),
-        Command::Run { namespace, name, image, log_dir, cgroup_parent, labels } => {
+        Command::Run {
+            namespace,
+            name,
+            image,
+            log_dir,
+            cgroup_parent,
+            labels,
+        } => {
             let log_dir = format!("{log_dir}/{namespace}_{name}");
             std::fs::create_dir_all(&log_dir)?;
-            let mut pod = attestgate_e2e::cri::pod_config(&namespace, &name, &log_dir, &cgroup_parent);
+            let mut pod =
+                attestgate_e2e::cri::pod_config(&namespace, &name, &log_dir, &cgroup_parent);
             for label in labels {
-                let (k, v) = label.split_once('=').ok_or_else(|| anyhow::anyhow!("--label {label:?}: expected KEY=VALUE"))?;
+                let (k, v) = label
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("--label {label:?}: expected KEY=VALUE"))?;
                 pod.labels.insert(k.to_string(), v.to_string());
             }
             let image_id = cri.pull(&image, Some(pod.clone())).await?;
             let pod_id = cri.run_pod(&pod).await?;
-            let container = match cri.create_container(&pod_id, &pod, &name, &image_id, &image, &[]).await {
+            let container = match cri
+                .create_container(&pod_id, &pod, &name, &image_id, &image, &[])
+                .await
+            {
                 Ok(id) => id,
                 Err(status) => {
                     let _ = cri.stop_pod(&pod_id).await;

@@ -108,18 +108,27 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let paths = [("direct", Cri::connect(&args.direct).await?), ("relay", Cri::connect(&args.relay).await?), ("proxy", Cri::connect(&args.proxy).await?)];
+    let paths = [
+        ("direct", Cri::connect(&args.direct).await?),
+        ("relay", Cri::connect(&args.relay).await?),
+        ("proxy", Cri::connect(&args.proxy).await?),
+    ];
     let methods = [Method::Version, Method::ListContainers];
     let concurrencies = [1usize, 4];
     // results[path][method][concurrency] = per-round (calls/s, p50 µs, p99 µs)
-    let mut results = vec![vec![vec![Vec::<(f64, f64, f64)>::new(); concurrencies.len()]; methods.len()]; paths.len()];
+    let mut results =
+        vec![
+            vec![vec![Vec::<(f64, f64, f64)>::new(); concurrencies.len()]; methods.len()];
+            paths.len()
+        ];
     for round in 0..args.rounds {
         let mut order: Vec<usize> = (0..paths.len()).collect();
         order.rotate_left(round % paths.len());
         for (mi, &method) in methods.iter().enumerate() {
             for (ci, &concurrency) in concurrencies.iter().enumerate() {
                 for &pi in &order {
-                    let (rate, mut latencies) = cell(&paths[pi].1, method, concurrency, args.seconds).await;
+                    let (rate, mut latencies) =
+                        cell(&paths[pi].1, method, concurrency, args.seconds).await;
                     latencies.sort();
                     let p50 = percentile(&latencies, 0.5).as_secs_f64() * 1e6;
                     let p99 = percentile(&latencies, 0.99).as_secs_f64() * 1e6;
@@ -130,8 +139,13 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("round {}/{} done", round + 1, args.rounds);
     }
 
-    println!("CRI calls, median of {} rounds x {:.1} s per cell (paths alternated each round)", args.rounds, args.seconds);
-    println!("| method | concurrency | path | calls/s | p50 µs | p99 µs | throughput vs direct | added p50 µs |");
+    println!(
+        "CRI calls, median of {} rounds x {:.1} s per cell (paths alternated each round)",
+        args.rounds, args.seconds
+    );
+    println!(
+        "| method | concurrency | path | calls/s | p50 µs | p99 µs | throughput vs direct | added p50 µs |"
+    );
     println!("|---|---|---|---|---|---|---|---|");
     for (mi, method) in methods.iter().enumerate() {
         for (ci, concurrency) in concurrencies.iter().enumerate() {
@@ -167,13 +181,20 @@ async fn main() -> anyhow::Result<()> {
         for i in 0..args.create_iterations * 2 {
             let (which, cri) = if i % 2 == 0 { (0, proxy) } else { (1, direct) };
             let started = Instant::now();
-            let id = cri.create_container(&pod_id, &pod, &format!("c{i}"), &image_id, image, &[]).await?;
+            let id = cri
+                .create_container(&pod_id, &pod, &format!("c{i}"), &image_id, image, &[])
+                .await?;
             cri.start_container(&id).await?;
             times[which].push(started.elapsed().as_secs_f64() * 1e3);
             // Clean up outside the timed part.
             let mut rt = direct.runtime.clone();
-            rt.stop_container(k8s_cri::v1::StopContainerRequest { container_id: id.clone(), timeout: 0 }).await?;
-            rt.remove_container(k8s_cri::v1::RemoveContainerRequest { container_id: id }).await?;
+            rt.stop_container(k8s_cri::v1::StopContainerRequest {
+                container_id: id.clone(),
+                timeout: 0,
+            })
+            .await?;
+            rt.remove_container(k8s_cri::v1::RemoveContainerRequest { container_id: id })
+                .await?;
         }
         let _ = direct.stop_pod(&pod_id).await;
         let _ = direct.remove_pod(&pod_id).await;
@@ -181,12 +202,18 @@ async fn main() -> anyhow::Result<()> {
         let direct_median = median(times[1].clone());
         let mean = |v: &Vec<f64>| v.iter().sum::<f64>() / v.len() as f64;
         println!();
-        println!("CreateContainer + StartContainer, {} each, alternating (two-attestor policy on the proxy)", args.create_iterations);
+        println!(
+            "CreateContainer + StartContainer, {} each, alternating (two-attestor policy on the proxy)",
+            args.create_iterations
+        );
         println!("| path | median ms | mean ms |");
         println!("|---|---|---|");
         println!("| direct | {direct_median:.1} | {:.1} |", mean(&times[1]));
         println!("| proxy | {proxy_median:.1} | {:.1} |", mean(&times[0]));
-        println!("proxy / direct (median): {:.3}x", proxy_median / direct_median);
+        println!(
+            "proxy / direct (median): {:.3}x",
+            proxy_median / direct_median
+        );
     }
     Ok(())
 }
