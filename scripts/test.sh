@@ -35,4 +35,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> cargo build (the end-to-end scenarios run the binaries)"
 cargo build --workspace --bins --locked
 echo "==> cargo test"
-cargo test --workspace --locked
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked 2>&1 | tee "$log"
+# cargo ends on the doc-test binary (often "0 passed"); say the total last.
+passed=$(awk '/^test result:/ {s += $4} END {print s + 0}' "$log")
+failed=$(awk '/^test result:/ {s += $6} END {print s + 0}' "$log")
+echo "tests: $passed passed, $failed failed"
+
