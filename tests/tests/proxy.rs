@@ -545,3 +545,38 @@ async fn restarted_proxy_appends_to_the_audit_log() {
     assert_eq!(decisions, ["deny", "deny", "allow"]);
     assert!(node.proxy_running());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1alpha2_calls_are_decided_too() {
+    use k8s_cri::v1alpha2 as alpha;
+    let Some((node, _)) = signed_node() else {
+        return;
+    };
+    let (unsigned, _) = node.push_image("unsigned", "1", "sleep 3600");
+    let cri = node.via_proxy().await;
+    let mut images = alpha::image_service_client::ImageServiceClient::new(cri.channel.clone());
+    let pull = |image: &str| alpha::PullImageRequest {
+        image: Some(alpha::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        auth: None,
+        sandbox_config: None,
+    };
+    let status = images
+        .pull_image(pull(&unsigned))
+        .await
+        .expect_err("unsigned refused over v1alpha2");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert!(status.message().starts_with("SignatureValidationFailed: "));
+    images
+        .pull_image(pull(&node.app_image))
+        .await
+        .expect("signed admitted over v1alpha2");
+    let audit = node.audit();
+    assert_eq!(audit.len(), 2);
+    assert_eq!(
+        (audit[0]["decision"].as_str(), audit[1]["decision"].as_str()),
+        (Some("deny"), Some("allow"))
+    );
+}
