@@ -3,11 +3,6 @@
 
 use bytes::{Buf, Bytes};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
-use http_body_util::BodyExt as _;
-use http_body_util::combinators::UnsyncBoxBody;
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// gRPC status codes we produce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,16 +47,16 @@ impl ProxyError {
         }
     }
 
-    /// A trailers-only gRPC response carrying this error.
-    pub fn into_response(self) -> Response<Body> {
-        status_response(self.code(), &self.to_string())
+    /// The head of a trailers-only gRPC response carrying this error.
+    pub fn into_head(self) -> Response<()> {
+        status_head(self.code(), &self.to_string())
     }
 }
 
-/// A trailers-only response: HTTP 200 with the gRPC status in the headers of
-/// an empty body, as gRPC servers answer calls they fail before replying.
-pub fn status_response(code: Code, message: &str) -> Response<Body> {
-    let mut response = Response::new(empty());
+/// A trailers-only response: HTTP 200 with the gRPC status in the headers,
+/// sent with END_STREAM, as gRPC servers answer calls they fail outright.
+pub fn status_head(code: Code, message: &str) -> Response<()> {
+    let mut response = Response::new(());
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();
     headers.insert(
@@ -80,37 +75,6 @@ pub fn status_response(code: Code, message: &str) -> Response<Body> {
 
 /// Bytes outside printable ASCII, and '%' itself.
 const NON_PRINTABLE: percent_encoding::AsciiSet = percent_encoding::CONTROLS.add(b'%');
-
-pub fn empty() -> Body {
-    http_body_util::Empty::new()
-        .map_err(|never| match never {})
-        .boxed_unsync()
-}
-
-pub fn full(bytes: Bytes) -> Body {
-    http_body_util::Full::new(bytes)
-        .map_err(|never| match never {})
-        .boxed_unsync()
-}
-
-/// A body that yields `data` and then `trailers`, for replaying a response
-/// that was read in full.
-pub fn with_trailers(data: Bytes, trailers: Option<HeaderMap>) -> Body {
-    let mut frames = Vec::with_capacity(2);
-    if !data.is_empty() {
-        frames.push(Ok(http_body::Frame::data(data)));
-    }
-    if let Some(t) = trailers {
-        frames.push(Ok(http_body::Frame::trailers(t)));
-    }
-    http_body_util::StreamBody::new(futures_iter(frames)).boxed_unsync()
-}
-
-fn futures_iter(
-    frames: Vec<Result<http_body::Frame<Bytes>, BoxError>>,
-) -> impl tokio_stream::Stream<Item = Result<http_body::Frame<Bytes>, BoxError>> + Send {
-    tokio_stream::iter(frames)
-}
 
 /// The one message of a unary gRPC request body. Compressed messages are
 /// refused: kubelet never compresses, and we must read what we decide on.
@@ -182,8 +146,8 @@ mod tests {
 
     #[test]
     fn denial_is_permission_denied_with_the_kubelet_prefix() {
-        let response = ProxyError::Denied("image x denied by rule default: ALWAYS_DENY".into())
-            .into_response();
+        let response =
+            ProxyError::Denied("image x denied by rule default: ALWAYS_DENY".into()).into_head();
         assert_eq!(response.headers()["grpc-status"], "7");
         assert_eq!(
             response.headers()["grpc-message"],
@@ -193,7 +157,7 @@ mod tests {
 
     #[test]
     fn non_ascii_messages_are_percent_encoded() {
-        let response = status_response(Code::Internal, "caf\u{e9} 100%");
+        let response = status_head(Code::Internal, "caf\u{e9} 100%");
         assert_eq!(response.headers()["grpc-message"], "caf%C3%A9 100%25");
     }
 }

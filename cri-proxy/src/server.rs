@@ -6,16 +6,17 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use h2::RecvStream;
+use h2::server::SendResponse;
 use http::{Request, Response};
-use http_body_util::{BodyExt as _, Limited};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::UnixListener;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, watch};
 
-use crate::grpc::{self, Body, ProxyError};
+use crate::grpc::ProxyError;
 use crate::intercept::Gate;
 use crate::resolve::{Api, ImageRuntime};
+use crate::upstream::{FullResponse, RequestBody, pipe};
 
 /// The largest request message we decode (kubelet's default is 16 MiB).
 const MAX_DECODED_REQUEST: usize = 16 << 20;
@@ -37,53 +38,148 @@ fn route(path: &str) -> Route {
     }
 }
 
-pub async fn handle<R: ImageRuntime>(
-    gate: Arc<Gate<R>>,
-    request: Request<Incoming>,
-) -> Response<Body> {
-    let path = request.uri().path().to_string();
-    gate.metrics.forwarded(&path);
-    let result = match route(&path) {
+/// What goes back to the client.
+pub enum Reply {
+    /// containerd's response, streamed through as it comes.
+    Stream(Response<RecvStream>),
+    /// A response read in full before the decision (PullImage by tag).
+    Full(FullResponse),
+}
+
+async fn answer<R: ImageRuntime>(
+    gate: &Gate<R>,
+    request: Request<RecvStream>,
+) -> Result<Reply, ProxyError> {
+    let path = request.uri().path();
+    gate.metrics.forwarded(path);
+    match route(path) {
         Route::Forward => {
-            let request =
-                request.map(|b| b.map_err(|e| Box::new(e) as grpc::BoxError).boxed_unsync());
+            let (head, body) = request.into_parts();
             gate.upstream
-                .send(request)
+                .call(Request::from_parts(head, ()), RequestBody::Stream(body))
                 .await
-                .map(|r| r.map(|b| b.map_err(|e| Box::new(e) as grpc::BoxError).boxed_unsync()))
+                .map(Reply::Stream)
         }
-        Route::Pull(api) => match read_body(request).await {
-            Ok((parts, body)) => gate.pull(api, parts, body).await,
-            Err(e) => Err(e),
-        },
-        Route::Create(api) => match read_body(request).await {
-            Ok((parts, body)) => gate.create(api, parts, body).await,
-            Err(e) => Err(e),
-        },
+        Route::Pull(api) => {
+            let (head, body) = read_body(request).await?;
+            gate.pull(api, head, body).await
+        }
+        Route::Create(api) => {
+            let (head, body) = read_body(request).await?;
+            gate.create(api, head, body).await
+        }
+    }
+}
+
+/// Serves one call: answers it, and gives up on it (which cancels the call
+/// upstream) if the client resets the stream first.
+async fn handle<R: ImageRuntime>(
+    gate: Arc<Gate<R>>,
+    request: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+) {
+    let path = request.uri().path().to_string();
+    let reply = tokio::select! {
+        reply = answer(&gate, request) => reply,
+        reset = std::future::poll_fn(|cx| respond.poll_reset(cx)) => {
+            tracing::debug!(method = %path, ?reset, "client cancelled the call");
+            return;
+        }
     };
-    result.unwrap_or_else(|e| {
-        if !matches!(e, ProxyError::Denied(_)) {
-            tracing::warn!(method = %path, error = %e, "call failed in the proxy");
+    let sent = match reply {
+        Ok(Reply::Stream(response)) => {
+            let (head, body) = response.into_parts();
+            let end = body.is_end_stream();
+            match respond.send_response(Response::from_parts(head, ()), end) {
+                Ok(mut send) if !end => pipe(body, &mut send).await,
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            }
         }
-        e.into_response()
-    })
+        Ok(Reply::Full(full)) => {
+            // Head, message and trailers queued together leave in one write.
+            respond
+                .send_response(Response::from_parts(full.head, ()), false)
+                .and_then(|mut send| match full.trailers {
+                    Some(trailers) => {
+                        send.send_data(full.data, false)?;
+                        send.send_trailers(trailers)
+                    }
+                    None => send.send_data(full.data, true),
+                })
+        }
+        Err(e) => {
+            if !matches!(e, ProxyError::Denied(_)) {
+                tracing::warn!(method = %path, error = %e, "call failed in the proxy");
+            }
+            respond.send_response(e.into_head(), true).map(|_| ())
+        }
+    };
+    if let Err(e) = sent {
+        tracing::debug!(method = %path, error = %e, "response not delivered");
+    }
 }
 
 async fn read_body(
-    request: Request<Incoming>,
+    request: Request<RecvStream>,
 ) -> Result<(http::request::Parts, Bytes), ProxyError> {
-    let (parts, body) = request.into_parts();
-    let collected = Limited::new(body, MAX_DECODED_REQUEST + 5)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                ProxyError::TooLarge(MAX_DECODED_REQUEST)
-            } else {
-                ProxyError::BadRequest(format!("reading request: {e}"))
+    let (head, mut body) = request.into_parts();
+    let mut collected = BytesMut::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(|e| ProxyError::BadRequest(format!("reading request: {e}")))?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        if collected.len() + chunk.len() > MAX_DECODED_REQUEST + 5 {
+            return Err(ProxyError::TooLarge(MAX_DECODED_REQUEST));
+        }
+        collected.extend_from_slice(&chunk);
+    }
+    Ok((head, collected.freeze()))
+}
+
+/// One client connection: accepts calls until it closes, or until shutdown
+/// asks it to finish (GOAWAY) the calls it has.
+async fn connection<R: ImageRuntime>(
+    stream: UnixStream,
+    gate: Arc<Gate<R>>,
+    mut shutdown: watch::Receiver<bool>,
+    _alive: mpsc::Sender<()>,
+) {
+    let handshake = h2::server::Builder::new()
+        .initial_window_size(4 << 20)
+        .initial_connection_window_size(8 << 20)
+        .max_frame_size(1 << 20)
+        .max_concurrent_streams(1000)
+        .handshake::<_, Bytes>(stream)
+        .await;
+    let mut conn = match handshake {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::debug!(error = %e, "HTTP/2 handshake with a client failed");
+            return;
+        }
+    };
+    let mut draining = *shutdown.borrow();
+    if draining {
+        conn.graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            next = conn.accept() => match next {
+                Some(Ok((request, respond))) => {
+                    tokio::spawn(handle(gate.clone(), request, respond));
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "client connection ended");
+                    break;
+                }
+                None => break,
+            },
+            _ = shutdown.changed(), if !draining => {
+                draining = true;
+                conn.graceful_shutdown();
             }
-        })?;
-    Ok((parts, collected.to_bytes()))
+        }
+    }
 }
 
 /// Serves kubelet on `listener` until `shutdown` resolves, then lets calls in
@@ -94,13 +190,9 @@ pub async fn serve<R: ImageRuntime>(
     shutdown: impl Future<Output = ()>,
     grace: std::time::Duration,
 ) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    builder
-        .initial_stream_window_size(4 << 20)
-        .initial_connection_window_size(8 << 20)
-        .max_frame_size(1 << 20)
-        .max_concurrent_streams(1000);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Every connection holds a sender; when all are gone, all calls are done.
+    let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -113,26 +205,17 @@ pub async fn serve<R: ImageRuntime>(
                         continue;
                     }
                 };
-                let gate = gate.clone();
-                let service = hyper::service::service_fn(move |request| {
-                    let gate = gate.clone();
-                    async move { Ok::<_, std::convert::Infallible>(handle(gate, request).await) }
-                });
-                let connection = builder.serve_connection(TokioIo::new(stream), service);
-                let connection = graceful.watch(connection);
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!(error = %e, "client connection ended");
-                    }
-                });
+                tokio::spawn(connection(stream, gate.clone(), stop_rx.clone(), alive_tx.clone()));
             }
             () = &mut shutdown => break,
         }
     }
     drop(listener);
     tracing::info!("shutting down: waiting for calls in flight");
+    let _ = stop_tx.send(true);
+    drop(alive_tx);
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all calls finished"),
+        _ = alive_rx.recv() => tracing::info!("all calls finished"),
         () = tokio::time::sleep(grace) => tracing::warn!("calls still in flight after {grace:?}; exiting"),
     }
 }

@@ -1,22 +1,35 @@
 //! One multiplexed HTTP/2 connection to containerd, re-established when
 //! containerd restarts. Requests are forwarded as they came: same path,
 //! headers (metadata, grpc-timeout) and body frames.
+//!
+//! The `h2` crate is driven directly rather than through an HTTP client so
+//! that the frames of a call are queued back to back and leave in one
+//! write: every extra write wakes the peer once more, and on a busy node
+//! those wake-ups are what a proxy costs.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use bytes::Bytes;
+use h2::client::SendRequest;
+use h2::{RecvStream, SendStream};
+use http::{HeaderMap, Request, Response};
 use tokio::net::UnixStream;
 use tokio::sync::Mutex;
 
-use crate::grpc::{Body, ProxyError};
+use crate::grpc::ProxyError;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What goes upstream as the request body.
+pub enum RequestBody {
+    /// Read in full (an intercepted call): the original bytes.
+    Full(Bytes),
+    /// Streamed from the client as it arrives.
+    Stream(RecvStream),
+}
 
 #[derive(Clone)]
 pub struct Upstream {
@@ -26,9 +39,13 @@ pub struct Upstream {
 struct Inner {
     socket: PathBuf,
     /// Read on every call without a lock; replaced when the connection dies.
-    current: ArcSwapOption<SendRequest<Body>>,
+    current: ArcSwapOption<SendRequest<Bytes>>,
     /// Only one task (re)connects at a time.
     connecting: Mutex<()>,
+}
+
+fn upstream_error(e: impl std::fmt::Display) -> ProxyError {
+    ProxyError::Upstream(e.to_string())
 }
 
 impl Upstream {
@@ -42,8 +59,12 @@ impl Upstream {
         }
     }
 
+    fn live(&self) -> Option<SendRequest<Bytes>> {
+        self.inner.current.load().as_ref().map(|s| (**s).clone())
+    }
+
     /// A sender on a live connection, connecting if there is none.
-    async fn sender(&self) -> Result<SendRequest<Body>, ProxyError> {
+    async fn sender(&self) -> Result<SendRequest<Bytes>, ProxyError> {
         if let Some(sender) = self.live() {
             return Ok(sender);
         }
@@ -51,107 +72,187 @@ impl Upstream {
         if let Some(sender) = self.live() {
             return Ok(sender);
         }
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(&self.inner.socket))
+        let socket = &self.inner.socket;
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(socket))
             .await
             .map_err(|_| {
-                ProxyError::Upstream(format!(
-                    "connecting to {} timed out",
-                    self.inner.socket.display()
-                ))
+                ProxyError::Upstream(format!("connecting to {} timed out", socket.display()))
             })?
             .map_err(|e| {
-                ProxyError::Upstream(format!(
-                    "cannot connect to {}: {e}",
-                    self.inner.socket.display()
-                ))
+                ProxyError::Upstream(format!("cannot connect to {}: {e}", socket.display()))
             })?;
-        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .initial_stream_window_size(4 << 20)
+        let (sender, connection) = h2::client::Builder::new()
+            .initial_window_size(4 << 20)
             .initial_connection_window_size(8 << 20)
             .max_frame_size(1 << 20)
-            .handshake(TokioIo::new(stream))
+            .handshake::<_, Bytes>(stream)
             .await
             .map_err(|e| {
-                ProxyError::Upstream(format!(
-                    "HTTP/2 handshake with {}: {e}",
-                    self.inner.socket.display()
-                ))
+                ProxyError::Upstream(format!("HTTP/2 handshake with {}: {e}", socket.display()))
             })?;
-        let socket = self.inner.socket.clone();
+        let inner = self.inner.clone();
         tokio::spawn(async move {
             if let Err(e) = connection.await {
-                tracing::info!(socket = %socket.display(), error = %e, "runtime connection closed");
+                tracing::info!(socket = %inner.socket.display(), error = %e, "runtime connection closed");
             }
+            // Whatever ended it, the next call connects afresh.
+            inner.current.store(None);
         });
         self.inner.current.store(Some(Arc::new(sender.clone())));
         Ok(sender)
     }
 
-    fn live(&self) -> Option<SendRequest<Body>> {
-        self.inner
-            .current
-            .load()
-            .as_ref()
-            .filter(|s| !s.is_closed())
-            .map(|s| (**s).clone())
-    }
-
-    /// Sends one request upstream. A request that fails because the
-    /// connection died before it was sent is retried once on a new
-    /// connection (containerd restarted); anything else is reported.
-    pub async fn send(&self, mut request: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
-        if request.uri().authority().is_none() {
-            // HTTP/2 clients need :scheme and :authority; over a Unix socket
-            // they carry no meaning, so any fixed value does.
-            let path = request
-                .uri()
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/");
-            let uri = http::Uri::builder()
-                .scheme("http")
-                .authority("localhost")
-                .path_and_query(path)
-                .build();
-            *request.uri_mut() =
-                uri.map_err(|e| ProxyError::BadRequest(format!("request path: {e}")))?;
-        }
-        let mut sender = self.sender().await?;
-        if sender.ready().await.is_err() {
-            self.forget();
-            sender = self.sender().await?;
-            sender
-                .ready()
-                .await
-                .map_err(|e| ProxyError::Upstream(e.to_string()))?;
-        }
-        match sender.try_send_request(request).await {
-            Ok(response) => Ok(response),
-            Err(mut failed) => {
-                let error = failed.error().to_string();
-                self.forget();
-                // The request comes back only when it never left: safe to retry.
-                match failed.take_message() {
-                    Some(request) => {
-                        let mut sender = self.sender().await?;
-                        sender
-                            .ready()
-                            .await
-                            .map_err(|e| ProxyError::Upstream(e.to_string()))?;
-                        sender
-                            .send_request(request)
-                            .await
-                            .map_err(|e| ProxyError::Upstream(e.to_string()))
-                    }
-                    None => Err(ProxyError::Upstream(error)),
-                }
-            }
-        }
-    }
-
-    /// Drops the current connection after a failure, so the next call
-    /// connects afresh; calls in flight on it finish on their own.
     fn forget(&self) {
         self.inner.current.store(None);
+    }
+
+    /// Sends one call upstream and returns the response head and body
+    /// stream. A call that could not even start because the connection had
+    /// died (containerd restarted) is retried once on a new connection.
+    pub async fn call(
+        &self,
+        head: Request<()>,
+        body: RequestBody,
+    ) -> Result<Response<RecvStream>, ProxyError> {
+        let head = with_authority(head)?;
+        let (response, send) = match self.start(clone_head(&head)).await {
+            Ok(started) => started,
+            Err(_) => {
+                self.forget();
+                self.start(head).await?
+            }
+        };
+        let pipe = send_body(send, body);
+        let (piped, response) = tokio::join!(pipe, response);
+        let response = response.map_err(upstream_error)?;
+        // A server may answer before it has read the request (an unknown
+        // method: trailers-only, then RST_STREAM NO_ERROR); once answered,
+        // a request body it no longer wants is not an error.
+        if let Err(e) = piped {
+            tracing::debug!(error = %e, "request body not fully sent; the runtime had answered");
+        }
+        Ok(response)
+    }
+
+    async fn start(
+        &self,
+        head: Request<()>,
+    ) -> Result<(h2::client::ResponseFuture, SendStream<Bytes>), ProxyError> {
+        let sender = self.sender().await?;
+        let mut sender = sender.ready().await.map_err(upstream_error)?;
+        sender.send_request(head, false).map_err(upstream_error)
+    }
+}
+
+fn clone_head(head: &Request<()>) -> Request<()> {
+    let mut clone = Request::new(());
+    *clone.method_mut() = head.method().clone();
+    *clone.uri_mut() = head.uri().clone();
+    *clone.version_mut() = head.version();
+    *clone.headers_mut() = head.headers().clone();
+    clone
+}
+
+/// HTTP/2 requests need :scheme and :authority; over a Unix socket they
+/// carry no meaning, so any fixed value does when the client sent none.
+fn with_authority(mut head: Request<()>) -> Result<Request<()>, ProxyError> {
+    if head.uri().authority().is_none() {
+        let path = head
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let uri = http::Uri::builder()
+            .scheme("http")
+            .authority("localhost")
+            .path_and_query(path)
+            .build();
+        *head.uri_mut() = uri.map_err(|e| ProxyError::BadRequest(format!("request path: {e}")))?;
+    }
+    Ok(head)
+}
+
+async fn send_body(mut send: SendStream<Bytes>, body: RequestBody) -> Result<(), ProxyError> {
+    match body {
+        RequestBody::Full(bytes) => send.send_data(bytes, true).map_err(upstream_error),
+        RequestBody::Stream(recv) => pipe(recv, &mut send).await.map_err(upstream_error),
+    }
+}
+
+/// Copies a body, frame by frame, from `recv` to `send`, trailers included.
+/// Frames already received go out without waiting in between, so a unary
+/// message and its trailers share one write.
+pub async fn pipe(mut recv: RecvStream, send: &mut SendStream<Bytes>) -> Result<(), h2::Error> {
+    loop {
+        if recv.is_end_stream() {
+            return send.send_data(Bytes::new(), true);
+        }
+        match recv.data().await {
+            Some(data) => {
+                let data = data?;
+                let len = data.len();
+                reserve(send, len).await?;
+                let end = recv.is_end_stream();
+                send.send_data(data, end)?;
+                // Only now may the sender send us more: back-pressure end to end.
+                let _ = recv.flow_control().release_capacity(len);
+                if end {
+                    return Ok(());
+                }
+            }
+            None => break,
+        }
+    }
+    match recv.trailers().await? {
+        Some(trailers) => send.send_trailers(trailers),
+        None => send.send_data(Bytes::new(), true),
+    }
+}
+
+/// Waits for send window for `len` bytes. The window is normally there at
+/// once; a slow reader makes us wait instead of buffering without bound.
+async fn reserve(send: &mut SendStream<Bytes>, len: usize) -> Result<(), h2::Error> {
+    if len == 0 {
+        return Ok(());
+    }
+    send.reserve_capacity(len);
+    while send.capacity() < len {
+        match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e),
+            // The stream closed; sending will report why.
+            None => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+/// A response read in full: head, data and trailers.
+pub struct FullResponse {
+    pub head: http::response::Parts,
+    pub data: Bytes,
+    pub trailers: Option<HeaderMap>,
+}
+
+impl FullResponse {
+    pub async fn read(response: Response<RecvStream>) -> Result<FullResponse, ProxyError> {
+        let (head, mut body) = response.into_parts();
+        let mut data = bytes::BytesMut::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.map_err(upstream_error)?;
+            let _ = body.flow_control().release_capacity(chunk.len());
+            data.extend_from_slice(&chunk);
+        }
+        let trailers = body.trailers().await.map_err(upstream_error)?;
+        Ok(FullResponse {
+            head,
+            data: data.freeze(),
+            trailers,
+        })
+    }
+
+    /// The gRPC status: in the trailers, or in the head of a trailers-only response.
+    pub fn grpc_status(&self) -> Option<u32> {
+        crate::grpc::response_status(&self.head.headers, self.trailers.as_ref())
     }
 }

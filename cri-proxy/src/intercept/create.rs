@@ -6,14 +6,14 @@ use std::time::Instant;
 
 use attestgate_policy::{Decision, ImageRef, Operation};
 use bytes::Bytes;
-use http::Response;
 use http::request::Parts;
 use prost::Message as _;
 
 use super::pull::{pod_v1, pod_v1alpha2};
 use super::{Gate, Pod, Subject, deadline, digest_for, is_image_id};
-use crate::grpc::{self, Body, ProxyError};
+use crate::grpc::{self, ProxyError};
 use crate::resolve::{Api, ImageRuntime};
+use crate::server::Reply;
 
 pub struct CreateRequest {
     /// `config.image.image`: an image id, a digest reference or a tag.
@@ -54,20 +54,12 @@ pub fn decode(api: Api, message: &[u8]) -> Result<CreateRequest, ProxyError> {
 }
 
 impl<R: ImageRuntime> Gate<R> {
-    pub async fn create(
-        &self,
-        api: Api,
-        parts: Parts,
-        body: Bytes,
-    ) -> Result<Response<Body>, ProxyError> {
+    pub async fn create(&self, api: Api, parts: Parts, body: Bytes) -> Result<Reply, ProxyError> {
         let started = Instant::now();
         let request = decode(api, &grpc::single_message(body.clone())?)?;
         let decision = self.decide_create(api, &request, &parts, started).await;
-        if decision.allowed {
-            self.forward(parts, body).await
-        } else {
-            Err(ProxyError::Denied(decision.explanation()))
-        }
+        super::pull::settle(&decision)?;
+        self.forward(parts, body).await
     }
 
     async fn decide_create(

@@ -6,14 +6,14 @@ use std::time::Instant;
 
 use attestgate_policy::{ImageRef, Operation};
 use bytes::Bytes;
-use http::Response;
 use http::request::Parts;
-use http_body_util::BodyExt as _;
 use prost::Message as _;
 
 use super::{Gate, Pod, Subject, deadline, digest_for};
-use crate::grpc::{self, Body, ProxyError};
+use crate::grpc::{self, ProxyError};
 use crate::resolve::{Api, ImageRuntime};
+use crate::server::Reply;
+use crate::upstream::{FullResponse, RequestBody};
 
 pub struct PullRequest {
     pub image: String,
@@ -63,12 +63,7 @@ pub fn pod_v1alpha2(c: k8s_cri::v1alpha2::PodSandboxConfig) -> Pod {
 }
 
 impl<R: ImageRuntime> Gate<R> {
-    pub async fn pull(
-        &self,
-        api: Api,
-        parts: Parts,
-        body: Bytes,
-    ) -> Result<Response<Body>, ProxyError> {
+    pub async fn pull(&self, api: Api, parts: Parts, body: Bytes) -> Result<Reply, ProxyError> {
         let started = Instant::now();
         let request = decode(api, &grpc::single_message(body.clone())?)?;
         let subject = Subject {
@@ -87,19 +82,13 @@ impl<R: ImageRuntime> Gate<R> {
                     format!("cannot parse image reference: {e}"),
                     started,
                 );
-                return if decision.allowed {
-                    self.forward(parts, body).await
-                } else {
-                    Err(ProxyError::Denied(decision.explanation()))
-                };
+                settle(&decision)?;
+                return self.forward(parts, body).await;
             }
         };
 
         if image.digest.is_some() {
-            let decision = self.decide(&subject, &request.image, &image, started);
-            if !decision.allowed {
-                return Err(ProxyError::Denied(decision.explanation()));
-            }
+            settle(&self.decide(&subject, &request.image, &image, started))?;
             return self.forward(parts, body).await;
         }
 
@@ -113,25 +102,15 @@ impl<R: ImageRuntime> Gate<R> {
             .map(|i| i.id);
         let response = self
             .upstream
-            .send(http::Request::from_parts(parts, grpc::full(body)))
-            .await?;
-        let (head, incoming) = response.into_parts();
-        let collected = incoming
-            .collect()
-            .await
-            .map_err(|e| ProxyError::Upstream(format!("reading PullImage response: {e}")))?;
-        let trailers = collected.trailers().cloned();
-        let data = collected.to_bytes();
-        let status = grpc::response_status(&head.headers, trailers.as_ref());
-        let replay = move || {
-            Response::from_parts(
-                head.clone(),
-                grpc::with_trailers(data.clone(), trailers.clone()),
+            .call(
+                http::Request::from_parts(parts, ()),
+                RequestBody::Full(body),
             )
-        };
-        if status != Some(0) {
+            .await?;
+        let pulled = FullResponse::read(response).await?;
+        if pulled.grpc_status() != Some(0) {
             // The pull failed: nothing reached the node, nothing to decide.
-            return Ok(replay());
+            return Ok(Reply::Full(pulled));
         }
         let after = match self
             .runtime
@@ -140,30 +119,18 @@ impl<R: ImageRuntime> Gate<R> {
         {
             Ok(Some(info)) => info,
             Ok(None) => {
-                let decision = self.error(
+                settle(&self.error(
                     &subject,
                     &request.image,
                     "image not found after pull",
                     started,
-                );
-                return if decision.allowed {
-                    Ok(replay())
-                } else {
-                    Err(ProxyError::Denied(decision.explanation()))
-                };
+                ))?;
+                return Ok(Reply::Full(pulled));
             }
             Err(e) => {
-                let decision = self.error(
-                    &subject,
-                    &request.image,
-                    format!("cannot resolve the pulled image: {e}"),
-                    started,
-                );
-                return if decision.allowed {
-                    Ok(replay())
-                } else {
-                    Err(ProxyError::Denied(decision.explanation()))
-                };
+                let message = format!("cannot resolve the pulled image: {e}");
+                settle(&self.error(&subject, &request.image, message, started))?;
+                return Ok(Reply::Full(pulled));
             }
         };
         let resolved = match digest_for(&image, &after.repo_digests) {
@@ -172,7 +139,7 @@ impl<R: ImageRuntime> Gate<R> {
         };
         let decision = self.decide(&subject, &request.image, &resolved, started);
         if decision.allowed {
-            return Ok(replay());
+            return Ok(Reply::Full(pulled));
         }
         if before.as_deref() != Some(after.id.as_str())
             && let Err(e) = self.runtime.remove_image(api, &after.id, timeout).await
@@ -182,11 +149,23 @@ impl<R: ImageRuntime> Gate<R> {
         Err(ProxyError::Denied(decision.explanation()))
     }
 
-    pub async fn forward(&self, parts: Parts, body: Bytes) -> Result<Response<Body>, ProxyError> {
-        let response = self
-            .upstream
-            .send(http::Request::from_parts(parts, grpc::full(body)))
-            .await?;
-        Ok(response.map(|b| b.map_err(|e| Box::new(e) as grpc::BoxError).boxed_unsync()))
+    /// Sends the call on, as the bytes it came in.
+    pub async fn forward(&self, parts: Parts, body: Bytes) -> Result<Reply, ProxyError> {
+        self.upstream
+            .call(
+                http::Request::from_parts(parts, ()),
+                RequestBody::Full(body),
+            )
+            .await
+            .map(Reply::Stream)
+    }
+}
+
+/// A refusal becomes the call's error; an admission lets it go on.
+pub fn settle(decision: &attestgate_policy::Decision) -> Result<(), ProxyError> {
+    if decision.allowed {
+        Ok(())
+    } else {
+        Err(ProxyError::Denied(decision.explanation()))
     }
 }
