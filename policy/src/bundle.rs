@@ -352,14 +352,19 @@ fn read_document(path: &Path, hasher: &mut Sha256) -> Result<(String, u64), Fiel
 }
 
 fn hash_file(hasher: &mut Sha256, path: &Path, bytes: &[u8]) {
+    hash_name(hasher, path);
+    hasher.update((bytes.len() as u64).to_be_bytes());
+    hasher.update(bytes);
+}
+
+/// Names count in the digest too: moving content between files changes it.
+fn hash_name(hasher: &mut Sha256, path: &Path) {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     hasher.update((name.len() as u64).to_be_bytes());
     hasher.update(name.as_bytes());
-    hasher.update((bytes.len() as u64).to_be_bytes());
-    hasher.update(bytes);
 }
 
 fn attestor_items(root: &Node) -> Result<Vec<(FieldPath, &Node)>, FieldError> {
@@ -399,12 +404,7 @@ fn stream_occurrences(
 ) -> Result<(), FieldError> {
     let file =
         File::open(path).map_err(|e| FieldError::new("", None, format!("cannot read: {e}")))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    hasher.update((name.len() as u64).to_be_bytes());
-    hasher.update(name.as_bytes());
+    hash_name(hasher, path);
     // Hash below the buffer, so the hasher sees large chunks.
     let reader = BufReader::with_capacity(
         1 << 20,
