@@ -141,7 +141,10 @@ impl<R: ImageRuntime> Gate<R> {
         if decision.allowed {
             return Ok(Reply::Full(pulled));
         }
+        // Removing an image removes every name it has: only an image that
+        // is new to the node and known by nothing but this name goes.
         if before.as_deref() != Some(after.id.as_str())
+            && known_only_as(&after, &image)
             && let Err(e) = self.runtime.remove_image(api, &after.id, timeout).await
         {
             tracing::error!(image = %request.image, id = %after.id, error = %e, "denied image could not be removed");
@@ -167,5 +170,46 @@ pub fn settle(decision: &attestgate_policy::Decision) -> Result<(), ProxyError> 
         Ok(())
     } else {
         Err(ProxyError::Denied(decision.explanation()))
+    }
+}
+
+/// Whether every name the runtime has for the image is `image`'s repository
+/// (its tags and its digests), so that removing it takes nothing else away.
+pub fn known_only_as(info: &crate::resolve::ImageInfo, image: &ImageRef) -> bool {
+    info.repo_tags
+        .iter()
+        .chain(info.repo_digests.iter())
+        .all(|name| {
+            ImageRef::parse(name).is_ok_and(|n| {
+                n.repository == image.repository && (n.tag.is_none() || n.tag == image.tag)
+            })
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resolve::ImageInfo;
+
+    #[test]
+    fn only_an_image_known_by_the_pulled_name_alone_is_removed() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let image = ImageRef::parse("registry.test/app:2").unwrap();
+        let alone = ImageInfo {
+            id: "x".into(),
+            repo_tags: vec!["registry.test/app:2".into()],
+            repo_digests: vec![format!("registry.test/app@{d}")],
+        };
+        assert!(known_only_as(&alone, &image));
+        let shared = ImageInfo {
+            repo_tags: vec!["registry.test/app:1".into(), "registry.test/app:2".into()],
+            ..alone.clone()
+        };
+        assert!(!known_only_as(&shared, &image));
+        let elsewhere = ImageInfo {
+            repo_digests: vec![format!("mirror.test/app@{d}")],
+            ..alone
+        };
+        assert!(!known_only_as(&elsewhere, &image));
     }
 }
