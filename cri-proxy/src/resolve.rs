@@ -86,6 +86,50 @@ fn with_timeout<T>(message: T, timeout: Duration) -> tonic::Request<T> {
     request
 }
 
+/// The same call in either CRI version: the generated types differ only in
+/// their module.
+macro_rules! image_status_in {
+    ($api:ident, $channel:expr, $image:expr, $timeout:expr) => {{
+        use k8s_cri::$api::{
+            ImageSpec, ImageStatusRequest, image_service_client::ImageServiceClient,
+        };
+        let request = ImageStatusRequest {
+            image: Some(ImageSpec {
+                image: $image.to_string(),
+                ..ImageSpec::default()
+            }),
+            verbose: false,
+        };
+        let response = ImageServiceClient::new($channel)
+            .image_status(with_timeout(request, $timeout))
+            .await
+            .map_err(|s| status_error("ImageStatus", s))?;
+        response.into_inner().image.map(|i| ImageInfo {
+            id: i.id,
+            repo_tags: i.repo_tags,
+            repo_digests: i.repo_digests,
+        })
+    }};
+}
+
+macro_rules! remove_image_in {
+    ($api:ident, $channel:expr, $image:expr, $timeout:expr) => {{
+        use k8s_cri::$api::{
+            ImageSpec, RemoveImageRequest, image_service_client::ImageServiceClient,
+        };
+        let request = RemoveImageRequest {
+            image: Some(ImageSpec {
+                image: $image.to_string(),
+                ..ImageSpec::default()
+            }),
+        };
+        ImageServiceClient::new($channel)
+            .remove_image(with_timeout(request, $timeout))
+            .await
+            .map_err(|s| status_error("RemoveImage", s))?;
+    }};
+}
+
 impl ImageRuntime for ContainerdImages {
     async fn image_status(
         &self,
@@ -93,50 +137,10 @@ impl ImageRuntime for ContainerdImages {
         image: &str,
         timeout: Duration,
     ) -> Result<Option<ImageInfo>, ProxyError> {
-        match api {
-            Api::V1 => {
-                use k8s_cri::v1::{
-                    ImageSpec, ImageStatusRequest, image_service_client::ImageServiceClient,
-                };
-                let request = ImageStatusRequest {
-                    image: Some(ImageSpec {
-                        image: image.to_string(),
-                        ..ImageSpec::default()
-                    }),
-                    verbose: false,
-                };
-                let response = ImageServiceClient::new(self.channel.clone())
-                    .image_status(with_timeout(request, timeout))
-                    .await
-                    .map_err(|s| status_error("ImageStatus", s))?;
-                Ok(response.into_inner().image.map(|i| ImageInfo {
-                    id: i.id,
-                    repo_tags: i.repo_tags,
-                    repo_digests: i.repo_digests,
-                }))
-            }
-            Api::V1alpha2 => {
-                use k8s_cri::v1alpha2::{
-                    ImageSpec, ImageStatusRequest, image_service_client::ImageServiceClient,
-                };
-                let request = ImageStatusRequest {
-                    image: Some(ImageSpec {
-                        image: image.to_string(),
-                        ..ImageSpec::default()
-                    }),
-                    verbose: false,
-                };
-                let response = ImageServiceClient::new(self.channel.clone())
-                    .image_status(with_timeout(request, timeout))
-                    .await
-                    .map_err(|s| status_error("ImageStatus", s))?;
-                Ok(response.into_inner().image.map(|i| ImageInfo {
-                    id: i.id,
-                    repo_tags: i.repo_tags,
-                    repo_digests: i.repo_digests,
-                }))
-            }
-        }
+        Ok(match api {
+            Api::V1 => image_status_in!(v1, self.channel.clone(), image, timeout),
+            Api::V1alpha2 => image_status_in!(v1alpha2, self.channel.clone(), image, timeout),
+        })
     }
 
     async fn remove_image(
@@ -146,36 +150,8 @@ impl ImageRuntime for ContainerdImages {
         timeout: Duration,
     ) -> Result<(), ProxyError> {
         match api {
-            Api::V1 => {
-                use k8s_cri::v1::{
-                    ImageSpec, RemoveImageRequest, image_service_client::ImageServiceClient,
-                };
-                let request = RemoveImageRequest {
-                    image: Some(ImageSpec {
-                        image: image.to_string(),
-                        ..ImageSpec::default()
-                    }),
-                };
-                ImageServiceClient::new(self.channel.clone())
-                    .remove_image(with_timeout(request, timeout))
-                    .await
-                    .map_err(|s| status_error("RemoveImage", s))?;
-            }
-            Api::V1alpha2 => {
-                use k8s_cri::v1alpha2::{
-                    ImageSpec, RemoveImageRequest, image_service_client::ImageServiceClient,
-                };
-                let request = RemoveImageRequest {
-                    image: Some(ImageSpec {
-                        image: image.to_string(),
-                        ..ImageSpec::default()
-                    }),
-                };
-                ImageServiceClient::new(self.channel.clone())
-                    .remove_image(with_timeout(request, timeout))
-                    .await
-                    .map_err(|s| status_error("RemoveImage", s))?;
-            }
+            Api::V1 => remove_image_in!(v1, self.channel.clone(), image, timeout),
+            Api::V1alpha2 => remove_image_in!(v1alpha2, self.channel.clone(), image, timeout),
         }
         Ok(())
     }

@@ -40,27 +40,24 @@ pub fn decode(api: Api, message: &[u8]) -> Result<PullRequest, ProxyError> {
     })
 }
 
-pub fn pod_v1(c: k8s_cri::v1::PodSandboxConfig) -> Pod {
-    let m = c.metadata.unwrap_or_default();
-    Pod {
-        namespace: m.namespace,
-        name: m.name,
-        uid: m.uid,
-        labels: c.labels.into_iter().collect(),
-        annotations: c.annotations.into_iter().collect(),
-    }
+/// Pod identity and metadata from either CRI version's sandbox config.
+macro_rules! pod_from {
+    ($name:ident, $api:ident) => {
+        pub fn $name(c: k8s_cri::$api::PodSandboxConfig) -> Pod {
+            let m = c.metadata.unwrap_or_default();
+            Pod {
+                namespace: m.namespace,
+                name: m.name,
+                uid: m.uid,
+                labels: c.labels.into_iter().collect(),
+                annotations: c.annotations.into_iter().collect(),
+            }
+        }
+    };
 }
 
-pub fn pod_v1alpha2(c: k8s_cri::v1alpha2::PodSandboxConfig) -> Pod {
-    let m = c.metadata.unwrap_or_default();
-    Pod {
-        namespace: m.namespace,
-        name: m.name,
-        uid: m.uid,
-        labels: c.labels.into_iter().collect(),
-        annotations: c.annotations.into_iter().collect(),
-    }
-}
+pod_from!(pod_v1, v1);
+pod_from!(pod_v1alpha2, v1alpha2);
 
 impl<R: ImageRuntime> Gate<R> {
     pub async fn pull(&self, api: Api, parts: Parts, body: Bytes) -> Result<Reply, ProxyError> {
