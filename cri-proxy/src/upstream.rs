@@ -115,13 +115,8 @@ impl Upstream {
         body: RequestBody,
     ) -> Result<Response<RecvStream>, ProxyError> {
         let head = with_authority(head)?;
-        let (response, send) = match self.start(clone_head(&head)).await {
-            Ok(started) => started,
-            Err(_) => {
-                self.forget();
-                self.start(head).await?
-            }
-        };
+        let mut sender = self.ready_sender().await?;
+        let (response, send) = sender.send_request(head, false).map_err(upstream_error)?;
         let pipe = send_body(send, body);
         let (piped, response) = tokio::join!(pipe, response);
         let response = response.map_err(upstream_error)?;
@@ -134,23 +129,18 @@ impl Upstream {
         Ok(response)
     }
 
-    async fn start(
-        &self,
-        head: Request<()>,
-    ) -> Result<(h2::client::ResponseFuture, SendStream<Bytes>), ProxyError> {
-        let sender = self.sender().await?;
-        let mut sender = sender.ready().await.map_err(upstream_error)?;
-        sender.send_request(head, false).map_err(upstream_error)
+    /// A sender ready for a new stream. When the connection turns out dead
+    /// (containerd restarted) it is dropped and one new connection tried,
+    /// before the call is sent, so nothing is sent twice.
+    async fn ready_sender(&self) -> Result<SendRequest<Bytes>, ProxyError> {
+        match self.sender().await?.ready().await {
+            Ok(sender) => Ok(sender),
+            Err(_) => {
+                self.forget();
+                self.sender().await?.ready().await.map_err(upstream_error)
+            }
+        }
     }
-}
-
-fn clone_head(head: &Request<()>) -> Request<()> {
-    let mut clone = Request::new(());
-    *clone.method_mut() = head.method().clone();
-    *clone.uri_mut() = head.uri().clone();
-    *clone.version_mut() = head.version();
-    *clone.headers_mut() = head.headers().clone();
-    clone
 }
 
 /// HTTP/2 requests need :scheme and :authority; over a Unix socket they

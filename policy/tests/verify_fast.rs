@@ -31,22 +31,19 @@ use rsa::signature::hazmat::PrehashSigner as _;
 use rsa::signature::{RandomizedSigner as _, SignatureEncoding as _, Signer as _, Verifier as _};
 use sha2::{Digest as _, Sha256, Sha384, Sha512};
 
-const RSA_ALGORITHMS: &[SignatureAlgorithm] = &[
-    SignatureAlgorithm::RsaPss2048Sha256,
-    SignatureAlgorithm::RsaPss3072Sha256,
-    SignatureAlgorithm::RsaPss4096Sha256,
-    SignatureAlgorithm::RsaPss4096Sha512,
-    SignatureAlgorithm::RsaSignPkcs1_2048Sha256,
-    SignatureAlgorithm::RsaSignPkcs1_3072Sha256,
-    SignatureAlgorithm::RsaSignPkcs1_4096Sha256,
-    SignatureAlgorithm::RsaSignPkcs1_4096Sha512,
-];
+fn rsa_algorithms() -> impl Iterator<Item = SignatureAlgorithm> {
+    SignatureAlgorithm::ALL
+        .iter()
+        .copied()
+        .filter(|a| a.is_rsa())
+}
 
-const EC_ALGORITHMS: &[SignatureAlgorithm] = &[
-    SignatureAlgorithm::EcdsaP256Sha256,
-    SignatureAlgorithm::EcdsaP384Sha384,
-    SignatureAlgorithm::EcdsaP521Sha512,
-];
+fn ec_algorithms() -> impl Iterator<Item = SignatureAlgorithm> {
+    SignatureAlgorithm::ALL
+        .iter()
+        .copied()
+        .filter(|a| !a.is_rsa())
+}
 
 fn cases() -> usize {
     std::env::var("VERIFY_FAST_CASES")
@@ -249,7 +246,7 @@ fn rsa_sign(alg: SignatureAlgorithm, key: &rsa::RsaPrivateKey, message: &[u8]) -
 
 #[test]
 fn rsa_random_keys_and_messages_agree_with_the_rsa_crate() {
-    for &alg in RSA_ALGORITHMS {
+    for alg in rsa_algorithms() {
         let bits = alg.rsa_bits().unwrap();
         for private in rsa_keys(bits) {
             let key = PkixKey::from_der(&rsa_spki(private), alg).unwrap();
@@ -840,7 +837,7 @@ fn digest(hash: HashAlgorithm, message: &[u8]) -> Vec<u8> {
 
 #[test]
 fn ecdsa_random_keys_and_messages_agree_with_the_ecdsa_crate() {
-    for &alg in EC_ALGORITHMS {
+    for alg in ec_algorithms() {
         for _ in 0..cases() {
             let signer = ec_key(alg);
             let key = signer.load();
@@ -872,7 +869,7 @@ fn ecdsa_random_keys_and_messages_agree_with_the_ecdsa_crate() {
 
 #[test]
 fn ecdsa_every_signature_byte_flipped_agrees() {
-    for &alg in EC_ALGORITHMS {
+    for alg in ec_algorithms() {
         let signer = ec_key(alg);
         let key = signer.load();
         let message = random_message();
@@ -891,7 +888,7 @@ fn ecdsa_every_signature_byte_flipped_agrees() {
 
 #[test]
 fn ecdsa_r_and_s_out_of_range_agree() {
-    for &alg in EC_ALGORITHMS {
+    for alg in ec_algorithms() {
         let signer = ec_key(alg);
         let key = signer.load();
         let message = b"payload";
@@ -956,7 +953,7 @@ fn ecdsa_r_and_s_out_of_range_agree() {
 #[test]
 fn ecdsa_wrong_hash_agrees() {
     let message = b"payload";
-    for &alg in EC_ALGORITHMS {
+    for alg in ec_algorithms() {
         let signer = ec_key(alg);
         let key = signer.load();
         // The right digest through the prehash path is the same signature.
@@ -1023,7 +1020,7 @@ macro_rules! high_x_signature {
 
 #[test]
 fn ecdsa_x_coordinate_above_the_order_verifies() {
-    for &alg in EC_ALGORITHMS {
+    for alg in ec_algorithms() {
         let (spki, message, sig, x) = match alg.curve().unwrap() {
             Curve::P256 => high_x_signature!(p256, p256::NistP256, p256::U256, Sha256),
             Curve::P384 => high_x_signature!(p384, p384::NistP384, p384::U384, Sha384),
@@ -1049,7 +1046,7 @@ fn ecdsa_x_coordinate_above_the_order_verifies() {
 fn keys_are_shared_between_clones_and_threads_before_first_use() {
     fn clone_send_sync<T: Clone + Send + Sync>() {}
     clone_send_sync::<PkixKey>();
-    for &alg in EC_ALGORITHMS {
+    for alg in ec_algorithms() {
         let signer = ec_key(alg);
         let key = signer.load();
         let message = random_message();

@@ -16,7 +16,7 @@ use attestgate_policy::{
 use http::HeaderMap;
 
 use crate::audit::AuditLog;
-use crate::bundle::BundleStore;
+use crate::bundle::{BundleStore, LoadedBundle};
 use crate::metrics::Metrics;
 use crate::resolve::ImageRuntime;
 use crate::upstream::Upstream;
@@ -124,6 +124,7 @@ impl<R: ImageRuntime> Gate<R> {
         image: &ImageRef,
         started: Instant,
     ) -> Decision {
+        // One load: the bundle that decides is the one the record names.
         let current = self.store.current();
         let pod = subject.pod.map(Pod::context).unwrap_or_default();
         let decision = evaluate(
@@ -133,7 +134,7 @@ impl<R: ImageRuntime> Gate<R> {
             image,
             &pod,
         );
-        self.record(subject, decision, started)
+        self.record(subject, decision, current.as_deref(), started)
     }
 
     /// An internal failure, settled by the fail mode, recorded like any decision.
@@ -157,19 +158,24 @@ impl<R: ImageRuntime> Gate<R> {
         if pod.break_glass() {
             decision = decision.broken_glass();
         }
-        self.record(subject, decision, started)
+        self.record(subject, decision, self.store.current().as_deref(), started)
     }
 
     /// Writes the record; when it cannot be written, the fail mode decides.
-    fn record(&self, subject: &Subject<'_>, decision: Decision, started: Instant) -> Decision {
-        let current = self.store.current();
+    fn record(
+        &self,
+        subject: &Subject<'_>,
+        decision: Decision,
+        current: Option<&LoadedBundle>,
+        started: Instant,
+    ) -> Decision {
         let ctx = RecordContext {
             operation: subject.operation,
             time: time::OffsetDateTime::now_utc(),
             pod: subject.pod.map(Pod::record),
             container: subject.container.map(str::to_string),
             cluster: self.node.cluster.clone(),
-            bundle: current.as_ref().map(|c| c.reference.clone()),
+            bundle: current.map(|c| c.reference.clone()),
         };
         let line = decision.record_json(&ctx);
         let decision = match self.audit.append(&line) {
