@@ -1,14 +1,12 @@
 //! Configuration: `/etc/attestgate/config.toml`, every key overridable by a
 //! flag of the same name (SPEC §8).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use attestgate_policy::{FailMode, NamePattern, NodeConfig};
+use attestgate_policy::NodeConfig;
+use attestgate_policy::config::{self, ConfigFile};
 use clap::Parser;
-use serde::Deserialize;
-
-pub const DEFAULT_CONFIG: &str = "/etc/attestgate/config.toml";
 
 #[derive(Parser, Debug, Default)]
 #[command(
@@ -17,7 +15,8 @@ pub const DEFAULT_CONFIG: &str = "/etc/attestgate/config.toml";
     about = "CRI proxy enforcing Binary Authorization policy on the node"
 )]
 pub struct Flags {
-    /// Configuration file (missing is fine unless given explicitly).
+    /// Configuration file [default: $ATTESTGATE_CONFIG, else
+    /// /etc/attestgate/config.toml, which may be missing].
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Unix socket kubelet connects to.
@@ -58,22 +57,6 @@ pub struct Flags {
     pub check_config: bool,
 }
 
-#[derive(Deserialize, Debug, Default)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    listen: Option<PathBuf>,
-    runtime_endpoint: Option<String>,
-    image_endpoint: Option<String>,
-    bundle: Option<PathBuf>,
-    cluster: Option<String>,
-    audit_log: Option<PathBuf>,
-    metrics_listen: Option<String>,
-    fail_mode: Option<String>,
-    system_images: Option<Vec<String>>,
-    strict_repository: Option<bool>,
-    log_format: Option<String>,
-}
-
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: PathBuf,
@@ -100,48 +83,30 @@ fn socket_path(endpoint: &str) -> anyhow::Result<PathBuf> {
 
 impl Config {
     pub fn load(flags: Flags) -> anyhow::Result<Config> {
-        let file = match &flags.config {
-            Some(path) => read_file(path)?,
-            None if Path::new(DEFAULT_CONFIG).exists() => read_file(Path::new(DEFAULT_CONFIG))?,
-            None => FileConfig::default(),
-        };
+        let (file, _) = ConfigFile::discover(flags.config.as_deref())?;
         let runtime_endpoint = socket_path(
             flags
                 .runtime_endpoint
                 .or(file.runtime_endpoint)
                 .as_deref()
-                .unwrap_or("/run/containerd/containerd.sock"),
+                .unwrap_or(config::DEFAULT_RUNTIME_ENDPOINT),
         )
         .context("runtime_endpoint")?;
         let image_endpoint = match flags.image_endpoint.or(file.image_endpoint) {
             Some(e) => socket_path(&e).context("image_endpoint")?,
             None => runtime_endpoint.clone(),
         };
-        let fail_mode = match flags.fail_mode.or(file.fail_mode).as_deref() {
-            None | Some("closed") => FailMode::Closed,
-            Some("open") => FailMode::Open,
-            Some(other) => bail!("fail_mode {other:?}: expected closed or open"),
-        };
         let patterns = if flags.system_images.is_empty() {
             file.system_images
         } else {
             Some(flags.system_images)
         };
-        let mut node = NodeConfig {
-            cluster: flags.cluster.or(file.cluster).filter(|c| !c.is_empty()),
-            fail_mode,
-            strict_repository: flags
-                .strict_repository
-                .or(file.strict_repository)
-                .unwrap_or(false),
-            ..NodeConfig::default()
-        };
-        if let Some(patterns) = patterns {
-            node.system_images = patterns
-                .iter()
-                .map(|p| NamePattern::parse(p).with_context(|| format!("system_images: {p:?}")))
-                .collect::<anyhow::Result<_>>()?;
-        }
+        let node = config::node_config(
+            flags.cluster.or(file.cluster),
+            flags.fail_mode.or(file.fail_mode).as_deref(),
+            patterns.as_deref(),
+            flags.strict_repository.or(file.strict_repository),
+        )?;
         let metrics_listen = match flags
             .metrics_listen
             .or(file.metrics_listen)
@@ -168,22 +133,16 @@ impl Config {
             bundle: flags
                 .bundle
                 .or(file.bundle)
-                .unwrap_or_else(|| PathBuf::from("/var/lib/attestgate/bundle")),
+                .unwrap_or_else(|| PathBuf::from(config::DEFAULT_BUNDLE)),
             audit_log: flags
                 .audit_log
                 .or(file.audit_log)
-                .unwrap_or_else(|| PathBuf::from("/var/log/attestgate/audit.jsonl")),
+                .unwrap_or_else(|| PathBuf::from(config::DEFAULT_AUDIT_LOG)),
             metrics_listen,
             node,
             log_json,
         })
     }
-}
-
-fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("invalid configuration {}", path.display()))
 }
 
 #[cfg(test)]
@@ -203,7 +162,7 @@ mod tests {
         .unwrap();
         assert_eq!(config.listen, PathBuf::from("/run/a.sock"));
         assert_eq!(config.node.cluster.as_deref(), Some("eu-west1-a.dev"));
-        assert_eq!(config.node.fail_mode, FailMode::Open);
+        assert_eq!(config.node.fail_mode, attestgate_policy::FailMode::Open);
         assert_eq!(config.node.system_images.len(), 1);
         assert_eq!(
             config.runtime_endpoint,

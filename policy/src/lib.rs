@@ -14,6 +14,7 @@
 //!    value for people and for the audit log.
 
 pub mod bundle;
+pub mod config;
 pub mod decision;
 pub mod error;
 pub mod evaluate;

@@ -74,11 +74,29 @@ pub struct Node {
     proxy_args: Vec<String>,
     proxy_wrapper: Vec<String>,
     proxy_env: Vec<(String, String)>,
+    /// Environment for env.sh, and so for containerd and its shims.
+    containerd_env: Vec<(String, String)>,
+    /// The configuration file the shim reads (`ATTESTGATE_CONFIG`).
+    pub shim_config: PathBuf,
 }
+
+/// The containerd runtime name of attestgate's shim.
+pub const SHIM_RUNTIME: &str = "io.containerd.attestgate.v2";
 
 impl Node {
     /// Brings up registry, images and containerd; `None` when skipped.
     pub fn up(agcri: &Path) -> Option<Node> {
+        Node::start(agcri, false)
+    }
+
+    /// Like [`Node::up`], with containerd-shim-attestgate-v2 on containerd's
+    /// PATH and as the CRI's default runtime, reading [`Node::shim_config`]:
+    /// the node's bundle and audit log, the pause image as a system image.
+    pub fn up_with_shim(agcri: &Path) -> Option<Node> {
+        Node::start(agcri, true)
+    }
+
+    fn start(agcri: &Path, shim: bool) -> Option<Node> {
         if !available(agcri) {
             return None;
         }
@@ -102,7 +120,29 @@ impl Node {
             proxy_args: Vec::new(),
             proxy_wrapper: Vec::new(),
             proxy_env: Vec::new(),
+            containerd_env: Vec::new(),
+            shim_config: PathBuf::new(),
         };
+        if shim {
+            // Only our shim is added to containerd's PATH; it finds the
+            // runc shim where containerd would.
+            let shim_dir = node.dir().join("shim-bin");
+            std::fs::create_dir_all(&shim_dir).expect("shim dir");
+            std::os::unix::fs::symlink(
+                bin("containerd-shim-attestgate-v2"),
+                shim_dir.join("containerd-shim-attestgate-v2"),
+            )
+            .expect("shim link");
+            node.shim_config = node.dir().join("attestgate.toml");
+            node.containerd_env = vec![
+                ("AG_RUNTIME_TYPE".into(), SHIM_RUNTIME.into()),
+                ("AG_SHIM_DIR".into(), shim_dir.display().to_string()),
+                (
+                    "ATTESTGATE_CONFIG".into(),
+                    node.shim_config.display().to_string(),
+                ),
+            ];
+        }
         node.sh("ag_up \"$DIR\"");
         let env = std::fs::read_to_string(node.dir().join("env")).expect("env file");
         for line in env.lines() {
@@ -119,6 +159,9 @@ impl Node {
                 _ => {}
             }
         }
+        if shim {
+            node.write_shim_config("");
+        }
         std::fs::create_dir_all(node.bundle.join("attestors")).expect("bundle dir");
         std::fs::create_dir_all(node.bundle.join("attestations")).expect("bundle dir");
         Some(node)
@@ -126,6 +169,21 @@ impl Node {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Writes the shim's configuration: the node's bundle and audit log, the
+    /// pause image as a system image, then `extra` (TOML lines).
+    pub fn write_shim_config(&self, extra: &str) {
+        std::fs::write(
+            &self.shim_config,
+            format!(
+                "bundle = \"{}\"\naudit_log = \"{}\"\nsystem_images = [\"{}/attestgate/pause*\"]\n{extra}",
+                self.bundle.display(),
+                self.audit_log.display(),
+                self.registry
+            ),
+        )
+        .expect("shim config");
     }
 
     /// Runs bash with env.sh sourced, DIR set and the node's variables
@@ -155,6 +213,11 @@ impl Node {
             .arg(full)
             .env("AG_CRI_BIN", &self.agcri)
             .env("AG_QUIET", "1")
+            .envs(
+                self.containerd_env
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
             .stdin(Stdio::null())
             .output()
             .expect("bash")

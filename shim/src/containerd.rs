@@ -1,0 +1,121 @@
+//! The container's image, from containerd's own records: container → image
+//! name → the image's target descriptor, whose digest is what was pulled
+//! (or imported) and what attestations name.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use containerd_client::services::v1::containers_client::ContainersClient;
+use containerd_client::services::v1::images_client::ImagesClient;
+use containerd_client::services::v1::{GetContainerRequest, GetImageRequest};
+use tonic::metadata::MetadataValue;
+
+/// containerd answers these from its metadata store in well under a
+/// millisecond; anything near this bound means it is wedged.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error("cannot reach containerd at {socket}: {source}")]
+    Connect {
+        socket: String,
+        source: tonic::transport::Error,
+    },
+    #[error("containerd: {what}: {status}")]
+    Call { what: String, status: tonic::Status },
+    #[error("containerd did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("container {0} has no image")]
+    NoImage(String),
+    #[error("image {0} has no target digest")]
+    NoDigest(String),
+    #[error("namespace {0:?} cannot be sent to containerd")]
+    Namespace(String),
+    #[error("cannot start the client runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerImage {
+    pub name: String,
+    pub digest: String,
+}
+
+/// containerd's `-address`: a path, or `unix://path` from containerd 2.x.
+pub fn socket_path(address: &str) -> PathBuf {
+    PathBuf::from(address.strip_prefix("unix://").unwrap_or(address))
+}
+
+/// Looks the container's image up, blocking the calling thread.
+pub fn container_image(
+    address: &str,
+    namespace: &str,
+    id: &str,
+) -> Result<ContainerImage, LookupError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(LookupError::Runtime)?;
+    runtime.block_on(async {
+        tokio::time::timeout(LOOKUP_TIMEOUT, lookup(address, namespace, id))
+            .await
+            .map_err(|_| LookupError::Timeout(LOOKUP_TIMEOUT))?
+    })
+}
+
+fn namespaced<T>(message: T, namespace: &str) -> Result<tonic::Request<T>, LookupError> {
+    let value = MetadataValue::try_from(namespace)
+        .map_err(|_| LookupError::Namespace(namespace.to_string()))?;
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("containerd-namespace", value);
+    Ok(request)
+}
+
+async fn lookup(address: &str, namespace: &str, id: &str) -> Result<ContainerImage, LookupError> {
+    let socket = socket_path(address);
+    let channel = containerd_client::connect(&socket)
+        .await
+        .map_err(|source| LookupError::Connect {
+            socket: socket.display().to_string(),
+            source,
+        })?;
+    let container = ContainersClient::new(channel.clone())
+        .get(namespaced(
+            GetContainerRequest { id: id.to_string() },
+            namespace,
+        )?)
+        .await
+        .map_err(|status| LookupError::Call {
+            what: format!("container {namespace}/{id}"),
+            status,
+        })?
+        .into_inner()
+        .container
+        .ok_or_else(|| LookupError::NoImage(id.to_string()))?;
+    if container.image.is_empty() {
+        return Err(LookupError::NoImage(id.to_string()));
+    }
+    let image = ImagesClient::new(channel)
+        .get(namespaced(
+            GetImageRequest {
+                name: container.image.clone(),
+            },
+            namespace,
+        )?)
+        .await
+        .map_err(|status| LookupError::Call {
+            what: format!("image {}", container.image),
+            status,
+        })?
+        .into_inner()
+        .image;
+    let digest = image
+        .and_then(|i| i.target)
+        .map(|t| t.digest)
+        .filter(|d| !d.is_empty())
+        .ok_or_else(|| LookupError::NoDigest(container.image.clone()))?;
+    Ok(ContainerImage {
+        name: container.image,
+        digest,
+    })
+}
