@@ -82,3 +82,69 @@ fn shipped_config_is_valid() {
         "{text}"
     );
 }
+
+/// containerd (the one installed here, 1.6/1.7) loads the shipped runtime
+/// snippet through `imports` and ends up with attestgate as the CRI's
+/// default runtime.
+#[test]
+fn containerd_loads_the_runtime_snippet() {
+    if Command::new("containerd")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            !required(),
+            "containerd is missing (ATTESTGATE_E2E_REQUIRED is set)"
+        );
+        eprintln!("SKIPPED: containerd is missing");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let main = dir.path().join("config.toml");
+    std::fs::write(
+        &main,
+        format!(
+            "version = 2\nimports = [\"{}\"]\n",
+            packaging()
+                .join("containerd/attestgate-runtime-v2.toml")
+                .display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new("containerd")
+        .arg("--config")
+        .arg(&main)
+        .args(["config", "dump"])
+        .output()
+        .unwrap();
+    let dump = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        dump.contains("default_runtime_name = \"attestgate\""),
+        "{dump}"
+    );
+    let runtime = dump
+        .split("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.attestgate]")
+        .nth(1)
+        .expect("the attestgate runtime");
+    let runtime = runtime.split("\n\n").next().unwrap_or_default();
+    assert!(
+        runtime.contains("runtime_type = \"io.containerd.attestgate.v2\"")
+            && runtime.contains("pod_annotations = [\"alpha.image-policy.k8s.io/break-glass\"]"),
+        "{runtime}"
+    );
+    // The version 3 form is TOML that names the same runtime.
+    let v3 =
+        std::fs::read_to_string(packaging().join("containerd/attestgate-runtime-v3.toml")).unwrap();
+    assert!(
+        v3.contains("version = 3") && v3.contains("runtime_type = 'io.containerd.attestgate.v2'")
+    );
+    let runtime_class =
+        std::fs::read_to_string(packaging().join("kubernetes/runtimeclass.yaml")).unwrap();
+    assert!(runtime_class.contains("handler: attestgate"));
+}

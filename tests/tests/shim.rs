@@ -412,6 +412,28 @@ async fn cri_pods_run_with_the_shim_as_default_runtime() {
     // One runc shim serves the whole pod, as without attestgate.
     assert_eq!(shim_pids_k8s(&node, &pod_id).len(), 1);
 
+    // A break-glass pod: its annotation reaches the shim through the
+    // runtime's pod_annotations, and admits the unsigned image, unenforced.
+    let mut glass = node.pod("prod", "glass-0");
+    glass.annotations.insert(
+        "alpha.image-policy.k8s.io/break-glass".into(),
+        "true".into(),
+    );
+    let glass_id = cri.run_pod(&glass).await.expect("break-glass pod runs");
+    let forced = cri
+        .create_container(&glass_id, &glass, "forced", &unsigned_id, &unsigned, &[])
+        .await
+        .unwrap();
+    cri.start_container(&forced)
+        .await
+        .expect("break-glass admits");
+    let record = last_audit(&node);
+    assert_eq!(record["reason"], "BREAK_GLASS");
+    assert_eq!(record["enforced"], false);
+    assert_eq!(record["pod"]["name"], "glass-0");
+    cri.stop_pod(&glass_id).await.unwrap();
+    cri.remove_pod(&glass_id).await.unwrap();
+
     cri.stop_pod(&pod_id).await.unwrap();
     cri.remove_pod(&pod_id).await.unwrap();
     wait_until("the pod's shim to go", || {

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Benchmark of containerd-shim-attestgate-v2 against the plain runc shim on a
+# real containerd set up here (as root), in the same run, alternating:
+#   bash scripts/bench-shim.sh [ROUNDS] [RUNS_PER_ROUND]
+# Per runtime: container create + start (`ctr run -d`, image decided under a
+# two-attestor policy by the attestgate shim) and exec (`ctr task exec`) in
+# the running container. Medians and p90 in milliseconds, and the ratios.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$PWD"
+ROUNDS="${1:-3}"; RUNS="${2:-20}"
+cargo build --release --locked --bins -q
+BIN="$ROOT/target/release"
+export AG_CRI_BIN="$BIN/agcri"
+# shellcheck source=tests/support/env.sh
+source tests/support/env.sh
+DIR="$(mktemp -d /tmp/ag-shimb.XXXXXX)"
+cleanup() { ag_down "$DIR" >/dev/null 2>&1 || true; rm -rf "$DIR"; }
+trap cleanup EXIT
+
+mkdir -p "$DIR/shim-bin"
+ln -s "$BIN/containerd-shim-attestgate-v2" "$DIR/shim-bin/"
+export AG_SHIM_DIR="$DIR/shim-bin" ATTESTGATE_CONFIG="$DIR/attestgate.toml"
+ag_up "$DIR"
+set -a; source "$DIR/env"; set +a
+APP_REPO="${AG_APP_IMAGE%:*}"
+
+B="$DIR/bundle"; mkdir -p "$B/attestors" "$B/attestations"
+for a in ci qa; do
+  "$BIN/attestgate" keygen --algorithm ECDSA_P256_SHA256 --private "$DIR/$a.key" --public "$DIR/$a.pub" 2>/dev/null
+  "$BIN/attestgate" attestor create --name "projects/bench/attestors/$a" --note "projects/bench/notes/$a" \
+    --public-key "$DIR/$a.pub" --algorithm ECDSA_P256_SHA256 > "$B/attestors/$a.yaml"
+  "$BIN/attestgate" sign --artifact-url "$APP_REPO@$AG_APP_DIGEST" --key "$DIR/$a.key" --algorithm ECDSA_P256_SHA256 \
+    --note "projects/bench/notes/$a" --out "$B/attestations/$a.json"
+done
+cat > "$B/policy.yaml" <<POLICY
+defaultAdmissionRule:
+  evaluationMode: REQUIRE_ATTESTATION
+  enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG
+  requireAttestationsBy: [projects/bench/attestors/ci, projects/bench/attestors/qa]
+POLICY
+printf 'bundle = "%s"\naudit_log = "%s"\n' "$B" "$DIR/audit.jsonl" > "$ATTESTGATE_CONFIG"
+
+c() { ctr --address "$AG_CONTAINERD_SOCK" -n default "$@"; }
+c images pull --plain-http "$AG_APP_IMAGE" >/dev/null
+now() { date +%s%N; }
+
+declare -A RUNTIME=([runc]=io.containerd.runc.v2 [attestgate]=io.containerd.attestgate.v2)
+: >"$DIR/samples"
+one() { # NAME ID: create+start, exec, then tear down (untimed)
+  local name="$1" id="$2" t0 t1 t2
+  t0=$(now)
+  c run -d --runtime "${RUNTIME[$name]}" "$AG_APP_IMAGE" "$id" >/dev/null
+  t1=$(now)
+  c task exec --exec-id e "$id" true
+  t2=$(now)
+  echo "$name create_start $(((t1 - t0) / 1000))" >>"$DIR/samples"
+  echo "$name exec $(((t2 - t1) / 1000))" >>"$DIR/samples"
+  c task kill -s SIGKILL "$id" >/dev/null
+  c task delete -f "$id" >/dev/null 2>&1 || { sleep 0.1; c task delete -f "$id" >/dev/null; }
+  c containers delete "$id" >/dev/null
+}
+# warm-up: page cache, snapshot, both binaries
+one runc warm-runc; one attestgate warm-ag; : >"$DIR/samples"
+n=0
+for ((r = 1; r <= ROUNDS; r++)); do
+  order=(runc attestgate); ((r % 2)) || order=(attestgate runc)
+  for ((i = 0; i < RUNS; i++)); do
+    for name in "${order[@]}"; do one "$name" "b$((n++))"; done
+  done
+done
+denied=$(grep -c '"decision":"deny"' "$DIR/audit.jsonl" || true)
+allowed=$(grep -c '"decision":"allow"' "$DIR/audit.jsonl" || true)
+((denied == 0)) || { echo "bench: $denied containers were denied" >&2; exit 1; }
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(containerd --version | cut -d' ' -f3)"
+echo "runs per runtime: $((ROUNDS * RUNS)) (alternating, $ROUNDS rounds); attestgate decisions audited: $allowed"
+stat() { # NAME METRIC -> "median p90" in ms
+  grep "^$1 $2 " "$DIR/samples" | awk '{print $3}' | sort -n |
+    awk '{v[NR]=$1} END {m=(NR%2)?v[(NR+1)/2]:(v[NR/2]+v[NR/2+1])/2; p=v[int(NR*0.9+0.5)]; printf "%.2f %.2f", m/1000, p/1000}'
+}
+printf '%-14s %10s %10s %10s %10s %8s\n' metric "runc p50" "runc p90" "ag p50" "ag p90" "ratio"
+for metric in create_start exec; do
+  read -r rm rp <<<"$(stat runc $metric)"
+  read -r am ap <<<"$(stat attestgate $metric)"
+  printf '%-14s %10s %10s %10s %10s %8s\n' "$metric" "$rm" "$rp" "$am" "$ap" \
+    "$(awk -v a="$am" -v b="$rm" 'BEGIN {printf "%.3f", a / b}')"
+done
