@@ -55,6 +55,18 @@ pub struct ConfigFile {
     /// The shim the containerd shim hands allowed containers to; a bare name
     /// is looked up on containerd's PATH.
     pub runc_shim: Option<PathBuf>,
+    /// How the shim gates containers: "auto" (default: by containerd's
+    /// version), "exec" (decide in `start`, then become the runc shim) or
+    /// "forward" (a forwarder that decides every Task.Create).
+    pub shim_mode: Option<String>,
+}
+
+/// How containerd-shim-attestgate-v2 puts itself between containerd and runc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShimMode {
+    Auto,
+    Exec,
+    Forward,
 }
 
 impl ConfigFile {
@@ -99,6 +111,19 @@ impl ConfigFile {
             self.system_images.as_deref(),
             self.strict_repository,
         )
+    }
+
+    pub fn shim_mode(&self) -> Result<ShimMode, ConfigError> {
+        match self.shim_mode.as_deref() {
+            None | Some("auto") => Ok(ShimMode::Auto),
+            Some("exec") => Ok(ShimMode::Exec),
+            Some("forward") => Ok(ShimMode::Forward),
+            Some(other) => Err(ConfigError::Value {
+                key: "shim_mode",
+                value: other.to_string(),
+                expected: "expected auto, exec or forward".into(),
+            }),
+        }
     }
 
     pub fn bundle_dir(&self) -> PathBuf {
@@ -168,7 +193,7 @@ mod tests {
             &path,
             "bundle = \"/b\"\ncluster = \"us-east1-b.prod\"\nfail_mode = \"open\"\n\
              system_images = [\"reg.test/pause*\"]\nstrict_repository = true\n\
-             runc_shim = \"/usr/bin/containerd-shim-runc-v2\"\n",
+             runc_shim = \"/usr/bin/containerd-shim-runc-v2\"\nshim_mode = \"forward\"\n",
         )
         .unwrap();
         let (file, read) = ConfigFile::discover(Some(&path)).unwrap();
@@ -179,6 +204,7 @@ mod tests {
         assert!(node.strict_repository);
         assert_eq!(node.system_images.len(), 1);
         assert_eq!(file.bundle_dir(), PathBuf::from("/b"));
+        assert_eq!(file.shim_mode().unwrap(), ShimMode::Forward);
         assert_eq!(file.audit_log_path(), PathBuf::from(DEFAULT_AUDIT_LOG));
     }
 

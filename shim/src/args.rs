@@ -10,6 +10,8 @@ use std::ffi::OsString;
 pub enum Action {
     /// Create (or join) the shim for a new container: the gate.
     Start,
+    /// The forwarder process `start` runs in forward mode.
+    Forward,
     /// Every other use (`delete`, `-v`, `-info`, the server itself): handed
     /// to the runc shim untouched.
     Other,
@@ -24,6 +26,8 @@ pub struct Invocation {
     pub bundle: Option<String>,
     pub version: bool,
     pub action: Option<String>,
+    /// Arguments after the action (the forwarder's own).
+    pub rest: Vec<String>,
 }
 
 /// The runc shim's flags that take a value; every other flag is boolean.
@@ -72,12 +76,14 @@ impl Invocation {
                 _ => {}
             }
         }
+        invocation.rest = rest.map(|a| a.to_string_lossy().into_owned()).collect();
         invocation
     }
 
     pub fn action(&self) -> Action {
         match self.action.as_deref() {
             Some("start") => Action::Start,
+            Some(crate::forward::SERVE_ACTION) => Action::Forward,
             _ => Action::Other,
         }
     }

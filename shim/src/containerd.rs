@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use containerd_client::services::v1::containers_client::ContainersClient;
 use containerd_client::services::v1::images_client::ImagesClient;
+use containerd_client::services::v1::version_client::VersionClient;
 use containerd_client::services::v1::{GetContainerRequest, GetImageRequest};
 use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
 
 /// containerd answers these from its metadata store in well under a
 /// millisecond; anything near this bound means it is wedged.
@@ -31,6 +33,8 @@ pub enum LookupError {
     NoDigest(String),
     #[error("namespace {0:?} cannot be sent to containerd")]
     Namespace(String),
+    #[error("containerd reports an unreadable version {0:?}")]
+    Version(String),
     #[error("cannot start the client runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -46,21 +50,66 @@ pub fn socket_path(address: &str) -> PathBuf {
     PathBuf::from(address.strip_prefix("unix://").unwrap_or(address))
 }
 
-/// Looks the container's image up, blocking the calling thread.
-pub fn container_image(
-    address: &str,
-    namespace: &str,
-    id: &str,
-) -> Result<ContainerImage, LookupError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(LookupError::Runtime)?;
-    runtime.block_on(async {
-        tokio::time::timeout(LOOKUP_TIMEOUT, lookup(address, namespace, id))
+/// A blocking client of containerd's gRPC API: the shim's `start` is a
+/// short synchronous program, and the forwarder asks from its own thread.
+pub struct Containerd {
+    runtime: tokio::runtime::Runtime,
+    channel: Channel,
+}
+
+impl Containerd {
+    pub fn connect(address: &str) -> Result<Containerd, LookupError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(LookupError::Runtime)?;
+        let socket = socket_path(address);
+        let channel = runtime.block_on(async {
+            tokio::time::timeout(LOOKUP_TIMEOUT, containerd_client::connect(&socket))
+                .await
+                .map_err(|_| LookupError::Timeout(LOOKUP_TIMEOUT))?
+                .map_err(|source| LookupError::Connect {
+                    socket: socket.display().to_string(),
+                    source,
+                })
+        })?;
+        Ok(Containerd { runtime, channel })
+    }
+
+    /// containerd's major version (1 or 2, from "1.6.20~ds1" or "v2.0.0").
+    pub fn major_version(&self) -> Result<u32, LookupError> {
+        let version = self.runtime.block_on(async {
+            tokio::time::timeout(
+                LOOKUP_TIMEOUT,
+                VersionClient::new(self.channel.clone()).version(()),
+            )
             .await
             .map_err(|_| LookupError::Timeout(LOOKUP_TIMEOUT))?
-    })
+            .map_err(|status| LookupError::Call {
+                what: "version".into(),
+                status,
+            })
+        })?;
+        let text = version.into_inner().version;
+        text.trim_start_matches('v')
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|major| major.parse().ok())
+            .ok_or(LookupError::Version(text))
+    }
+
+    /// The container's image name and target digest.
+    pub fn container_image(
+        &self,
+        namespace: &str,
+        id: &str,
+    ) -> Result<ContainerImage, LookupError> {
+        self.runtime.block_on(async {
+            tokio::time::timeout(LOOKUP_TIMEOUT, lookup(self.channel.clone(), namespace, id))
+                .await
+                .map_err(|_| LookupError::Timeout(LOOKUP_TIMEOUT))?
+        })
+    }
 }
 
 fn namespaced<T>(message: T, namespace: &str) -> Result<tonic::Request<T>, LookupError> {
@@ -71,14 +120,11 @@ fn namespaced<T>(message: T, namespace: &str) -> Result<tonic::Request<T>, Looku
     Ok(request)
 }
 
-async fn lookup(address: &str, namespace: &str, id: &str) -> Result<ContainerImage, LookupError> {
-    let socket = socket_path(address);
-    let channel = containerd_client::connect(&socket)
-        .await
-        .map_err(|source| LookupError::Connect {
-            socket: socket.display().to_string(),
-            source,
-        })?;
+async fn lookup(
+    channel: Channel,
+    namespace: &str,
+    id: &str,
+) -> Result<ContainerImage, LookupError> {
     let container = ContainersClient::new(channel.clone())
         .get(namespaced(
             GetContainerRequest { id: id.to_string() },

@@ -16,7 +16,7 @@ use attestgate_policy::{
 };
 
 use crate::args::Invocation;
-use crate::containerd::{ContainerImage, container_image};
+use crate::containerd::{ContainerImage, Containerd, LookupError};
 use crate::spec::SpecContext;
 
 /// Everything about the container that the decision and its record need.
@@ -47,12 +47,27 @@ impl Verdict {
     }
 }
 
-/// Decides the container `start` was invoked for. A decision that cannot be
-/// written to the audit log is settled by the fail mode.
-pub fn decide(invocation: &Invocation, cwd: &Path) -> Verdict {
-    let (config, node) = match ConfigFile::discover(None)
-        .and_then(|(file, _)| file.node_config().map(|node| (file, node)))
-    {
+/// Decides the container `invocation` names, whose task bundle is
+/// `bundle_dir` (or `-bundle`), asking containerd through `client` (or a
+/// new connection). A decision that cannot be written to the audit log is
+/// settled by the fail mode.
+pub fn decide(
+    invocation: &Invocation,
+    bundle_dir: &Path,
+    client: Option<Result<Containerd, LookupError>>,
+) -> Verdict {
+    let loaded = ConfigFile::discover(None)
+        .and_then(|(file, _)| file.node_config().map(|node| (file, node)));
+    decide_with(invocation, bundle_dir, client, loaded)
+}
+
+pub fn decide_with(
+    invocation: &Invocation,
+    bundle_dir: &Path,
+    client: Option<Result<Containerd, LookupError>>,
+    loaded: Result<(ConfigFile, NodeConfig), attestgate_policy::config::ConfigError>,
+) -> Verdict {
+    let (config, node) = match loaded {
         Ok(loaded) => loaded,
         Err(e) => {
             // Without a readable configuration we know neither the fail mode
@@ -78,7 +93,7 @@ pub fn decide(invocation: &Invocation, cwd: &Path) -> Verdict {
         .bundle
         .as_deref()
         .map(PathBuf::from)
-        .unwrap_or_else(|| cwd.to_path_buf());
+        .unwrap_or_else(|| bundle_dir.to_path_buf());
 
     // The bundle is read while containerd is asked about the image: the two
     // are independent and together are most of the time `start` adds.
@@ -96,7 +111,7 @@ pub fn decide(invocation: &Invocation, cwd: &Path) -> Verdict {
                 })
                 .map_err(|e| format!("bundle {}: {e}", policy_dir.display()))
         });
-        let subject = subject(invocation, &bundle_dir);
+        let subject = subject(invocation, &bundle_dir, client);
         let loaded = loading
             .join()
             .unwrap_or_else(|_| Err(format!("bundle {}: loading failed", policy_dir.display())));
@@ -159,7 +174,11 @@ pub fn decide(invocation: &Invocation, cwd: &Path) -> Verdict {
     }
 }
 
-fn subject(invocation: &Invocation, bundle_dir: &Path) -> Subject {
+fn subject(
+    invocation: &Invocation,
+    bundle_dir: &Path,
+    client: Option<Result<Containerd, LookupError>>,
+) -> Subject {
     let id = invocation.id.clone().unwrap_or_default();
     let spec = SpecContext::read(bundle_dir);
     let (pod, pod_record, container) = match &spec {
@@ -196,13 +215,15 @@ fn subject(invocation: &Invocation, bundle_dir: &Path) -> Subject {
             "containerd did not say which container (-address, -namespace, -id)".into(),
         );
     };
-    let ContainerImage { name, digest } = match container_image(address, namespace, &id) {
-        Ok(found) => found,
-        Err(e) => {
-            let reference = spec.image_name().map_or_else(|| id.clone(), str::to_string);
-            return fail(reference, e.to_string());
-        }
-    };
+    let client = client.unwrap_or_else(|| Containerd::connect(address));
+    let ContainerImage { name, digest } =
+        match client.and_then(|c| c.container_image(namespace, &id)) {
+            Ok(found) => found,
+            Err(e) => {
+                let reference = spec.image_name().map_or_else(|| id.clone(), str::to_string);
+                return fail(reference, e.to_string());
+            }
+        };
     let image = ImageRef::parse(&name)
         .map_err(|e| format!("cannot parse image name {name:?}: {e}"))
         .and_then(|image| {

@@ -1,23 +1,32 @@
 //! containerd-shim-attestgate-v2: containerd's runtime `io.containerd.attestgate.v2`.
 //!
-//! containerd runs `<shim> … start` once per container, in the container's
-//! task bundle, before any task exists. That is where the image is decided
-//! (SPEC §5, Task.Create): allowed, the process becomes
-//! `containerd-shim-runc-v2` with the same invocation, and every Task call
-//! is served by runc's shim as if attestgate were not there; denied,
-//! containerd gets `SignatureValidationFailed: …` and nothing was created.
-//! Every other invocation (`delete`, `-v`, …) goes to the runc shim as is.
+//! containerd runs `<shim> … start` in a container's task bundle before any
+//! task exists. On containerd 1.x it does so for every container, so that
+//! is where the image is decided (SPEC §5, Task.Create): allowed, the
+//! process becomes `containerd-shim-runc-v2` with the same invocation and
+//! every Task call is served by runc's shim as if attestgate were not
+//! there; denied, containerd gets `SignatureValidationFailed: …` and nothing
+//! was created. containerd 2.x skips `start` for a pod's later containers,
+//! so there `start` puts a forwarder in front of the runc shim that decides
+//! every Task.Create instead (`forward.rs`). Every other invocation
+//! (`delete`, `-v`, …) goes to the runc shim as is.
 
 mod args;
 mod containerd;
 mod delegate;
+mod forward;
 mod gate;
+mod reply;
 mod spec;
 
 use std::ffi::OsString;
+use std::io::Write as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use args::{Action, Invocation};
+use attestgate_policy::config::{ConfigFile, ShimMode};
+use containerd::Containerd;
 
 fn main() -> ExitCode {
     let argv: Vec<OsString> = std::env::args_os().skip(1).collect();
@@ -25,21 +34,85 @@ fn main() -> ExitCode {
     if invocation.version {
         println!("{} {}", env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"));
     }
-    if invocation.action() == Action::Start {
-        let cwd = match std::env::current_dir() {
+    match invocation.action() {
+        Action::Forward => forward::serve(&invocation),
+        Action::Start => start(&invocation, &argv),
+        Action::Other => hand_over(&argv),
+    }
+}
+
+fn start(invocation: &Invocation, argv: &[OsString]) -> ExitCode {
+    let bundle_dir = match invocation.bundle.as_deref() {
+        Some(dir) => PathBuf::from(dir),
+        None => match std::env::current_dir() {
             Ok(cwd) => cwd,
             Err(e) => {
                 eprintln!("SignatureValidationFailed: cannot find the task bundle: {e}");
                 return ExitCode::FAILURE;
             }
+        },
+    };
+    let loaded = ConfigFile::discover(None).and_then(|(file, _)| {
+        let node = file.node_config()?;
+        let mode = file.shim_mode()?;
+        Ok((file, node, mode))
+    });
+    // A configuration that cannot be read is refused by the exec path.
+    let mode = loaded.as_ref().map_or(ShimMode::Exec, |(_, _, mode)| *mode);
+    let client = invocation.address.as_deref().map(Containerd::connect);
+    let forward = match mode {
+        ShimMode::Forward => true,
+        ShimMode::Exec => false,
+        ShimMode::Auto => client
+            .as_ref()
+            .and_then(|c| c.as_ref().ok())
+            .and_then(|c| c.major_version().ok())
+            .is_some_and(|major| major >= 2),
+    };
+
+    if forward {
+        let shim = match delegate::runc_shim() {
+            Ok(shim) => shim,
+            Err(e) => {
+                eprintln!("{}: {e}", env!("CARGO_PKG_NAME"));
+                return ExitCode::FAILURE;
+            }
         };
-        let verdict = gate::decide(&invocation, &cwd);
-        if !verdict.decision.allowed {
-            // containerd reports start's output as the error of the call.
-            eprintln!("{}", verdict.deny_message());
-            return ExitCode::FAILURE;
-        }
+        return match forward::start(invocation, argv, &shim) {
+            Ok(reply) => {
+                let mut stdout = std::io::stdout();
+                if stdout
+                    .write_all(&reply)
+                    .and_then(|()| stdout.flush())
+                    .is_err()
+                {
+                    return ExitCode::FAILURE;
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", env!("CARGO_PKG_NAME"));
+                ExitCode::FAILURE
+            }
+        };
     }
+
+    let verdict = gate::decide_with(
+        invocation,
+        &bundle_dir,
+        client,
+        loaded.map(|(file, node, _)| (file, node)),
+    );
+    if !verdict.decision.allowed {
+        // containerd reports start's output as the error of the call.
+        eprintln!("{}", verdict.deny_message());
+        return ExitCode::FAILURE;
+    }
+    hand_over(argv)
+}
+
+/// Becomes the runc shim; returns only if that fails.
+fn hand_over(argv: &[OsString]) -> ExitCode {
     let shim = match delegate::runc_shim() {
         Ok(shim) => shim,
         Err(e) => {
@@ -47,7 +120,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let e = delegate::exec(&shim, &argv);
+    let e = delegate::exec(&shim, argv);
     eprintln!(
         "{}: cannot run {}: {e}",
         env!("CARGO_PKG_NAME"),

@@ -683,6 +683,8 @@ ag_containerd_stop() {
     if [[ -f "$bundle/address" ]]; then
       sock="$(sed 's|^unix://||' "$bundle/address")"
       [[ "$sock" == /run/containerd/s/* ]] && socks+=("$sock")
+      # attestgate's forwarder in front of that runc shim (shim forward mode)
+      socks+=("/run/containerd/s/$(printf 'attestgate-forward:unix://%s' "$sock" | sha256sum | cut -c1-64)")
     fi
   done
   for pid in $(ag_pids_mentioning "$c/containerd.sock"); do

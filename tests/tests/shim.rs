@@ -1,6 +1,9 @@
 //! containerd-shim-attestgate-v2 on real containerd and runc: containers
 //! that never pass through the CRI proxy (ctr), and CRI pods with the shim
-//! as containerd's default runtime (SPEC §5, Task.Create).
+//! as containerd's default runtime (SPEC §5, Task.Create). Every scenario
+//! runs in both modes: `auto`, which on this containerd (1.6) decides in
+//! `start` and becomes the runc shim, and `forward`, the forwarder that
+//! containerd 2.x needs, which decides at Task.Create.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -21,9 +24,35 @@ defaultAdmissionRule:
   requireAttestationsBy: [projects/e2e/attestors/ci]
 ";
 
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Auto,
+    Forward,
+}
+
+impl Mode {
+    /// The configuration line that selects the mode.
+    fn config(self) -> &'static str {
+        match self {
+            Mode::Auto => "",
+            Mode::Forward => "shim_mode = \"forward\"\n",
+        }
+    }
+
+    /// Processes serving one container group: the runc shim, and in
+    /// forward mode the forwarder in front of it.
+    fn processes(self) -> usize {
+        match self {
+            Mode::Auto => 1,
+            Mode::Forward => 2,
+        }
+    }
+}
+
 /// A shim node whose policy requires the CI attestor, with the app signed.
-fn signed_shim_node() -> Option<Node> {
+fn signed_shim_node(mode: Mode) -> Option<Node> {
     let node = Node::up_with_shim(&agcri())?;
+    node.write_shim_config(mode.config());
     let key = node.add_attestor("ci");
     node.attest("ci", &key, repository(&node.app_image), &node.app_digest);
     node.policy(REQUIRE_CI);
@@ -67,18 +96,31 @@ fn task_bundle(node: &Node, namespace: &str, id: &str) -> PathBuf {
         .join(id)
 }
 
-/// Where containerd 1.6's runc shim listens for a shim grouped under `group`.
-fn shim_socket(node: &Node, namespace: &str, group: &str) -> PathBuf {
-    let hash = node.sh(&format!(
-        "printf '%s' \"$AG_CONTAINERD_SOCK/{namespace}/{group}\" | sha256sum | cut -c1-64"
-    ));
-    PathBuf::from("/run/containerd/s").join(hash)
+fn sha256_hex(node: &Node, text: &str) -> String {
+    node.sh(&format!("printf '%s' \"{text}\" | sha256sum | cut -c1-64"))
 }
 
-/// PIDs of runc shims serving `group` on this node's containerd.
-fn shim_pids(node: &Node, group: &str) -> Vec<String> {
+/// Where containerd 1.6's runc shim listens for a shim grouped under `group`.
+fn shim_socket(node: &Node, namespace: &str, group: &str) -> PathBuf {
+    PathBuf::from("/run/containerd/s").join(sha256_hex(
+        node,
+        &format!("$AG_CONTAINERD_SOCK/{namespace}/{group}"),
+    ))
+}
+
+/// Where attestgate's forwarder for that runc shim listens.
+fn forwarder_socket(node: &Node, namespace: &str, group: &str) -> PathBuf {
+    let runc = shim_socket(node, namespace, group);
+    PathBuf::from("/run/containerd/s").join(sha256_hex(
+        node,
+        &format!("attestgate-forward:unix://{}", runc.display()),
+    ))
+}
+
+/// PIDs of the shims (runc's and, in forward mode, ours) serving `group`.
+fn shim_pids(node: &Node, namespace: &str, group: &str) -> Vec<String> {
     node.sh(&format!(
-        "ag_pids_mentioning \"-id {group} -address $AG_CONTAINERD_SOCK\""
+        "ag_pids_mentioning \"-namespace {namespace} -id {group} -address $AG_CONTAINERD_SOCK\""
     ))
     .split_whitespace()
     .map(str::to_string)
@@ -102,7 +144,9 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 fn assert_no_trace(node: &Node, id: &str) {
     let bundle = task_bundle(node, "default", id);
     wait_until(&format!("{id}'s shim to go"), || {
-        shim_pids(node, id).is_empty() && !bundle.exists()
+        shim_pids(node, "default", id).is_empty()
+            && !bundle.exists()
+            && !forwarder_socket(node, "default", id).exists()
     });
     let tasks = ctr_ok(node, &["task", "ls", "-q"]);
     assert!(!tasks.lines().any(|l| l == id), "task {id} left: {tasks}");
@@ -115,9 +159,24 @@ fn assert_no_trace(node: &Node, id: &str) {
 
 #[test]
 fn ctr_containers_are_decided_before_their_task_exists() {
-    let Some(node) = signed_shim_node() else {
+    ctr_containers(Mode::Auto);
+}
+
+#[test]
+fn ctr_containers_are_decided_by_the_forwarder() {
+    ctr_containers(Mode::Forward);
+}
+
+fn ctr_containers(mode: Mode) {
+    let Some(node) = signed_shim_node(mode) else {
         return;
     };
+    // Plain ctr containers share runc's default root with every other
+    // containerd on the machine: ids unique to this node.
+    let bad = &format!("bad-{}", node.cgroup_tag);
+    let good = &format!("good-{}", node.cgroup_tag);
+    let pinned_id = &format!("pinned-{}", node.cgroup_tag);
+    let glass = &format!("glass-{}", node.cgroup_tag);
     let (unsigned, unsigned_digest) =
         node.push_image("unsigned", "1", "trap \"exit 0\" TERM; sleep 3600 & wait");
     for image in [&node.app_image, &unsigned] {
@@ -127,7 +186,7 @@ fn ctr_containers_are_decided_before_their_task_exists() {
     // Unsigned: refused at start, with the explanation, and nothing made.
     let out = ctr(
         &node,
-        &["run", "-d", "--runtime", SHIM_RUNTIME, &unsigned, "bad"],
+        &["run", "-d", "--runtime", SHIM_RUNTIME, &unsigned, bad],
     );
     assert!(!out.status.success(), "an unsigned image ran");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -144,10 +203,10 @@ fn ctr_containers_are_decided_before_their_task_exists() {
     assert_eq!(record["reason"], "MISSING_ATTESTATIONS");
     assert_eq!(record["image"]["reference"], unsigned.as_str());
     assert_eq!(record["image"]["digest"], unsigned_digest.as_str());
-    assert_eq!(record["container"], "bad");
+    assert_eq!(record["container"], bad.as_str());
     assert!(record["bundle"]["digest"].is_string(), "{record}");
-    assert_no_trace(&node, "bad");
-    ctr_ok(&node, &["containers", "delete", "bad"]);
+    assert_no_trace(&node, bad);
+    ctr_ok(&node, &["containers", "delete", bad]);
 
     // Signed: runs on the runc shim, which containerd then talks to itself.
     ctr_ok(
@@ -158,18 +217,26 @@ fn ctr_containers_are_decided_before_their_task_exists() {
             "--runtime",
             SHIM_RUNTIME,
             &node.app_image,
-            "good",
+            good,
         ],
     );
     let record = last_audit(&node);
     assert_eq!(record["decision"], "allow");
     assert_eq!(record["reason"], "ATTESTED");
     assert_eq!(record["image"]["digest"], node.app_digest.as_str());
-    let bundle = task_bundle(&node, "default", "good");
+    let bundle = task_bundle(&node, "default", good);
     let address = std::fs::read_to_string(bundle.join("address")).unwrap();
-    let socket = shim_socket(&node, "default", "good");
+    let socket = shim_socket(&node, "default", good);
     assert_eq!(address.trim(), format!("unix://{}", socket.display()));
-    assert_eq!(shim_pids(&node, "good").len(), 1);
+    assert_eq!(
+        forwarder_socket(&node, "default", good).exists(),
+        mode == Mode::Forward
+    );
+    assert_eq!(
+        shim_pids(&node, "default", good).len(),
+        mode.processes(),
+        "{mode:?}"
+    );
     let exec = |exec_id: &str| {
         ctr_ok(
             &node,
@@ -178,7 +245,7 @@ fn ctr_containers_are_decided_before_their_task_exists() {
                 "exec",
                 "--exec-id",
                 exec_id,
-                "good",
+                good,
                 "sh",
                 "-c",
                 "echo exec-ok",
@@ -192,19 +259,19 @@ fn ctr_containers_are_decided_before_their_task_exists() {
     node.restart_containerd();
     assert!(ctr_ok(&node, &["task", "ls"]).contains("RUNNING"));
     assert_eq!(exec("e2").trim(), "exec-ok");
-    let ps = ctr_ok(&node, &["task", "ps", "good"]);
+    let ps = ctr_ok(&node, &["task", "ps", good]);
     assert!(ps.lines().count() >= 2, "{ps}");
 
     // kill, wait, delete
-    ctr_ok(&node, &["task", "kill", "good"]);
+    ctr_ok(&node, &["task", "kill", good]);
     wait_until("good to stop", || {
         ctr_ok(&node, &["task", "ls"])
             .lines()
-            .any(|l| l.starts_with("good") && l.contains("STOPPED"))
+            .any(|l| l.starts_with(good) && l.contains("STOPPED"))
     });
-    ctr_ok(&node, &["task", "delete", "good"]);
-    ctr_ok(&node, &["containers", "delete", "good"]);
-    assert_no_trace(&node, "good");
+    ctr_ok(&node, &["task", "delete", good]);
+    ctr_ok(&node, &["containers", "delete", good]);
+    assert_no_trace(&node, good);
 
     // By digest, run to completion and removed (--rm: start, wait, delete).
     let pinned = format!("{}@{}", repository(&node.app_image), node.app_digest);
@@ -217,7 +284,7 @@ fn ctr_containers_are_decided_before_their_task_exists() {
             "--runtime",
             SHIM_RUNTIME,
             &pinned,
-            "pinned",
+            pinned_id,
             "echo",
             "ran-pinned",
         ],
@@ -226,7 +293,7 @@ fn ctr_containers_are_decided_before_their_task_exists() {
     let record = last_audit(&node);
     assert_eq!(record["image"]["reference"], pinned.as_str());
     assert_eq!(record["decision"], "allow");
-    assert_no_trace(&node, "pinned");
+    assert_no_trace(&node, pinned_id);
 
     // Break-glass on the container's annotations admits, unenforced.
     ctr_ok(
@@ -239,7 +306,7 @@ fn ctr_containers_are_decided_before_their_task_exists() {
             "--runtime",
             SHIM_RUNTIME,
             &unsigned,
-            "glass",
+            glass,
             "true",
         ],
     );
@@ -247,16 +314,27 @@ fn ctr_containers_are_decided_before_their_task_exists() {
     assert_eq!(record["reason"], "BREAK_GLASS");
     assert_eq!(record["enforced"], false);
     assert_eq!(record["overridden"], "MISSING_ATTESTATIONS");
-    assert_no_trace(&node, "glass");
+    assert_no_trace(&node, glass);
 }
 
 #[test]
 fn the_shim_fails_closed() {
-    let Some(node) = signed_shim_node() else {
+    fails_closed(Mode::Auto);
+}
+
+#[test]
+fn the_forwarder_fails_closed() {
+    fails_closed(Mode::Forward);
+}
+
+fn fails_closed(mode: Mode) {
+    let Some(node) = signed_shim_node(mode) else {
         return;
     };
     ctr_ok(&node, &["images", "pull", "--plain-http", &node.app_image]);
-    let refused = |id: &str, expect: &str| {
+    let tag = node.cgroup_tag.clone();
+    let refused = |name: &str, expect: &str| {
+        let id = &format!("{name}-{tag}");
         let out = ctr(
             &node,
             &[
@@ -286,15 +364,16 @@ fn the_shim_fails_closed() {
     node.policy(REQUIRE_CI);
 
     // A configuration that does not parse: nothing is known, closed.
-    node.write_shim_config("bogus_key = 1\n");
+    node.write_shim_config(&format!("{}bogus_key = 1\n", mode.config()));
     refused("noconfig", "bogus_key");
 
     // An audit log that cannot be written: closed.
     std::fs::write(
         &node.shim_config,
         format!(
-            "bundle = \"{}\"\naudit_log = \"/dev/full\"\n",
-            node.bundle.display()
+            "bundle = \"{}\"\naudit_log = \"/dev/full\"\n{}",
+            node.bundle.display(),
+            mode.config()
         ),
     )
     .unwrap();
@@ -304,8 +383,9 @@ fn the_shim_fails_closed() {
     std::fs::write(
         &node.shim_config,
         format!(
-            "bundle = \"{}\"\naudit_log = \"/dev/full\"\nfail_mode = \"open\"\n",
-            node.bundle.display()
+            "bundle = \"{}\"\naudit_log = \"/dev/full\"\nfail_mode = \"open\"\n{}",
+            node.bundle.display(),
+            mode.config()
         ),
     )
     .unwrap();
@@ -326,7 +406,7 @@ fn the_shim_fails_closed() {
 
     // A container without an image (made from a raw snapshot) cannot be
     // decided: refused under the closed default.
-    node.write_shim_config("");
+    node.write_shim_config(mode.config());
     let rootfs = node.dir().join("raw-rootfs");
     std::fs::create_dir_all(&rootfs).unwrap();
     let out = ctr(
@@ -338,7 +418,7 @@ fn the_shim_fails_closed() {
             SHIM_RUNTIME,
             "--rootfs",
             &rootfs.display().to_string(),
-            "noimage",
+            &format!("noimage-{tag}"),
             "true",
         ],
     );
@@ -349,12 +429,21 @@ fn the_shim_fails_closed() {
         record["message"].as_str().unwrap().contains("has no image"),
         "{record}"
     );
-    assert_no_trace(&node, "noimage");
+    assert_no_trace(&node, &format!("noimage-{tag}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cri_pods_run_with_the_shim_as_default_runtime() {
-    let Some(node) = signed_shim_node() else {
+    cri_pods(Mode::Auto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cri_pods_run_with_the_forwarder_as_default_runtime() {
+    cri_pods(Mode::Forward).await;
+}
+
+async fn cri_pods(mode: Mode) {
+    let Some(node) = signed_shim_node(mode) else {
         return;
     };
     // Straight to containerd: the shim alone decides.
@@ -409,8 +498,13 @@ async fn cri_pods_run_with_the_shim_as_default_runtime() {
     );
     let exec = cri.exec_sync(&web, &["echo", "still-here"]).await.unwrap();
     assert_eq!(String::from_utf8_lossy(&exec.stdout).trim(), "still-here");
-    // One runc shim serves the whole pod, as without attestgate.
-    assert_eq!(shim_pids_k8s(&node, &pod_id).len(), 1);
+    // One runc shim (and in forward mode one forwarder) serves the whole
+    // pod, as without attestgate.
+    assert_eq!(
+        shim_pids(&node, "k8s.io", &pod_id).len(),
+        mode.processes(),
+        "{mode:?}"
+    );
 
     // A break-glass pod: its annotation reaches the shim through the
     // runtime's pod_annotations, and admits the unsigned image, unenforced.
@@ -437,7 +531,8 @@ async fn cri_pods_run_with_the_shim_as_default_runtime() {
     cri.stop_pod(&pod_id).await.unwrap();
     cri.remove_pod(&pod_id).await.unwrap();
     wait_until("the pod's shim to go", || {
-        shim_pids_k8s(&node, &pod_id).is_empty()
+        shim_pids(&node, "k8s.io", &pod_id).is_empty()
+            && !forwarder_socket(&node, "k8s.io", &pod_id).exists()
     });
     let state = node
         .dir()
@@ -447,13 +542,4 @@ async fn cri_pods_run_with_the_shim_as_default_runtime() {
     }
     assert!(!shim_socket(&node, "k8s.io", &pod_id).exists());
     assert_eq!(mounts_under(&node, &state), "");
-}
-
-fn shim_pids_k8s(node: &Node, pod_id: &str) -> Vec<String> {
-    node.sh(&format!(
-        "ag_pids_mentioning \"-namespace k8s.io -id {pod_id} -address $AG_CONTAINERD_SOCK\""
-    ))
-    .split_whitespace()
-    .map(str::to_string)
-    .collect()
 }

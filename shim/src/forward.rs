@@ -1,0 +1,495 @@
+//! Forward mode, for containerd 2.x. There containerd runs a shim's `start`
+//! only for a pod's first container; the pod's later containers reach the
+//! shim as Task.Create on the socket `start` printed. So in this mode
+//! `start` runs the runc shim's `start`, puts a forwarder in front of the
+//! socket it printed, and prints the forwarder's address in the runc shim's
+//! own reply form. The forwarder relays ttrpc frames both ways untouched,
+//! whatever the service or version, except Task.Create requests, which it
+//! decides first: allowed, the request goes on as it came; denied, the
+//! forwarder answers PERMISSION_DENIED itself and the runc shim never hears
+//! of the container.
+
+use std::ffi::OsString;
+use std::io::{BufRead as _, Write as _};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message as _;
+use sha2::{Digest as _, Sha256};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
+use ttrpc::proto::{
+    Codec as _, MESSAGE_HEADER_LENGTH, MESSAGE_TYPE_REQUEST, MESSAGE_TYPE_RESPONSE,
+};
+
+use crate::args::Invocation;
+use crate::gate;
+use crate::reply::StartReply;
+
+/// The action word the forwarder process is started with.
+pub const SERVE_ACTION: &str = "attestgate-forward";
+
+/// containerd's ttrpc limit is 4 MiB; a frame beyond this bound is not
+/// ttrpc, and the connection is dropped rather than buffered.
+const FRAME_LIMIT: usize = 16 << 20;
+const TASK_SERVICES: [&str; 2] = ["containerd.task.v2.Task", "containerd.task.v3.Task"];
+/// How often the forwarder checks that the runc shim it fronts is alive.
+const WATCH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The two fields of a CreateTaskRequest the decision needs (the same
+/// numbers in task API v2 and v3); prost skips the rest.
+#[derive(Clone, PartialEq, prost::Message)]
+struct CreateTask {
+    #[prost(string, tag = "1")]
+    id: String,
+    #[prost(string, tag = "2")]
+    bundle: String,
+}
+
+/// `start` in forward mode; returns the bytes to print for containerd.
+pub fn start(
+    invocation: &Invocation,
+    argv: &[OsString],
+    runc_shim: &Path,
+) -> Result<Vec<u8>, String> {
+    let output = Command::new(runc_shim)
+        .args(argv)
+        .stdin(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", runc_shim.display()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "{} start: {}{}",
+            runc_shim.display(),
+            String::from_utf8_lossy(&output.stdout).trim(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    let reply = StartReply::parse(&output.stdout).map_err(|e| e.to_string())?;
+    let runc_socket = socket_of(&reply.address)?;
+    let ours = forwarder_socket(&runc_socket, &reply.address);
+    if StdUnixStream::connect(&ours).is_err() {
+        spawn_forwarder(invocation, &ours, &reply.address)?;
+    }
+    // The bundle's `address` file keeps the runc shim's address: the runc
+    // shim reads it back to remove its socket at Shutdown, and containerd
+    // 2.x restores connections from the bootstrap.json it writes from our
+    // reply. (containerd 1.x, which runs `start` for every container, would
+    // reconnect existing tasks straight to runc after a restart, which
+    // lets no container through: new ones still come through `start`.)
+    Ok(reply.with_address(&format!("unix://{}", ours.display())))
+}
+
+fn socket_of(address: &str) -> Result<PathBuf, String> {
+    address
+        .strip_prefix("unix://")
+        .map(PathBuf::from)
+        .ok_or_else(|| format!("the runc shim listens on {address:?}, not a unix socket path"))
+}
+
+/// Beside the runc shim's socket (containerd's socket directory), named
+/// after it, so every container the runc shim serves finds the same
+/// forwarder.
+fn forwarder_socket(runc_socket: &Path, runc_address: &str) -> PathBuf {
+    let digest = Sha256::digest(format!("attestgate-forward:{runc_address}").as_bytes());
+    runc_socket
+        .parent()
+        .unwrap_or(Path::new("/run/containerd/s"))
+        .join(hex::encode(digest))
+}
+
+fn spawn_forwarder(
+    invocation: &Invocation,
+    socket: &Path,
+    runc_address: &str,
+) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    let mut child = Command::new(exe)
+        // The runc shim's own order, so `ps` shows the pair alike.
+        .arg("-namespace")
+        .arg(invocation.namespace.as_deref().unwrap_or_default())
+        .arg("-id")
+        .arg(invocation.id.as_deref().unwrap_or_default())
+        .arg("-address")
+        .arg(invocation.address.as_deref().unwrap_or_default())
+        .arg(SERVE_ACTION)
+        .arg(socket)
+        .arg(runc_address)
+        // containerd reads start's output until every writer closes it: the
+        // forwarder must not hold it.
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start the forwarder: {e}"))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| "the forwarder has no stdout".to_string())?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(line) if line.trim() == "ready" => Ok(()),
+        Ok(line) => {
+            let _ = child.wait();
+            Err(format!("the forwarder did not start: {}", line.trim()))
+        }
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err("the forwarder did not start within 10s".into())
+        }
+    }
+}
+
+/// What the forwarder needs to decide a Create.
+struct Context {
+    namespace: String,
+    grpc_address: String,
+}
+
+/// The forwarder process: listens on its socket and relays to the runc
+/// shim's until that shim is gone.
+pub fn serve(invocation: &Invocation) -> ExitCode {
+    let (Some(listen), Some(runc_address)) = (invocation.rest.first(), invocation.rest.get(1))
+    else {
+        println!("usage: {SERVE_ACTION} SOCKET RUNC_ADDRESS");
+        return ExitCode::FAILURE;
+    };
+    // Out of containerd's session: a signal to containerd's process group
+    // must not take the pod's forwarder with it (the runc shim does the same).
+    let _ = rustix::process::setsid();
+    let listen = PathBuf::from(listen);
+    let runc_socket = match socket_of(runc_address) {
+        Ok(path) => path,
+        Err(e) => {
+            println!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listener = match bind(&listen) {
+        Ok(Some(listener)) => listener,
+        // Another start of the same group got there first.
+        Ok(None) => {
+            println!("ready");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            println!("cannot listen on {}: {e}", listen.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            println!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let context = Arc::new(Context {
+        namespace: invocation.namespace.clone().unwrap_or_default(),
+        grpc_address: invocation.address.clone().unwrap_or_default(),
+    });
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    runtime.block_on(accept_loop(listener, runc_socket, context));
+    let _ = std::fs::remove_file(&listen);
+    ExitCode::SUCCESS
+}
+
+/// Binds `path`, replacing a socket file nobody listens on; `None` when a
+/// live forwarder already listens there.
+fn bind(path: &Path) -> std::io::Result<Option<std::os::unix::net::UnixListener>> {
+    match std::os::unix::net::UnixListener::bind(path) {
+        Ok(listener) => Ok(Some(listener)),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            if StdUnixStream::connect(path).is_ok() {
+                return Ok(None);
+            }
+            std::fs::remove_file(path)?;
+            std::os::unix::net::UnixListener::bind(path).map(Some)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn accept_loop(
+    listener: std::os::unix::net::UnixListener,
+    runc_socket: PathBuf,
+    context: Arc<Context>,
+) {
+    let listener = match listener
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::UnixListener::from_std(listener))
+    {
+        Ok(listener) => listener,
+        Err(_) => return,
+    };
+    let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<()>();
+    let mut watch = tokio::time::interval(WATCH_INTERVAL);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((client, _)) = accepted else { continue };
+                let runc_socket = runc_socket.clone();
+                let context = context.clone();
+                let ended = ended_tx.clone();
+                tokio::spawn(async move {
+                    let _ = relay(client, &runc_socket, context).await;
+                    let _ = ended.send(());
+                });
+            }
+            _ = ended_rx.recv() => {
+                if !alive(&runc_socket) { return; }
+            }
+            _ = watch.tick() => {
+                if !alive(&runc_socket) { return; }
+            }
+        }
+    }
+}
+
+/// The runc shim exits after containerd's Shutdown once it serves no
+/// container, and its socket goes with it; so does the forwarder.
+fn alive(runc_socket: &Path) -> bool {
+    StdUnixStream::connect(runc_socket).is_ok()
+}
+
+async fn relay(
+    client: UnixStream,
+    runc_socket: &Path,
+    context: Arc<Context>,
+) -> std::io::Result<()> {
+    let upstream = UnixStream::connect(runc_socket).await?;
+    let (mut client_read, client_write) = client.into_split();
+    let (mut upstream_read, upstream_write) = upstream.into_split();
+    let (to_client, client_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (to_upstream, upstream_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let client_writer = tokio::spawn(write_frames(client_write, client_rx));
+    let upstream_writer = tokio::spawn(write_frames(upstream_write, upstream_rx));
+
+    let responses = async {
+        while let Some(frame) = read_frame(&mut upstream_read).await? {
+            if to_client.send(frame).is_err() {
+                break;
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    let requests = async {
+        while let Some(frame) = read_frame(&mut client_read).await? {
+            match create_request(&frame) {
+                Some((stream_id, create)) => {
+                    decide_then_forward(
+                        frame,
+                        stream_id,
+                        create,
+                        &context,
+                        to_upstream.clone(),
+                        to_client.clone(),
+                    );
+                }
+                None => {
+                    if to_upstream.send(frame).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    let result = tokio::select! {
+        r = responses => r,
+        r = requests => r,
+    };
+    // What was already relayed still goes out (a Shutdown's answer comes
+    // right before the runc shim closes); then both sides are closed.
+    drop(to_client);
+    drop(to_upstream);
+    let drain = async {
+        let _ = client_writer.await;
+        let _ = upstream_writer.await;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+    result
+}
+
+/// Decides on a thread of its own (the decision blocks on containerd and
+/// the disk), so other calls on the connection keep flowing meanwhile.
+fn decide_then_forward(
+    frame: Vec<u8>,
+    stream_id: u32,
+    create: CreateTask,
+    context: &Context,
+    to_upstream: mpsc::UnboundedSender<Vec<u8>>,
+    to_client: mpsc::UnboundedSender<Vec<u8>>,
+) {
+    let invocation = Invocation {
+        namespace: Some(context.namespace.clone()),
+        id: Some(create.id),
+        address: Some(context.grpc_address.clone()),
+        bundle: Some(create.bundle.clone()),
+        ..Invocation::default()
+    };
+    std::thread::spawn(move || {
+        let verdict = gate::decide(&invocation, Path::new(&create.bundle), None);
+        if verdict.decision.allowed {
+            let _ = to_upstream.send(frame);
+        } else {
+            let _ = to_client.send(denial(stream_id, verdict.deny_message()));
+        }
+    });
+}
+
+fn denial(stream_id: u32, message: String) -> Vec<u8> {
+    let mut response = ttrpc::proto::Response::new();
+    response.set_status(ttrpc::get_status(ttrpc::Code::PERMISSION_DENIED, message));
+    let payload = response.encode().unwrap_or_default();
+    let mut frame = Vec::with_capacity(MESSAGE_HEADER_LENGTH + payload.len());
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&stream_id.to_be_bytes());
+    frame.push(MESSAGE_TYPE_RESPONSE);
+    frame.push(0);
+    frame.extend_from_slice(&payload);
+    frame
+}
+
+/// A Task.Create request frame: its stream and the container it creates.
+fn create_request(frame: &[u8]) -> Option<(u32, CreateTask)> {
+    if frame.get(8) != Some(&MESSAGE_TYPE_REQUEST) {
+        return None;
+    }
+    let stream_id = u32::from_be_bytes(frame.get(4..8)?.try_into().ok()?);
+    let request = ttrpc::proto::Request::decode(frame.get(MESSAGE_HEADER_LENGTH..)?).ok()?;
+    if request.method != "Create" || !TASK_SERVICES.contains(&request.service.as_str()) {
+        return None;
+    }
+    // A Create whose payload does not decode is still decided: on an empty
+    // id the lookup fails and the fail mode settles it.
+    let create = CreateTask::decode(request.payload.as_slice()).unwrap_or_default();
+    Some((stream_id, create))
+}
+
+/// One whole frame (header and payload), or `None` at a clean end.
+async fn read_frame(reader: &mut OwnedReadHalf) -> std::io::Result<Option<Vec<u8>>> {
+    let mut header = [0u8; MESSAGE_HEADER_LENGTH];
+    match reader.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let length = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    if length > FRAME_LIMIT {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("ttrpc frame of {length} bytes"),
+        ));
+    }
+    let mut frame = vec![0u8; MESSAGE_HEADER_LENGTH + length];
+    frame[..MESSAGE_HEADER_LENGTH].copy_from_slice(&header);
+    reader
+        .read_exact(&mut frame[MESSAGE_HEADER_LENGTH..])
+        .await?;
+    Ok(Some(frame))
+}
+
+/// Writes frames as they come, several per write when they queue up.
+async fn write_frames(mut writer: OwnedWriteHalf, mut frames: mpsc::UnboundedReceiver<Vec<u8>>) {
+    let mut batch = Vec::new();
+    while let Some(frame) = frames.recv().await {
+        batch.clear();
+        batch.extend_from_slice(&frame);
+        while let Ok(more) = frames.try_recv() {
+            batch.extend_from_slice(&more);
+        }
+        if writer.write_all(&batch).await.is_err() {
+            return;
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn request_frame(stream_id: u32, service: &str, method: &str, payload: Vec<u8>) -> Vec<u8> {
+        let mut request = ttrpc::proto::Request::new();
+        request.set_service(service.into());
+        request.set_method(method.into());
+        request.set_payload(payload);
+        let body = request.encode().unwrap();
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&stream_id.to_be_bytes());
+        frame.extend_from_slice(&[MESSAGE_TYPE_REQUEST, 0]);
+        frame.extend_from_slice(&body);
+        frame
+    }
+
+    #[test]
+    fn only_task_creates_are_held_for_a_decision() {
+        let create = CreateTask {
+            id: "c1".into(),
+            bundle: "/run/b/c1".into(),
+        }
+        .encode_to_vec();
+        for service in TASK_SERVICES {
+            let (stream, found) =
+                create_request(&request_frame(9, service, "Create", create.clone())).unwrap();
+            assert_eq!(stream, 9);
+            assert_eq!(found.id, "c1");
+            assert_eq!(found.bundle, "/run/b/c1");
+        }
+        assert!(
+            create_request(&request_frame(3, TASK_SERVICES[0], "Start", create.clone())).is_none()
+        );
+        assert!(
+            create_request(&request_frame(
+                3,
+                "containerd.runtime.sandbox.v1.Sandbox",
+                "Create",
+                create
+            ))
+            .is_none()
+        );
+        let mut response = request_frame(5, TASK_SERVICES[0], "Create", Vec::new());
+        response[8] = MESSAGE_TYPE_RESPONSE;
+        assert!(create_request(&response).is_none());
+    }
+
+    #[test]
+    fn a_denial_is_a_permission_denied_response_on_the_same_stream() {
+        let frame = denial(11, "SignatureValidationFailed: no".into());
+        let length = u32::from_be_bytes(frame[0..4].try_into().unwrap()) as usize;
+        assert_eq!(length, frame.len() - MESSAGE_HEADER_LENGTH);
+        assert_eq!(u32::from_be_bytes(frame[4..8].try_into().unwrap()), 11);
+        assert_eq!(frame[8], MESSAGE_TYPE_RESPONSE);
+        let response = ttrpc::proto::Response::decode(&frame[MESSAGE_HEADER_LENGTH..]).unwrap();
+        assert_eq!(response.status().code(), ttrpc::Code::PERMISSION_DENIED);
+        assert_eq!(response.status().message(), "SignatureValidationFailed: no");
+    }
+
+    #[test]
+    fn every_container_of_a_runc_shim_finds_the_same_forwarder() {
+        let runc = "unix:///run/containerd/s/0123";
+        let a = forwarder_socket(&socket_of(runc).unwrap(), runc);
+        let b = forwarder_socket(&socket_of(runc).unwrap(), runc);
+        assert_eq!(a, b);
+        assert_eq!(a.parent(), Some(Path::new("/run/containerd/s")));
+        assert_ne!(a, PathBuf::from("/run/containerd/s/0123"));
+        assert!(socket_of("@abstract").is_err());
+    }
+}
