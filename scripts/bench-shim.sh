@@ -4,7 +4,10 @@
 #   bash scripts/bench-shim.sh [ROUNDS] [RUNS_PER_ROUND]
 # Per runtime: container create + start (`ctr run -d`, image decided under a
 # two-attestor policy by the attestgate shim) and exec (`ctr task exec`) in
-# the running container. Medians and p90 in milliseconds, and the ratios.
+# the running container. "attestgate" is the shim as containerd 1.x runs it
+# (decide in start, become the runc shim); "forward" is the forwarder mode
+# containerd 2.x gets (a ttrpc hop in front of the runc shim, deciding at
+# Task.Create). Medians and p90 in milliseconds, and the ratios to runc.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -39,16 +42,19 @@ defaultAdmissionRule:
   enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG
   requireAttestationsBy: [projects/bench/attestors/ci, projects/bench/attestors/qa]
 POLICY
-printf 'bundle = "%s"\naudit_log = "%s"\n' "$B" "$DIR/audit.jsonl" > "$ATTESTGATE_CONFIG"
+config() { printf 'bundle = "%s"\naudit_log = "%s"\nshim_mode = "%s"\n' "$B" "$DIR/audit.jsonl" "$1" > "$ATTESTGATE_CONFIG"; }
+config exec
 
 c() { ctr --address "$AG_CONTAINERD_SOCK" -n default "$@"; }
 c images pull --plain-http "$AG_APP_IMAGE" >/dev/null
 now() { date +%s%N; }
 
-declare -A RUNTIME=([runc]=io.containerd.runc.v2 [attestgate]=io.containerd.attestgate.v2)
+declare -A RUNTIME=([runc]=io.containerd.runc.v2 [attestgate]=io.containerd.attestgate.v2 [forward]=io.containerd.attestgate.v2)
+declare -A MODE=([runc]=exec [attestgate]=exec [forward]=forward)
 : >"$DIR/samples"
 one() { # NAME ID: create+start, exec, then tear down (untimed)
   local name="$1" id="$2" t0 t1 t2
+  config "${MODE[$name]}"
   t0=$(now)
   c run -d --runtime "${RUNTIME[$name]}" "$AG_APP_IMAGE" "$id" >/dev/null
   t1=$(now)
@@ -61,10 +67,14 @@ one() { # NAME ID: create+start, exec, then tear down (untimed)
   c containers delete "$id" >/dev/null
 }
 # warm-up: page cache, snapshot, both binaries
-one runc warm-runc; one attestgate warm-ag; : >"$DIR/samples"
+one runc warm-runc; one attestgate warm-ag; one forward warm-fw; : >"$DIR/samples"
 n=0
 for ((r = 1; r <= ROUNDS; r++)); do
-  order=(runc attestgate); ((r % 2)) || order=(attestgate runc)
+  case $((r % 3)) in
+    1) order=(runc attestgate forward) ;;
+    2) order=(attestgate forward runc) ;;
+    *) order=(forward runc attestgate) ;;
+  esac
   for ((i = 0; i < RUNS; i++)); do
     for name in "${order[@]}"; do one "$name" "b$((n++))"; done
   done
@@ -79,10 +89,12 @@ stat() { # NAME METRIC -> "median p90" in ms
   grep "^$1 $2 " "$DIR/samples" | awk '{print $3}' | sort -n |
     awk '{v[NR]=$1} END {m=(NR%2)?v[(NR+1)/2]:(v[NR/2]+v[NR/2+1])/2; p=v[int(NR*0.9+0.5)]; printf "%.2f %.2f", m/1000, p/1000}'
 }
-printf '%-14s %10s %10s %10s %10s %8s\n' metric "runc p50" "runc p90" "ag p50" "ag p90" "ratio"
+printf '%-26s %10s %10s %8s\n' "metric (ms)" p50 p90 "p50/runc"
 for metric in create_start exec; do
-  read -r rm rp <<<"$(stat runc $metric)"
-  read -r am ap <<<"$(stat attestgate $metric)"
-  printf '%-14s %10s %10s %10s %10s %8s\n' "$metric" "$rm" "$rp" "$am" "$ap" \
-    "$(awk -v a="$am" -v b="$rm" 'BEGIN {printf "%.3f", a / b}')"
+  read -r rm _ <<<"$(stat runc $metric)"
+  for name in runc attestgate forward; do
+    read -r m p <<<"$(stat "$name" "$metric")"
+    printf '%-26s %10s %10s %8s\n' "$metric $name" "$m" "$p" \
+      "$(awk -v a="$m" -v b="$rm" 'BEGIN {printf "%.3f", a / b}')"
+  done
 done

@@ -405,9 +405,13 @@ fn stream_occurrences(
     let file =
         File::open(path).map_err(|e| FieldError::new("", None, format!("cannot read: {e}")))?;
     hash_name(hasher, path);
-    // Hash below the buffer, so the hasher sees large chunks.
+    // Hash below the buffer, so the hasher sees large chunks; but no larger
+    // than the file, as the buffer is zeroed before its first fill, and a
+    // bundle of small files is read by every container start in the shim.
+    let size = file.metadata().map_or(1 << 20, |m| m.len());
+    let capacity = usize::try_from(size.clamp(8 << 10, 1 << 20)).unwrap_or(1 << 20);
     let reader = BufReader::with_capacity(
-        1 << 20,
+        capacity,
         HashingReader {
             inner: file,
             hasher,

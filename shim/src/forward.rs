@@ -125,6 +125,8 @@ fn spawn_forwarder(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
+        // Not the first container's bundle, which goes before the forwarder.
+        .current_dir("/")
         .spawn()
         .map_err(|e| format!("cannot start the forwarder: {e}"))?;
     let stdout = child

@@ -31,6 +31,9 @@ use containerd::Containerd;
 fn main() -> ExitCode {
     let argv: Vec<OsString> = std::env::args_os().skip(1).collect();
     let invocation = Invocation::parse(&argv);
+    // Each decision loads its keys afresh and verifies a few signatures:
+    // tables built for fast repeated verification would never pay off.
+    attestgate_policy::verify::verify_without_tables();
     if invocation.version {
         println!("{} {}", env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"));
     }

@@ -9,14 +9,20 @@
 //!
 //! Tables are built lazily: G's on the first verification on its curve, a
 //! key's on its first verification, so loading a bundle with many keys costs
-//! nothing extra.
+//! nothing extra. A process that verifies a handful of signatures and exits
+//! (the containerd shim, once per container) never earns back the cost of
+//! building them; it calls [`verify_without_tables`] and gets the plain
+//! linear combination instead.
 //!
 //! The tables hold projective points. Normalising them to affine would make
 //! each addition a little cheaper, but the curve crates do not expose field
 //! elements, so there is no batch inversion to do it with, and one inversion
 //! per table point would cost far more than it saves.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+
+use p256::elliptic_curve::ops::LinearCombination;
 
 use p256::elliptic_curve::Field as _;
 use p256::elliptic_curve::bigint::ArrayEncoding as _;
@@ -28,6 +34,15 @@ use p256::elliptic_curve::point::AffineCoordinates;
 use p256::elliptic_curve::{
     CurveArithmetic, FieldBytes, FieldBytesSize, NonZeroScalar, PrimeCurve,
 };
+
+static WITHOUT_TABLES: AtomicBool = AtomicBool::new(false);
+
+/// From now on, in this process, ECDSA verifications compute u1·G + u2·Q
+/// directly instead of building comb tables: slower per signature, but with
+/// nothing to build, so faster for a process that verifies a few and exits.
+pub fn verify_without_tables() {
+    WITHOUT_TABLES.store(true, Ordering::Relaxed);
+}
 
 /// A curve with its process-wide generator table and the window widths.
 pub(super) trait CombCurve: PrimeCurve + CurveArithmetic {
@@ -190,9 +205,14 @@ impl<C: CombCurve> EcdsaKey<C> {
         };
         let u1 = z * s_inv;
         let u2 = **r * s_inv;
-        let mut point = C::ProjectivePoint::identity();
-        C::generator_comb().add_multiple(&mut point, &u1);
-        self.comb().add_multiple(&mut point, &u2);
+        let point = if WITHOUT_TABLES.load(Ordering::Relaxed) {
+            C::ProjectivePoint::lincomb(&C::ProjectivePoint::generator(), &u1, &self.q, &u2)
+        } else {
+            let mut point = C::ProjectivePoint::identity();
+            C::generator_comb().add_multiple(&mut point, &u1);
+            self.comb().add_multiple(&mut point, &u2);
+            point
+        };
         // The identity maps to x = 0, which never equals a nonzero r.
         let x = point.to_affine().x();
         **r == <C::Scalar as Reduce<C::Uint>>::reduce_bytes(&x)

@@ -22,7 +22,7 @@ mod pkix;
 pub use self::pgp::PgpKey;
 pub use self::pkix::{
     Curve, HashAlgorithm, KeyKind, PemBlock, PemError, PkixKey, SignatureAlgorithm,
-    UnknownAlgorithm, pem_blocks, pkix_key_id,
+    UnknownAlgorithm, pem_blocks, pkix_key_id, verify_without_tables,
 };
 
 /// A public key could not be used.
