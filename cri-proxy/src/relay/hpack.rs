@@ -93,8 +93,8 @@ pub fn encode_response(status: Option<u16>, headers: &http::HeaderMap) -> BytesM
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("HPACK: {0:?}")]
-pub struct DecodeError(loona_hpack::decoder::DecoderError);
+#[error("HPACK: {0}")]
+pub struct DecodeError(String);
 
 /// The decoding context of one direction of one connection.
 pub struct Decoder {
@@ -120,10 +120,90 @@ impl Decoder {
         block: &[u8],
         mut field: impl FnMut(&[u8], &[u8]),
     ) -> Result<(), DecodeError> {
+        let mut plain = BytesMut::new();
+        let block = if without_huffman(block, &mut plain)? {
+            &plain[..]
+        } else {
+            block
+        };
         self.inner
             .decode_with_cb(block, |n, v| field(&n, &v))
-            .map_err(DecodeError)
+            .map_err(|e| DecodeError(format!("{e:?}")))
     }
+}
+
+/// An HPACK integer with a `prefix`-bit prefix at the start of `buf`:
+/// (value, bytes used). Values past 2^28 are refused, as no header block
+/// we accept can need them.
+fn get_int(buf: &[u8], prefix: u8) -> Result<(usize, usize), DecodeError> {
+    let bad = || DecodeError("truncated or oversized integer".into());
+    let max = (1usize << prefix) - 1;
+    let first = usize::from(*buf.first().ok_or_else(bad)?) & max;
+    if first < max {
+        return Ok((first, 1));
+    }
+    let mut value = max;
+    for (i, &b) in buf.iter().enumerate().skip(1).take(4) {
+        value += usize::from(b & 0x7f) << (7 * (i - 1));
+        if b & 0x80 == 0 {
+            return Ok((value, i + 1));
+        }
+    }
+    Err(bad())
+}
+
+/// Rewrites `block` into `out` with every Huffman-coded string literal
+/// spelled out plainly; false (and `out` untouched) when there was none.
+/// Only the syntax is read here, so the compression context is unaffected.
+/// `loona-hpack` rebuilds its Huffman table for every coded string, which
+/// made it the proxy's largest cost per call; `httlib-huffman` decodes
+/// from precomputed tables.
+fn without_huffman(block: &[u8], out: &mut BytesMut) -> Result<bool, DecodeError> {
+    let mut pos = 0;
+    let mut copied = 0;
+    let mut changed = false;
+    while pos < block.len() {
+        let b = block[pos];
+        let (prefix, strings) = if b & 0x80 != 0 {
+            (7, 0)
+        } else if b & 0xc0 == 0x40 {
+            (6, 1)
+        } else if b & 0xe0 == 0x20 {
+            (5, 0)
+        } else {
+            (4, 1)
+        };
+        let (index, used) = get_int(&block[pos..], prefix)?;
+        pos += used;
+        // A literal has a value string, and a name string when index is 0.
+        let strings = if strings == 1 && index == 0 {
+            2
+        } else {
+            strings
+        };
+        for _ in 0..strings {
+            let rest = block.get(pos..).unwrap_or(&[]);
+            let huffman = rest.first().is_some_and(|b| b & 0x80 != 0);
+            let (len, used) = get_int(rest, 7)?;
+            let data = rest
+                .get(used..used + len)
+                .ok_or_else(|| DecodeError("string longer than the block".into()))?;
+            if huffman {
+                out.extend_from_slice(&block[copied..pos]);
+                let mut decoded = Vec::with_capacity(len * 8 / 5 + 1);
+                httlib_huffman::decode(data, &mut decoded, httlib_huffman::DecoderSpeed::FiveBits)
+                    .map_err(|e| DecodeError(format!("Huffman: {e:?}")))?;
+                put_string(out, &decoded);
+                copied = pos + used + len;
+                changed = true;
+            }
+            pos += used + len;
+        }
+    }
+    if changed {
+        out.extend_from_slice(&block[copied..]);
+    }
+    Ok(changed)
 }
 
 /// Re-encodes a block from the client's context into our stateless form,
@@ -237,6 +317,46 @@ mod tests {
         headers.insert("grpc-message", long.parse().unwrap());
         let block = encode_response(None, &headers);
         assert_eq!(fields_of_own(&block).unwrap()[2].1, long.as_bytes());
+    }
+
+    #[test]
+    fn huffman_strings_decode_like_loona_does() {
+        // RFC 7541 C.4.1-C.4.3: three requests, Huffman-coded, indexing.
+        let blocks: [&[u8]; 3] = [
+            &[
+                0x82, 0x86, 0x84, 0x41, 0x8c, 0xf1, 0xe3, 0xc2, 0xe5, 0xf2, 0x3a, 0x6b, 0xa0, 0xab,
+                0x90, 0xf4, 0xff,
+            ],
+            &[
+                0x82, 0x86, 0x84, 0xbe, 0x58, 0x86, 0xa8, 0xeb, 0x10, 0x64, 0x9c, 0xbf,
+            ],
+            &[
+                0x82, 0x87, 0x85, 0xbf, 0x40, 0x88, 0x25, 0xa8, 0x49, 0xe9, 0x5b, 0xa9, 0x7d, 0x7f,
+                0x89, 0x25, 0xa8, 0x49, 0xe9, 0x5b, 0xb8, 0xe8, 0xb4, 0xbf,
+            ],
+        ];
+        let mut ours = Decoder::new();
+        let mut reference = loona_hpack::Decoder::new();
+        for block in blocks {
+            let mut plain = BytesMut::new();
+            assert!(without_huffman(block, &mut plain).unwrap());
+            assert_eq!(
+                decode_all(&mut ours, block),
+                reference.decode(block).unwrap()
+            );
+        }
+        let got = decode_all(&mut Decoder::new(), blocks[0]);
+        assert_eq!(
+            got[3],
+            (b":authority".to_vec(), b"www.example.com".to_vec())
+        );
+        // Plain blocks are left alone.
+        let mut plain = BytesMut::new();
+        assert!(!without_huffman(&[0x82, 0x04, 0x01, b'/'], &mut plain).unwrap());
+        // Truncated or bad Huffman strings are errors, not panics.
+        assert!(without_huffman(&[0x41, 0x8c, 0xf1], &mut plain).is_err());
+        assert!(without_huffman(&[0x41, 0x84, 0xff, 0xff, 0xff, 0xff], &mut plain).is_err());
+        assert!(without_huffman(&[0x41, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f], &mut plain).is_err());
     }
 
     #[test]
