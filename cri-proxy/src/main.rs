@@ -2,7 +2,8 @@
 //! if it were containerd; it forwards everything to containerd, deciding on
 //! PullImage and CreateContainer first.
 //!
-//! A call goes: `server.rs` (route: intercept or forward) →
+//! A call goes: `server.rs` (accept) → `relay` (frame by frame to
+//! containerd, or, for the two decided calls:) →
 //! `intercept/{pull,create}.rs` (resolve the image through containerd,
 //! decide with attestgate-policy, write the audit record) → `upstream.rs`
 //! (the same bytes to containerd).
@@ -13,6 +14,7 @@ mod config;
 mod grpc;
 mod intercept;
 mod metrics;
+mod relay;
 mod resolve;
 mod server;
 mod upstream;
@@ -130,7 +132,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     };
-    server::serve(listener, gate, shutdown, Duration::from_secs(30)).await;
+    let runtime: Arc<Path> = Arc::from(config.runtime_endpoint.as_path());
+    server::serve(listener, runtime, gate, shutdown, Duration::from_secs(30)).await;
     Ok(())
 }
 

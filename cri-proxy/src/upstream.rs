@@ -27,8 +27,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum RequestBody {
     /// Read in full (an intercepted call): the original bytes.
     Full(Bytes),
-    /// Streamed from the client as it arrives.
-    Stream(RecvStream),
 }
 
 #[derive(Clone)]
@@ -165,56 +163,7 @@ fn with_authority(mut head: Request<()>) -> Result<Request<()>, ProxyError> {
 async fn send_body(mut send: SendStream<Bytes>, body: RequestBody) -> Result<(), ProxyError> {
     match body {
         RequestBody::Full(bytes) => send.send_data(bytes, true).map_err(upstream_error),
-        RequestBody::Stream(recv) => pipe(recv, &mut send).await.map_err(upstream_error),
     }
-}
-
-/// Copies a body, frame by frame, from `recv` to `send`, trailers included.
-/// Frames already received go out without waiting in between, so a unary
-/// message and its trailers share one write.
-pub async fn pipe(mut recv: RecvStream, send: &mut SendStream<Bytes>) -> Result<(), h2::Error> {
-    loop {
-        if recv.is_end_stream() {
-            return send.send_data(Bytes::new(), true);
-        }
-        match recv.data().await {
-            Some(data) => {
-                let data = data?;
-                let len = data.len();
-                reserve(send, len).await?;
-                let end = recv.is_end_stream();
-                send.send_data(data, end)?;
-                // Only now may the sender send us more: back-pressure end to end.
-                let _ = recv.flow_control().release_capacity(len);
-                if end {
-                    return Ok(());
-                }
-            }
-            None => break,
-        }
-    }
-    match recv.trailers().await? {
-        Some(trailers) => send.send_trailers(trailers),
-        None => send.send_data(Bytes::new(), true),
-    }
-}
-
-/// Waits for send window for `len` bytes. The window is normally there at
-/// once; a slow reader makes us wait instead of buffering without bound.
-async fn reserve(send: &mut SendStream<Bytes>, len: usize) -> Result<(), h2::Error> {
-    if len == 0 {
-        return Ok(());
-    }
-    send.reserve_capacity(len);
-    while send.capacity() < len {
-        match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(e),
-            // The stream closed; sending will report why.
-            None => return Ok(()),
-        }
-    }
-    Ok(())
 }
 
 /// A response read in full: head, data and trailers.

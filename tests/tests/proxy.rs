@@ -580,3 +580,82 @@ async fn v1alpha2_calls_are_decided_too() {
         (Some("deny"), Some("allow"))
     );
 }
+
+/// Messages larger than the HTTP/2 windows (64 KiB by default) in both
+/// directions, forwarded and intercepted, with calls in flight together
+/// on one connection: the relay's flow-control bookkeeping at work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_messages_and_concurrent_calls_pass_through() {
+    let Some((node, _)) = signed_node() else {
+        return;
+    };
+    let cri = node.via_proxy().await;
+    let direct = node.direct().await;
+    let mut pod = node.pod("prod", "big");
+    // 200 KiB of annotations: RunPodSandbox's request, CreateContainer's
+    // (which carries the sandbox config) and ListPodSandbox's response all
+    // exceed the windows.
+    for i in 0..4 {
+        pod.annotations.insert(
+            format!("example.test/big-{i}"),
+            format!("{i}").repeat(50 << 10),
+        );
+    }
+    let image_id = cri.pull(&node.app_image, Some(pod.clone())).await.unwrap();
+    let pod_id = cri.run_pod(&pod).await.unwrap();
+    let id = cri
+        .create_container(&pod_id, &pod, "app", &image_id, &node.app_image, &[])
+        .await
+        .expect("a CreateContainer larger than the window is decided and forwarded");
+    assert!(!id.is_empty());
+
+    let listed = |pods: Vec<k8s_cri::v1::PodSandbox>| {
+        pods.into_iter()
+            .map(|p| {
+                (
+                    p.id,
+                    p.annotations
+                        .into_iter()
+                        .collect::<std::collections::BTreeMap<_, _>>(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let expected = listed(direct.list_pods().await.unwrap());
+    assert!(expected.iter().any(|(_, a)| a.len() >= 4));
+
+    // Many calls at once on the proxy's one connection, big and small,
+    // forwarded and intercepted (a pull by digest is decided here).
+    let by_digest = format!(
+        "{}@{}",
+        node.app_image.rsplit_once(':').unwrap().0,
+        node.app_digest
+    );
+    let mut calls = Vec::new();
+    for i in 0..24 {
+        let cri = cri.clone();
+        let by_digest = by_digest.clone();
+        calls.push(tokio::spawn(async move {
+            match i % 3 {
+                0 => Some(cri.list_pods().await.unwrap()),
+                1 => {
+                    cri.version().await.unwrap();
+                    None
+                }
+                _ => {
+                    cri.pull(&by_digest, None).await.unwrap();
+                    None
+                }
+            }
+        }));
+    }
+    for call in calls {
+        if let Some(pods) = call.await.unwrap() {
+            assert_eq!(listed(pods), expected);
+        }
+    }
+    assert_eq!(
+        cri.container_status(&id).await.unwrap(),
+        direct.container_status(&id).await.unwrap()
+    );
+}

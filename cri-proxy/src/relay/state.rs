@@ -1,0 +1,1090 @@
+//! The relay's state for one client connection and its own connection to
+//! containerd, without any I/O: bytes in, bytes out. Frames pass through
+//! as they are, except
+//!
+//! * header blocks from the client, which are decoded (to read `:path`)
+//!   and re-encoded without indexing, so that a stream can be left out;
+//! * the streams of intercepted calls, which containerd never sees: their
+//!   request is collected here and their reply injected toward the client;
+//! * connection-level WINDOW_UPDATEs, adjusted for the injected bytes (see
+//!   `flow.rs`).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::task::AbortHandle;
+
+use super::flow::ClientWindow;
+use super::frame::{self, FrameError, Header};
+use super::hpack::{self, DecodeError};
+use crate::metrics::Metrics;
+
+/// The largest request message we decode (kubelet's default is 16 MiB),
+/// plus the gRPC message prefix.
+const MAX_DECODED_REQUEST: usize = (16 << 20) + 5;
+/// A header block from the client larger than this ends the connection.
+const MAX_HEADER_BLOCK: usize = 1 << 20;
+/// Intercepted streams answered and closed on our side, remembered so that
+/// frames the client had already sent for them are not passed to
+/// containerd, which never knew them.
+const CLOSED_REMEMBERED: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("the client did not start with the HTTP/2 preface")]
+    Preface,
+    #[error("protocol error: {0}")]
+    Protocol(&'static str),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error(transparent)]
+    Hpack(#[from] DecodeError),
+}
+
+impl RelayError {
+    /// The GOAWAY code the client is told.
+    pub fn code(&self) -> u32 {
+        match self {
+            RelayError::Hpack(_) => frame::COMPRESSION_ERROR,
+            _ => frame::PROTOCOL_ERROR,
+        }
+    }
+}
+
+/// A call to decide: the request as the client sent it.
+pub struct Call {
+    pub stream: u32,
+    pub path: String,
+    /// The request head, as a header block in our own (stateless) encoding.
+    pub head: Bytes,
+    pub body: Bytes,
+}
+
+/// A reply to inject: header blocks in our own encoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub head: Bytes,
+    pub data: Bytes,
+    pub trailers: Option<Bytes>,
+}
+
+enum Stream {
+    Forward {
+        client_done: bool,
+        server_done: bool,
+    },
+    Intercept(Box<Intercepted>),
+}
+
+struct Intercepted {
+    head: Bytes,
+    path: String,
+    body: BytesMut,
+    client_done: bool,
+    too_large: bool,
+    dispatched: bool,
+    /// The client's receive window for this stream: ours alone.
+    window: i64,
+    reply: Option<Outgoing>,
+    task: Option<AbortHandle>,
+}
+
+impl Drop for Intercepted {
+    fn drop(&mut self) {
+        // A call nobody waits for any more (reset, connection gone) stops.
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+struct Outgoing {
+    head: Option<Bytes>,
+    data: Bytes,
+    trailers: Option<Bytes>,
+}
+
+/// containerd's DATA held back for want of client window (see `flow.rs`).
+struct Held {
+    stream: u32,
+    end_stream: bool,
+    rest: Bytes,
+}
+
+struct PartialBlock {
+    stream: u32,
+    end_stream: bool,
+    fragment: BytesMut,
+}
+
+pub struct Relay {
+    pub from_client: BytesMut,
+    pub from_upstream: BytesMut,
+    pub to_client: BytesMut,
+    pub to_upstream: BytesMut,
+    /// Calls to decide, for the connection to start.
+    pub calls: Vec<Call>,
+    intercept: fn(&str) -> bool,
+    metrics: Option<Arc<Metrics>>,
+    preface_seen: bool,
+    decoder: hpack::Decoder,
+    client_block: Option<PartialBlock>,
+    upstream_in_block: bool,
+    streams: HashMap<u32, Stream>,
+    closed: VecDeque<u32>,
+    last_client_stream: u32,
+    window: ClientWindow,
+    client_initial_window: i64,
+    client_max_frame: usize,
+    upstream_max_frame: usize,
+    /// Connection-level window we owe the client for DATA we swallowed.
+    owed: u64,
+    held: Option<Held>,
+    /// Intercepted streams whose reply is (partly) unsent.
+    replying: Vec<u32>,
+    /// The last stream accepted, once we told the client to go away.
+    draining: Option<u32>,
+    goaway_pending: bool,
+    scratch: BytesMut,
+}
+
+impl Relay {
+    pub fn new(intercept: fn(&str) -> bool, metrics: Option<Arc<Metrics>>) -> Relay {
+        Relay {
+            from_client: BytesMut::with_capacity(64 << 10),
+            from_upstream: BytesMut::with_capacity(64 << 10),
+            to_client: BytesMut::with_capacity(64 << 10),
+            to_upstream: BytesMut::with_capacity(64 << 10),
+            calls: Vec::new(),
+            intercept,
+            metrics,
+            preface_seen: false,
+            decoder: hpack::Decoder::new(),
+            client_block: None,
+            upstream_in_block: false,
+            streams: HashMap::new(),
+            closed: VecDeque::new(),
+            last_client_stream: 0,
+            window: ClientWindow::default(),
+            client_initial_window: frame::DEFAULT_WINDOW,
+            client_max_frame: frame::DEFAULT_MAX_FRAME,
+            upstream_max_frame: frame::DEFAULT_MAX_FRAME,
+            owed: 0,
+            held: None,
+            replying: Vec::new(),
+            draining: None,
+            goaway_pending: false,
+            scratch: BytesMut::new(),
+        }
+    }
+
+    /// No call is in flight.
+    pub fn idle(&self) -> bool {
+        self.streams.is_empty() && self.held.is_none()
+    }
+
+    /// Refuses new calls (GOAWAY) and lets the ones in flight finish.
+    pub fn drain(&mut self) {
+        if self.draining.is_none() {
+            self.draining = Some(self.last_client_stream);
+            self.goaway_pending = true;
+            self.pump();
+        }
+    }
+
+    /// The task deciding the call on `stream`, aborted if the call goes.
+    pub fn set_task(&mut self, stream: u32, task: AbortHandle) {
+        match self.streams.get_mut(&stream) {
+            Some(Stream::Intercept(s)) => s.task = Some(task),
+            _ => task.abort(),
+        }
+    }
+
+    /// The answer to an intercepted call.
+    pub fn reply(&mut self, stream: u32, reply: Reply) {
+        if let Some(Stream::Intercept(s)) = self.streams.get_mut(&stream)
+            && s.reply.is_none()
+        {
+            s.reply = Some(Outgoing {
+                head: Some(reply.head),
+                data: reply.data,
+                trailers: reply.trailers,
+            });
+            self.replying.push(stream);
+        }
+        self.pump();
+    }
+
+    // ---- client → containerd ----
+
+    /// Handles every complete frame the client sent.
+    pub fn client_frames(&mut self) -> Result<(), RelayError> {
+        if !self.preface_seen {
+            if self.from_client.len() < frame::PREFACE.len() {
+                return Ok(());
+            }
+            if !self.from_client.starts_with(frame::PREFACE) {
+                return Err(RelayError::Preface);
+            }
+            self.from_client.advance(frame::PREFACE.len());
+            self.to_upstream.extend_from_slice(frame::PREFACE);
+            self.preface_seen = true;
+        }
+        while let Some(h) = Header::parse(&self.from_client) {
+            if self.from_client.len() < h.total() {
+                break;
+            }
+            self.client_frame(h)?;
+        }
+        if self.owed > 0 {
+            // Window for what we swallowed, in one update per batch.
+            let owed = u32::try_from(self.owed.min(frame::MAX_WINDOW as u64)).unwrap_or(0);
+            frame::put_window_update(&mut self.to_client, 0, owed);
+            self.owed -= u64::from(owed);
+        }
+        self.pump();
+        Ok(())
+    }
+
+    fn pass_client_frame(&mut self, h: &Header) {
+        self.to_upstream
+            .extend_from_slice(&self.from_client[..h.total()]);
+        self.from_client.advance(h.total());
+    }
+
+    fn client_frame(&mut self, h: Header) -> Result<(), RelayError> {
+        if let Some(block) = &mut self.client_block {
+            if h.kind != frame::CONTINUATION || h.stream != block.stream {
+                return Err(RelayError::Protocol("header block interrupted"));
+            }
+            block
+                .fragment
+                .extend_from_slice(&self.from_client[frame::HEADER_LEN..h.total()]);
+            self.from_client.advance(h.total());
+            if block.fragment.len() > MAX_HEADER_BLOCK {
+                return Err(RelayError::Protocol("header block too large"));
+            }
+            if h.has(frame::END_HEADERS)
+                && let Some(block) = self.client_block.take()
+            {
+                self.client_headers(block.stream, block.end_stream, &block.fragment)?;
+            }
+            return Ok(());
+        }
+        match h.kind {
+            frame::HEADERS => {
+                let raw = self.from_client.split_to(h.total()).freeze();
+                let fragment = frame::headers_fragment(&h, &raw[frame::HEADER_LEN..])?;
+                if h.has(frame::END_HEADERS) {
+                    self.client_headers(h.stream, h.has(frame::END_STREAM), fragment)?;
+                } else {
+                    self.client_block = Some(PartialBlock {
+                        stream: h.stream,
+                        end_stream: h.has(frame::END_STREAM),
+                        fragment: BytesMut::from(fragment),
+                    });
+                }
+            }
+            frame::CONTINUATION => return Err(RelayError::Protocol("CONTINUATION out of place")),
+            frame::DATA => self.client_data(&h)?,
+            frame::WINDOW_UPDATE => self.client_window_update(&h)?,
+            frame::RST_STREAM => match self.streams.get(&h.stream) {
+                Some(Stream::Intercept(_)) => {
+                    self.close_intercepted(h.stream);
+                    self.from_client.advance(h.total());
+                }
+                Some(Stream::Forward { .. }) => {
+                    self.streams.remove(&h.stream);
+                    self.pass_client_frame(&h);
+                }
+                None if self.closed.contains(&h.stream) => self.from_client.advance(h.total()),
+                None => self.pass_client_frame(&h),
+            },
+            frame::SETTINGS => {
+                if !h.has(frame::ACK) {
+                    self.client_settings(&h)?;
+                }
+                self.pass_client_frame(&h);
+            }
+            frame::PRIORITY if self.not_upstreams(h.stream) => self.from_client.advance(h.total()),
+            _ => self.pass_client_frame(&h),
+        }
+        Ok(())
+    }
+
+    /// A stream containerd does not know: intercepted, or closed by us.
+    fn not_upstreams(&self, stream: u32) -> bool {
+        matches!(self.streams.get(&stream), Some(Stream::Intercept(_)))
+            || self.closed.contains(&stream)
+    }
+
+    fn client_headers(
+        &mut self,
+        stream: u32,
+        end_stream: bool,
+        block: &[u8],
+    ) -> Result<(), RelayError> {
+        // Every block is decoded, even of streams we drop: the client's
+        // compression context advances with each one.
+        let mut out = std::mem::take(&mut self.scratch);
+        out.clear();
+        let path = hpack::reencode(&mut self.decoder, block, &mut out);
+        let path = match path {
+            Ok(path) => path,
+            Err(e) => {
+                self.scratch = out;
+                return Err(e.into());
+            }
+        };
+        let upstream_max_frame = self.upstream_max_frame;
+        match self.streams.get_mut(&stream) {
+            Some(Stream::Forward { client_done, .. }) => {
+                // Trailers.
+                frame::put_header_block(
+                    &mut self.to_upstream,
+                    stream,
+                    &out,
+                    end_stream,
+                    upstream_max_frame,
+                );
+                if end_stream {
+                    *client_done = true;
+                    self.maybe_done(stream);
+                }
+            }
+            Some(Stream::Intercept(s)) => {
+                // Request trailers carry nothing a decision needs; they end the body.
+                if end_stream {
+                    s.client_done = true;
+                    self.dispatch(stream);
+                }
+            }
+            None if self.closed.contains(&stream) => {}
+            None if stream <= self.last_client_stream || stream.is_multiple_of(2) => {
+                // Not a new stream: containerd judges it.
+                frame::put_header_block(
+                    &mut self.to_upstream,
+                    stream,
+                    &out,
+                    end_stream,
+                    upstream_max_frame,
+                );
+            }
+            None => {
+                self.last_client_stream = stream;
+                if self.draining.is_some_and(|last| stream > last) {
+                    frame::put_rst_stream(&mut self.to_client, stream, frame::REFUSED_STREAM);
+                    self.remember_closed(stream);
+                } else {
+                    let path = path
+                        .and_then(|p| String::from_utf8(p).ok())
+                        .unwrap_or_default();
+                    if let Some(metrics) = &self.metrics {
+                        metrics.forwarded(&path);
+                    }
+                    if (self.intercept)(&path) {
+                        self.streams.insert(
+                            stream,
+                            Stream::Intercept(Box::new(Intercepted {
+                                head: out.split().freeze(),
+                                path,
+                                body: BytesMut::new(),
+                                client_done: end_stream,
+                                too_large: false,
+                                dispatched: false,
+                                window: self.client_initial_window,
+                                reply: None,
+                                task: None,
+                            })),
+                        );
+                        if end_stream {
+                            self.dispatch(stream);
+                        }
+                    } else {
+                        frame::put_header_block(
+                            &mut self.to_upstream,
+                            stream,
+                            &out,
+                            end_stream,
+                            upstream_max_frame,
+                        );
+                        self.streams.insert(
+                            stream,
+                            Stream::Forward {
+                                client_done: end_stream,
+                                server_done: false,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        self.scratch = out;
+        Ok(())
+    }
+
+    fn client_data(&mut self, h: &Header) -> Result<(), RelayError> {
+        match self.streams.get_mut(&h.stream) {
+            Some(Stream::Intercept(s)) => {
+                let raw = self.from_client.split_to(h.total());
+                let data = frame::unpad(h, &raw[frame::HEADER_LEN..])?;
+                self.owed += h.len as u64;
+                if !s.dispatched {
+                    if s.body.len() + data.len() > MAX_DECODED_REQUEST {
+                        s.too_large = true;
+                    } else {
+                        s.body.extend_from_slice(data);
+                    }
+                }
+                if h.has(frame::END_STREAM) {
+                    s.client_done = true;
+                } else if h.len > 0 {
+                    // The stream's window is ours to give back.
+                    frame::put_window_update(&mut self.to_client, h.stream, h.len as u32);
+                }
+                if s.client_done || s.too_large {
+                    self.dispatch(h.stream);
+                }
+            }
+            Some(Stream::Forward { client_done, .. }) => {
+                if h.has(frame::END_STREAM) {
+                    *client_done = true;
+                    self.pass_client_frame(h);
+                    self.maybe_done(h.stream);
+                } else {
+                    self.pass_client_frame(h);
+                }
+            }
+            None if self.closed.contains(&h.stream) => {
+                self.owed += h.len as u64;
+                self.from_client.advance(h.total());
+            }
+            None => self.pass_client_frame(h),
+        }
+        Ok(())
+    }
+
+    fn client_window_update(&mut self, h: &Header) -> Result<(), RelayError> {
+        let increment = frame::window_increment(&self.from_client[frame::HEADER_LEN..h.total()])?;
+        if h.stream == 0 && increment > 0 {
+            self.from_client.advance(h.total());
+            let passed = self.window.client_update(increment);
+            if passed > 0 {
+                frame::put_window_update(&mut self.to_upstream, 0, passed);
+            }
+            return Ok(());
+        }
+        match self.streams.get_mut(&h.stream) {
+            Some(Stream::Intercept(s)) => {
+                s.window = (s.window + i64::from(increment)).min(frame::MAX_WINDOW);
+                self.from_client.advance(h.total());
+            }
+            None if self.closed.contains(&h.stream) => self.from_client.advance(h.total()),
+            _ => self.pass_client_frame(h),
+        }
+        Ok(())
+    }
+
+    fn client_settings(&mut self, h: &Header) -> Result<(), RelayError> {
+        let payload = &self.from_client[frame::HEADER_LEN..h.total()];
+        for (id, value) in frame::settings(payload)? {
+            match id {
+                frame::SETTINGS_INITIAL_WINDOW_SIZE => {
+                    let value = i64::from(value).min(frame::MAX_WINDOW);
+                    let delta = value - self.client_initial_window;
+                    self.client_initial_window = value;
+                    for stream in self.streams.values_mut() {
+                        if let Stream::Intercept(s) = stream {
+                            s.window += delta;
+                        }
+                    }
+                }
+                frame::SETTINGS_MAX_FRAME_SIZE => {
+                    self.client_max_frame =
+                        (value as usize).clamp(frame::DEFAULT_MAX_FRAME, 0xff_ffff);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands a complete intercepted request over for its decision, or
+    /// answers it at once when it is too large to decode.
+    fn dispatch(&mut self, stream: u32) {
+        let Some(Stream::Intercept(s)) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        if s.dispatched {
+            return;
+        }
+        s.dispatched = true;
+        if s.too_large {
+            let head = crate::grpc::ProxyError::TooLarge(MAX_DECODED_REQUEST - 5).into_head();
+            let (parts, ()) = head.into_parts();
+            let block = hpack::encode_response(Some(parts.status.as_u16()), &parts.headers);
+            s.body = BytesMut::new();
+            self.reply(
+                stream,
+                Reply {
+                    head: block.freeze(),
+                    data: Bytes::new(),
+                    trailers: None,
+                },
+            );
+            return;
+        }
+        self.calls.push(Call {
+            stream,
+            path: s.path.clone(),
+            head: s.head.clone(),
+            body: std::mem::take(&mut s.body).freeze(),
+        });
+    }
+
+    fn maybe_done(&mut self, stream: u32) {
+        if let Some(Stream::Forward {
+            client_done: true,
+            server_done: true,
+        }) = self.streams.get(&stream)
+        {
+            self.streams.remove(&stream);
+        }
+    }
+
+    fn close_intercepted(&mut self, stream: u32) {
+        self.streams.remove(&stream);
+        self.replying.retain(|&s| s != stream);
+        self.remember_closed(stream);
+    }
+
+    fn remember_closed(&mut self, stream: u32) {
+        if self.closed.len() == CLOSED_REMEMBERED {
+            self.closed.pop_front();
+        }
+        self.closed.push_back(stream);
+    }
+
+    // ---- containerd → client ----
+
+    /// Passes on every complete frame containerd sent, as far as the
+    /// client's window allows.
+    pub fn upstream_frames(&mut self) -> Result<(), RelayError> {
+        if !self.release_held() {
+            return Ok(());
+        }
+        while let Some(h) = Header::parse(&self.from_upstream) {
+            if self.from_upstream.len() < h.total() {
+                break;
+            }
+            if self.upstream_in_block {
+                if h.kind != frame::CONTINUATION {
+                    return Err(RelayError::Protocol("runtime interrupted a header block"));
+                }
+                self.upstream_in_block = !h.has(frame::END_HEADERS);
+                self.pass_upstream_frame(&h);
+                continue;
+            }
+            match h.kind {
+                frame::DATA => {
+                    let available = self.window.available();
+                    if h.len <= available {
+                        self.window.forwarded(h.len);
+                        self.pass_upstream_frame(&h);
+                        if h.has(frame::END_STREAM) {
+                            self.server_done(h.stream);
+                        }
+                    } else if !h.has(frame::PADDED) && available > 0 {
+                        // What fits goes now; the rest waits for the window.
+                        let raw = self.from_upstream.split_to(h.total()).freeze();
+                        let payload = raw.slice(frame::HEADER_LEN..);
+                        frame::put_data(
+                            &mut self.to_client,
+                            h.stream,
+                            &payload[..available],
+                            false,
+                        );
+                        self.window.forwarded(available);
+                        self.held = Some(Held {
+                            stream: h.stream,
+                            end_stream: h.has(frame::END_STREAM),
+                            rest: payload.slice(available..),
+                        });
+                        break;
+                    } else {
+                        break;
+                    }
+                }
+                frame::HEADERS => {
+                    self.upstream_in_block = !h.has(frame::END_HEADERS);
+                    self.pass_upstream_frame(&h);
+                    if h.has(frame::END_STREAM) {
+                        self.server_done(h.stream);
+                    }
+                }
+                frame::RST_STREAM => {
+                    if matches!(self.streams.get(&h.stream), Some(Stream::Forward { .. })) {
+                        self.streams.remove(&h.stream);
+                    }
+                    self.pass_upstream_frame(&h);
+                }
+                frame::SETTINGS => {
+                    if !h.has(frame::ACK) {
+                        let payload = &self.from_upstream[frame::HEADER_LEN..h.total()];
+                        for (id, value) in frame::settings(payload)? {
+                            match id {
+                                frame::SETTINGS_MAX_FRAME_SIZE => {
+                                    self.upstream_max_frame =
+                                        (value as usize).clamp(frame::DEFAULT_MAX_FRAME, 0xff_ffff);
+                                }
+                                frame::SETTINGS_HEADER_TABLE_SIZE => {
+                                    self.decoder.allow_table_size(value as usize);
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                    self.pass_upstream_frame(&h);
+                }
+                frame::GOAWAY => {
+                    let payload = &self.from_upstream[frame::HEADER_LEN..h.total()];
+                    if let Some(last) = payload.get(..4) {
+                        let last =
+                            u32::from_be_bytes([last[0], last[1], last[2], last[3]]) & 0x7fff_ffff;
+                        // Streams past `last` were never processed and never will be.
+                        self.streams
+                            .retain(|&id, s| id <= last || matches!(s, Stream::Intercept(_)));
+                    }
+                    self.pass_upstream_frame(&h);
+                }
+                _ => self.pass_upstream_frame(&h),
+            }
+        }
+        self.pump();
+        Ok(())
+    }
+
+    fn pass_upstream_frame(&mut self, h: &Header) {
+        self.to_client
+            .extend_from_slice(&self.from_upstream[..h.total()]);
+        self.from_upstream.advance(h.total());
+    }
+
+    /// Sends what the window allows of held-back data; true when none is left.
+    fn release_held(&mut self) -> bool {
+        let Some(held) = &mut self.held else {
+            return true;
+        };
+        let n = self.window.available().min(held.rest.len());
+        if n == 0 {
+            return false;
+        }
+        let last = n == held.rest.len();
+        frame::put_data(
+            &mut self.to_client,
+            held.stream,
+            &held.rest[..n],
+            last && held.end_stream,
+        );
+        self.window.forwarded(n);
+        held.rest.advance(n);
+        if !last {
+            return false;
+        }
+        let (stream, end) = (held.stream, held.end_stream);
+        self.held = None;
+        if end {
+            self.server_done(stream);
+        }
+        true
+    }
+
+    fn server_done(&mut self, stream: u32) {
+        if let Some(Stream::Forward { server_done, .. }) = self.streams.get_mut(&stream) {
+            *server_done = true;
+            self.maybe_done(stream);
+        }
+    }
+
+    // ---- injected replies ----
+
+    /// Sends what it can of the replies to intercepted calls, between
+    /// containerd's frames (never inside one of its header blocks).
+    pub fn pump(&mut self) {
+        if self.upstream_in_block {
+            return;
+        }
+        if self.goaway_pending {
+            self.goaway_pending = false;
+            let last = self.draining.unwrap_or(self.last_client_stream);
+            frame::put_goaway(&mut self.to_client, last, frame::NO_ERROR);
+        }
+        let mut i = 0;
+        while i < self.replying.len() {
+            let stream = self.replying[i];
+            if self.pump_one(stream) {
+                self.replying.swap_remove(i);
+                if let Some(Stream::Intercept(s)) = self.streams.get(&stream)
+                    && !s.client_done
+                {
+                    // Answered before the request ended: the rest is not wanted.
+                    frame::put_rst_stream(&mut self.to_client, stream, frame::NO_ERROR);
+                }
+                self.streams.remove(&stream);
+                self.remember_closed(stream);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// True once the reply on `stream` is all sent.
+    fn pump_one(&mut self, stream: u32) -> bool {
+        let Some(Stream::Intercept(s)) = self.streams.get_mut(&stream) else {
+            return true;
+        };
+        let Some(out) = s.reply.as_mut() else {
+            return true;
+        };
+        let max_frame = self.client_max_frame;
+        if let Some(head) = out.head.take() {
+            let end = out.data.is_empty() && out.trailers.is_none();
+            frame::put_header_block(&mut self.to_client, stream, &head, end, max_frame);
+            if end {
+                return true;
+            }
+        }
+        while !out.data.is_empty() {
+            let stream_window = usize::try_from(s.window.max(0)).unwrap_or(0);
+            let n = out
+                .data
+                .len()
+                .min(self.window.available())
+                .min(stream_window)
+                .min(max_frame);
+            if n == 0 {
+                return false;
+            }
+            let end = n == out.data.len() && out.trailers.is_none();
+            frame::put_data(&mut self.to_client, stream, &out.data[..n], end);
+            out.data.advance(n);
+            self.window.injected(n);
+            s.window -= n as i64;
+        }
+        if let Some(trailers) = out.trailers.take() {
+            frame::put_header_block(&mut self.to_client, stream, &trailers, true, max_frame);
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use frame::*;
+
+    fn intercept(path: &str) -> bool {
+        path.ends_with("/Intercepted")
+    }
+
+    fn relay() -> Relay {
+        let mut r = Relay::new(intercept, None);
+        r.from_client.extend_from_slice(PREFACE);
+        r.client_frames().unwrap();
+        r.to_upstream.clear();
+        r
+    }
+
+    /// All frames in `buf`: (header, payload).
+    fn frames(buf: &mut BytesMut) -> Vec<(Header, Vec<u8>)> {
+        let mut out = Vec::new();
+        while let Some(h) = Header::parse(buf) {
+            out.push((h, buf[HEADER_LEN..h.total()].to_vec()));
+            buf.advance(h.total());
+        }
+        assert!(buf.is_empty(), "trailing partial frame");
+        out
+    }
+
+    fn request_block(path: &str) -> BytesMut {
+        let mut b = BytesMut::new();
+        hpack::encode_field(&mut b, b":method", b"POST");
+        hpack::encode_field(&mut b, b":scheme", b"http");
+        hpack::encode_field(&mut b, b":path", path.as_bytes());
+        hpack::encode_field(&mut b, b"grpc-timeout", b"5S");
+        b
+    }
+
+    fn client_headers(r: &mut Relay, stream: u32, path: &str, end: bool) {
+        put_header_block(
+            &mut r.from_client,
+            stream,
+            &request_block(path),
+            end,
+            16_384,
+        );
+    }
+
+    #[test]
+    fn forwarded_calls_pass_with_their_head_reencoded() {
+        let mut r = relay();
+        client_headers(&mut r, 1, "/svc/Version", false);
+        put_data(&mut r.from_client, 1, b"\0\0\0\0\0", true);
+        r.client_frames().unwrap();
+        let sent = frames(&mut r.to_upstream);
+        assert_eq!(sent.len(), 2);
+        assert_eq!(sent[0].0.kind, HEADERS);
+        assert_eq!(
+            hpack::fields_of_own(&sent[0].1).unwrap()[2],
+            (b":path".to_vec(), b"/svc/Version".to_vec())
+        );
+        assert_eq!(sent[1].0.kind, DATA);
+        assert!(sent[1].0.has(END_STREAM));
+        assert!(!r.idle());
+
+        // containerd's answer passes untouched and closes the stream.
+        let mut answer = BytesMut::new();
+        put_header_block(&mut answer, 1, b"\x88", false, 16_384);
+        put_data(&mut answer, 1, b"\0\0\0\0\x02hi", false);
+        put_header_block(&mut answer, 1, b"\x40\x0bgrpc-status\x010", true, 16_384);
+        r.from_upstream.extend_from_slice(&answer);
+        r.upstream_frames().unwrap();
+        assert_eq!(&r.to_client[..], &answer[..]);
+        assert!(r.idle());
+    }
+
+    #[test]
+    fn intercepted_calls_never_reach_containerd() {
+        let mut r = relay();
+        client_headers(&mut r, 1, "/svc/Intercepted", false);
+        put_data(&mut r.from_client, 1, b"\0\0\0\0\x03", false);
+        put_data(&mut r.from_client, 1, b"abc", true);
+        // A forwarded call after it keeps its own stream id.
+        client_headers(&mut r, 3, "/svc/Version", true);
+        r.client_frames().unwrap();
+        let sent = frames(&mut r.to_upstream);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].0.stream, 3);
+
+        assert_eq!(r.calls.len(), 1);
+        let call = r.calls.pop().unwrap();
+        assert_eq!((call.stream, call.path.as_str()), (1, "/svc/Intercepted"));
+        assert_eq!(&call.body[..], b"\0\0\0\0\x03abc");
+        assert_eq!(
+            hpack::fields_of_own(&call.head).unwrap()[3],
+            (b"grpc-timeout".to_vec(), b"5S".to_vec())
+        );
+        // The client gets back the window of what we swallowed: the stream
+        // window for the frame that did not end it, and the connection's.
+        let back = frames(&mut r.to_client);
+        let updates: Vec<_> = back
+            .iter()
+            .map(|(h, p)| (h.kind, h.stream, window_increment(p).unwrap()))
+            .collect();
+        assert_eq!(updates, vec![(WINDOW_UPDATE, 1, 5), (WINDOW_UPDATE, 0, 8)]);
+    }
+
+    #[test]
+    fn injected_replies_respect_windows_and_frame_size() {
+        let mut r = relay();
+        // The client allows 10-byte stream windows only.
+        let mut settings = BytesMut::new();
+        put_header(&mut settings, 6, SETTINGS, 0, 0);
+        settings.extend_from_slice(&[0, 4, 0, 0, 0, 10]);
+        r.from_client.extend_from_slice(&settings);
+        client_headers(&mut r, 1, "/svc/Intercepted", true);
+        r.client_frames().unwrap();
+        assert_eq!(&r.to_upstream[..], &settings[..], "settings pass on");
+        r.to_upstream.clear();
+        assert_eq!(r.calls.len(), 1);
+        r.calls.clear();
+
+        r.reply(
+            1,
+            Reply {
+                head: Bytes::from_static(b"\x88"),
+                data: Bytes::from(vec![b'x'; 25]),
+                trailers: Some(Bytes::from_static(b"\x00\x0bgrpc-status\x010")),
+            },
+        );
+        let sent = frames(&mut r.to_client);
+        let shape: Vec<_> = sent
+            .iter()
+            .map(|(h, p)| (h.kind, h.flags, p.len()))
+            .collect();
+        assert_eq!(shape, vec![(HEADERS, END_HEADERS, 1), (DATA, 0, 10)]);
+        // More stream window: the rest, then the trailers end the stream.
+        put_window_update(&mut r.from_client, 1, 100);
+        r.client_frames().unwrap();
+        assert!(
+            r.to_upstream.is_empty(),
+            "intercepted stream's update is ours"
+        );
+        let sent = frames(&mut r.to_client);
+        let shape: Vec<_> = sent
+            .iter()
+            .map(|(h, p)| (h.kind, h.flags, p.len()))
+            .collect();
+        assert_eq!(
+            shape,
+            vec![(DATA, 0, 15), (HEADERS, END_STREAM | END_HEADERS, 15)]
+        );
+        assert!(r.idle());
+
+        // Our 25 bytes are repaid before containerd hears of any update.
+        put_window_update(&mut r.from_client, 0, 20);
+        r.client_frames().unwrap();
+        assert!(r.to_upstream.is_empty());
+        put_window_update(&mut r.from_client, 0, 20);
+        r.client_frames().unwrap();
+        let sent = frames(&mut r.to_upstream);
+        assert_eq!(window_increment(&sent[0].1).unwrap(), 15);
+    }
+
+    #[test]
+    fn containerd_data_beyond_the_client_window_is_held_back() {
+        let mut r = relay();
+        client_headers(&mut r, 1, "/svc/Intercepted", true);
+        client_headers(&mut r, 3, "/svc/List", true);
+        r.client_frames().unwrap();
+        r.calls.clear();
+        r.to_upstream.clear();
+        r.reply(
+            1,
+            Reply {
+                head: Bytes::from_static(b"\x88"),
+                data: Bytes::from(vec![b'y'; 100]),
+                trailers: None,
+            },
+        );
+        r.to_client.clear();
+        // containerd believes the whole 65,535 is still there and uses it.
+        let mut answer = BytesMut::new();
+        put_header_block(&mut answer, 3, b"\x88", false, 16_384);
+        for _ in 0..4 {
+            put_data(&mut answer, 3, &[0; 16_000], false);
+        }
+        put_data(&mut answer, 3, &[0; 1_535], true);
+        r.from_upstream.extend_from_slice(&answer);
+        r.upstream_frames().unwrap();
+        let sent = frames(&mut r.to_client);
+        let data: usize = sent
+            .iter()
+            .filter(|(h, _)| h.kind == DATA)
+            .map(|(h, _)| h.len)
+            .sum();
+        assert_eq!(data, 65_535 - 100, "never more than the client's window");
+        assert!(!sent.last().unwrap().0.has(END_STREAM));
+        assert!(!r.idle());
+
+        // The client's update releases the rest, and containerd hears only
+        // of what it sent itself.
+        put_window_update(&mut r.from_client, 0, 65_535);
+        r.client_frames().unwrap();
+        r.upstream_frames().unwrap();
+        let sent = frames(&mut r.to_client);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].0.len, 100);
+        assert!(sent[0].0.has(END_STREAM));
+        let up = frames(&mut r.to_upstream);
+        assert_eq!(window_increment(&up[0].1).unwrap(), 65_535 - 100);
+        assert!(r.idle());
+    }
+
+    #[test]
+    fn a_reset_cancels_an_intercepted_call_and_late_frames_are_swallowed() {
+        let mut r = relay();
+        client_headers(&mut r, 1, "/svc/Intercepted", false);
+        put_rst_stream(&mut r.from_client, 1, 0x8);
+        put_data(&mut r.from_client, 1, b"late", true);
+        r.client_frames().unwrap();
+        assert!(r.to_upstream.is_empty());
+        assert!(r.calls.is_empty());
+        assert!(r.idle());
+        // The late DATA still counted against the connection window.
+        let back = frames(&mut r.to_client);
+        assert_eq!(back.len(), 1);
+        assert_eq!(
+            (back[0].0.stream, window_increment(&back[0].1).unwrap()),
+            (0, 4)
+        );
+        // A reply that comes anyway is dropped.
+        r.reply(
+            1,
+            Reply {
+                head: Bytes::from_static(b"\x88"),
+                data: Bytes::new(),
+                trailers: None,
+            },
+        );
+        assert!(r.to_client.is_empty());
+    }
+
+    #[test]
+    fn injected_frames_never_split_a_runtime_header_block() {
+        let mut r = relay();
+        client_headers(&mut r, 1, "/svc/Intercepted", true);
+        client_headers(&mut r, 3, "/svc/Version", true);
+        r.client_frames().unwrap();
+        // containerd's HEADERS without END_HEADERS, CONTINUATION not here yet.
+        put_header(&mut r.from_upstream, 1, HEADERS, 0, 3);
+        r.from_upstream.extend_from_slice(b"\x88");
+        r.upstream_frames().unwrap();
+        r.reply(
+            1,
+            Reply {
+                head: Bytes::from_static(b"\x88"),
+                data: Bytes::new(),
+                trailers: None,
+            },
+        );
+        assert_eq!(frames(&mut r.to_client).len(), 1);
+        put_header(&mut r.from_upstream, 0, CONTINUATION, END_HEADERS, 3);
+        r.upstream_frames().unwrap();
+        let sent = frames(&mut r.to_client);
+        let shape: Vec<_> = sent.iter().map(|(h, _)| (h.kind, h.stream)).collect();
+        assert_eq!(shape, vec![(CONTINUATION, 3), (HEADERS, 1)]);
+    }
+
+    #[test]
+    fn draining_refuses_new_streams() {
+        let mut r = relay();
+        client_headers(&mut r, 1, "/svc/Version", false);
+        r.client_frames().unwrap();
+        r.drain();
+        let sent = frames(&mut r.to_client);
+        assert_eq!(sent[0].0.kind, GOAWAY);
+        assert_eq!(&sent[0].1[..4], &[0, 0, 0, 1]);
+        r.to_upstream.clear();
+        client_headers(&mut r, 3, "/svc/Version", true);
+        r.client_frames().unwrap();
+        assert!(r.to_upstream.is_empty());
+        let sent = frames(&mut r.to_client);
+        assert_eq!((sent[0].0.kind, sent[0].0.stream), (RST_STREAM, 3));
+        assert!(!r.idle(), "stream 1 is still in flight");
+        put_data(&mut r.from_client, 1, b"", true);
+        r.client_frames().unwrap();
+        put_header_block(&mut r.from_upstream, 1, b"\x88", true, 16_384);
+        r.upstream_frames().unwrap();
+        assert!(r.idle());
+    }
+
+    #[test]
+    fn protocol_violations_end_the_connection() {
+        let mut r = Relay::new(intercept, None);
+        r.from_client
+            .extend_from_slice(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(matches!(r.client_frames(), Err(RelayError::Preface)));
+
+        let mut r = relay();
+        put_header(&mut r.from_client, 0, CONTINUATION, END_HEADERS, 1);
+        assert!(r.client_frames().is_err());
+
+        let mut r = relay();
+        put_header(&mut r.from_client, 1, HEADERS, END_HEADERS, 1);
+        r.from_client.extend_from_slice(&[0xff]);
+        let e = r.client_frames().unwrap_err();
+        assert_eq!(e.code(), COMPRESSION_ERROR);
+    }
+}
