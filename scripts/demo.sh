@@ -42,7 +42,11 @@ cargo build --release --locked --bins -q
 BIN="$ROOT/target/release"
 
 stop
-mkdir -p "$DIR"
+mkdir -p "$DIR/shim-bin"
+# containerd finds containerd-shim-attestgate-v2 (runtime io.containerd.attestgate.v2)
+# on its PATH; the shim reads the configuration ATTESTGATE_CONFIG names.
+ln -sf "$BIN/containerd-shim-attestgate-v2" "$DIR/shim-bin/"
+export AG_SHIM_DIR="$DIR/shim-bin" ATTESTGATE_CONFIG="$DIR/attestgate.toml"
 say "starting a local registry and containerd in $DIR"
 ag_up "$DIR"
 set -a; source "$DIR/env"; set +a
@@ -65,6 +69,11 @@ defaultAdmissionRule:
   - projects/demo/attestors/built-by-ci
 POLICY
 "$BIN/attestgate" policy check "$B"
+cat > "$ATTESTGATE_CONFIG" <<CONFIG
+bundle = "$B"
+audit_log = "$DIR/audit.jsonl"
+system_images = ["$AG_REGISTRY/attestgate/pause*"]
+CONFIG
 
 say "starting attestgate-proxy on $DIR/attestgate.sock"
 nohup "$BIN/attestgate-proxy" --config /dev/null --listen "$DIR/attestgate.sock" \
@@ -91,6 +100,17 @@ if "${CRI[@]}" run --namespace prod --name unsigned-app --image "$UNSIGNED" --lo
   exit 1
 fi
 
+say "going around the proxy: ctr straight to containerd, runtime io.containerd.attestgate.v2"
+CTR=(ctr --address "$AG_CONTAINERD_SOCK" -n default)
+"${CTR[@]}" images pull --plain-http "$AG_APP_IMAGE" >/dev/null
+"${CTR[@]}" images pull --plain-http "$UNSIGNED" >/dev/null
+"${CTR[@]}" run --rm --runtime io.containerd.attestgate.v2 "$AG_APP_IMAGE" demo-signed echo "signed image ran through the shim"
+if "${CTR[@]}" run --rm --runtime io.containerd.attestgate.v2 "$UNSIGNED" demo-unsigned true; then
+  echo "demo.sh: the shim admitted the unsigned image — this should not happen" >&2
+  exit 1
+fi
+"${CTR[@]}" containers delete demo-unsigned >/dev/null 2>&1 || true
+
 say "audit log ($DIR/audit.jsonl)"
 cat "$DIR/audit.jsonl"
 
@@ -100,6 +120,7 @@ cat <<NOTE
   containerd:    unix://$AG_CONTAINERD_SOCK
   CRI client:    $BIN/agcri --endpoint unix://$DIR/attestgate.sock ps
                  (or: crictl --runtime-endpoint unix://$DIR/attestgate.sock ps)
+  shim:          ctr --address $AG_CONTAINERD_SOCK -n default run --rm --runtime io.containerd.attestgate.v2 IMAGE ID CMD
   decide by hand: $BIN/attestgate evaluate --bundle $B --image $UNSIGNED
   metrics:       curl -s 127.0.0.1:9464/metrics | grep attestgate_
   logs:          $DIR/proxy.log
