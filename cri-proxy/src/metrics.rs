@@ -28,6 +28,32 @@ pub struct MethodLabels {
     pub method: String,
 }
 
+/// The label for a call to `path`: `runtime.v1.RuntimeService/Version` for
+/// a CRI method (the two CRI services, any method name of a letter and up to
+/// 63 letters and digits, so methods added later get their own label),
+/// `other` for anything else, so a client cannot grow the label set with
+/// made-up services.
+fn method_label(path: &str) -> String {
+    let name = path.strip_prefix('/').unwrap_or(path);
+    let cri = ["runtime.v1.", "runtime.v1alpha2."].iter().any(|version| {
+        name.strip_prefix(version)
+            .and_then(|rest| {
+                rest.strip_prefix("RuntimeService/")
+                    .or_else(|| rest.strip_prefix("ImageService/"))
+            })
+            .is_some_and(|method| {
+                method.len() < 64
+                    && method.starts_with(|c: char| c.is_ascii_uppercase())
+                    && method.chars().all(|c| c.is_ascii_alphanumeric())
+            })
+    });
+    if cri {
+        name.to_string()
+    } else {
+        "other".to_string()
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     pub decisions: Family<DecisionLabels, Counter>,
@@ -147,14 +173,11 @@ impl Metrics {
     /// CRI service paths get their own label so a client cannot grow the
     /// label set without bound.
     pub fn forwarded(&self, path: &str) {
-        let method = if (path.starts_with("/runtime.v1.") || path.starts_with("/runtime.v1alpha2."))
-            && path.len() < 128
-        {
-            path.trim_start_matches('/').to_string()
-        } else {
-            "other".to_string()
-        };
-        self.forwarded.get_or_create(&MethodLabels { method }).inc();
+        self.forwarded
+            .get_or_create(&MethodLabels {
+                method: method_label(path),
+            })
+            .inc();
     }
 
     pub fn encode(&self) -> String {
@@ -217,5 +240,24 @@ pub async fn serve(
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn method_labels_are_bounded_to_cri_services() {
+        use super::method_label;
+        assert_eq!(
+            method_label("/runtime.v1.RuntimeService/Version"),
+            "runtime.v1.RuntimeService/Version"
+        );
+        assert_eq!(
+            method_label("runtime.v1alpha2.ImageService/PullImage"),
+            "runtime.v1alpha2.ImageService/PullImage"
+        );
+        assert_eq!(method_label("/runtime.v1.Made.Up/X"), "other");
+        assert_eq!(method_label("/runtime.v1.RuntimeService/a-b"), "other");
+        assert_eq!(method_label("/grpc.health.v1.Health/Check"), "other");
     }
 }

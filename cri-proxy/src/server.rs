@@ -25,11 +25,15 @@ pub enum Route {
 }
 
 pub fn route(path: &str) -> Route {
-    match path {
-        "/runtime.v1.ImageService/PullImage" => Route::Pull(Api::V1),
-        "/runtime.v1alpha2.ImageService/PullImage" => Route::Pull(Api::V1alpha2),
-        "/runtime.v1.RuntimeService/CreateContainer" => Route::Create(Api::V1),
-        "/runtime.v1alpha2.RuntimeService/CreateContainer" => Route::Create(Api::V1alpha2),
+    // gRPC servers route on "service/method" after dropping one leading
+    // slash (grpc-go before 1.79.3 even without it), so both spellings must
+    // be decided: otherwise "runtime.v1.ImageService/PullImage" would pull
+    // with no decision.
+    match path.strip_prefix('/').unwrap_or(path) {
+        "runtime.v1.ImageService/PullImage" => Route::Pull(Api::V1),
+        "runtime.v1alpha2.ImageService/PullImage" => Route::Pull(Api::V1alpha2),
+        "runtime.v1.RuntimeService/CreateContainer" => Route::Create(Api::V1),
+        "runtime.v1alpha2.RuntimeService/CreateContainer" => Route::Create(Api::V1alpha2),
         _ => Route::Forward,
     }
 }
@@ -100,6 +104,16 @@ mod tests {
             route("/runtime.v1alpha2.RuntimeService/CreateContainer"),
             Route::Create(Api::V1alpha2)
         );
+        // What grpc-go routes without the leading slash is decided too.
+        assert_eq!(
+            route("runtime.v1.ImageService/PullImage"),
+            Route::Pull(Api::V1)
+        );
+        assert_eq!(
+            route("runtime.v1.RuntimeService/CreateContainer"),
+            Route::Create(Api::V1)
+        );
+        assert_eq!(route("//runtime.v1.ImageService/PullImage"), Route::Forward);
         for path in [
             "/runtime.v1.RuntimeService/StartContainer",
             "/runtime.v1.ImageService/ImageStatus",

@@ -29,6 +29,7 @@ pub const NO_ERROR: u32 = 0x0;
 pub const PROTOCOL_ERROR: u32 = 0x1;
 pub const COMPRESSION_ERROR: u32 = 0x9;
 pub const REFUSED_STREAM: u32 = 0x7;
+pub const STREAM_CLOSED: u32 = 0x5;
 
 /// Every peer starts with these until its SETTINGS say otherwise.
 pub const DEFAULT_MAX_FRAME: usize = 16_384;

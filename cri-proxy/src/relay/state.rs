@@ -131,6 +131,10 @@ pub struct Relay {
     decoder: hpack::Decoder,
     client_block: Option<PartialBlock>,
     upstream_in_block: bool,
+    /// Our own control frames for the client (window updates, resets),
+    /// held while containerd's header block is half passed on: nothing may
+    /// come between a HEADERS frame and its CONTINUATIONs.
+    control: BytesMut,
     streams: HashMap<u32, Stream>,
     closed: VecDeque<u32>,
     last_client_stream: u32,
@@ -146,6 +150,9 @@ pub struct Relay {
     /// The last stream accepted, once we told the client to go away.
     draining: Option<u32>,
     goaway_pending: bool,
+    /// The last stream id of a GOAWAY containerd sent: a later GOAWAY of
+    /// ours must not name a higher one (clients close on an increase).
+    upstream_goaway: Option<u32>,
     scratch: BytesMut,
 }
 
@@ -163,6 +170,7 @@ impl Relay {
             decoder: hpack::Decoder::new(),
             client_block: None,
             upstream_in_block: false,
+            control: BytesMut::new(),
             streams: HashMap::new(),
             closed: VecDeque::new(),
             last_client_stream: 0,
@@ -175,6 +183,7 @@ impl Relay {
             replying: Vec::new(),
             draining: None,
             goaway_pending: false,
+            upstream_goaway: None,
             scratch: BytesMut::new(),
         }
     }
@@ -240,7 +249,7 @@ impl Relay {
         if self.owed > 0 {
             // Window for what we swallowed, in one update per batch.
             let owed = u32::try_from(self.owed.min(frame::MAX_WINDOW as u64)).unwrap_or(0);
-            frame::put_window_update(&mut self.to_client, 0, owed);
+            frame::put_window_update(&mut self.control, 0, owed);
             self.owed -= u64::from(owed);
         }
         self.pump();
@@ -362,19 +371,16 @@ impl Relay {
             }
             None if self.closed.contains(&stream) => {}
             None if stream <= self.last_client_stream || stream.is_multiple_of(2) => {
-                // Not a new stream: containerd judges it.
-                frame::put_header_block(
-                    &mut self.to_upstream,
-                    stream,
-                    &out,
-                    end_stream,
-                    upstream_max_frame,
-                );
+                // Not an open stream, and not a new one. containerd has not
+                // seen every id below the last (intercepted calls never
+                // reach it), so passing this on could open a call there
+                // that nothing decided: refuse it here.
+                frame::put_rst_stream(&mut self.control, stream, frame::STREAM_CLOSED);
             }
             None => {
                 self.last_client_stream = stream;
                 if self.draining.is_some_and(|last| stream > last) {
-                    frame::put_rst_stream(&mut self.to_client, stream, frame::REFUSED_STREAM);
+                    frame::put_rst_stream(&mut self.control, stream, frame::REFUSED_STREAM);
                     self.remember_closed(stream);
                 } else {
                     let path = path
@@ -441,7 +447,7 @@ impl Relay {
                     s.client_done = true;
                 } else if h.len > 0 {
                     // The stream's window is ours to give back.
-                    frame::put_window_update(&mut self.to_client, h.stream, h.len as u32);
+                    frame::put_window_update(&mut self.control, h.stream, h.len as u32);
                 }
                 if s.client_done || s.too_large {
                     self.dispatch(h.stream);
@@ -652,6 +658,8 @@ impl Relay {
                     if let Some(last) = payload.get(..4) {
                         let last =
                             u32::from_be_bytes([last[0], last[1], last[2], last[3]]) & 0x7fff_ffff;
+                        self.upstream_goaway =
+                            Some(self.upstream_goaway.map_or(last, |l| l.min(last)));
                         // Streams past `last` were never processed and never will be.
                         self.streams
                             .retain(|&id, s| id <= last || matches!(s, Stream::Intercept(_)));
@@ -715,9 +723,13 @@ impl Relay {
         if self.upstream_in_block {
             return;
         }
+        if !self.control.is_empty() {
+            self.to_client.unsplit(self.control.split());
+        }
         if self.goaway_pending {
             self.goaway_pending = false;
-            let last = self.draining.unwrap_or(self.last_client_stream);
+            let ours = self.draining.unwrap_or(self.last_client_stream);
+            let last = self.upstream_goaway.map_or(ours, |theirs| theirs.min(ours));
             frame::put_goaway(&mut self.to_client, last, frame::NO_ERROR);
         }
         let mut i = 0;
@@ -852,6 +864,26 @@ mod tests {
         r.upstream_frames().unwrap();
         assert_eq!(&r.to_client[..], &answer[..]);
         assert!(r.idle());
+    }
+
+    #[test]
+    fn a_reused_lower_stream_id_never_opens_a_call_upstream() {
+        let mut r = relay();
+        // Stream 3 is intercepted: containerd never sees it, nor stream 1.
+        client_headers(&mut r, 3, "/svc/Intercepted", false);
+        r.client_frames().unwrap();
+        // Stream 1 would be new to containerd: it must not get there.
+        client_headers(&mut r, 1, "/svc/Intercepted", true);
+        client_headers(&mut r, 2, "/svc/Version", true);
+        r.client_frames().unwrap();
+        assert!(r.to_upstream.is_empty(), "{:?}", frames(&mut r.to_upstream));
+        let back = frames(&mut r.to_client);
+        let resets: Vec<u32> = back
+            .iter()
+            .filter(|(h, _)| h.kind == RST_STREAM)
+            .map(|(h, _)| h.stream)
+            .collect();
+        assert_eq!(resets, vec![1, 2]);
     }
 
     #[test]
