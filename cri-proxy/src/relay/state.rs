@@ -23,6 +23,8 @@ use crate::metrics::Metrics;
 /// The largest request message we decode (kubelet's default is 16 MiB),
 /// plus the gRPC message prefix.
 const MAX_DECODED_REQUEST: usize = (16 << 20) + 5;
+/// All undecided intercepted request bodies of one connection together.
+const CONNECTION_BUFFER_LIMIT: usize = 64 << 20;
 /// A header block from the client larger than this ends the connection.
 const MAX_HEADER_BLOCK: usize = 1 << 20;
 /// Intercepted streams answered and closed on our side, remembered so that
@@ -431,13 +433,29 @@ impl Relay {
     }
 
     fn client_data(&mut self, h: &Header) -> Result<(), RelayError> {
+        // Request bodies of intercepted calls are held in memory until
+        // decided, and their window is given back at once: bound what one
+        // connection can make us hold.
+        let buffered: usize = if matches!(self.streams.get(&h.stream), Some(Stream::Intercept(_))) {
+            self.streams
+                .values()
+                .filter_map(|s| match s {
+                    Stream::Intercept(i) if !i.dispatched => Some(i.body.len()),
+                    _ => None,
+                })
+                .sum()
+        } else {
+            0
+        };
         match self.streams.get_mut(&h.stream) {
             Some(Stream::Intercept(s)) => {
                 let raw = self.from_client.split_to(h.total());
                 let data = frame::unpad(h, &raw[frame::HEADER_LEN..])?;
                 self.owed += h.len as u64;
                 if !s.dispatched {
-                    if s.body.len() + data.len() > MAX_DECODED_REQUEST {
+                    if s.body.len() + data.len() > MAX_DECODED_REQUEST
+                        || buffered + data.len() > CONNECTION_BUFFER_LIMIT
+                    {
                         s.too_large = true;
                     } else {
                         s.body.extend_from_slice(data);
@@ -578,6 +596,8 @@ impl Relay {
     /// client's window allows.
     pub fn upstream_frames(&mut self) -> Result<(), RelayError> {
         if !self.release_held() {
+            // Replies to intercepted calls need not wait behind held data.
+            self.pump();
             return Ok(());
         }
         while let Some(h) = Header::parse(&self.from_upstream) {
