@@ -25,21 +25,10 @@ ag_up "$DIR"
 set -a; source "$DIR/env"; set +a
 APP_REPO="${AG_APP_IMAGE%:*}"
 
-# Two attestors, both attesting the app image.
-B="$DIR/bundle"; mkdir -p "$B/attestors" "$B/attestations"
-for a in ci qa; do
-  "$BIN/attestgate" keygen --algorithm ECDSA_P256_SHA256 --private "$DIR/$a.key" --public "$DIR/$a.pub" 2>/dev/null
-  "$BIN/attestgate" attestor create --name "projects/bench/attestors/$a" --note "projects/bench/notes/$a" \
-    --public-key "$DIR/$a.pub" --algorithm ECDSA_P256_SHA256 > "$B/attestors/$a.yaml"
-  "$BIN/attestgate" sign --artifact-url "$APP_REPO@$AG_APP_DIGEST" --key "$DIR/$a.key" --algorithm ECDSA_P256_SHA256 \
-    --note "projects/bench/notes/$a" --out "$B/attestations/$a.json"
-done
-cat > "$B/policy.yaml" <<POLICY
-defaultAdmissionRule:
-  evaluationMode: REQUIRE_ATTESTATION
-  enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG
-  requireAttestationsBy: [projects/bench/attestors/ci, projects/bench/attestors/qa]
-POLICY
+# shellcheck source=scripts/bench-common.sh
+source scripts/bench-common.sh
+bench_two_attestor_bundle "$BIN" "$DIR" "$APP_REPO" "$AG_APP_DIGEST"
+B="$DIR/bundle"
 
 ATTESTGATE_WORKER_THREADS="${ATTESTGATE_WORKER_THREADS:-}" "$BIN/attestgate-proxy" --config /dev/null --listen "$DIR/proxy.sock" --runtime-endpoint "$AG_CONTAINERD_SOCK" \
   --bundle "$B" --audit-log "$DIR/audit.jsonl" > "$DIR/proxy.log" 2>&1 &

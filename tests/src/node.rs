@@ -80,6 +80,15 @@ pub struct Node {
     pub shim_config: PathBuf,
 }
 
+/// A policy requiring the CI attestor ([`Node::add_attestor`]`("ci")`), with
+/// system images allowed.
+pub const REQUIRE_CI: &str = "globalPolicyEvaluationMode: ENABLE
+defaultAdmissionRule:
+  evaluationMode: REQUIRE_ATTESTATION
+  enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG
+  requireAttestationsBy: [projects/e2e/attestors/ci]
+";
+
 /// The containerd runtime name of attestgate's shim.
 pub const SHIM_RUNTIME: &str = "io.containerd.attestgate.v2";
 

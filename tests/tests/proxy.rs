@@ -6,18 +6,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use attestgate_e2e::node::Node;
+use attestgate_e2e::node::{Node, REQUIRE_CI};
 
 fn agcri() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_agcri"))
 }
-
-const REQUIRE_CI: &str = "globalPolicyEvaluationMode: ENABLE
-defaultAdmissionRule:
-  evaluationMode: REQUIRE_ATTESTATION
-  enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG
-  requireAttestationsBy: [projects/e2e/attestors/ci]
-";
 
 /// A node whose policy requires the CI attestor, with the app image signed.
 fn signed_node() -> Option<(Node, PathBuf)> {

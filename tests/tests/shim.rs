@@ -11,18 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use attestgate_e2e::node::{Node, SHIM_RUNTIME};
+use attestgate_e2e::node::{Node, REQUIRE_CI, SHIM_RUNTIME};
 
 fn agcri() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_agcri"))
 }
-
-const REQUIRE_CI: &str = "globalPolicyEvaluationMode: ENABLE
-defaultAdmissionRule:
-  evaluationMode: REQUIRE_ATTESTATION
-  enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG
-  requireAttestationsBy: [projects/e2e/attestors/ci]
-";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
