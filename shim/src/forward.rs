@@ -241,6 +241,11 @@ async fn accept_loop(
     };
     let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<()>();
     let mut watch = tokio::time::interval(WATCH_INTERVAL);
+    // After a connection ends the runc shim may be on its way out (it
+    // answers Shutdown, then exits): look again soon, not in WATCH_INTERVAL,
+    // so the forwarder is gone with it.
+    let mut soon = tokio::time::interval(Duration::from_millis(100));
+    let mut looks_left = 0u32;
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -254,6 +259,11 @@ async fn accept_loop(
                 });
             }
             _ = ended_rx.recv() => {
+                if !alive(&runc_socket) { return; }
+                looks_left = 30;
+            }
+            _ = soon.tick(), if looks_left > 0 => {
+                looks_left -= 1;
                 if !alive(&runc_socket) { return; }
             }
             _ = watch.tick() => {

@@ -687,8 +687,15 @@ ag_containerd_stop() {
       socks+=("/run/containerd/s/$(printf 'attestgate-forward:unix://%s' "$sock" | sha256sum | cut -c1-64)")
     fi
   done
+  local arg prev
   for pid in $(ag_pids_mentioning "$c/containerd.sock"); do
     ag__err "killing leftover pid $pid: $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | cut -c1-120)"
+    # attestgate's shim forwarder: its socket is the argument after the action
+    prev=""
+    while IFS= read -r -d '' arg; do
+      [[ "$prev" == attestgate-forward && "$arg" == /run/containerd/s/* ]] && socks+=("$arg")
+      prev="$arg"
+    done <"/proc/$pid/cmdline" 2>/dev/null || true
     kill -KILL "$pid" 2>/dev/null || true
   done
   for sock in ${socks[@]+"${socks[@]}"}; do rm -f "$sock"; done
