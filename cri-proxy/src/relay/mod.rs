@@ -30,6 +30,10 @@ use state::{Call, Relay, Reply};
 /// Input we read ahead, per direction, before waiting for the other side
 /// to take what we already have.
 const BUFFER_LIMIT: usize = 1 << 20;
+/// What may wait for a client that does not read: past it, neither side is
+/// read (containerd's headers and our window updates are not flow
+/// controlled, so nothing else bounds them).
+const CLIENT_BACKLOG_LIMIT: usize = 4 << 20;
 const READ_CHUNK: usize = 64 << 10;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a closing connection may take to hand over its last bytes.
@@ -134,10 +138,11 @@ pub async fn connection<R: ImageRuntime>(
         Err(Failure::Io(e)) => tracing::debug!(error = %e, "connection ended"),
         Err(Failure::Protocol(e)) => {
             tracing::info!(error = %e, "ending a client connection that broke HTTP/2");
-            let mut goaway = BytesMut::new();
-            frame::put_goaway(&mut goaway, 0, e.code());
+            // After what is already queued, which may end in the rest of a
+            // frame written only in part.
+            frame::put_goaway(&mut relay.to_client, 0, e.code());
             let mut client = client;
-            let _ = tokio::time::timeout(FLUSH_TIMEOUT, client.write_all(&goaway)).await;
+            let _ = tokio::time::timeout(FLUSH_TIMEOUT, client.write_all(&relay.to_client)).await;
         }
     }
 }
@@ -178,12 +183,13 @@ async fn run<R: ImageRuntime>(
 ) -> Result<End, Failure> {
     let mut scratch = vec![0; READ_CHUNK];
     loop {
-        let client_open = if relay.to_upstream.len() < BUFFER_LIMIT {
+        let backlog_ok = relay.to_client.len() < CLIENT_BACKLOG_LIMIT;
+        let client_open = if relay.to_upstream.len() < BUFFER_LIMIT && backlog_ok {
             read_some(client, &mut scratch, &mut relay.from_client)?
         } else {
             true
         };
-        let upstream_open = if relay.from_upstream.len() < BUFFER_LIMIT {
+        let upstream_open = if relay.from_upstream.len() < BUFFER_LIMIT && backlog_ok {
             read_some(upstream, &mut scratch, &mut relay.from_upstream)?
         } else {
             true
@@ -208,8 +214,10 @@ async fn run<R: ImageRuntime>(
         }
         tokio::select! {
             biased;
-            r = client.readable(), if relay.to_upstream.len() < BUFFER_LIMIT => r?,
-            r = upstream.readable(), if relay.from_upstream.len() < BUFFER_LIMIT => r?,
+            r = client.readable(), if relay.to_upstream.len() < BUFFER_LIMIT
+                && relay.to_client.len() < CLIENT_BACKLOG_LIMIT => r?,
+            r = upstream.readable(), if relay.from_upstream.len() < BUFFER_LIMIT
+                && relay.to_client.len() < CLIENT_BACKLOG_LIMIT => r?,
             r = client.writable(), if !relay.to_client.is_empty() => r?,
             r = upstream.writable(), if !relay.to_upstream.is_empty() => r?,
             Some((stream, reply)) = replies.recv() => relay.reply(stream, reply),
