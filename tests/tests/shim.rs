@@ -288,6 +288,39 @@ fn ctr_containers(mode: Mode) {
     assert_eq!(record["decision"], "allow");
     assert_no_trace(&node, pinned_id);
 
+    // The runc shim killed under a running container: containerd cleans up
+    // through `<our binary> delete`, which hands over to runc's, and in
+    // forward mode the forwarder goes with the runc shim.
+    let doomed = &format!("doomed-{}", node.cgroup_tag);
+    ctr_ok(
+        &node,
+        &[
+            "run",
+            "-d",
+            "--runtime",
+            SHIM_RUNTIME,
+            &node.app_image,
+            doomed,
+        ],
+    );
+    let runc_shim = node.sh(&format!(
+        "for p in $(ag_pids_mentioning \"-namespace default -id {doomed} -address $AG_CONTAINERD_SOCK\"); do \
+           tr '\\0' ' ' </proc/$p/cmdline | grep -q containerd-shim-runc-v2 && echo $p; done; true"
+    ));
+    assert!(!runc_shim.is_empty(), "no runc shim for {doomed}");
+    node.sh(&format!("kill -KILL {runc_shim}"));
+    wait_until(&format!("{doomed} to stop"), || {
+        !ctr_ok(&node, &["task", "ls"])
+            .lines()
+            .any(|l| l.starts_with(doomed.as_str()) && l.contains("RUNNING"))
+    });
+    let _ = ctr(&node, &["task", "delete", "-f", doomed]);
+    ctr_ok(&node, &["containers", "delete", doomed]);
+    // A killed runc shim leaves its socket file behind, with or without
+    // attestgate (nothing removes it in containerd 1.6): not ours to judge.
+    let _ = std::fs::remove_file(shim_socket(&node, "default", doomed));
+    assert_no_trace(&node, doomed);
+
     // Break-glass on the container's annotations admits, unenforced.
     ctr_ok(
         &node,
