@@ -423,7 +423,7 @@ fn fails_closed(mode: Mode) {
             "--runtime",
             SHIM_RUNTIME,
             &node.app_image,
-            "open",
+            &format!("open-{tag}"),
             "echo",
             "ran-open",
         ],
