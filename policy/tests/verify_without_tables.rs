@@ -4,7 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use attestgate_policy::verify::{PkixKey, SignatureAlgorithm, verify_without_tables};
+use attestgate_policy::verify::{
+    PkixKey, SignatureAlgorithm, comb_tables_built, verify_without_tables,
+};
 use rand::RngCore as _;
 use rsa::pkcs8::EncodePublicKey as _;
 use rsa::signature::{SignatureEncoding as _, Signer as _};
@@ -37,4 +39,5 @@ fn every_curve_accepts_good_and_refuses_bad_signatures() {
     check_curve!(SignatureAlgorithm::EcdsaP256Sha256, p256);
     check_curve!(SignatureAlgorithm::EcdsaP384Sha384, p384);
     check_curve!(SignatureAlgorithm::EcdsaP521Sha512, p521);
+    assert!(!comb_tables_built(), "a comb table was built all the same");
 }

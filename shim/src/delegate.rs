@@ -13,14 +13,18 @@ use attestgate_policy::config::ConfigFile;
 
 pub const RUNC_SHIM: &str = "containerd-shim-runc-v2";
 
-/// The runc shim to hand over to: the configuration's `runc_shim`, else
-/// `containerd-shim-runc-v2` on containerd's PATH.
-pub fn runc_shim() -> Result<PathBuf, String> {
-    // A configuration that cannot be read must not stop `delete` from
-    // cleaning up; the default name is the only sensible fallback.
-    let configured = ConfigFile::discover(None)
+/// The runc shim named by the configuration file, for invocations that
+/// have not read it already. A configuration that cannot be read must not
+/// stop `delete` from cleaning up: then the default name is used.
+pub fn configured_runc_shim() -> Option<PathBuf> {
+    ConfigFile::discover(None)
         .ok()
-        .and_then(|(file, _)| file.runc_shim);
+        .and_then(|(file, _)| file.runc_shim)
+}
+
+/// The runc shim to hand over to: `configured` (the configuration's
+/// `runc_shim`), else `containerd-shim-runc-v2` on containerd's PATH.
+pub fn runc_shim(configured: Option<PathBuf>) -> Result<PathBuf, String> {
     let wanted = configured.unwrap_or_else(|| PathBuf::from(RUNC_SHIM));
     if wanted.components().count() > 1 {
         return Ok(wanted);

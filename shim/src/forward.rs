@@ -420,15 +420,19 @@ async fn read_frame(reader: &mut OwnedReadHalf) -> std::io::Result<Option<Vec<u8
 /// Writes frames as they come, several per write when they queue up.
 async fn write_frames(mut writer: OwnedWriteHalf, mut frames: mpsc::UnboundedReceiver<Vec<u8>>) {
     let mut batch = Vec::new();
-    while let Some(frame) = frames.recv().await {
-        batch.clear();
-        batch.extend_from_slice(&frame);
+    while let Some(mut frame) = frames.recv().await {
+        // One frame, the usual case, goes out as it is.
         while let Ok(more) = frames.try_recv() {
+            if batch.is_empty() {
+                batch.append(&mut frame);
+            }
             batch.extend_from_slice(&more);
         }
-        if writer.write_all(&batch).await.is_err() {
+        let out = if batch.is_empty() { &frame } else { &batch };
+        if writer.write_all(out).await.is_err() {
             return;
         }
+        batch.clear();
     }
     let _ = writer.shutdown().await;
 }

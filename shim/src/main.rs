@@ -40,7 +40,7 @@ fn main() -> ExitCode {
     match invocation.action() {
         Action::Forward => forward::serve(&invocation),
         Action::Start => start(&invocation, &argv),
-        Action::Other => hand_over(&argv),
+        Action::Other => hand_over(&argv, delegate::configured_runc_shim()),
     }
 }
 
@@ -62,7 +62,14 @@ fn start(invocation: &Invocation, argv: &[OsString]) -> ExitCode {
     });
     // A configuration that cannot be read is refused by the exec path.
     let mode = loaded.as_ref().map_or(ShimMode::Exec, |(_, _, mode)| *mode);
-    let client = invocation.address.as_deref().map(Containerd::connect);
+    let configured_shim = loaded
+        .as_ref()
+        .ok()
+        .and_then(|(file, _, _)| file.runc_shim.clone());
+    // Forward mode decides later, in the forwarder: no containerd client here.
+    let client = (mode != ShimMode::Forward)
+        .then(|| invocation.address.as_deref().map(Containerd::connect))
+        .flatten();
     let forward = match mode {
         ShimMode::Forward => true,
         ShimMode::Exec => false,
@@ -74,12 +81,8 @@ fn start(invocation: &Invocation, argv: &[OsString]) -> ExitCode {
     };
 
     if forward {
-        let shim = match delegate::runc_shim() {
-            Ok(shim) => shim,
-            Err(e) => {
-                eprintln!("{}: {e}", env!("CARGO_PKG_NAME"));
-                return ExitCode::FAILURE;
-            }
+        let Some(shim) = runc_shim(configured_shim) else {
+            return ExitCode::FAILURE;
         };
         return match forward::start(invocation, argv, &shim) {
             Ok(reply) => {
@@ -111,17 +114,20 @@ fn start(invocation: &Invocation, argv: &[OsString]) -> ExitCode {
         eprintln!("{}", verdict.deny_message());
         return ExitCode::FAILURE;
     }
-    hand_over(argv)
+    hand_over(argv, configured_shim)
+}
+
+/// The runc shim to hand over to, or why there is none (on stderr).
+fn runc_shim(configured: Option<PathBuf>) -> Option<PathBuf> {
+    delegate::runc_shim(configured)
+        .map_err(|e| eprintln!("{}: {e}", env!("CARGO_PKG_NAME")))
+        .ok()
 }
 
 /// Becomes the runc shim; returns only if that fails.
-fn hand_over(argv: &[OsString]) -> ExitCode {
-    let shim = match delegate::runc_shim() {
-        Ok(shim) => shim,
-        Err(e) => {
-            eprintln!("{}: {e}", env!("CARGO_PKG_NAME"));
-            return ExitCode::FAILURE;
-        }
+fn hand_over(argv: &[OsString], configured_shim: Option<PathBuf>) -> ExitCode {
+    let Some(shim) = runc_shim(configured_shim) else {
+        return ExitCode::FAILURE;
     };
     let e = delegate::exec(&shim, argv);
     eprintln!(

@@ -259,9 +259,7 @@ impl Relay {
     }
 
     fn pass_client_frame(&mut self, h: &Header) {
-        self.to_upstream
-            .extend_from_slice(&self.from_client[..h.total()]);
-        self.from_client.advance(h.total());
+        move_frame(&mut self.from_client, &mut self.to_upstream, h);
     }
 
     fn client_frame(&mut self, h: Header) -> Result<(), RelayError> {
@@ -694,9 +692,7 @@ impl Relay {
     }
 
     fn pass_upstream_frame(&mut self, h: &Header) {
-        self.to_client
-            .extend_from_slice(&self.from_upstream[..h.total()]);
-        self.from_upstream.advance(h.total());
+        move_frame(&mut self.from_upstream, &mut self.to_client, h);
     }
 
     /// Sends what the window allows of held-back data; true when none is left.
@@ -809,6 +805,12 @@ impl Relay {
         }
         true
     }
+}
+
+/// Moves the frame `h` heads from the front of `from` to the end of `to`, as is.
+fn move_frame(from: &mut BytesMut, to: &mut BytesMut, h: &Header) {
+    to.extend_from_slice(&from[..h.total()]);
+    from.advance(h.total());
 }
 
 #[cfg(test)]

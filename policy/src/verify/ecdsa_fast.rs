@@ -36,6 +36,14 @@ use p256::elliptic_curve::{
 };
 
 static WITHOUT_TABLES: AtomicBool = AtomicBool::new(false);
+static TABLES_BUILT: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process has built any comb table: lets a test tell that
+/// [`verify_without_tables`] took effect.
+#[doc(hidden)]
+pub fn comb_tables_built() -> bool {
+    TABLES_BUILT.load(Ordering::Relaxed)
+}
 
 /// From now on, in this process, ECDSA verifications compute u1·G + u2·Q
 /// directly instead of building comb tables: slower per signature, but with
@@ -86,6 +94,7 @@ pub(super) struct Comb<C: CurveArithmetic> {
 impl<C: CurveArithmetic> Comb<C> {
     /// `width` is between 1 and 8 (a window must fit in two bytes of the scalar).
     fn new(base: C::ProjectivePoint, width: usize) -> Self {
+        TABLES_BUILT.store(true, Ordering::Relaxed);
         let width = width.clamp(1, 8);
         let half = 1usize << (width - 1);
         // Signed digits carry into one window above the scalar's own bits.

@@ -20,6 +20,8 @@ mod pgp;
 mod pkix;
 
 pub use self::pgp::PgpKey;
+#[doc(hidden)]
+pub use self::pkix::comb_tables_built;
 pub use self::pkix::{
     Curve, HashAlgorithm, KeyKind, PemBlock, PemError, PkixKey, SignatureAlgorithm,
     UnknownAlgorithm, pem_blocks, pkix_key_id, verify_without_tables,

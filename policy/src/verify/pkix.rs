@@ -14,7 +14,7 @@ use super::{KeyError, VerifyError};
 // verify/mod.rs; `path` keeps the files beside this one.
 #[path = "ecdsa_fast.rs"]
 mod ecdsa_fast;
-pub use self::ecdsa_fast::verify_without_tables;
+pub use self::ecdsa_fast::{comb_tables_built, verify_without_tables};
 #[path = "rsa_fast.rs"]
 mod rsa_fast;
 
