@@ -172,12 +172,14 @@ impl Metrics {
     /// Counts a forwarded call. Method names come from the request path; only
     /// CRI service paths get their own label so a client cannot grow the
     /// label set without bound.
-    pub fn forwarded(&self, path: &str) {
+    /// The counter of calls to `path`, for a connection to keep: looking it
+    /// up takes a hash and a lock, which is worth avoiding once per call.
+    pub fn forwarded_counter(&self, path: &str) -> Counter {
         self.forwarded
             .get_or_create(&MethodLabels {
                 method: method_label(path),
             })
-            .inc();
+            .clone()
     }
 
     pub fn encode(&self) -> String {

@@ -29,7 +29,7 @@ pub const NO_ERROR: u32 = 0x0;
 pub const PROTOCOL_ERROR: u32 = 0x1;
 pub const COMPRESSION_ERROR: u32 = 0x9;
 pub const REFUSED_STREAM: u32 = 0x7;
-pub const STREAM_CLOSED: u32 = 0x5;
+pub const CANCEL: u32 = 0x8;
 
 /// Every peer starts with these until its SETTINGS say otherwise.
 pub const DEFAULT_MAX_FRAME: usize = 16_384;
@@ -97,6 +97,12 @@ pub fn put_goaway(out: &mut BytesMut, last_stream: u32, code: u32) {
     put_header(out, 8, GOAWAY, 0, 0);
     out.put_u32(last_stream & 0x7fff_ffff);
     out.put_u32(code);
+}
+
+/// An empty SETTINGS frame: the peer acknowledges it after everything
+/// sent before it, which makes it a marker in the peer's frame order.
+pub fn put_empty_settings(out: &mut BytesMut) {
+    put_header(out, 0, SETTINGS, 0, 0);
 }
 
 /// A header block as HEADERS plus as many CONTINUATION frames as the

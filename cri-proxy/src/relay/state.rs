@@ -1,13 +1,23 @@
 //! The relay's state for one client connection and its own connection to
 //! containerd, without any I/O: bytes in, bytes out. Frames pass through
-//! as they are, except
+//! as they are, header blocks included: each is decoded on the way, to
+//! read `:path` and to follow the client's compression context, but what
+//! containerd gets is the client's own bytes, so containerd's decoder stays
+//! in step with the client's encoder and does no more work than without us.
 //!
-//! * header blocks from the client, which are decoded (to read `:path`)
-//!   and re-encoded without indexing, so that a stream can be left out;
-//! * the streams of intercepted calls, which containerd never sees: their
-//!   request is collected here and their reply injected toward the client;
-//! * connection-level WINDOW_UPDATEs, adjusted for the injected bytes (see
-//!   `flow.rs`).
+//! Intercepted calls (PullImage, CreateContainer) are *muted* toward
+//! containerd: their header block goes on (it is part of the compression
+//! context), without END_STREAM and followed at once by RST_STREAM, and
+//! none of their DATA ever follows. A gRPC server reads the whole request
+//! message before it runs a handler, so containerd never acts on them. The
+//! request is collected here, decided, and the reply injected toward the
+//! client, but only once containerd has acknowledged an empty SETTINGS
+//! frame sent after the reset: everything containerd will ever say on that
+//! stream (an early refusal of a malformed request, say) comes before that
+//! acknowledgement, so nothing of containerd's can follow our reply.
+//!
+//! Connection-level WINDOW_UPDATEs are adjusted for the injected bytes
+//! (see `flow.rs`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -19,6 +29,7 @@ use super::flow::ClientWindow;
 use super::frame::{self, FrameError, Header};
 use super::hpack::{self, DecodeError};
 use crate::metrics::Metrics;
+use prometheus_client::metrics::counter::Counter;
 
 /// The largest request message we decode (kubelet's default is 16 MiB),
 /// plus the gRPC message prefix.
@@ -27,10 +38,14 @@ const MAX_DECODED_REQUEST: usize = (16 << 20) + 5;
 const CONNECTION_BUFFER_LIMIT: usize = 64 << 20;
 /// A header block from the client larger than this ends the connection.
 const MAX_HEADER_BLOCK: usize = 1 << 20;
-/// Intercepted streams answered and closed on our side, remembered so that
-/// frames the client had already sent for them are not passed to
-/// containerd, which never knew them.
+/// The request head of an intercepted call, decoded, that we keep to
+/// decide it.
+const MAX_KEPT_HEAD: usize = 64 << 10;
+/// Muted streams answered and closed on our side, remembered so that
+/// frames either side still sends for them are not passed on.
 const CLOSED_REMEMBERED: usize = 256;
+/// Distinct methods whose counters a connection keeps at hand.
+const COUNTERS_KEPT: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -55,6 +70,7 @@ impl RelayError {
 }
 
 /// A call to decide: the request as the client sent it.
+#[derive(Debug)]
 pub struct Call {
     pub stream: u32,
     pub path: String,
@@ -79,9 +95,15 @@ enum Stream {
     Intercept(Box<Intercepted>),
 }
 
+/// A muted stream: an intercepted call, or one refused while draining.
 struct Intercepted {
     head: Bytes,
     path: String,
+    /// Our SETTINGS marker that containerd must acknowledge before the
+    /// client hears anything on this stream from us.
+    fence: u64,
+    /// Refused (REFUSED_STREAM) rather than decided.
+    refused: bool,
     body: BytesMut,
     client_done: bool,
     too_large: bool,
@@ -117,7 +139,48 @@ struct Held {
 struct PartialBlock {
     stream: u32,
     end_stream: bool,
+    /// The frames as they came, to pass on once the block is complete.
+    raw: BytesMut,
     fragment: BytesMut,
+}
+
+/// The decoded fields of the last request head, kept for an intercepted
+/// call: names and values back to back in `bytes`.
+#[derive(Default)]
+struct HeadFields {
+    bytes: Vec<u8>,
+    /// (name start, value start, value end) in `bytes`.
+    fields: Vec<(usize, usize, usize)>,
+    complete: bool,
+}
+
+impl HeadFields {
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.fields.clear();
+        self.complete = true;
+    }
+
+    fn push(&mut self, name: &[u8], value: &[u8]) {
+        if !self.complete || self.bytes.len() + name.len() + value.len() > MAX_KEPT_HEAD {
+            self.complete = false;
+            return;
+        }
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(name);
+        self.bytes.extend_from_slice(value);
+        self.fields
+            .push((start, start + name.len(), self.bytes.len()));
+    }
+
+    /// The head in our stateless encoding.
+    fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.bytes.len() + 8 * self.fields.len());
+        for &(start, mid, end) in &self.fields {
+            hpack::encode_field(&mut out, &self.bytes[start..mid], &self.bytes[mid..end]);
+        }
+        out.freeze()
+    }
 }
 
 pub struct Relay {
@@ -130,7 +193,11 @@ pub struct Relay {
     intercept: fn(&str) -> bool,
     metrics: Option<Arc<Metrics>>,
     preface_seen: bool,
+    client_settings_seen: bool,
     decoder: hpack::Decoder,
+    head: HeadFields,
+    path: Vec<u8>,
+    counters: Vec<(Box<[u8]>, Counter)>,
     client_block: Option<PartialBlock>,
     upstream_in_block: bool,
     /// Our own control frames for the client (window updates, resets),
@@ -155,7 +222,12 @@ pub struct Relay {
     /// The last stream id of a GOAWAY containerd sent: a later GOAWAY of
     /// ours must not name a higher one (clients close on an increase).
     upstream_goaway: Option<u32>,
-    scratch: BytesMut,
+    /// SETTINGS frames containerd has yet to acknowledge, in order: the
+    /// client's (None) and our markers (their number).
+    settings_unacked: VecDeque<Option<u64>>,
+    fence_sent: u64,
+    fence_acked: u64,
+    fence_wanted: bool,
 }
 
 impl Relay {
@@ -169,7 +241,11 @@ impl Relay {
             intercept,
             metrics,
             preface_seen: false,
+            client_settings_seen: false,
             decoder: hpack::Decoder::new(),
+            head: HeadFields::default(),
+            path: Vec::new(),
+            counters: Vec::new(),
             client_block: None,
             upstream_in_block: false,
             control: BytesMut::new(),
@@ -186,7 +262,10 @@ impl Relay {
             draining: None,
             goaway_pending: false,
             upstream_goaway: None,
-            scratch: BytesMut::new(),
+            settings_unacked: VecDeque::new(),
+            fence_sent: 0,
+            fence_acked: 0,
+            fence_wanted: false,
         }
     }
 
@@ -248,6 +327,12 @@ impl Relay {
             }
             self.client_frame(h)?;
         }
+        if self.fence_wanted {
+            self.fence_wanted = false;
+            frame::put_empty_settings(&mut self.to_upstream);
+            self.fence_sent += 1;
+            self.settings_unacked.push_back(Some(self.fence_sent));
+        }
         if self.owed > 0 {
             // Window for what we swallowed, in one update per batch.
             let owed = u32::try_from(self.owed.min(frame::MAX_WINDOW as u64)).unwrap_or(0);
@@ -263,6 +348,15 @@ impl Relay {
     }
 
     fn client_frame(&mut self, h: Header) -> Result<(), RelayError> {
+        if !self.client_settings_seen {
+            // Our SETTINGS markers must not come ahead of the client's.
+            if h.kind != frame::SETTINGS || h.has(frame::ACK) {
+                return Err(RelayError::Protocol(
+                    "the client did not start with SETTINGS",
+                ));
+            }
+            self.client_settings_seen = true;
+        }
         if let Some(block) = &mut self.client_block {
             if h.kind != frame::CONTINUATION || h.stream != block.stream {
                 return Err(RelayError::Protocol("header block interrupted"));
@@ -270,6 +364,7 @@ impl Relay {
             block
                 .fragment
                 .extend_from_slice(&self.from_client[frame::HEADER_LEN..h.total()]);
+            block.raw.extend_from_slice(&self.from_client[..h.total()]);
             self.from_client.advance(h.total());
             if block.fragment.len() > MAX_HEADER_BLOCK {
                 return Err(RelayError::Protocol("header block too large"));
@@ -277,21 +372,22 @@ impl Relay {
             if h.has(frame::END_HEADERS)
                 && let Some(block) = self.client_block.take()
             {
-                self.client_headers(block.stream, block.end_stream, &block.fragment)?;
+                self.client_headers(block.stream, block.end_stream, &block.raw, &block.fragment)?;
             }
             return Ok(());
         }
         match h.kind {
             frame::HEADERS => {
-                let raw = self.from_client.split_to(h.total()).freeze();
+                let raw = self.from_client.split_to(h.total());
                 let fragment = frame::headers_fragment(&h, &raw[frame::HEADER_LEN..])?;
                 if h.has(frame::END_HEADERS) {
-                    self.client_headers(h.stream, h.has(frame::END_STREAM), fragment)?;
+                    self.client_headers(h.stream, h.has(frame::END_STREAM), &raw, fragment)?;
                 } else {
                     self.client_block = Some(PartialBlock {
                         stream: h.stream,
                         end_stream: h.has(frame::END_STREAM),
                         fragment: BytesMut::from(fragment),
+                        raw,
                     });
                 }
             }
@@ -313,6 +409,7 @@ impl Relay {
             frame::SETTINGS => {
                 if !h.has(frame::ACK) {
                     self.client_settings(&h)?;
+                    self.settings_unacked.push_back(None);
                 }
                 self.pass_client_frame(&h);
             }
@@ -332,102 +429,121 @@ impl Relay {
         &mut self,
         stream: u32,
         end_stream: bool,
+        raw: &[u8],
         block: &[u8],
     ) -> Result<(), RelayError> {
-        // Every block is decoded, even of streams we drop: the client's
-        // compression context advances with each one.
-        let mut out = std::mem::take(&mut self.scratch);
-        out.clear();
-        let path = hpack::reencode(&mut self.decoder, block, &mut out);
-        let path = match path {
-            Ok(path) => path,
-            Err(e) => {
-                self.scratch = out;
-                return Err(e.into());
-            }
-        };
-        let upstream_max_frame = self.upstream_max_frame;
-        match self.streams.get_mut(&stream) {
-            Some(Stream::Forward { client_done, .. }) => {
-                // Trailers.
-                frame::put_header_block(
-                    &mut self.to_upstream,
-                    stream,
-                    &out,
-                    end_stream,
-                    upstream_max_frame,
-                );
-                if end_stream {
-                    *client_done = true;
-                    self.maybe_done(stream);
-                }
-            }
-            Some(Stream::Intercept(s)) => {
-                // Request trailers carry nothing a decision needs; they end the body.
-                if end_stream {
-                    s.client_done = true;
-                    self.dispatch(stream);
-                }
-            }
-            None if self.closed.contains(&stream) => {}
-            None if stream <= self.last_client_stream || stream.is_multiple_of(2) => {
-                // Not an open stream, and not a new one. containerd has not
-                // seen every id below the last (intercepted calls never
-                // reach it), so passing this on could open a call there
-                // that nothing decided: refuse it here.
-                frame::put_rst_stream(&mut self.control, stream, frame::STREAM_CLOSED);
-            }
-            None => {
-                self.last_client_stream = stream;
-                if self.draining.is_some_and(|last| stream > last) {
-                    frame::put_rst_stream(&mut self.control, stream, frame::REFUSED_STREAM);
-                    self.remember_closed(stream);
-                } else {
-                    let path = path
-                        .and_then(|p| String::from_utf8(p).ok())
-                        .unwrap_or_default();
-                    if let Some(metrics) = &self.metrics {
-                        metrics.forwarded(&path);
-                    }
-                    if (self.intercept)(&path) {
-                        self.streams.insert(
-                            stream,
-                            Stream::Intercept(Box::new(Intercepted {
-                                head: out.split().freeze(),
-                                path,
-                                body: BytesMut::new(),
-                                client_done: end_stream,
-                                too_large: false,
-                                dispatched: false,
-                                window: self.client_initial_window,
-                                reply: None,
-                                task: None,
-                            })),
-                        );
-                        if end_stream {
-                            self.dispatch(stream);
-                        }
-                    } else {
-                        frame::put_header_block(
-                            &mut self.to_upstream,
-                            stream,
-                            &out,
-                            end_stream,
-                            upstream_max_frame,
-                        );
-                        self.streams.insert(
-                            stream,
-                            Stream::Forward {
-                                client_done: end_stream,
-                                server_done: false,
-                            },
-                        );
-                    }
-                }
-            }
+        if stream.is_multiple_of(2) || stream <= self.last_client_stream {
+            // Trailers, or a stream id used before: no gRPC client sends
+            // either, and containerd would end the connection over them
+            // too. We end it ourselves because containerd may not have
+            // registered every id below the last (a block it refused as
+            // malformed), so such a block could open a call there that
+            // nothing decided, and dropping it would desynchronise the
+            // compression context.
+            return Err(RelayError::Protocol(
+                "HEADERS that do not open a new stream",
+            ));
         }
-        self.scratch = out;
+        let mut head = std::mem::take(&mut self.head);
+        let mut path = std::mem::take(&mut self.path);
+        head.clear();
+        path.clear();
+        let mut intercept = false;
+        let mut intercepted_path = None;
+        let intercepts = self.intercept;
+        let decoded = self.decoder.decode(block, |name, value| {
+            if name == b":path" {
+                // Whichever `:path` containerd would read, if any of them
+                // is an intercepted method the call is muted.
+                let value_str = std::str::from_utf8(value).unwrap_or_default();
+                if !intercept && intercepts(value_str) {
+                    intercept = true;
+                    intercepted_path = Some(value_str.to_owned());
+                }
+                if path.is_empty() {
+                    path.extend_from_slice(value);
+                }
+            }
+            head.push(name, value);
+        });
+        self.last_client_stream = stream;
+        let refused = self.draining.is_some_and(|last| stream > last);
+        if decoded.is_ok() && !refused {
+            self.count_call(&path);
+        }
+        self.path = path;
+        if let Err(e) = decoded {
+            self.head = head;
+            return Err(e.into());
+        }
+        let muted = intercept || refused;
+        let at = self.to_upstream.len();
+        self.to_upstream.extend_from_slice(raw);
+        if !muted {
+            self.head = head;
+            self.streams.insert(
+                stream,
+                Stream::Forward {
+                    client_done: end_stream,
+                    server_done: false,
+                },
+            );
+            return Ok(());
+        }
+        // containerd must never see this request end: no END_STREAM, no
+        // DATA, and a reset right behind the header block.
+        self.to_upstream[at + 4] &= !frame::END_STREAM;
+        frame::put_rst_stream(&mut self.to_upstream, stream, frame::CANCEL);
+        self.fence_wanted = true;
+        let complete_head = head.complete;
+        let call = Intercepted {
+            head: if refused || !complete_head {
+                Bytes::new()
+            } else {
+                head.encode()
+            },
+            path: intercepted_path.unwrap_or_default(),
+            fence: self.fence_sent + 1,
+            refused,
+            body: BytesMut::new(),
+            client_done: end_stream,
+            too_large: false,
+            dispatched: refused,
+            window: self.client_initial_window,
+            reply: None,
+            task: None,
+        };
+        self.head = head;
+        self.streams
+            .insert(stream, Stream::Intercept(Box::new(call)));
+        if refused {
+            self.replying.push(stream);
+        } else if !complete_head {
+            self.reject(
+                stream,
+                crate::grpc::ProxyError::BadRequest(format!(
+                    "request head larger than {MAX_KEPT_HEAD} bytes"
+                )),
+            );
+        } else if end_stream {
+            self.dispatch(stream);
+        }
         Ok(())
+    }
+
+    fn count_call(&mut self, path: &[u8]) {
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        if let Some((_, counter)) = self.counters.iter().find(|(p, _)| &p[..] == path) {
+            counter.inc();
+            return;
+        }
+        let counter = metrics.forwarded_counter(&String::from_utf8_lossy(path));
+        counter.inc();
+        if self.counters.len() < COUNTERS_KEPT {
+            self.counters.push((path.into(), counter));
+        }
     }
 
     fn client_data(&mut self, h: &Header) -> Result<(), RelayError> {
@@ -543,17 +659,10 @@ impl Relay {
         }
         s.dispatched = true;
         if s.too_large {
-            let head = crate::grpc::ProxyError::TooLarge(MAX_DECODED_REQUEST - 5).into_head();
-            let (parts, ()) = head.into_parts();
-            let block = hpack::encode_response(Some(parts.status.as_u16()), &parts.headers);
             s.body = BytesMut::new();
-            self.reply(
+            self.reject(
                 stream,
-                Reply {
-                    head: block.freeze(),
-                    data: Bytes::new(),
-                    trailers: None,
-                },
+                crate::grpc::ProxyError::TooLarge(MAX_DECODED_REQUEST - 5),
             );
             return;
         }
@@ -563,6 +672,23 @@ impl Relay {
             head: s.head.clone(),
             body: std::mem::take(&mut s.body).freeze(),
         });
+    }
+
+    /// Answers an intercepted call with an error without deciding it.
+    fn reject(&mut self, stream: u32, error: crate::grpc::ProxyError) {
+        if let Some(Stream::Intercept(s)) = self.streams.get_mut(&stream) {
+            s.dispatched = true;
+        }
+        let (parts, ()) = error.into_head().into_parts();
+        let block = hpack::encode_response(Some(parts.status.as_u16()), &parts.headers);
+        self.reply(
+            stream,
+            Reply {
+                head: block.freeze(),
+                data: Bytes::new(),
+                trailers: None,
+            },
+        );
     }
 
     fn maybe_done(&mut self, stream: u32) {
@@ -611,6 +737,13 @@ impl Relay {
                 continue;
             }
             match h.kind {
+                frame::DATA if self.muted(h.stream) => {
+                    // Never the client's: containerd gets its window back.
+                    self.from_upstream.advance(h.total());
+                    if h.len > 0 {
+                        frame::put_window_update(&mut self.to_upstream, 0, h.len as u32);
+                    }
+                }
                 frame::DATA => {
                     let available = self.window.available();
                     if h.len <= available {
@@ -641,11 +774,27 @@ impl Relay {
                     }
                 }
                 frame::HEADERS => {
+                    // Passed on whatever the stream: the client's decoder
+                    // must see every block containerd encoded.
                     self.upstream_in_block = !h.has(frame::END_HEADERS);
                     self.pass_upstream_frame(&h);
-                    if h.has(frame::END_STREAM) {
+                    if matches!(self.streams.get(&h.stream), Some(Stream::Intercept(_))) {
+                        // containerd answered a muted call before our reset
+                        // reached it (a request it found malformed): that
+                        // answer is what the client would have had without
+                        // us, so ours is dropped.
+                        self.close_intercepted(h.stream);
+                        if !h.has(frame::END_STREAM) {
+                            frame::put_rst_stream(&mut self.control, h.stream, frame::CANCEL);
+                        }
+                    } else if h.has(frame::END_STREAM) {
                         self.server_done(h.stream);
                     }
+                }
+                frame::RST_STREAM | frame::WINDOW_UPDATE
+                    if h.stream != 0 && self.muted(h.stream) =>
+                {
+                    self.from_upstream.advance(h.total());
                 }
                 frame::RST_STREAM => {
                     if matches!(self.streams.get(&h.stream), Some(Stream::Forward { .. })) {
@@ -653,6 +802,13 @@ impl Relay {
                     }
                     self.pass_upstream_frame(&h);
                 }
+                frame::SETTINGS if h.has(frame::ACK) => match self.settings_unacked.pop_front() {
+                    Some(Some(fence)) => {
+                        self.fence_acked = fence;
+                        self.from_upstream.advance(h.total());
+                    }
+                    _ => self.pass_upstream_frame(&h),
+                },
                 frame::SETTINGS => {
                     if !h.has(frame::ACK) {
                         let payload = &self.from_upstream[frame::HEADER_LEN..h.total()];
@@ -678,9 +834,11 @@ impl Relay {
                             u32::from_be_bytes([last[0], last[1], last[2], last[3]]) & 0x7fff_ffff;
                         self.upstream_goaway =
                             Some(self.upstream_goaway.map_or(last, |l| l.min(last)));
-                        // Streams past `last` were never processed and never will be.
-                        self.streams
-                            .retain(|&id, s| id <= last || matches!(s, Stream::Intercept(_)));
+                        // Streams past `last` were never processed and never
+                        // will be; the client may retry them elsewhere, so
+                        // muted ones are not answered either.
+                        self.streams.retain(|&id, _| id <= last);
+                        self.replying.retain(|&id| id <= last);
                     }
                     self.pass_upstream_frame(&h);
                 }
@@ -689,6 +847,16 @@ impl Relay {
         }
         self.pump();
         Ok(())
+    }
+
+    /// A stream containerd must not be heard on by the client, apart from
+    /// header blocks: muted, or muted and closed.
+    fn muted(&self, stream: u32) -> bool {
+        match self.streams.get(&stream) {
+            Some(Stream::Intercept(_)) => true,
+            Some(Stream::Forward { .. }) => false,
+            None => self.closed.contains(&stream),
+        }
     }
 
     fn pass_upstream_frame(&mut self, h: &Header) {
@@ -751,10 +919,17 @@ impl Relay {
         let mut i = 0;
         while i < self.replying.len() {
             let stream = self.replying[i];
+            if let Some(Stream::Intercept(s)) = self.streams.get(&stream)
+                && s.fence > self.fence_acked
+            {
+                i += 1;
+                continue;
+            }
             if self.pump_one(stream) {
                 self.replying.swap_remove(i);
                 if let Some(Stream::Intercept(s)) = self.streams.get(&stream)
                     && !s.client_done
+                    && !s.refused
                 {
                     // Answered before the request ended: the rest is not wanted.
                     frame::put_rst_stream(&mut self.to_client, stream, frame::NO_ERROR);
@@ -772,6 +947,10 @@ impl Relay {
         let Some(Stream::Intercept(s)) = self.streams.get_mut(&stream) else {
             return true;
         };
+        if s.refused {
+            frame::put_rst_stream(&mut self.to_client, stream, frame::REFUSED_STREAM);
+            return true;
+        }
         let Some(out) = s.reply.as_mut() else {
             return true;
         };
@@ -822,12 +1001,24 @@ mod tests {
         path.ends_with("/Intercepted")
     }
 
+    /// A relay past the connection preface, containerd having acknowledged
+    /// the client's first SETTINGS.
     fn relay() -> Relay {
         let mut r = Relay::new(intercept, None);
         r.from_client.extend_from_slice(PREFACE);
+        put_header(&mut r.from_client, 0, SETTINGS, 0, 0);
         r.client_frames().unwrap();
         r.to_upstream.clear();
+        put_header(&mut r.from_upstream, 0, SETTINGS, ACK, 0);
+        r.upstream_frames().unwrap();
+        r.to_client.clear();
         r
+    }
+
+    /// containerd acknowledges the next SETTINGS frame, our marker.
+    fn ack_fence(r: &mut Relay) {
+        put_header(&mut r.from_upstream, 0, SETTINGS, ACK, 0);
+        r.upstream_frames().unwrap();
     }
 
     /// All frames in `buf`: (header, payload).
@@ -839,6 +1030,13 @@ mod tests {
         }
         assert!(buf.is_empty(), "trailing partial frame");
         out
+    }
+
+    fn shape(buf: &mut BytesMut) -> Vec<(u8, u32, u8)> {
+        frames(buf)
+            .iter()
+            .map(|(h, _)| (h.kind, h.stream, h.flags))
+            .collect()
     }
 
     fn request_block(path: &str) -> BytesMut {
@@ -860,56 +1058,83 @@ mod tests {
         );
     }
 
+    fn reply(data: &[u8]) -> Reply {
+        Reply {
+            head: Bytes::from_static(b"\x88"),
+            data: Bytes::copy_from_slice(data),
+            trailers: None,
+        }
+    }
+
     #[test]
-    fn forwarded_calls_pass_with_their_head_reencoded() {
+    fn forwarded_calls_pass_untouched() {
         let mut r = relay();
-        client_headers(&mut r, 1, "/svc/Version", false);
-        put_data(&mut r.from_client, 1, b"\0\0\0\0\0", true);
-        r.client_frames().unwrap();
-        let sent = frames(&mut r.to_upstream);
-        assert_eq!(sent.len(), 2);
-        assert_eq!(sent[0].0.kind, HEADERS);
-        assert_eq!(
-            hpack::fields_of_own(&sent[0].1).unwrap()[2],
-            (b":path".to_vec(), b"/svc/Version".to_vec())
+        // An indexing client: the second call refers to its dynamic table.
+        let mut sent_by_client = BytesMut::new();
+        put_header_block(
+            &mut sent_by_client,
+            1,
+            b"\x83\x86\x44\x0c/svc/Version",
+            false,
+            16_384,
         );
-        assert_eq!(sent[1].0.kind, DATA);
-        assert!(sent[1].0.has(END_STREAM));
+        put_data(&mut sent_by_client, 1, b"\0\0\0\0\0", true);
+        put_header_block(&mut sent_by_client, 3, b"\x83\x86\xbe", true, 16_384);
+        r.from_client.extend_from_slice(&sent_by_client);
+        r.client_frames().unwrap();
+        assert_eq!(&r.to_upstream[..], &sent_by_client[..]);
+        r.to_upstream.clear();
         assert!(!r.idle());
 
-        // containerd's answer passes untouched and closes the stream.
+        // containerd's answers pass untouched and close the streams.
         let mut answer = BytesMut::new();
-        put_header_block(&mut answer, 1, b"\x88", false, 16_384);
-        put_data(&mut answer, 1, b"\0\0\0\0\x02hi", false);
-        put_header_block(&mut answer, 1, b"\x40\x0bgrpc-status\x010", true, 16_384);
+        for stream in [1, 3] {
+            put_header_block(&mut answer, stream, b"\x88", false, 16_384);
+            put_data(&mut answer, stream, b"\0\0\0\0\x02hi", false);
+            put_header_block(
+                &mut answer,
+                stream,
+                b"\x40\x0bgrpc-status\x010",
+                true,
+                16_384,
+            );
+        }
         r.from_upstream.extend_from_slice(&answer);
         r.upstream_frames().unwrap();
         assert_eq!(&r.to_client[..], &answer[..]);
         assert!(r.idle());
+        assert!(r.to_upstream.is_empty());
     }
 
     #[test]
-    fn a_reused_lower_stream_id_never_opens_a_call_upstream() {
-        let mut r = relay();
-        // Stream 3 is intercepted: containerd never sees it, nor stream 1.
-        client_headers(&mut r, 3, "/svc/Intercepted", false);
-        r.client_frames().unwrap();
-        // Stream 1 would be new to containerd: it must not get there.
-        client_headers(&mut r, 1, "/svc/Intercepted", true);
-        client_headers(&mut r, 2, "/svc/Version", true);
-        r.client_frames().unwrap();
-        assert!(r.to_upstream.is_empty(), "{:?}", frames(&mut r.to_upstream));
-        let back = frames(&mut r.to_client);
-        let resets: Vec<u32> = back
-            .iter()
-            .filter(|(h, _)| h.kind == RST_STREAM)
-            .map(|(h, _)| h.stream)
-            .collect();
-        assert_eq!(resets, vec![1, 2]);
+    fn header_blocks_that_open_no_new_stream_end_the_connection() {
+        // A lower id again (containerd may not have registered it), an
+        // even id, trailers on an open stream: none of them goes on.
+        let cases: [&[(u32, &str, bool)]; 3] = [
+            &[
+                (3, "/svc/Intercepted", false),
+                (1, "/svc/Intercepted", true),
+            ],
+            &[(2, "/svc/Version", true)],
+            &[(1, "/svc/Version", false), (1, "/svc/Intercepted", true)],
+        ];
+        for case in cases {
+            let mut r = relay();
+            let (last, earlier) = case.split_last().unwrap();
+            for &(stream, path, end) in earlier {
+                client_headers(&mut r, stream, path, end);
+            }
+            r.client_frames().unwrap();
+            r.to_upstream.clear();
+            client_headers(&mut r, last.0, last.1, last.2);
+            let e = r.client_frames().unwrap_err();
+            assert_eq!(e.code(), PROTOCOL_ERROR);
+            assert!(r.to_upstream.is_empty(), "{:?}", shape(&mut r.to_upstream));
+        }
     }
 
     #[test]
-    fn intercepted_calls_never_reach_containerd() {
+    fn intercepted_calls_are_muted_toward_containerd() {
         let mut r = relay();
         client_headers(&mut r, 1, "/svc/Intercepted", false);
         put_data(&mut r.from_client, 1, b"\0\0\0\0\x03", false);
@@ -918,8 +1143,24 @@ mod tests {
         client_headers(&mut r, 3, "/svc/Version", true);
         r.client_frames().unwrap();
         let sent = frames(&mut r.to_upstream);
-        assert_eq!(sent.len(), 1);
-        assert_eq!(sent[0].0.stream, 3);
+        let got: Vec<_> = sent
+            .iter()
+            .map(|(h, _)| (h.kind, h.stream, h.flags))
+            .collect();
+        // The block goes on, for the compression context, but not its
+        // end nor its body: a reset follows it at once, and the SETTINGS
+        // marker closes the batch.
+        assert_eq!(
+            got,
+            vec![
+                (HEADERS, 1, END_HEADERS),
+                (RST_STREAM, 1, 0),
+                (HEADERS, 3, END_HEADERS | END_STREAM),
+                (SETTINGS, 0, 0),
+            ]
+        );
+        assert_eq!(&sent[0].1[..], &request_block("/svc/Intercepted")[..]);
+        assert_eq!(&sent[1].1[..], &CANCEL.to_be_bytes());
 
         assert_eq!(r.calls.len(), 1);
         let call = r.calls.pop().unwrap();
@@ -937,6 +1178,94 @@ mod tests {
             .map(|(h, p)| (h.kind, h.stream, window_increment(p).unwrap()))
             .collect();
         assert_eq!(updates, vec![(WINDOW_UPDATE, 1, 5), (WINDOW_UPDATE, 0, 8)]);
+
+        // Whatever containerd still sends on the stream (apart from header
+        // blocks) is not the client's; its DATA window goes back to it.
+        put_rst_stream(&mut r.from_upstream, 1, CANCEL);
+        put_window_update(&mut r.from_upstream, 1, 10);
+        put_data(&mut r.from_upstream, 1, b"xyz", false);
+        r.upstream_frames().unwrap();
+        assert!(r.to_client.is_empty(), "{:?}", shape(&mut r.to_client));
+        let up = frames(&mut r.to_upstream);
+        assert_eq!(up.len(), 1);
+        assert_eq!(
+            (up[0].0.stream, window_increment(&up[0].1).unwrap()),
+            (0, 3)
+        );
+    }
+
+    #[test]
+    fn a_reply_waits_for_containerd_to_pass_the_marker() {
+        let mut r = relay();
+        client_headers(&mut r, 1, "/svc/Intercepted", true);
+        r.client_frames().unwrap();
+        r.calls.clear();
+        r.to_upstream.clear();
+        // A SETTINGS of the client's own, after our marker.
+        put_header(&mut r.from_client, 0, SETTINGS, 0, 0);
+        r.client_frames().unwrap();
+        r.reply(1, reply(b"ok"));
+        assert!(
+            r.to_client.is_empty(),
+            "decided, but containerd may still speak"
+        );
+        ack_fence(&mut r);
+        let got = shape(&mut r.to_client);
+        assert_eq!(got, vec![(HEADERS, 1, END_HEADERS), (DATA, 1, END_STREAM)]);
+        assert!(r.idle());
+        // The next acknowledgement is for the client's SETTINGS: it passes.
+        ack_fence(&mut r);
+        assert_eq!(shape(&mut r.to_client), vec![(SETTINGS, 0, ACK)]);
+    }
+
+    #[test]
+    fn containerd_answering_a_muted_call_first_is_what_the_client_gets() {
+        let mut r = relay();
+        client_headers(&mut r, 1, "/svc/Intercepted", true);
+        r.client_frames().unwrap();
+        assert_eq!(r.calls.len(), 1);
+        // An early refusal (trailers-only), ahead of the marker's ack.
+        let mut refusal = BytesMut::new();
+        put_header_block(
+            &mut refusal,
+            1,
+            b"\x88\x40\x0bgrpc-status\x0212",
+            true,
+            16_384,
+        );
+        r.from_upstream.extend_from_slice(&refusal);
+        ack_fence(&mut r);
+        assert_eq!(&r.to_client[..], &refusal[..]);
+        r.to_client.clear();
+        assert!(r.idle());
+        // Our decision, when it comes, is dropped.
+        r.reply(1, reply(b"late"));
+        assert!(r.to_client.is_empty());
+    }
+
+    #[test]
+    fn muted_calls_past_containerds_goaway_are_left_to_the_client() {
+        let mut r = relay();
+        client_headers(&mut r, 1, "/svc/Intercepted", true);
+        client_headers(&mut r, 3, "/svc/Intercepted", true);
+        r.client_frames().unwrap();
+        assert_eq!(r.calls.len(), 2);
+        let mut goaway = BytesMut::new();
+        put_goaway(&mut goaway, 1, NO_ERROR);
+        r.from_upstream.extend_from_slice(&goaway);
+        ack_fence(&mut r);
+        r.reply(3, reply(b"three"));
+        r.reply(1, reply(b"one"));
+        let got = shape(&mut r.to_client);
+        assert_eq!(
+            got,
+            vec![
+                (GOAWAY, 0, 0),
+                (HEADERS, 1, END_HEADERS),
+                (DATA, 1, END_STREAM)
+            ]
+        );
+        assert!(r.idle());
     }
 
     #[test]
@@ -949,10 +1278,18 @@ mod tests {
         r.from_client.extend_from_slice(&settings);
         client_headers(&mut r, 1, "/svc/Intercepted", true);
         r.client_frames().unwrap();
-        assert_eq!(&r.to_upstream[..], &settings[..], "settings pass on");
+        assert_eq!(
+            &r.to_upstream[..settings.len()],
+            &settings[..],
+            "settings pass on"
+        );
         r.to_upstream.clear();
         assert_eq!(r.calls.len(), 1);
         r.calls.clear();
+        // containerd acknowledges the client's SETTINGS, then our marker.
+        ack_fence(&mut r);
+        ack_fence(&mut r);
+        assert_eq!(shape(&mut r.to_client), vec![(SETTINGS, 0, ACK)]);
 
         r.reply(
             1,
@@ -1004,6 +1341,7 @@ mod tests {
         r.client_frames().unwrap();
         r.calls.clear();
         r.to_upstream.clear();
+        ack_fence(&mut r);
         r.reply(
             1,
             Reply {
@@ -1053,7 +1391,15 @@ mod tests {
         put_rst_stream(&mut r.from_client, 1, 0x8);
         put_data(&mut r.from_client, 1, b"late", true);
         r.client_frames().unwrap();
-        assert!(r.to_upstream.is_empty());
+        // Nothing of the client's reset or data: containerd had ours.
+        assert_eq!(
+            shape(&mut r.to_upstream),
+            vec![
+                (HEADERS, 1, END_HEADERS),
+                (RST_STREAM, 1, 0),
+                (SETTINGS, 0, 0)
+            ]
+        );
         assert!(r.calls.is_empty());
         assert!(r.idle());
         // The late DATA still counted against the connection window.
@@ -1081,6 +1427,7 @@ mod tests {
         client_headers(&mut r, 1, "/svc/Intercepted", true);
         client_headers(&mut r, 3, "/svc/Version", true);
         r.client_frames().unwrap();
+        ack_fence(&mut r);
         // containerd's HEADERS without END_HEADERS, CONTINUATION not here yet.
         put_header(&mut r.from_upstream, 1, HEADERS, 0, 3);
         r.from_upstream.extend_from_slice(b"\x88");
@@ -1113,9 +1460,21 @@ mod tests {
         r.to_upstream.clear();
         client_headers(&mut r, 3, "/svc/Version", true);
         r.client_frames().unwrap();
-        assert!(r.to_upstream.is_empty());
+        // Muted toward containerd, refused toward the client once
+        // containerd has passed the marker.
+        assert_eq!(
+            shape(&mut r.to_upstream),
+            vec![
+                (HEADERS, 3, END_HEADERS),
+                (RST_STREAM, 3, 0),
+                (SETTINGS, 0, 0)
+            ]
+        );
+        assert!(r.to_client.is_empty());
+        ack_fence(&mut r);
         let sent = frames(&mut r.to_client);
         assert_eq!((sent[0].0.kind, sent[0].0.stream), (RST_STREAM, 3));
+        assert_eq!(&sent[0].1[..], &REFUSED_STREAM.to_be_bytes());
         assert!(!r.idle(), "stream 1 is still in flight");
         put_data(&mut r.from_client, 1, b"", true);
         r.client_frames().unwrap();
@@ -1134,6 +1493,11 @@ mod tests {
         let mut r = relay();
         put_header(&mut r.from_client, 0, CONTINUATION, END_HEADERS, 1);
         assert!(r.client_frames().is_err());
+
+        let mut r = Relay::new(intercept, None);
+        r.from_client.extend_from_slice(PREFACE);
+        client_headers(&mut r, 1, "/svc/Version", true);
+        assert!(r.client_frames().is_err(), "SETTINGS must come first");
 
         let mut r = relay();
         put_header(&mut r.from_client, 1, HEADERS, END_HEADERS, 1);
