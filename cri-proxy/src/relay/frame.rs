@@ -11,6 +11,7 @@ pub const HEADERS: u8 = 0x1;
 pub const PRIORITY: u8 = 0x2;
 pub const RST_STREAM: u8 = 0x3;
 pub const SETTINGS: u8 = 0x4;
+pub const PING: u8 = 0x6;
 pub const GOAWAY: u8 = 0x7;
 pub const WINDOW_UPDATE: u8 = 0x8;
 pub const CONTINUATION: u8 = 0x9;
@@ -86,6 +87,11 @@ pub fn put_header(out: &mut BytesMut, len: usize, kind: u8, flags: u8, stream: u
 pub fn put_window_update(out: &mut BytesMut, stream: u32, increment: u32) {
     put_header(out, 4, WINDOW_UPDATE, 0, stream);
     out.put_u32(increment & 0x7fff_ffff);
+}
+
+pub fn put_ping_ack(out: &mut BytesMut, payload: &[u8]) {
+    put_header(out, payload.len(), PING, ACK, 0);
+    out.put_slice(payload);
 }
 
 pub fn put_rst_stream(out: &mut BytesMut, stream: u32, code: u32) {

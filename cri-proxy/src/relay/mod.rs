@@ -9,14 +9,15 @@ pub mod frame;
 pub mod hpack;
 pub mod state;
 
-use std::io::{self, Read as _};
+use std::io::{self, Read as _, Write as _};
+use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use socket2::SockRef;
-use tokio::io::{AsyncWriteExt as _, Interest};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch};
 
@@ -43,46 +44,117 @@ fn intercepted(path: &str) -> bool {
     route(path) != Route::Forward
 }
 
-/// Reads what is there; false once the peer closed its side.
+/// One side of the relay: a socket the runtime watches for input only.
 ///
-/// A read that did not fill `scratch` emptied the socket (a Unix stream
-/// socket hands over everything queued, up to the buffer's size), so we
-/// tell the runtime it is no longer readable right away instead of learning
-/// it from one more read that fails with EAGAIN: one system call less per
-/// message, which is most of what separates a relay from a plain `socat`.
-/// Readiness that arrived after the read is kept by tokio (it compares
-/// event ticks), so no wake-up is lost.
-fn read_some(stream: &UnixStream, scratch: &mut [u8], buf: &mut BytesMut) -> io::Result<bool> {
-    let mut got = None;
-    let tried = stream.try_io(Interest::READABLE, || {
-        let n = (&*SockRef::from(stream)).read(scratch)?;
-        got = Some(n);
-        if n > 0 && n < scratch.len() {
-            Err(io::ErrorKind::WouldBlock.into())
-        } else {
-            Ok(())
-        }
-    });
-    match (got, tried) {
-        (Some(0), _) => Ok(false),
-        (Some(n), _) => {
-            buf.extend_from_slice(&scratch[..n]);
-            Ok(true)
-        }
-        (None, Err(e)) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
-        (None, _) => Ok(true),
-    }
+/// Tokio's own sockets are registered for input and output alike, edge
+/// triggered, so every time the peer takes what we wrote the kernel's
+/// "room to write" edge wakes the runtime for nothing: two wake-ups per
+/// call, on a hop whose whole cost is wake-ups. Output readiness is asked
+/// for only while a write is stuck, through a second registration of a
+/// duplicate descriptor (epoll tells descriptors apart), dropped again once
+/// the backlog is gone.
+struct Side {
+    socket: AsyncFd<StdUnixStream>,
+    stuck: Option<AsyncFd<StdUnixStream>>,
 }
 
-fn write_some(stream: &UnixStream, buf: &mut BytesMut) -> io::Result<()> {
-    while !buf.is_empty() {
-        match stream.try_write(buf) {
-            Ok(n) => buf.advance(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) => return Err(e),
+/// Registers `socket` with the runtime for `interest` only.
+///
+/// Tokio deprecated the safe constructor because an arbitrary `AsRawFd`
+/// may hand out a different descriptor later, or close it, under the
+/// registration; its replacement is `unsafe`, which this workspace forbids.
+/// A std `UnixStream` owned by the `AsyncFd` keeps one descriptor, open,
+/// for as long as it lives, which is exactly the guarantee asked for.
+#[allow(deprecated)]
+fn watch_socket(socket: StdUnixStream, interest: Interest) -> io::Result<AsyncFd<StdUnixStream>> {
+    AsyncFd::with_interest(socket, interest)
+}
+
+impl Side {
+    fn new(stream: UnixStream) -> io::Result<Side> {
+        let stream = stream.into_std()?;
+        stream.set_nonblocking(true)?;
+        Ok(Side {
+            socket: watch_socket(stream, Interest::READABLE)?,
+            stuck: None,
+        })
+    }
+
+    /// Reads what is there; false once the peer closed its side.
+    ///
+    /// A read that did not fill `scratch` emptied the socket (a Unix stream
+    /// socket hands over everything queued, up to the buffer's size), so we
+    /// tell the runtime it is no longer readable right away instead of
+    /// learning it from one more read that fails with EAGAIN. Readiness that
+    /// arrived after the read is kept by tokio (it compares event ticks), so
+    /// no wake-up is lost.
+    fn read_some(&self, scratch: &mut [u8], buf: &mut BytesMut) -> io::Result<bool> {
+        let mut got = None;
+        let tried = self.socket.try_io(Interest::READABLE, |mut stream| {
+            let n = stream.read(scratch)?;
+            got = Some(n);
+            if n > 0 && n < scratch.len() {
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(())
+            }
+        });
+        match (got, tried) {
+            (Some(0), _) => Ok(false),
+            (Some(n), _) => {
+                buf.extend_from_slice(&scratch[..n]);
+                Ok(true)
+            }
+            (None, Err(e)) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
+            (None, _) => Ok(true),
         }
     }
-    Ok(())
+
+    /// Writes what the socket takes.
+    fn write_some(&mut self, buf: &mut BytesMut) -> io::Result<()> {
+        while !buf.is_empty() {
+            let written = match &self.stuck {
+                Some(stuck) => stuck.try_io(Interest::WRITABLE, |mut s| s.write(buf)),
+                None => (&mut self.socket.get_ref()).write(buf),
+            };
+            match written {
+                Ok(n) => buf.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if self.stuck.is_none() {
+                        let duplicate = self.socket.get_ref().try_clone()?;
+                        self.stuck = Some(watch_socket(duplicate, Interest::WRITABLE)?);
+                    }
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.stuck = None;
+        Ok(())
+    }
+
+    async fn readable(&self) -> io::Result<()> {
+        self.socket.readable().await.map(|_| ())
+    }
+
+    /// Resolves once a stuck write may go on (never while none is stuck).
+    async fn writable(&self) -> io::Result<()> {
+        match &self.stuck {
+            Some(stuck) => stuck.writable().await.map(|_| ()),
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Writes all of `buf`, waiting for room as needed.
+    async fn write_all(&mut self, buf: &mut BytesMut) -> io::Result<()> {
+        loop {
+            self.write_some(buf)?;
+            if buf.is_empty() {
+                return Ok(());
+            }
+            self.writable().await?;
+        }
+    }
 }
 
 /// Serves one client connection until either side closes it, or until
@@ -105,6 +177,13 @@ pub async fn connection<R: ImageRuntime>(
             return;
         }
     };
+    let (mut client, mut upstream) = match (Side::new(client), Side::new(upstream)) {
+        (Ok(client), Ok(upstream)) => (client, upstream),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(error = %e, "cannot watch the connection's sockets; closing it");
+            return;
+        }
+    };
     let mut relay = Relay::new(intercepted, Some(gate.metrics.clone()));
     let (replies_tx, mut replies) = mpsc::unbounded_channel::<(u32, Reply)>();
     let mut draining = *shutdown.borrow();
@@ -112,8 +191,8 @@ pub async fn connection<R: ImageRuntime>(
         relay.drain();
     }
     let end = run(
-        &client,
-        &upstream,
+        &mut client,
+        &mut upstream,
         &mut relay,
         &gate,
         &replies_tx,
@@ -124,14 +203,13 @@ pub async fn connection<R: ImageRuntime>(
     .await;
     match end {
         Ok(End::ClientClosed) => {
-            let mut upstream = upstream;
-            let _ =
-                tokio::time::timeout(FLUSH_TIMEOUT, upstream.write_all(&relay.to_upstream)).await;
+            let _ = tokio::time::timeout(FLUSH_TIMEOUT, upstream.write_all(&mut relay.to_upstream))
+                .await;
         }
         Ok(End::RuntimeClosed) => {
             // Whatever containerd said last (GOAWAY) reaches the client.
-            let mut client = client;
-            let _ = tokio::time::timeout(FLUSH_TIMEOUT, client.write_all(&relay.to_client)).await;
+            let _ =
+                tokio::time::timeout(FLUSH_TIMEOUT, client.write_all(&mut relay.to_client)).await;
             tracing::debug!("runtime closed the connection");
         }
         Ok(End::Drained) => {}
@@ -141,8 +219,8 @@ pub async fn connection<R: ImageRuntime>(
             // After what is already queued, which may end in the rest of a
             // frame written only in part.
             frame::put_goaway(&mut relay.to_client, 0, e.code());
-            let mut client = client;
-            let _ = tokio::time::timeout(FLUSH_TIMEOUT, client.write_all(&relay.to_client)).await;
+            let _ =
+                tokio::time::timeout(FLUSH_TIMEOUT, client.write_all(&mut relay.to_client)).await;
         }
     }
 }
@@ -172,8 +250,8 @@ impl From<state::RelayError> for Failure {
 
 #[allow(clippy::too_many_arguments)]
 async fn run<R: ImageRuntime>(
-    client: &UnixStream,
-    upstream: &UnixStream,
+    client: &mut Side,
+    upstream: &mut Side,
     relay: &mut Relay,
     gate: &Arc<Gate<R>>,
     replies_tx: &mpsc::UnboundedSender<(u32, Reply)>,
@@ -185,12 +263,12 @@ async fn run<R: ImageRuntime>(
     loop {
         let backlog_ok = relay.to_client.len() < CLIENT_BACKLOG_LIMIT;
         let client_open = if relay.to_upstream.len() < BUFFER_LIMIT && backlog_ok {
-            read_some(client, &mut scratch, &mut relay.from_client)?
+            client.read_some(&mut scratch, &mut relay.from_client)?
         } else {
             true
         };
         let upstream_open = if relay.from_upstream.len() < BUFFER_LIMIT && backlog_ok {
-            read_some(upstream, &mut scratch, &mut relay.from_upstream)?
+            upstream.read_some(&mut scratch, &mut relay.from_upstream)?
         } else {
             true
         };
@@ -201,8 +279,8 @@ async fn run<R: ImageRuntime>(
             let task = tokio::spawn(decide(gate.clone(), call, replies_tx.clone()));
             relay.set_task(stream, task.abort_handle());
         }
-        write_some(upstream, &mut relay.to_upstream)?;
-        write_some(client, &mut relay.to_client)?;
+        upstream.write_some(&mut relay.to_upstream)?;
+        client.write_some(&mut relay.to_client)?;
         if !client_open {
             return Ok(End::ClientClosed);
         }

@@ -46,6 +46,10 @@ const MAX_KEPT_HEAD: usize = 64 << 10;
 const CLOSED_REMEMBERED: usize = 256;
 /// Distinct methods whose counters a connection keeps at hand.
 const COUNTERS_KEPT: usize = 64;
+/// While the client may still send this much, containerd's connection
+/// window updates wait to travel with the next frame the client gets
+/// anyway (see `held_window`).
+const CLIENT_WINDOW_LOW: i64 = 32 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -228,6 +232,13 @@ pub struct Relay {
     fence_sent: u64,
     fence_acked: u64,
     fence_wanted: bool,
+    /// What the client may still send on the connection, by its count.
+    client_send_window: i64,
+    /// Connection window containerd gave back that the client has not
+    /// been told of yet. containerd (grpc-go) returns window with a PING
+    /// after nearly every request; passed on at once, the update alone
+    /// would wake the client for nothing between request and reply.
+    held_window: u64,
 }
 
 impl Relay {
@@ -266,6 +277,8 @@ impl Relay {
             fence_sent: 0,
             fence_acked: 0,
             fence_wanted: false,
+            client_send_window: frame::DEFAULT_WINDOW,
+            held_window: 0,
         }
     }
 
@@ -338,6 +351,7 @@ impl Relay {
             let owed = u32::try_from(self.owed.min(frame::MAX_WINDOW as u64)).unwrap_or(0);
             frame::put_window_update(&mut self.control, 0, owed);
             self.owed -= u64::from(owed);
+            self.client_send_window += i64::from(owed);
         }
         self.pump();
         Ok(())
@@ -547,6 +561,7 @@ impl Relay {
     }
 
     fn client_data(&mut self, h: &Header) -> Result<(), RelayError> {
+        self.client_send_window -= h.len as i64;
         // Request bodies of intercepted calls are held in memory until
         // decided, and their window is given back at once: bound what one
         // connection can make us hold.
@@ -796,6 +811,32 @@ impl Relay {
                 {
                     self.from_upstream.advance(h.total());
                 }
+                frame::WINDOW_UPDATE if h.stream == 0 => {
+                    let increment =
+                        frame::window_increment(&self.from_upstream[frame::HEADER_LEN..h.total()]);
+                    match increment {
+                        Ok(increment) if increment > 0 => {
+                            self.held_window += u64::from(increment);
+                            self.from_upstream.advance(h.total());
+                        }
+                        // containerd's own protocol error: the client judges it.
+                        _ => self.pass_upstream_frame(&h),
+                    }
+                }
+                frame::PING
+                    if !h.has(frame::ACK) && h.len == 8 && self.upstream_goaway.is_none() =>
+                {
+                    // PING is between the two ends of one connection: this
+                    // one is ours to answer. Passed on, it would cost the
+                    // client a wake-up and a write, and us another relay,
+                    // per call. Once containerd is going away its PINGs
+                    // pass, as it times its last GOAWAY by the client's.
+                    frame::put_ping_ack(
+                        &mut self.to_upstream,
+                        &self.from_upstream[frame::HEADER_LEN..h.total()],
+                    );
+                    self.from_upstream.advance(h.total());
+                }
                 frame::RST_STREAM => {
                     if matches!(self.streams.get(&h.stream), Some(Stream::Forward { .. })) {
                         self.streams.remove(&h.stream);
@@ -909,6 +950,14 @@ impl Relay {
         }
         if !self.control.is_empty() {
             self.to_client.unsplit(self.control.split());
+        }
+        if self.held_window > 0
+            && (self.client_send_window < CLIENT_WINDOW_LOW || !self.to_client.is_empty())
+        {
+            let increment = self.held_window.min(frame::MAX_WINDOW as u64);
+            frame::put_window_update(&mut self.to_client, 0, increment as u32);
+            self.held_window -= increment;
+            self.client_send_window += increment as i64;
         }
         if self.goaway_pending {
             self.goaway_pending = false;
@@ -1266,6 +1315,81 @@ mod tests {
             ]
         );
         assert!(r.idle());
+    }
+
+    #[test]
+    fn containerds_pings_are_answered_here_until_it_goes_away() {
+        let mut r = relay();
+        let mut ping = BytesMut::new();
+        put_header(&mut ping, 8, PING, 0, 0);
+        ping.extend_from_slice(b"12345678");
+        r.from_upstream.extend_from_slice(&ping);
+        r.upstream_frames().unwrap();
+        assert!(r.to_client.is_empty());
+        let up = frames(&mut r.to_upstream);
+        assert_eq!(up.len(), 1);
+        assert_eq!((up[0].0.kind, up[0].0.flags), (PING, ACK));
+        assert_eq!(&up[0].1[..], b"12345678");
+        // Answers to the client's own PINGs pass.
+        let mut pong = BytesMut::new();
+        put_header(&mut pong, 8, PING, ACK, 0);
+        pong.extend_from_slice(b"abcdefgh");
+        r.from_upstream.extend_from_slice(&pong);
+        r.upstream_frames().unwrap();
+        assert_eq!(&r.to_client[..], &pong[..]);
+        r.to_client.clear();
+        // A shutting-down containerd times its last GOAWAY by the
+        // client's answer, so from then on its PINGs are the client's.
+        put_goaway(&mut r.from_upstream, 0x7fff_ffff, NO_ERROR);
+        r.from_upstream.extend_from_slice(&ping);
+        r.upstream_frames().unwrap();
+        let got = shape(&mut r.to_client);
+        assert_eq!(got, vec![(GOAWAY, 0, 0), (PING, 0, 0)]);
+        assert!(r.to_upstream.is_empty());
+    }
+
+    #[test]
+    fn containerds_window_updates_travel_with_the_next_frame_unless_needed() {
+        let mut r = relay();
+        put_window_update(&mut r.from_upstream, 0, 9);
+        r.upstream_frames().unwrap();
+        assert!(r.to_client.is_empty(), "the client has window to spare");
+        // The reply that follows takes the update along.
+        client_headers(&mut r, 1, "/svc/Version", false);
+        put_data(&mut r.from_client, 1, b"\0\0\0\0\0", true);
+        r.client_frames().unwrap();
+        put_header_block(&mut r.from_upstream, 1, b"\x88", true, 16_384);
+        r.upstream_frames().unwrap();
+        let got: Vec<_> = frames(&mut r.to_client)
+            .iter()
+            .map(|(h, p)| {
+                (
+                    h.kind,
+                    h.stream,
+                    if h.kind == WINDOW_UPDATE {
+                        window_increment(p).unwrap()
+                    } else {
+                        0
+                    },
+                )
+            })
+            .collect();
+        assert_eq!(got, vec![(HEADERS, 1, 0), (WINDOW_UPDATE, 0, 9)]);
+
+        // A client short of window gets it at once.
+        client_headers(&mut r, 3, "/svc/Upload", false);
+        for _ in 0..3 {
+            put_data(&mut r.from_client, 3, &[0; 16_384], false);
+        }
+        r.client_frames().unwrap();
+        put_window_update(&mut r.from_upstream, 0, 49_152);
+        r.upstream_frames().unwrap();
+        let got = frames(&mut r.to_client);
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            (got[0].0.kind, window_increment(&got[0].1).unwrap()),
+            (WINDOW_UPDATE, 49_152)
+        );
     }
 
     #[test]
