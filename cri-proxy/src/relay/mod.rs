@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::net::UnixStream;
@@ -319,12 +319,7 @@ async fn decide<R: ImageRuntime>(
             if !matches!(e, ProxyError::Denied(_)) {
                 tracing::warn!(method = %call.path, error = %e, "call failed in the proxy");
             }
-            let (head, ()) = e.into_head().into_parts();
-            Reply {
-                head: hpack::encode_response(Some(head.status.as_u16()), &head.headers).freeze(),
-                data: Bytes::new(),
-                trailers: None,
-            }
+            Reply::error(e)
         }
     };
     let _ = replies.send((call.stream, reply));

@@ -91,6 +91,18 @@ pub struct Reply {
     pub trailers: Option<Bytes>,
 }
 
+impl Reply {
+    /// A trailers-only gRPC error.
+    pub fn error(error: crate::grpc::ProxyError) -> Reply {
+        let (parts, ()) = error.into_head().into_parts();
+        Reply {
+            head: hpack::encode_response(Some(parts.status.as_u16()), &parts.headers).freeze(),
+            data: Bytes::new(),
+            trailers: None,
+        }
+    }
+}
+
 enum Stream {
     Forward {
         client_done: bool,
@@ -214,7 +226,6 @@ pub struct Relay {
     window: ClientWindow,
     client_initial_window: i64,
     client_max_frame: usize,
-    upstream_max_frame: usize,
     /// Connection-level window we owe the client for DATA we swallowed.
     owed: u64,
     held: Option<Held>,
@@ -266,7 +277,6 @@ impl Relay {
             window: ClientWindow::default(),
             client_initial_window: frame::DEFAULT_WINDOW,
             client_max_frame: frame::DEFAULT_MAX_FRAME,
-            upstream_max_frame: frame::DEFAULT_MAX_FRAME,
             owed: 0,
             held: None,
             replying: Vec::new(),
@@ -458,14 +468,14 @@ impl Relay {
                 "HEADERS that do not open a new stream",
             ));
         }
-        let mut head = std::mem::take(&mut self.head);
-        let mut path = std::mem::take(&mut self.path);
+        let head = &mut self.head;
+        let path = &mut self.path;
         head.clear();
         path.clear();
         let mut intercept = false;
         let mut intercepted_path = None;
         let intercepts = self.intercept;
-        let decoded = self.decoder.decode(block, |name, value| {
+        self.decoder.decode(block, |name, value| {
             if name == b":path" {
                 // Whichever `:path` containerd would read, if any of them
                 // is an intercepted method the call is muted.
@@ -479,22 +489,16 @@ impl Relay {
                 }
             }
             head.push(name, value);
-        });
+        })?;
         self.last_client_stream = stream;
         let refused = self.draining.is_some_and(|last| stream > last);
-        if decoded.is_ok() && !refused {
-            self.count_call(&path);
-        }
-        self.path = path;
-        if let Err(e) = decoded {
-            self.head = head;
-            return Err(e.into());
+        if !refused {
+            self.count_call();
         }
         let muted = intercept || refused;
         let at = self.to_upstream.len();
         self.to_upstream.extend_from_slice(raw);
         if !muted {
-            self.head = head;
             self.streams.insert(
                 stream,
                 Stream::Forward {
@@ -509,12 +513,12 @@ impl Relay {
         self.to_upstream[at + 4] &= !frame::END_STREAM;
         frame::put_rst_stream(&mut self.to_upstream, stream, frame::CANCEL);
         self.fence_wanted = true;
-        let complete_head = head.complete;
+        let complete_head = self.head.complete;
         let call = Intercepted {
             head: if refused || !complete_head {
                 Bytes::new()
             } else {
-                head.encode()
+                self.head.encode()
             },
             path: intercepted_path.unwrap_or_default(),
             fence: self.fence_sent + 1,
@@ -527,7 +531,6 @@ impl Relay {
             reply: None,
             task: None,
         };
-        self.head = head;
         self.streams
             .insert(stream, Stream::Intercept(Box::new(call)));
         if refused {
@@ -545,10 +548,12 @@ impl Relay {
         Ok(())
     }
 
-    fn count_call(&mut self, path: &[u8]) {
+    /// Counts a call to the `:path` just decoded.
+    fn count_call(&mut self) {
         let Some(metrics) = &self.metrics else {
             return;
         };
+        let path = &self.path[..];
         if let Some((_, counter)) = self.counters.iter().find(|(p, _)| &p[..] == path) {
             counter.inc();
             return;
@@ -694,16 +699,7 @@ impl Relay {
         if let Some(Stream::Intercept(s)) = self.streams.get_mut(&stream) {
             s.dispatched = true;
         }
-        let (parts, ()) = error.into_head().into_parts();
-        let block = hpack::encode_response(Some(parts.status.as_u16()), &parts.headers);
-        self.reply(
-            stream,
-            Reply {
-                head: block.freeze(),
-                data: Bytes::new(),
-                trailers: None,
-            },
-        );
+        self.reply(stream, Reply::error(error));
     }
 
     fn maybe_done(&mut self, stream: u32) {
@@ -851,19 +847,10 @@ impl Relay {
                     _ => self.pass_upstream_frame(&h),
                 },
                 frame::SETTINGS => {
-                    if !h.has(frame::ACK) {
-                        let payload = &self.from_upstream[frame::HEADER_LEN..h.total()];
-                        for (id, value) in frame::settings(payload)? {
-                            match id {
-                                frame::SETTINGS_MAX_FRAME_SIZE => {
-                                    self.upstream_max_frame =
-                                        (value as usize).clamp(frame::DEFAULT_MAX_FRAME, 0xff_ffff);
-                                }
-                                frame::SETTINGS_HEADER_TABLE_SIZE => {
-                                    self.decoder.allow_table_size(value as usize);
-                                }
-                                _ => {}
-                            }
+                    let payload = &self.from_upstream[frame::HEADER_LEN..h.total()];
+                    for (id, value) in frame::settings(payload)? {
+                        if id == frame::SETTINGS_HEADER_TABLE_SIZE {
+                            self.decoder.allow_table_size(value as usize);
                         }
                     }
                     self.pass_upstream_frame(&h);
@@ -1466,14 +1453,7 @@ mod tests {
         r.calls.clear();
         r.to_upstream.clear();
         ack_fence(&mut r);
-        r.reply(
-            1,
-            Reply {
-                head: Bytes::from_static(b"\x88"),
-                data: Bytes::from(vec![b'y'; 100]),
-                trailers: None,
-            },
-        );
+        r.reply(1, reply(&[b'y'; 100]));
         r.to_client.clear();
         // containerd believes the whole 65,535 is still there and uses it.
         let mut answer = BytesMut::new();
@@ -1534,14 +1514,7 @@ mod tests {
             (0, 4)
         );
         // A reply that comes anyway is dropped.
-        r.reply(
-            1,
-            Reply {
-                head: Bytes::from_static(b"\x88"),
-                data: Bytes::new(),
-                trailers: None,
-            },
-        );
+        r.reply(1, reply(b""));
         assert!(r.to_client.is_empty());
     }
 
@@ -1556,14 +1529,7 @@ mod tests {
         put_header(&mut r.from_upstream, 1, HEADERS, 0, 3);
         r.from_upstream.extend_from_slice(b"\x88");
         r.upstream_frames().unwrap();
-        r.reply(
-            1,
-            Reply {
-                head: Bytes::from_static(b"\x88"),
-                data: Bytes::new(),
-                trailers: None,
-            },
-        );
+        r.reply(1, reply(b""));
         assert_eq!(frames(&mut r.to_client).len(), 1);
         put_header(&mut r.from_upstream, 0, CONTINUATION, END_HEADERS, 3);
         r.upstream_frames().unwrap();
