@@ -250,6 +250,9 @@ pub struct Relay {
     /// after nearly every request; passed on at once, the update alone
     /// would wake the client for nothing between request and reply.
     held_window: u64,
+    /// Our answers to containerd's PINGs, waiting to travel with the next
+    /// frames containerd gets (see `release_acks`).
+    held_acks: BytesMut,
 }
 
 impl Relay {
@@ -289,6 +292,7 @@ impl Relay {
             fence_wanted: false,
             client_send_window: frame::DEFAULT_WINDOW,
             held_window: 0,
+            held_acks: BytesMut::new(),
         }
     }
 
@@ -303,6 +307,27 @@ impl Relay {
             self.draining = Some(self.last_client_stream);
             self.goaway_pending = true;
             self.pump();
+        }
+    }
+
+    /// Answers to containerd's PINGs are waiting (for `release_acks`).
+    pub fn acks_held(&self) -> bool {
+        !self.held_acks.is_empty()
+    }
+
+    /// Queues the held PING answers for containerd.
+    ///
+    /// grpc-go PINGs with nearly every request it reads, usually in the
+    /// same write as its reply. Answered at once, the answer would go out
+    /// between reading that reply and passing it on, and wake containerd
+    /// while the client is being answered; held, it rides along with the
+    /// next frames for containerd (the client's next call, as a rule), or
+    /// goes alone once the connection driver's short deadline passes.
+    /// Whole client header blocks are all `to_upstream` ever holds, so the
+    /// answers never land inside one.
+    pub fn release_acks(&mut self) {
+        if !self.held_acks.is_empty() {
+            self.to_upstream.unsplit(self.held_acks.split());
         }
     }
 
@@ -364,6 +389,9 @@ impl Relay {
             self.client_send_window += i64::from(owed);
         }
         self.pump();
+        if !self.to_upstream.is_empty() {
+            self.release_acks();
+        }
         Ok(())
     }
 
@@ -828,7 +856,7 @@ impl Relay {
                     // per call. Once containerd is going away its PINGs
                     // pass, as it times its last GOAWAY by the client's.
                     frame::put_ping_ack(
-                        &mut self.to_upstream,
+                        &mut self.held_acks,
                         &self.from_upstream[frame::HEADER_LEN..h.total()],
                     );
                     self.from_upstream.advance(h.total());
@@ -874,6 +902,9 @@ impl Relay {
             }
         }
         self.pump();
+        if !self.to_upstream.is_empty() {
+            self.release_acks();
+        }
         Ok(())
     }
 
@@ -1313,6 +1344,11 @@ mod tests {
         r.from_upstream.extend_from_slice(&ping);
         r.upstream_frames().unwrap();
         assert!(r.to_client.is_empty());
+        // The answer waits for company (or the driver's deadline).
+        assert!(r.acks_held());
+        assert!(r.to_upstream.is_empty());
+        r.release_acks();
+        assert!(!r.acks_held());
         let up = frames(&mut r.to_upstream);
         assert_eq!(up.len(), 1);
         assert_eq!((up[0].0.kind, up[0].0.flags), (PING, ACK));
@@ -1333,6 +1369,30 @@ mod tests {
         let got = shape(&mut r.to_client);
         assert_eq!(got, vec![(GOAWAY, 0, 0), (PING, 0, 0)]);
         assert!(r.to_upstream.is_empty());
+    }
+
+    #[test]
+    fn answers_to_containerds_pings_travel_with_the_clients_next_frames() {
+        let mut r = relay();
+        let mut ping = BytesMut::new();
+        put_header(&mut ping, 8, PING, 0, 0);
+        ping.extend_from_slice(b"12345678");
+        r.from_upstream.extend_from_slice(&ping);
+        r.upstream_frames().unwrap();
+        assert!(r.to_upstream.is_empty());
+        // The client's next call goes first, the answer right behind it,
+        // in the same write.
+        let block = request_block("/runtime.v1.RuntimeService/Version");
+        put_header(&mut r.from_client, block.len(), HEADERS, END_HEADERS, 1);
+        r.from_client.extend_from_slice(&block);
+        r.client_frames().unwrap();
+        assert!(!r.acks_held());
+        let got = shape(&mut r.to_upstream);
+        assert_eq!(got, vec![(HEADERS, 1, END_HEADERS), (PING, 0, ACK)]);
+        // The next PING is held again.
+        r.from_upstream.extend_from_slice(&ping);
+        r.upstream_frames().unwrap();
+        assert!(r.acks_held());
     }
 
     #[test]

@@ -1,0 +1,679 @@
+//! Drives one connection's relay on a thread of its own, the way a byte
+//! relay does: wait for either socket, read what came, hand it through the
+//! relay's state, write it out, wait again. Nothing else runs between a
+//! wake-up and the write it leads to, no task is scheduled for it, and the
+//! thread sleeps in the kernel until one of its own sockets, or the async
+//! side, needs it.
+//!
+//! Decisions run on the async runtime; their replies, and the request to
+//! drain, come back through a [`Mailbox`] whose eventfd wakes the thread.
+
+use std::io::{self, Read as _, Write as _};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use rustix::event::epoll::{self, Event, EventData, EventFlags};
+use rustix::event::{EventfdFlags, Timespec, eventfd};
+use tokio::task::AbortHandle;
+
+use super::frame;
+use super::state::{Call, Relay, RelayError, Reply};
+
+/// Input we read ahead, per direction, before waiting for the other side
+/// to take what we already have.
+const BUFFER_LIMIT: usize = 1 << 20;
+/// What may wait for a client that does not read: past it, neither side is
+/// read (containerd's headers and our window updates are not flow
+/// controlled, so nothing else bounds them).
+const CLIENT_BACKLOG_LIMIT: usize = 4 << 20;
+const READ_CHUNK: usize = 64 << 10;
+/// How long a closing connection may take to hand over its last bytes.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long our answers to containerd's PINGs may wait for other frames
+/// to travel with (see `Relay::release_acks`). grpc-go times its window
+/// estimate by them and gives up on a keepalive answer only after
+/// seconds, so a millisecond costs it nothing.
+pub const ACK_DELAY: Duration = Duration::from_millis(1);
+
+/// What the async side hands the connection's thread: replies to inject
+/// and the request to drain, each followed by a ring of the eventfd.
+pub struct Mailbox {
+    bell: OwnedFd,
+    replies: Mutex<Vec<(u32, Reply)>>,
+    drain: AtomicBool,
+}
+
+impl Mailbox {
+    pub fn new() -> io::Result<Mailbox> {
+        Ok(Mailbox {
+            bell: eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?,
+            replies: Mutex::new(Vec::new()),
+            drain: AtomicBool::new(false),
+        })
+    }
+
+    pub fn reply(&self, stream: u32, reply: Reply) {
+        self.replies
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push((stream, reply));
+        self.ring();
+    }
+
+    /// Asks the connection to refuse new calls (GOAWAY) and to end once
+    /// the ones in flight are answered.
+    pub fn drain(&self) {
+        self.drain.store(true, Ordering::Release);
+        self.ring();
+    }
+
+    fn ring(&self) {
+        // Fails only when the counter is full, i.e. rung already.
+        let _ = rustix::io::write(&self.bell, &1u64.to_ne_bytes());
+    }
+
+    fn silence(&self) {
+        let mut count = [0u8; 8];
+        let _ = rustix::io::read(&self.bell, &mut count);
+    }
+
+    fn take_replies(&self) -> Vec<(u32, Reply)> {
+        std::mem::take(
+            &mut *self
+                .replies
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+}
+
+/// One side of the relay: a non-blocking socket and what epoll last said.
+struct Side {
+    socket: UnixStream,
+    /// Worth a read: epoll said so, or the last read filled the buffer.
+    readable: bool,
+    /// A write would block: wait for epoll to report room.
+    stuck: bool,
+}
+
+impl Side {
+    fn new(socket: UnixStream) -> io::Result<Side> {
+        socket.set_nonblocking(true)?;
+        Ok(Side {
+            socket,
+            readable: true,
+            stuck: false,
+        })
+    }
+
+    /// Reads what is there; false once the peer closed its side. A read
+    /// that did not fill `scratch` emptied the socket (a Unix stream socket
+    /// hands over everything queued, up to the buffer's size), so the next
+    /// read waits for epoll instead of failing with EAGAIN first.
+    fn read_some(&mut self, scratch: &mut [u8], buf: &mut BytesMut) -> io::Result<bool> {
+        loop {
+            match self.socket.read(scratch) {
+                Ok(0) => return Ok(false),
+                Ok(n) => {
+                    buf.extend_from_slice(&scratch[..n]);
+                    self.readable = n == scratch.len();
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.readable = false;
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Writes what the socket takes.
+    fn write_some(&mut self, buf: &mut BytesMut) -> io::Result<()> {
+        while !buf.is_empty() && !self.stuck {
+            match self.socket.write(buf) {
+                Ok(n) => buf.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.stuck = true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes all of `buf` before `deadline`, waiting for room as needed.
+    fn write_all_until(&mut self, buf: &mut BytesMut, deadline: Instant) -> io::Result<()> {
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        epoll::add(&epoll, &self.socket, EventData::new_u64(0), EventFlags::OUT)?;
+        loop {
+            self.write_some(buf)?;
+            if buf.is_empty() {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            let mut events = [no_event(); 1];
+            wait_for(&epoll, &mut events, Some(left))?;
+            self.stuck = false;
+        }
+    }
+}
+
+/// Why a connection ended.
+enum End {
+    ClientClosed,
+    RuntimeClosed,
+    Drained,
+}
+
+enum Failure {
+    Io(io::Error),
+    Protocol(RelayError),
+}
+
+impl From<io::Error> for Failure {
+    fn from(e: io::Error) -> Self {
+        Failure::Io(e)
+    }
+}
+
+impl From<RelayError> for Failure {
+    fn from(e: RelayError) -> Self {
+        Failure::Protocol(e)
+    }
+}
+
+/// Relays between `client` and `upstream` until either side closes or a
+/// drain has finished, then hands over what the other side is still owed.
+/// `start_decision` starts deciding an intercepted call, whose reply comes
+/// back through `mailbox`.
+pub fn relay(
+    client: UnixStream,
+    upstream: UnixStream,
+    mut relay: Relay,
+    mailbox: &Mailbox,
+    ack_delay: Duration,
+    mut start_decision: impl FnMut(Call) -> AbortHandle,
+) {
+    let (mut client, mut upstream) = match (Side::new(client), Side::new(upstream)) {
+        (Ok(client), Ok(upstream)) => (client, upstream),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(error = %e, "cannot set up the connection's sockets; closing it");
+            return;
+        }
+    };
+    let end = run(
+        &mut client,
+        &mut upstream,
+        &mut relay,
+        mailbox,
+        ack_delay,
+        &mut start_decision,
+    );
+    let deadline = Instant::now() + FLUSH_TIMEOUT;
+    match end {
+        Ok(End::ClientClosed) => {
+            let _ = upstream.write_all_until(&mut relay.to_upstream, deadline);
+        }
+        Ok(End::RuntimeClosed) => {
+            // Whatever containerd said last (GOAWAY) reaches the client.
+            let _ = client.write_all_until(&mut relay.to_client, deadline);
+            tracing::debug!("runtime closed the connection");
+        }
+        Ok(End::Drained) => {}
+        Err(Failure::Io(e)) => tracing::debug!(error = %e, "connection ended"),
+        Err(Failure::Protocol(e)) => {
+            tracing::info!(error = %e, "ending a client connection that broke HTTP/2");
+            // After what is already queued, which may end in the rest of a
+            // frame written only in part.
+            frame::put_goaway(&mut relay.to_client, 0, e.code());
+            let _ = client.write_all_until(&mut relay.to_client, deadline);
+        }
+    }
+}
+
+fn run(
+    client: &mut Side,
+    upstream: &mut Side,
+    relay: &mut Relay,
+    mailbox: &Mailbox,
+    ack_delay: Duration,
+    start_decision: &mut impl FnMut(Call) -> AbortHandle,
+) -> Result<End, Failure> {
+    let mut scratch = vec![0; READ_CHUNK];
+    let mut waiter = Waiter::new(mailbox)?;
+    let mut draining = false;
+    let mut acks_held_since: Option<Instant> = None;
+    loop {
+        let backlog_ok = relay.to_client.len() < CLIENT_BACKLOG_LIMIT;
+        let want_client = relay.to_upstream.len() < BUFFER_LIMIT && backlog_ok;
+        let want_upstream = relay.from_upstream.len() < BUFFER_LIMIT && backlog_ok;
+        let client_open = !(want_client && client.readable)
+            || client.read_some(&mut scratch, &mut relay.from_client)?;
+        let upstream_open = !(want_upstream && upstream.readable)
+            || upstream.read_some(&mut scratch, &mut relay.from_upstream)?;
+        relay.client_frames()?;
+        relay.upstream_frames()?;
+        for call in std::mem::take(&mut relay.calls) {
+            let stream = call.stream;
+            let task = start_decision(call);
+            relay.set_task(stream, task);
+        }
+        for (stream, reply) in mailbox.take_replies() {
+            relay.reply(stream, reply);
+        }
+        if !draining && mailbox.drain.load(Ordering::Acquire) {
+            draining = true;
+            relay.drain();
+        }
+        let ack_deadline = match relay.acks_held() {
+            true => Some(*acks_held_since.get_or_insert_with(Instant::now) + ack_delay),
+            false => None,
+        };
+        if ack_deadline.is_some_and(|deadline| deadline <= Instant::now()) {
+            relay.release_acks();
+        }
+        if !relay.acks_held() {
+            acks_held_since = None;
+        }
+        // The client first: what we just read from containerd is what
+        // someone is waiting for.
+        client.write_some(&mut relay.to_client)?;
+        upstream.write_some(&mut relay.to_upstream)?;
+        if !client_open {
+            return Ok(End::ClientClosed);
+        }
+        if !upstream_open {
+            return Ok(End::RuntimeClosed);
+        }
+        if draining && relay.idle() && relay.to_client.is_empty() {
+            return Ok(End::Drained);
+        }
+        if (want_client && client.readable) || (want_upstream && upstream.readable) {
+            continue;
+        }
+        let timeout = acks_held_since
+            .map(|since| (since + ack_delay).saturating_duration_since(Instant::now()));
+        waiter.wait(
+            client,
+            upstream,
+            mailbox,
+            [want_client, want_upstream],
+            timeout,
+        )?;
+    }
+}
+
+/// The connection's epoll set: the mailbox's eventfd always, each socket
+/// for what we want of it now. Registrations persist across waits (the
+/// kernel need not set up and tear down a wait per socket per wake-up, as
+/// poll has it do) and change only when the interest does, which is when
+/// a side backs up or a write gets stuck: rarely.
+///
+/// Output readiness is asked for only while a write is stuck: every time
+/// a peer takes what we wrote, the kernel reports room to write, and a
+/// standing interest in that would wake us twice per call for nothing.
+struct Waiter {
+    epoll: OwnedFd,
+    /// What each side (client, upstream) is registered for; empty means
+    /// not registered at all, since a registered socket reports a hang-up
+    /// whatever it was registered for, and would report it again and again
+    /// while we do not read it.
+    registered: [EventFlags; 2],
+}
+
+const BELL: u64 = 0;
+const CLIENT: u64 = 1;
+const UPSTREAM: u64 = 2;
+
+fn no_event() -> Event {
+    Event {
+        flags: EventFlags::empty(),
+        data: EventData::new_u64(BELL),
+    }
+}
+
+fn wait_for(epoll: &OwnedFd, events: &mut [Event], timeout: Option<Duration>) -> io::Result<usize> {
+    let timeout = timeout.map(|d| Timespec {
+        tv_sec: d.as_secs().try_into().unwrap_or(i64::MAX),
+        tv_nsec: d.subsec_nanos().into(),
+    });
+    loop {
+        match epoll::wait(epoll, &mut *events, timeout.as_ref()) {
+            Ok(n) => return Ok(n),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+impl Waiter {
+    fn new(mailbox: &Mailbox) -> io::Result<Waiter> {
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        epoll::add(
+            &epoll,
+            &mailbox.bell,
+            EventData::new_u64(BELL),
+            EventFlags::IN,
+        )?;
+        Ok(Waiter {
+            epoll,
+            registered: [EventFlags::empty(); 2],
+        })
+    }
+
+    fn register(&mut self, side: &Side, which: u64, wanted: EventFlags) -> io::Result<()> {
+        let slot = &mut self.registered[which as usize - 1];
+        if *slot == wanted {
+            return Ok(());
+        }
+        let data = EventData::new_u64(which);
+        match (slot.is_empty(), wanted.is_empty()) {
+            (true, false) => epoll::add(&self.epoll, &side.socket, data, wanted)?,
+            (false, true) => epoll::delete(&self.epoll, &side.socket)?,
+            _ => epoll::modify(&self.epoll, &side.socket, data, wanted)?,
+        }
+        *slot = wanted;
+        Ok(())
+    }
+
+    /// Sleeps until a socket we want to read has input, a stuck write may
+    /// go on, the mailbox rings, or `timeout` passes.
+    fn wait(
+        &mut self,
+        client: &mut Side,
+        upstream: &mut Side,
+        mailbox: &Mailbox,
+        want_input: [bool; 2],
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
+        let interest = |want_input: bool, side: &Side| {
+            let mut flags = EventFlags::empty();
+            if want_input {
+                flags |= EventFlags::IN;
+            }
+            if side.stuck {
+                flags |= EventFlags::OUT;
+            }
+            flags
+        };
+        self.register(client, CLIENT, interest(want_input[0], client))?;
+        self.register(upstream, UPSTREAM, interest(want_input[1], upstream))?;
+        let mut events = [no_event(); 3];
+        let n = wait_for(&self.epoll, &mut events, timeout)?;
+        let gone = EventFlags::HUP | EventFlags::ERR;
+        for event in events.iter().take(n) {
+            // Copied out: the kernel's struct is packed.
+            let (flags, data) = (event.flags, event.data);
+            let side = match data.u64() {
+                CLIENT => &mut *client,
+                UPSTREAM => &mut *upstream,
+                _ => {
+                    mailbox.silence();
+                    continue;
+                }
+            };
+            side.readable |= flags.intersects(EventFlags::IN | gone);
+            side.stuck &= !flags.intersects(EventFlags::OUT | gone);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relay::frame::*;
+    use crate::relay::hpack;
+    use std::sync::Arc;
+    use std::sync::mpsc;
+    use std::thread::JoinHandle;
+
+    fn intercept(path: &str) -> bool {
+        path.ends_with("/Intercepted")
+    }
+
+    /// A connection driven on its thread, with the test holding the far
+    /// ends of both sockets: `client` plays kubelet, `runtime` containerd.
+    struct Harness {
+        client: UnixStream,
+        runtime: UnixStream,
+        mailbox: Arc<Mailbox>,
+        calls: mpsc::Receiver<Call>,
+        thread: Option<JoinHandle<()>>,
+        _async_side: tokio::runtime::Runtime,
+    }
+
+    impl Harness {
+        fn start(ack_delay: Duration) -> Harness {
+            let async_side = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let handle = async_side.handle().clone();
+            let (client, client_far) = UnixStream::pair().unwrap();
+            let (runtime, runtime_far) = UnixStream::pair().unwrap();
+            for s in [&client, &runtime] {
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            }
+            let mailbox = Arc::new(Mailbox::new().unwrap());
+            let (calls_tx, calls) = mpsc::channel();
+            let thread_mailbox = mailbox.clone();
+            let thread = std::thread::spawn(move || {
+                relay(
+                    client_far,
+                    runtime_far,
+                    Relay::new(intercept, None),
+                    &thread_mailbox,
+                    ack_delay,
+                    |call| {
+                        calls_tx.send(call).unwrap();
+                        handle.spawn(std::future::pending::<()>()).abort_handle()
+                    },
+                )
+            });
+            let mut h = Harness {
+                client,
+                runtime,
+                mailbox,
+                calls,
+                thread: Some(thread),
+                _async_side: async_side,
+            };
+            // Past the preface: the client's SETTINGS reach containerd as sent.
+            let mut hello = BytesMut::from(&PREFACE[..]);
+            put_header(&mut hello, 0, SETTINGS, 0, 0);
+            h.client.write_all(&hello).unwrap();
+            assert_eq!(read_exactly(&mut h.runtime, hello.len()), hello);
+            // containerd acknowledges them, and the client hears it.
+            let mut ack = BytesMut::new();
+            put_header(&mut ack, 0, SETTINGS, ACK, 0);
+            h.runtime.write_all(&ack).unwrap();
+            assert_eq!(read_exactly(&mut h.client, ack.len()), ack);
+            h
+        }
+
+        fn join(&mut self) {
+            if let Some(thread) = self.thread.take() {
+                thread.join().unwrap();
+            }
+        }
+    }
+
+    fn read_exactly(socket: &mut UnixStream, n: usize) -> Vec<u8> {
+        let mut buf = vec![0; n];
+        socket.read_exact(&mut buf).unwrap();
+        buf
+    }
+
+    /// The next `count` frames on `socket`: (kind, stream, flags, payload).
+    fn read_frames(socket: &mut UnixStream, count: usize) -> Vec<(u8, u32, u8, Vec<u8>)> {
+        (0..count)
+            .map(|_| {
+                let head = read_exactly(socket, HEADER_LEN);
+                let h = Header::parse(&head).unwrap();
+                let payload = read_exactly(socket, h.len);
+                (h.kind, h.stream, h.flags, payload)
+            })
+            .collect()
+    }
+
+    fn nothing_arrives(socket: &mut UnixStream, within: Duration) -> bool {
+        socket.set_read_timeout(Some(within)).unwrap();
+        let mut byte = [0u8; 1];
+        let quiet =
+            matches!(socket.read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        quiet
+    }
+
+    fn ping(payload: &[u8; 8]) -> BytesMut {
+        let mut out = BytesMut::new();
+        put_header(&mut out, 8, PING, 0, 0);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    fn request(stream: u32, path: &str) -> BytesMut {
+        let mut block = BytesMut::new();
+        hpack::encode_field(&mut block, b":method", b"POST");
+        hpack::encode_field(&mut block, b":scheme", b"http");
+        hpack::encode_field(&mut block, b":path", path.as_bytes());
+        let mut out = BytesMut::new();
+        put_header_block(&mut out, stream, &block, false, DEFAULT_MAX_FRAME);
+        put_data(&mut out, stream, b"\0\0\0\0\0", true);
+        out
+    }
+
+    #[test]
+    fn containerds_ping_is_answered_alone_once_the_delay_passes() {
+        let mut h = Harness::start(Duration::from_millis(20));
+        h.runtime.write_all(&ping(b"pingpong")).unwrap();
+        let answer = read_frames(&mut h.runtime, 1);
+        assert_eq!(answer, vec![(PING, 0, ACK, b"pingpong".to_vec())]);
+        // It was ours to answer: the client never saw it.
+        assert!(nothing_arrives(&mut h.client, Duration::from_millis(50)));
+    }
+
+    #[test]
+    fn containerds_ping_answer_rides_with_the_next_call() {
+        let mut h = Harness::start(Duration::from_secs(60));
+        h.runtime.write_all(&ping(b"pingpong")).unwrap();
+        assert!(nothing_arrives(&mut h.runtime, Duration::from_millis(100)));
+        h.client
+            .write_all(&request(1, "/runtime.v1.RuntimeService/Version"))
+            .unwrap();
+        let got: Vec<_> = read_frames(&mut h.runtime, 3)
+            .into_iter()
+            .map(|(kind, stream, flags, _)| (kind, stream, flags))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (HEADERS, 1, END_HEADERS),
+                (DATA, 1, END_STREAM),
+                (PING, 0, ACK)
+            ]
+        );
+    }
+
+    #[test]
+    fn replies_come_through_the_mailbox_after_containerd_acknowledges_the_marker() {
+        let mut h = Harness::start(ACK_DELAY);
+        h.client
+            .write_all(&request(1, "/runtime.v1.ImageService/Intercepted"))
+            .unwrap();
+        let call = h.calls.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            (call.stream, call.path.as_str()),
+            (1, "/runtime.v1.ImageService/Intercepted")
+        );
+        // containerd sees the call muted: its head without END_STREAM, a
+        // reset, and our SETTINGS marker; never its body.
+        let muted: Vec<_> = read_frames(&mut h.runtime, 3)
+            .into_iter()
+            .map(|(kind, stream, flags, _)| (kind, stream, flags))
+            .collect();
+        assert_eq!(
+            muted,
+            vec![
+                (HEADERS, 1, END_HEADERS),
+                (RST_STREAM, 1, 0),
+                (SETTINGS, 0, 0)
+            ]
+        );
+        let mut head = BytesMut::new();
+        hpack::encode_field(&mut head, b":status", b"200");
+        h.mailbox.reply(
+            1,
+            Reply {
+                head: head.freeze(),
+                data: bytes::Bytes::from_static(b"\0\0\0\0\x02ok"),
+                trailers: None,
+            },
+        );
+        // Not before containerd has acknowledged the marker: the client
+        // gets back the window its swallowed body used, and nothing else.
+        let window = read_frames(&mut h.client, 1);
+        assert_eq!(
+            (window[0].0, window[0].1, &window[0].3[..]),
+            (WINDOW_UPDATE, 0, &5u32.to_be_bytes()[..])
+        );
+        assert!(nothing_arrives(&mut h.client, Duration::from_millis(100)));
+        let mut ack = BytesMut::new();
+        put_header(&mut ack, 0, SETTINGS, ACK, 0);
+        h.runtime.write_all(&ack).unwrap();
+        let reply = read_frames(&mut h.client, 2);
+        assert_eq!((reply[0].0, reply[0].1), (HEADERS, 1));
+        assert_eq!(
+            (reply[1].0, reply[1].1, reply[1].2, &reply[1].3[..]),
+            (DATA, 1, END_STREAM, &b"\0\0\0\0\x02ok"[..])
+        );
+    }
+
+    #[test]
+    fn a_drain_says_goaway_and_ends_the_idle_connection() {
+        let mut h = Harness::start(ACK_DELAY);
+        h.mailbox.drain();
+        let goaway = read_frames(&mut h.client, 1);
+        assert_eq!((goaway[0].0, goaway[0].1), (GOAWAY, 0));
+        h.join();
+        // Both of our sockets are closed: each far end reads end of input.
+        assert_eq!(h.client.read(&mut [0u8; 16]).unwrap(), 0);
+        assert_eq!(h.runtime.read(&mut [0u8; 16]).unwrap(), 0);
+    }
+
+    #[test]
+    fn the_client_closing_hands_containerd_the_rest_and_ends_the_connection() {
+        let mut h = Harness::start(ACK_DELAY);
+        h.client
+            .write_all(&request(1, "/runtime.v1.RuntimeService/Version"))
+            .unwrap();
+        h.client.shutdown(std::net::Shutdown::Write).unwrap();
+        let got = read_frames(&mut h.runtime, 2);
+        assert_eq!((got[0].0, got[1].0), (HEADERS, DATA));
+        h.join();
+        assert_eq!(h.runtime.read(&mut [0u8; 16]).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_client_breaking_http2_is_told_why() {
+        let mut h = Harness::start(ACK_DELAY);
+        // CONTINUATION with no header block before it.
+        let mut bad = BytesMut::new();
+        put_header(&mut bad, 0, CONTINUATION, END_HEADERS, 1);
+        h.client.write_all(&bad).unwrap();
+        let goaway = read_frames(&mut h.client, 1);
+        assert_eq!(goaway[0].0, GOAWAY);
+        assert_eq!(&goaway[0].3[4..8], &PROTOCOL_ERROR.to_be_bytes());
+        h.join();
+    }
+}
