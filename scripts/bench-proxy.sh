@@ -41,4 +41,4 @@ ag_wait_for_socket "$DIR/relay.sock" 20 "$RELAY_PID"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(containerd --version | cut -d' ' -f3)"
 "$BIN/cri-bench" --direct "$AG_CONTAINERD_SOCK" --relay "$DIR/relay.sock" --proxy "$DIR/proxy.sock" \
   --rounds "$ROUNDS" --seconds "$SECONDS_PER_CELL" --image "$AG_APP_IMAGE" --log-dir "$DIR/pod-logs" \
-  --cgroup-parent "/attestgate/$AG_CGROUP_TAG/bench"
+  --cgroup-parent "/attestgate/$AG_CGROUP_TAG/bench" --relay-pid "$RELAY_PID" --proxy-pid "$PROXY_PID"

@@ -36,6 +36,28 @@ struct Args {
     log_dir: String,
     #[arg(long, default_value = "")]
     cgroup_parent: String,
+    /// The relay's process, for its CPU time per call (children included:
+    /// socat forks one per connection).
+    #[arg(long)]
+    relay_pid: Option<u32>,
+    /// The proxy's process, for its CPU time per call.
+    #[arg(long)]
+    proxy_pid: Option<u32>,
+}
+
+/// CPU time a process and its reaped children have used, in seconds
+/// (utime, stime, cutime, cstime of /proc/PID/stat).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may hold spaces: state is 3rd.
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields
+        .get(11..15)?
+        .iter()
+        .filter_map(|f| f.parse::<f64>().ok())
+        .sum();
+    Some(ticks / 100.0)
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -64,9 +86,11 @@ async fn call(cri: &Cri, method: Method) {
     }
 }
 
+const WARM_UP_CALLS: usize = 20;
+
 /// Runs `concurrency` callers for `seconds`; returns (calls/s, latencies).
 async fn cell(cri: &Cri, method: Method, concurrency: usize, seconds: f64) -> (f64, Vec<Duration>) {
-    for _ in 0..20 {
+    for _ in 0..WARM_UP_CALLS {
         call(cri, method).await;
     }
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
@@ -108,7 +132,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let paths = [
+    let mut paths = vec![
         ("direct", Cri::connect(&args.direct).await?),
         ("relay", Cri::connect(&args.relay).await?),
         ("proxy", Cri::connect(&args.proxy).await?),
@@ -116,6 +140,8 @@ async fn main() -> anyhow::Result<()> {
     let methods = [Method::Version, Method::ListContainers];
     let concurrencies = [1usize, 4];
     // results[path][method][concurrency] = per-round (calls/s, p50 µs, p99 µs)
+    let cpu_before = [args.relay_pid, args.proxy_pid].map(|pid| pid.and_then(cpu_seconds));
+    let mut calls_per_path = [0usize; 3];
     let mut results =
         vec![
             vec![vec![Vec::<(f64, f64, f64)>::new(); concurrencies.len()]; methods.len()];
@@ -129,6 +155,7 @@ async fn main() -> anyhow::Result<()> {
                 for &pi in &order {
                     let (rate, mut latencies) =
                         cell(&paths[pi].1, method, concurrency, args.seconds).await;
+                    calls_per_path[pi] += latencies.len() + WARM_UP_CALLS;
                     latencies.sort();
                     let p50 = percentile(&latencies, 0.5).as_secs_f64() * 1e6;
                     let p99 = percentile(&latencies, 0.99).as_secs_f64() * 1e6;
@@ -170,9 +197,31 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
+    // socat's per-connection children are reaped once their connection
+    // closes, and only then counted in its CPU time.
+    drop(paths.remove(1));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cpu_after = [args.relay_pid, args.proxy_pid].map(|pid| pid.and_then(cpu_seconds));
+    let mut hop_cpu = Vec::new();
+    for (i, (name, calls)) in [("relay", calls_per_path[1]), ("proxy", calls_per_path[2])]
+        .into_iter()
+        .enumerate()
+    {
+        if let (Some(before), Some(after)) = (cpu_before[i], cpu_after[i]) {
+            hop_cpu.push(format!(
+                "{name} {:.1} µs ({calls} calls)",
+                (after - before) * 1e6 / calls as f64
+            ));
+        }
+    }
+    if !hop_cpu.is_empty() {
+        println!();
+        println!("CPU time of the hop per call: {}", hop_cpu.join(", "));
+    }
+
     if let Some(image) = &args.image {
         let direct = &paths[0].1;
-        let proxy = &paths[2].1;
+        let proxy = &paths[1].1;
         std::fs::create_dir_all(&args.log_dir)?;
         let pod = pod_config("bench", "create-start", &args.log_dir, &args.cgroup_parent);
         let image_id = direct.pull(image, None).await?;
