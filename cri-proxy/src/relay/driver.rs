@@ -8,7 +8,7 @@
 //! Decisions run on the async runtime; their replies, and the request to
 //! drain, come back through a [`Mailbox`] whose eventfd wakes the thread.
 
-use std::io::{self, Read as _, Write as _};
+use std::io::{self, Write as _};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BytesMut};
 use rustix::event::epoll::{self, Event, EventData, EventFlags};
 use rustix::event::{EventfdFlags, Timespec, eventfd};
+use rustix::net::{RecvFlags, recv};
 use tokio::task::AbortHandle;
 
 use super::frame;
@@ -98,7 +99,18 @@ struct Side {
     readable: bool,
     /// A write would block: wait for epoll to report room.
     stuck: bool,
+    /// Bytes at the head of the socket's queue that we have read with
+    /// MSG_PEEK and relayed, but not yet taken off the queue.
+    peeked: usize,
+    /// The peer has closed its side (epoll said so, once): a peek cannot
+    /// see the end of input behind queued bytes, so from now on we take
+    /// what we read and read on until we meet it.
+    closing: bool,
 }
+
+/// Relayed input left on a socket's queue at most; past it, it is taken
+/// off at once, so a peer that sends much never waits for room.
+const PEEKED_LIMIT: usize = 16 << 10;
 
 impl Side {
     fn new(socket: UnixStream) -> io::Result<Side> {
@@ -107,41 +119,89 @@ impl Side {
             socket,
             readable: true,
             stuck: false,
+            peeked: 0,
+            closing: false,
         })
     }
 
-    /// Reads what is there; false once the peer closed its side. A read
-    /// that did not fill `scratch` emptied the socket (a Unix stream socket
-    /// hands over everything queued, up to the buffer's size), so the next
-    /// read waits for epoll instead of failing with EAGAIN first.
+    /// Reads what is new; false once the peer closed its side.
+    ///
+    /// Input is peeked and left queued. Taking bytes off a Unix socket's
+    /// queue is what tells their sender it has room to write again, and a
+    /// sender that watches for room (grpc-go and tokio both do, edge
+    /// triggered) is woken for it, to find nothing to write. Between a
+    /// request and its reply that wakes a process waiting for us, for
+    /// nothing, while its CPU is wanted on the call's path. So the bytes are
+    /// taken off after our next write to the same peer (`write_some`),
+    /// which wakes it anyway.
+    ///
+    /// A peek that did not fill `scratch` saw everything queued, so the
+    /// next read waits for epoll, which reports each arrival once (edge
+    /// triggered: what we peeked stays queued), and the peer's closing
+    /// once, which `closing` remembers.
     fn read_some(&mut self, scratch: &mut [u8], buf: &mut BytesMut) -> io::Result<bool> {
         loop {
-            match self.socket.read(scratch) {
-                Ok(0) => return Ok(false),
-                Ok(n) => {
-                    buf.extend_from_slice(&scratch[..n]);
-                    self.readable = n == scratch.len();
+            match recv(
+                &self.socket,
+                &mut *scratch,
+                RecvFlags::PEEK | RecvFlags::DONTWAIT,
+            ) {
+                Ok((n, _)) if n > self.peeked => {
+                    buf.extend_from_slice(&scratch[self.peeked..n]);
+                    self.peeked = n;
+                    self.readable = n == scratch.len() || self.closing;
+                    if self.readable || self.peeked >= PEEKED_LIMIT {
+                        self.take_peeked(scratch)?;
+                    }
                     return Ok(true);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Nothing new behind what we peeked: the end of input may
+                // be, which a peek cannot see past queued bytes.
+                Ok(_) if self.peeked > 0 => self.take_peeked(scratch)?,
+                Ok(_) => return Ok(false),
+                Err(rustix::io::Errno::AGAIN) => {
                     self.readable = false;
                     return Ok(true);
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
             }
         }
     }
 
-    /// Writes what the socket takes.
-    fn write_some(&mut self, buf: &mut BytesMut) -> io::Result<()> {
+    /// Takes what we peeked off the socket's queue.
+    fn take_peeked(&mut self, scratch: &mut [u8]) -> io::Result<()> {
+        while self.peeked > 0 {
+            let want = self.peeked.min(scratch.len());
+            match recv(&self.socket, &mut scratch[..want], RecvFlags::DONTWAIT) {
+                Ok((n, _)) if n > 0 => self.peeked -= n.min(self.peeked),
+                // Peeked bytes cannot vanish; should they, nothing is lost
+                // but the count.
+                Ok(_) | Err(rustix::io::Errno::AGAIN) => self.peeked = 0,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes what the socket takes, then takes what we peeked from this
+    /// peer off the queue: our write has woken it anyway.
+    fn write_some(&mut self, buf: &mut BytesMut, scratch: &mut [u8]) -> io::Result<()> {
+        let mut wrote = false;
         while !buf.is_empty() && !self.stuck {
             match self.socket.write(buf) {
-                Ok(n) => buf.advance(n),
+                Ok(n) => {
+                    buf.advance(n);
+                    wrote = true;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.stuck = true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
+        }
+        if wrote {
+            self.take_peeked(scratch)?;
         }
         Ok(())
     }
@@ -150,8 +210,9 @@ impl Side {
     fn write_all_until(&mut self, buf: &mut BytesMut, deadline: Instant) -> io::Result<()> {
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         epoll::add(&epoll, &self.socket, EventData::new_u64(0), EventFlags::OUT)?;
+        let mut scratch = [0u8; 4096];
         loop {
-            self.write_some(buf)?;
+            self.write_some(buf, &mut scratch)?;
             if buf.is_empty() {
                 return Ok(());
             }
@@ -237,6 +298,11 @@ pub fn relay(
             let _ = client.write_all_until(&mut relay.to_client, deadline);
         }
     }
+    // A socket closed with input still queued resets the peer's side;
+    // what we read was read, and the peer gets a plain end of input.
+    let mut scratch = [0u8; 4096];
+    let _ = client.take_peeked(&mut scratch);
+    let _ = upstream.take_peeked(&mut scratch);
 }
 
 fn run(
@@ -285,8 +351,8 @@ fn run(
         }
         // The client first: what we just read from containerd is what
         // someone is waiting for.
-        client.write_some(&mut relay.to_client)?;
-        upstream.write_some(&mut relay.to_upstream)?;
+        client.write_some(&mut relay.to_client, &mut scratch)?;
+        upstream.write_some(&mut relay.to_upstream, &mut scratch)?;
         if !client_open {
             return Ok(End::ClientClosed);
         }
@@ -397,10 +463,15 @@ impl Waiter {
         let interest = |want_input: bool, side: &Side| {
             let mut flags = EventFlags::empty();
             if want_input {
-                flags |= EventFlags::IN;
+                flags |= EventFlags::IN | EventFlags::RDHUP;
             }
             if side.stuck {
                 flags |= EventFlags::OUT;
+            }
+            if !flags.is_empty() {
+                // Peeked input stays queued, and level triggered it would
+                // be reported again and again.
+                flags |= EventFlags::ET;
             }
             flags
         };
@@ -420,7 +491,8 @@ impl Waiter {
                     continue;
                 }
             };
-            side.readable |= flags.intersects(EventFlags::IN | gone);
+            side.closing |= flags.intersects(EventFlags::RDHUP | gone);
+            side.readable |= flags.intersects(EventFlags::IN | EventFlags::RDHUP | gone);
             side.stuck &= !flags.intersects(EventFlags::OUT | gone);
         }
         Ok(())
@@ -432,6 +504,7 @@ mod tests {
     use super::*;
     use crate::relay::frame::*;
     use crate::relay::hpack;
+    use std::io::Read as _;
     use std::sync::Arc;
     use std::sync::mpsc;
     use std::thread::JoinHandle;
@@ -675,5 +748,81 @@ mod tests {
         assert_eq!(goaway[0].0, GOAWAY);
         assert_eq!(&goaway[0].3[4..8], &PROTOCOL_ERROR.to_be_bytes());
         h.join();
+    }
+
+    /// Whether the kernel told `socket`'s writer it has room again since
+    /// the last look: an edge-triggered watch, as grpc-go and tokio keep.
+    struct RoomWatch(OwnedFd);
+
+    impl RoomWatch {
+        fn new(socket: &UnixStream) -> RoomWatch {
+            let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).unwrap();
+            epoll::add(
+                &epoll,
+                socket,
+                EventData::new_u64(0),
+                EventFlags::OUT | EventFlags::ET,
+            )
+            .unwrap();
+            let watch = RoomWatch(epoll);
+            // The first report is the socket's room as it was registered.
+            assert!(watch.told());
+            watch
+        }
+
+        fn told_within(&self, within: Duration) -> bool {
+            let mut events = [no_event(); 1];
+            wait_for(&self.0, &mut events, Some(within)).unwrap() > 0
+        }
+
+        fn told(&self) -> bool {
+            self.told_within(Duration::from_secs(2))
+        }
+
+        fn not_told(&self) -> bool {
+            !self.told_within(Duration::from_millis(50))
+        }
+    }
+
+    #[test]
+    fn a_request_is_taken_off_the_clients_socket_only_with_the_reply() {
+        let mut h = Harness::start(ACK_DELAY);
+        let client_room = RoomWatch::new(&h.client);
+        h.client
+            .write_all(&request(1, "/runtime.v1.RuntimeService/Version"))
+            .unwrap();
+        read_frames(&mut h.runtime, 2);
+        // Relayed, yet the client was not woken to be told it has room.
+        assert!(client_room.not_told());
+        let runtime_room = RoomWatch::new(&h.runtime);
+        let mut reply = BytesMut::new();
+        put_header(&mut reply, 0, HEADERS, END_HEADERS | END_STREAM, 1);
+        h.runtime.write_all(&reply).unwrap();
+        read_frames(&mut h.client, 1);
+        // The reply's write woke the client, and its room came along.
+        assert!(client_room.told());
+        assert!(runtime_room.not_told());
+        // containerd hears of its room with the next call.
+        h.client
+            .write_all(&request(3, "/runtime.v1.RuntimeService/Version"))
+            .unwrap();
+        read_frames(&mut h.runtime, 2);
+        assert!(runtime_room.told());
+    }
+
+    #[test]
+    fn the_end_of_input_behind_peeked_bytes_is_seen() {
+        let mut h = Harness::start(ACK_DELAY);
+        h.client
+            .write_all(&request(1, "/runtime.v1.RuntimeService/Version"))
+            .unwrap();
+        read_frames(&mut h.runtime, 2);
+        // Still queued on the client's socket when the client goes.
+        drop(std::mem::replace(
+            &mut h.client,
+            UnixStream::pair().unwrap().0,
+        ));
+        h.join();
+        assert_eq!(h.runtime.read(&mut [0u8; 16]).unwrap(), 0);
     }
 }
