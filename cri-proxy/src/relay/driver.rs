@@ -597,6 +597,14 @@ mod tests {
             .collect()
     }
 
+    /// The next `count` frames on `socket`: (kind, stream, flags).
+    fn read_shapes(socket: &mut UnixStream, count: usize) -> Vec<(u8, u32, u8)> {
+        read_frames(socket, count)
+            .into_iter()
+            .map(|(kind, stream, flags, _)| (kind, stream, flags))
+            .collect()
+    }
+
     fn nothing_arrives(socket: &mut UnixStream, within: Duration) -> bool {
         socket.set_read_timeout(Some(within)).unwrap();
         let mut byte = [0u8; 1];
@@ -644,10 +652,7 @@ mod tests {
         h.client
             .write_all(&request(1, "/runtime.v1.RuntimeService/Version"))
             .unwrap();
-        let got: Vec<_> = read_frames(&mut h.runtime, 3)
-            .into_iter()
-            .map(|(kind, stream, flags, _)| (kind, stream, flags))
-            .collect();
+        let got = read_shapes(&mut h.runtime, 3);
         assert_eq!(
             got,
             vec![
@@ -671,10 +676,7 @@ mod tests {
         );
         // containerd sees the call muted: its head without END_STREAM, a
         // reset, and our SETTINGS marker; never its body.
-        let muted: Vec<_> = read_frames(&mut h.runtime, 3)
-            .into_iter()
-            .map(|(kind, stream, flags, _)| (kind, stream, flags))
-            .collect();
+        let muted = read_shapes(&mut h.runtime, 3);
         assert_eq!(
             muted,
             vec![

@@ -1106,6 +1106,13 @@ mod tests {
             .collect()
     }
 
+    fn ping_frame() -> BytesMut {
+        let mut ping = BytesMut::new();
+        put_header(&mut ping, 8, PING, 0, 0);
+        ping.extend_from_slice(b"12345678");
+        ping
+    }
+
     fn request_block(path: &str) -> BytesMut {
         let mut b = BytesMut::new();
         hpack::encode_field(&mut b, b":method", b"POST");
@@ -1338,9 +1345,7 @@ mod tests {
     #[test]
     fn containerds_pings_are_answered_here_until_it_goes_away() {
         let mut r = relay();
-        let mut ping = BytesMut::new();
-        put_header(&mut ping, 8, PING, 0, 0);
-        ping.extend_from_slice(b"12345678");
+        let ping = ping_frame();
         r.from_upstream.extend_from_slice(&ping);
         r.upstream_frames().unwrap();
         assert!(r.to_client.is_empty());
@@ -1374,9 +1379,7 @@ mod tests {
     #[test]
     fn answers_to_containerds_pings_travel_with_the_clients_next_frames() {
         let mut r = relay();
-        let mut ping = BytesMut::new();
-        put_header(&mut ping, 8, PING, 0, 0);
-        ping.extend_from_slice(b"12345678");
+        let ping = ping_frame();
         r.from_upstream.extend_from_slice(&ping);
         r.upstream_frames().unwrap();
         assert!(r.to_upstream.is_empty());
