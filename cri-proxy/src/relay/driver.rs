@@ -34,11 +34,12 @@ const CLIENT_BACKLOG_LIMIT: usize = 4 << 20;
 const READ_CHUNK: usize = 64 << 10;
 /// How long a closing connection may take to hand over its last bytes.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long our answers to containerd's PINGs may wait for other frames
-/// to travel with (see `Relay::release_acks`). grpc-go times its window
-/// estimate by them and gives up on a keepalive answer only after
-/// seconds, so a millisecond costs it nothing.
-pub const ACK_DELAY: Duration = Duration::from_millis(1);
+/// How long what a peer is owed but need not hear at once may wait for
+/// our next write to it to travel with: our answers to containerd's PINGs
+/// (see `Relay::release_acks`; grpc-go times its window estimate by them
+/// and gives up on a keepalive answer only after seconds), and the room
+/// its input leaves once taken off our queue (see `Side::read_some`).
+pub const HOLD: Duration = Duration::from_millis(1);
 
 /// What the async side hands the connection's thread: replies to inject
 /// and the request to drain, each followed by a ring of the eventfd.
@@ -102,6 +103,11 @@ struct Side {
     /// Bytes at the head of the socket's queue that we have read with
     /// MSG_PEEK and relayed, but not yet taken off the queue.
     peeked: usize,
+    /// Since when `peeked` has been non-zero: held longer than the hold,
+    /// the bytes are taken off even without a write to the peer, whose
+    /// sending may be waiting for the room they take up (the kernel counts
+    /// each small write as far more than its bytes).
+    peeked_since: Option<Instant>,
     /// The peer has closed its side (epoll said so, once): a peek cannot
     /// see the end of input behind queued bytes, so from now on we take
     /// what we read and read on until we meet it.
@@ -120,6 +126,7 @@ impl Side {
             readable: true,
             stuck: false,
             peeked: 0,
+            peeked_since: None,
             closing: false,
         })
     }
@@ -148,6 +155,9 @@ impl Side {
             ) {
                 Ok((n, _)) if n > self.peeked => {
                     buf.extend_from_slice(&scratch[self.peeked..n]);
+                    if self.peeked == 0 {
+                        self.peeked_since = Some(Instant::now());
+                    }
                     self.peeked = n;
                     self.readable = n == scratch.len() || self.closing;
                     if self.readable || self.peeked >= PEEKED_LIMIT {
@@ -175,13 +185,16 @@ impl Side {
             let want = self.peeked.min(scratch.len());
             match recv(&self.socket, &mut scratch[..want], RecvFlags::DONTWAIT) {
                 Ok((n, _)) if n > 0 => self.peeked -= n.min(self.peeked),
-                // Peeked bytes cannot vanish; should they, nothing is lost
-                // but the count.
-                Ok(_) | Err(rustix::io::Errno::AGAIN) => self.peeked = 0,
                 Err(rustix::io::Errno::INTR) => {}
+                // Peeked bytes never leave the queue but through us: the
+                // stream is no longer what we relayed, and ends here.
+                Ok(_) | Err(rustix::io::Errno::AGAIN) => {
+                    return Err(io::Error::other("peeked input vanished from the socket"));
+                }
                 Err(e) => return Err(e.into()),
             }
         }
+        self.peeked_since = None;
         Ok(())
     }
 
@@ -254,13 +267,13 @@ impl From<RelayError> for Failure {
 /// Relays between `client` and `upstream` until either side closes or a
 /// drain has finished, then hands over what the other side is still owed.
 /// `start_decision` starts deciding an intercepted call, whose reply comes
-/// back through `mailbox`.
+/// back through `mailbox`; `hold` is [`HOLD`] but in tests.
 pub fn relay(
     client: UnixStream,
     upstream: UnixStream,
     mut relay: Relay,
     mailbox: &Mailbox,
-    ack_delay: Duration,
+    hold: Duration,
     mut start_decision: impl FnMut(Call) -> AbortHandle,
 ) {
     let (mut client, mut upstream) = match (Side::new(client), Side::new(upstream)) {
@@ -275,7 +288,7 @@ pub fn relay(
         &mut upstream,
         &mut relay,
         mailbox,
-        ack_delay,
+        hold,
         &mut start_decision,
     );
     let deadline = Instant::now() + FLUSH_TIMEOUT;
@@ -305,12 +318,22 @@ pub fn relay(
     let _ = upstream.take_peeked(&mut scratch);
 }
 
+/// Which sides we read now: neither while the client does not take what
+/// waits for it, and each only while what it sends has room to go.
+fn wanted(relay: &Relay) -> [bool; 2] {
+    let backlog_ok = relay.to_client.len() < CLIENT_BACKLOG_LIMIT;
+    [
+        relay.to_upstream.len() < BUFFER_LIMIT && backlog_ok,
+        relay.from_upstream.len() < BUFFER_LIMIT && backlog_ok,
+    ]
+}
+
 fn run(
     client: &mut Side,
     upstream: &mut Side,
     relay: &mut Relay,
     mailbox: &Mailbox,
-    ack_delay: Duration,
+    hold: Duration,
     start_decision: &mut impl FnMut(Call) -> AbortHandle,
 ) -> Result<End, Failure> {
     let mut scratch = vec![0; READ_CHUNK];
@@ -318,9 +341,7 @@ fn run(
     let mut draining = false;
     let mut acks_held_since: Option<Instant> = None;
     loop {
-        let backlog_ok = relay.to_client.len() < CLIENT_BACKLOG_LIMIT;
-        let want_client = relay.to_upstream.len() < BUFFER_LIMIT && backlog_ok;
-        let want_upstream = relay.from_upstream.len() < BUFFER_LIMIT && backlog_ok;
+        let [want_client, want_upstream] = wanted(relay);
         let client_open = !(want_client && client.readable)
             || client.read_some(&mut scratch, &mut relay.from_client)?;
         let upstream_open = !(want_upstream && upstream.readable)
@@ -340,7 +361,7 @@ fn run(
             relay.drain();
         }
         let ack_deadline = match relay.acks_held() {
-            true => Some(*acks_held_since.get_or_insert_with(Instant::now) + ack_delay),
+            true => Some(*acks_held_since.get_or_insert_with(Instant::now) + hold),
             false => None,
         };
         if ack_deadline.is_some_and(|deadline| deadline <= Instant::now()) {
@@ -362,11 +383,26 @@ fn run(
         if draining && relay.idle() && relay.to_client.is_empty() {
             return Ok(End::Drained);
         }
+        let now = Instant::now();
+        for side in [&mut *client, &mut *upstream] {
+            if side.peeked_since.is_some_and(|since| since + hold <= now) {
+                // Its peer had its chance to hear of its room with our
+                // next write; it is told now, and whatever the peek could
+                // not see past is read.
+                side.take_peeked(&mut scratch)?;
+                side.readable = true;
+            }
+        }
+        // The writes may have made room: what we read is judged again.
+        let [want_client, want_upstream] = wanted(relay);
         if (want_client && client.readable) || (want_upstream && upstream.readable) {
             continue;
         }
-        let timeout = acks_held_since
-            .map(|since| (since + ack_delay).saturating_duration_since(Instant::now()));
+        let timeout = [acks_held_since, client.peeked_since, upstream.peeked_since]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|since| (since + hold).saturating_duration_since(now));
         waiter.wait(
             client,
             upstream,
@@ -665,7 +701,7 @@ mod tests {
 
     #[test]
     fn replies_come_through_the_mailbox_after_containerd_acknowledges_the_marker() {
-        let mut h = Harness::start(ACK_DELAY);
+        let mut h = Harness::start(HOLD);
         h.client
             .write_all(&request(1, "/runtime.v1.ImageService/Intercepted"))
             .unwrap();
@@ -716,7 +752,7 @@ mod tests {
 
     #[test]
     fn a_drain_says_goaway_and_ends_the_idle_connection() {
-        let mut h = Harness::start(ACK_DELAY);
+        let mut h = Harness::start(HOLD);
         h.mailbox.drain();
         let goaway = read_frames(&mut h.client, 1);
         assert_eq!((goaway[0].0, goaway[0].1), (GOAWAY, 0));
@@ -728,7 +764,7 @@ mod tests {
 
     #[test]
     fn the_client_closing_hands_containerd_the_rest_and_ends_the_connection() {
-        let mut h = Harness::start(ACK_DELAY);
+        let mut h = Harness::start(HOLD);
         h.client
             .write_all(&request(1, "/runtime.v1.RuntimeService/Version"))
             .unwrap();
@@ -741,7 +777,7 @@ mod tests {
 
     #[test]
     fn a_client_breaking_http2_is_told_why() {
-        let mut h = Harness::start(ACK_DELAY);
+        let mut h = Harness::start(HOLD);
         // CONTINUATION with no header block before it.
         let mut bad = BytesMut::new();
         put_header(&mut bad, 0, CONTINUATION, END_HEADERS, 1);
@@ -788,7 +824,7 @@ mod tests {
 
     #[test]
     fn a_request_is_taken_off_the_clients_socket_only_with_the_reply() {
-        let mut h = Harness::start(ACK_DELAY);
+        let mut h = Harness::start(Duration::from_secs(60));
         let client_room = RoomWatch::new(&h.client);
         h.client
             .write_all(&request(1, "/runtime.v1.RuntimeService/Version"))
@@ -814,7 +850,7 @@ mod tests {
 
     #[test]
     fn the_end_of_input_behind_peeked_bytes_is_seen() {
-        let mut h = Harness::start(ACK_DELAY);
+        let mut h = Harness::start(HOLD);
         h.client
             .write_all(&request(1, "/runtime.v1.RuntimeService/Version"))
             .unwrap();
@@ -826,5 +862,43 @@ mod tests {
         ));
         h.join();
         assert_eq!(h.runtime.read(&mut [0u8; 16]).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_request_without_a_reply_is_taken_off_once_the_hold_passes() {
+        let mut h = Harness::start(Duration::from_millis(20));
+        let client_room = RoomWatch::new(&h.client);
+        h.client
+            .write_all(&request(1, "/runtime.v1.RuntimeService/Version"))
+            .unwrap();
+        read_frames(&mut h.runtime, 2);
+        assert!(client_room.told());
+    }
+
+    #[test]
+    fn a_client_that_stops_reading_is_served_to_the_end_once_it_reads() {
+        let mut h = Harness::start(HOLD);
+        // More header blocks than the client backlog may hold (they are
+        // not flow controlled), while the client does not read.
+        const FRAMES: usize = 400;
+        const PAYLOAD: usize = 16_000;
+        let mut runtime = h.runtime.try_clone().unwrap();
+        let writer = std::thread::spawn(move || {
+            let mut frame = BytesMut::new();
+            put_header(&mut frame, PAYLOAD, HEADERS, END_HEADERS, 1);
+            frame.extend_from_slice(&[0x88; PAYLOAD]);
+            for _ in 0..FRAMES {
+                runtime.write_all(&frame).unwrap();
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let mut got = 0;
+        let mut buf = vec![0; 1 << 20];
+        while got < FRAMES * (HEADER_LEN + PAYLOAD) {
+            let n = h.client.read(&mut buf).expect("the rest arrives");
+            assert!(n > 0, "connection closed after {got} bytes");
+            got += n;
+        }
+        writer.join().unwrap();
     }
 }

@@ -26,8 +26,10 @@ use driver::Mailbox;
 use state::{Call, Relay, Reply};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// The relay keeps its buffers on the heap and never recurses.
-const THREAD_STACK: usize = 256 << 10;
+/// A decision's future is built on the connection's thread before it is
+/// moved to the runtime, and unoptimised builds keep copies of it on the
+/// stack; address space, not memory, until touched.
+const THREAD_STACK: usize = 2 << 20;
 
 fn intercepted(path: &str) -> bool {
     route(path) != Route::Forward
@@ -81,18 +83,11 @@ pub async fn connection<R: ImageRuntime>(
         .spawn(move || {
             let relay = Relay::new(intercepted, Some(gate.metrics.clone()));
             let mailbox = thread_mailbox;
-            driver::relay(
-                client,
-                upstream,
-                relay,
-                &mailbox,
-                driver::ACK_DELAY,
-                |call| {
-                    async_side
-                        .spawn(decide(gate.clone(), call, mailbox.clone()))
-                        .abort_handle()
-                },
-            );
+            driver::relay(client, upstream, relay, &mailbox, driver::HOLD, |call| {
+                async_side
+                    .spawn(decide(gate.clone(), call, mailbox.clone()))
+                    .abort_handle()
+            });
             let _ = finished.send(());
         });
     if let Err(e) = spawned {
