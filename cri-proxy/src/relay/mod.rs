@@ -40,8 +40,9 @@ fn intercepted(path: &str) -> bool {
 ///
 /// The bytes move on a thread of the connection's own: a hop whose whole
 /// cost is wake-ups pays for no scheduler between a socket's wake-up and
-/// the write it leads to. Measured CPU per relayed call: socat 26 µs, an
-/// async task per connection 25–27 µs, this thread 20 µs (BENCHMARKS.md).
+/// the write it leads to. Measured CPU per relayed call: socat 25–27 µs,
+/// an async task per connection 25–27 µs, this thread 21–23 µs
+/// (BENCHMARKS.md).
 pub async fn connection<R: ImageRuntime>(
     client: UnixStream,
     runtime: Arc<Path>,
