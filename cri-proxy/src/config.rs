@@ -52,6 +52,10 @@ pub struct Flags {
     /// Log format: text or json.
     #[arg(long)]
     pub log_format: Option<String>,
+    /// Client connections served at once; more are closed on accept
+    /// [default: 1024].
+    #[arg(long)]
+    pub max_connections: Option<usize>,
     /// Validate the configuration and exit.
     #[arg(long)]
     pub check_config: bool,
@@ -67,7 +71,13 @@ pub struct Config {
     pub metrics_listen: Option<std::net::SocketAddr>,
     pub node: NodeConfig,
     pub log_json: bool,
+    pub max_connections: usize,
 }
+
+/// kubelet keeps two connections open and crictl one per command; a
+/// thousand leaves room for tools and test suites running in parallel while
+/// still bounding threads and descriptors.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 /// `unix:///run/x.sock`, `unix:/run/x.sock` or a plain path.
 fn socket_path(endpoint: &str) -> anyhow::Result<PathBuf> {
@@ -123,7 +133,15 @@ impl Config {
             Some("json") => true,
             Some(other) => bail!("log_format {other:?}: expected text or json"),
         };
+        let max_connections = flags
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if max_connections == 0 {
+            bail!("max_connections must be at least 1");
+        }
         Ok(Config {
+            max_connections,
             listen: flags
                 .listen
                 .or(file.listen)
@@ -169,6 +187,21 @@ mod tests {
             PathBuf::from("/run/containerd/containerd.sock")
         );
         assert_eq!(config.image_endpoint, config.runtime_endpoint);
+        assert_eq!(config.max_connections, DEFAULT_MAX_CONNECTIONS);
+        std::fs::write(&file, "max_connections = 8\n").unwrap();
+        let from_file = Config::load(Flags {
+            config: Some(file.clone()),
+            ..Flags::default()
+        })
+        .unwrap();
+        assert_eq!(from_file.max_connections, 8);
+        let from_flag = Config::load(Flags {
+            config: Some(file.clone()),
+            max_connections: Some(3),
+            ..Flags::default()
+        })
+        .unwrap();
+        assert_eq!(from_flag.max_connections, 3);
     }
 
     #[test]
@@ -176,6 +209,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("config.toml");
         std::fs::write(&file, "lisen = \"/x\"\n").unwrap();
+        assert!(
+            Config::load(Flags {
+                config: Some(file.clone()),
+                ..Flags::default()
+            })
+            .is_err()
+        );
+        std::fs::write(&file, "max_connections = 0\n").unwrap();
         assert!(
             Config::load(Flags {
                 config: Some(file.clone()),

@@ -133,8 +133,61 @@ async fn run(config: Config) -> anyhow::Result<()> {
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     };
     let runtime: Arc<Path> = Arc::from(config.runtime_endpoint.as_path());
-    server::serve(listener, runtime, gate, shutdown, Duration::from_secs(30)).await;
+    let max_connections = connection_budget(config.max_connections);
+    server::serve(
+        listener,
+        runtime,
+        gate,
+        shutdown,
+        Duration::from_secs(30),
+        max_connections,
+    )
+    .await;
     Ok(())
+}
+
+/// Descriptors one client connection holds: the client, containerd, its
+/// epoll set and its eventfd.
+const FDS_PER_CONNECTION: u64 = 4;
+/// Descriptors for everything else: the listener, the audit log, bundle
+/// watching, metrics, and the decisions' own connections to containerd.
+const FDS_RESERVED: u64 = 128;
+
+/// How many connections the open-file limit can hold, up to `wanted`.
+///
+/// The soft limit is raised to the hard one first, as Go programs
+/// (containerd among them) do at start: the usual soft 1024 would otherwise
+/// end connections with EMFILE at ~220 clients, long before the cap.
+fn connection_budget(wanted: usize) -> usize {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let mut soft = limit.current;
+    if limit.current != limit.maximum && limit.maximum.is_some() {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => soft = limit.maximum,
+            Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+        }
+    }
+    let Some(soft) = soft else {
+        return wanted;
+    };
+    let fits = usize::try_from(soft.saturating_sub(FDS_RESERVED) / FDS_PER_CONNECTION)
+        .unwrap_or(usize::MAX)
+        .max(1);
+    if fits < wanted {
+        tracing::warn!(
+            max_connections = wanted,
+            open_file_limit = soft,
+            serving = fits,
+            "the open-file limit cannot hold max_connections; serving fewer"
+        );
+        return fits;
+    }
+    wanted
 }
 
 /// The listening socket: handed over by systemd (LISTEN_FDS), or bound at

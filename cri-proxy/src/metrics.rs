@@ -66,6 +66,8 @@ pub struct Metrics {
     pub bundle_loaded_at: Gauge<i64, AtomicI64>,
     bundle_age: Gauge<f64, AtomicU64>,
     pub audit_errors: Counter,
+    pub connections_open: Gauge,
+    pub connections_refused: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -89,6 +91,18 @@ impl Metrics {
         let bundle_loaded_at = Gauge::<i64, AtomicI64>::default();
         let bundle_age = Gauge::<f64, AtomicU64>::default();
         let audit_errors = Counter::default();
+        let connections_open = Gauge::default();
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_open",
+            "Client connections being served",
+            connections_open.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Client connections closed on accept because max_connections were open",
+            connections_refused.clone(),
+        );
         registry.register(
             "decisions",
             "Image decisions by operation, decision and reason",
@@ -145,6 +159,8 @@ impl Metrics {
             bundle_loaded_at,
             bundle_age,
             audit_errors,
+            connections_open,
+            connections_refused,
         }
     }
 

@@ -7,11 +7,12 @@
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use h2::RecvStream;
 use http::Response;
 use tokio::net::UnixListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::intercept::Gate;
 use crate::resolve::{Api, ImageRuntime};
@@ -46,15 +47,27 @@ pub enum Reply {
     Full(FullResponse),
 }
 
+/// How often a refused connection is logged at most; the rest are counted.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Serves kubelet on `listener` until `shutdown` resolves, then lets calls in
 /// flight finish (bounded by `grace`).
+///
+/// At most `max_connections` are served at once. One more is accepted and
+/// closed at once rather than left in the listen backlog: its client sees
+/// the connection end and retries, where a backlogged one would hang until
+/// its own timeout with no sign of why. kubelet's long-lived connections
+/// are never the ones closed.
 pub async fn serve<R: ImageRuntime>(
     listener: UnixListener,
     runtime: Arc<Path>,
     gate: Arc<Gate<R>>,
     shutdown: impl Future<Output = ()>,
-    grace: std::time::Duration,
+    grace: Duration,
+    max_connections: usize,
 ) {
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let mut refusals = Refusals::default();
     let (stop_tx, stop_rx) = watch::channel(false);
     // Every connection holds a sender; when all are gone, all calls are done.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
@@ -66,14 +79,24 @@ pub async fn serve<R: ImageRuntime>(
                     Ok((stream, _)) => stream,
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    gate.metrics.connections_refused.inc();
+                    refusals.note(max_connections);
+                    drop(stream);
+                    continue;
+                };
                 let connection = crate::relay::connection(stream, runtime.clone(), gate.clone(), stop_rx.clone());
                 let alive = alive_tx.clone();
+                let open = gate.metrics.connections_open.clone();
+                open.inc();
                 tokio::spawn(async move {
                     connection.await;
+                    open.dec();
+                    drop(slot);
                     drop(alive);
                 });
             }
@@ -87,6 +110,33 @@ pub async fn serve<R: ImageRuntime>(
     tokio::select! {
         _ = alive_rx.recv() => tracing::info!("all calls finished"),
         () = tokio::time::sleep(grace) => tracing::warn!("calls still in flight after {grace:?}; exiting"),
+    }
+}
+
+/// Refused connections, logged once per interval with how many there were.
+#[derive(Default)]
+struct Refusals {
+    since_logged: u64,
+    logged_at: Option<Instant>,
+}
+
+impl Refusals {
+    fn note(&mut self, max_connections: usize) {
+        self.since_logged += 1;
+        let now = Instant::now();
+        if self
+            .logged_at
+            .is_some_and(|at| now.duration_since(at) < REFUSAL_LOG_INTERVAL)
+        {
+            return;
+        }
+        tracing::warn!(
+            max_connections,
+            refused = self.since_logged,
+            "client connections closed on accept: max_connections are open"
+        );
+        self.since_logged = 0;
+        self.logged_at = Some(now);
     }
 }
 

@@ -52,6 +52,9 @@ pub struct ConfigFile {
     pub system_images: Option<Vec<String>>,
     pub strict_repository: Option<bool>,
     pub log_format: Option<String>,
+    /// The most client connections the proxy serves at once (each is a
+    /// thread and a connection to containerd); past it, new ones are closed.
+    pub max_connections: Option<usize>,
     /// The shim the containerd shim hands allowed containers to; a bare name
     /// is looked up on containerd's PATH.
     pub runc_shim: Option<PathBuf>,

@@ -214,6 +214,89 @@ async fn metrics_count_decisions_calls_and_bundle_errors() {
     );
 }
 
+/// Polls the metrics until `line` shows up; the text scraped last otherwise.
+async fn await_metric(addr: &str, line: &str) -> Result<(), String> {
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = scrape(addr).await;
+        if text.lines().any(|l| l == line) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_are_closed_and_slots_come_back() {
+    use std::io::{Read, Write};
+    let Some(mut node) = Node::up(&agcri()) else {
+        return;
+    };
+    node.policy(ALLOW);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    node.start_proxy(&["--metrics-listen", &addr, "--max-connections", "2"]);
+    let first = node.via_proxy().await;
+    first.version().await.unwrap();
+    let second = node.via_proxy().await;
+    second.version().await.unwrap();
+    await_metric(&addr, "attestgate_connections_open 2")
+        .await
+        .unwrap_or_else(|text| panic!("{text}"));
+
+    // A third client is closed at once, not left waiting in the backlog.
+    let mut third = std::os::unix::net::UnixStream::connect(&node.proxy_sock).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = third.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    let mut buf = [0u8; 64];
+    match third.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("a connection past the cap was served: {other:?}"),
+    }
+    await_metric(&addr, "attestgate_connections_refused_total 1")
+        .await
+        .unwrap_or_else(|text| panic!("{text}"));
+    second
+        .version()
+        .await
+        .expect("connections within the cap keep working");
+
+    // A closed connection frees its slot.
+    drop(first);
+    await_metric(&addr, "attestgate_connections_open 1")
+        .await
+        .unwrap_or_else(|text| panic!("{text}"));
+    node.via_proxy()
+        .await
+        .version()
+        .await
+        .expect("a freed slot serves a new client");
+    assert!(
+        node.proxy_log().contains("max_connections are open"),
+        "{}",
+        node.proxy_log()
+    );
+
+    // The soft open-file limit is raised so the cap, not EMFILE, bounds clients.
+    let limits =
+        std::fs::read_to_string(format!("/proc/{}/limits", node.proxy_pid().unwrap())).unwrap();
+    let files: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(files[3], files[4], "{limits}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_bundle_fails_closed_or_open_as_configured() {
     let Some(mut node) = Node::up(&agcri()) else {
