@@ -163,13 +163,35 @@ async fn image_imported_without_a_pull_is_refused_at_create() {
         )
         .await,
     );
+    // Nor does naming an image the policy admits without attestations: the
+    // system (pause) image here. containerd runs what `image` names, so a
+    // name the image does not carry is not the one decided.
+    let pause = cri.pull(&node.pause_image, None).await.unwrap();
+    assert!(!pause.is_empty());
+    for claimed in [
+        node.pause_image.clone(),
+        format!(
+            "{}@{}",
+            node.pause_image.rsplit_once(':').unwrap().0,
+            node.pause_digest
+        ),
+    ] {
+        assert_denied(
+            cri.create_container(&pod_id, &pod, "app", &image.id, &claimed, &[])
+                .await,
+        );
+    }
     assert!(
         cri.list_containers().await.unwrap().is_empty(),
         "no container was created"
     );
 
-    let audit = node.audit();
-    assert_eq!(audit.len(), 4, "{audit:#?}");
+    let audit: Vec<_> = node
+        .audit()
+        .into_iter()
+        .filter(|l| l["operation"] == "CreateContainer")
+        .collect();
+    assert_eq!(audit.len(), 6, "{audit:#?}");
     for line in &audit {
         assert_eq!(line["operation"], "CreateContainer");
         assert_eq!(line["decision"], "deny");

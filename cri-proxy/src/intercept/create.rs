@@ -12,7 +12,7 @@ use prost::Message as _;
 use super::pull::{pod_v1, pod_v1alpha2};
 use super::{Gate, Pod, Subject, deadline, digest_for, is_image_id};
 use crate::grpc::{self, ProxyError};
-use crate::resolve::{Api, ImageRuntime};
+use crate::resolve::{Api, ImageInfo, ImageRuntime};
 use crate::server::Reply;
 
 pub struct CreateRequest {
@@ -106,27 +106,48 @@ impl<R: ImageRuntime> Gate<R> {
             }
         };
 
-        let named = if !request.user_specified_image.is_empty() {
-            Some(request.user_specified_image.as_str())
-        } else if !is_image_id(&request.image) {
-            Some(request.image.as_str())
-        } else {
-            None
-        };
+        // `user_specified_image` is only the client's word: containerd runs
+        // what `image` names. It is decided when the image carries it (kubelet
+        // sends the pod spec's name beside the image id), never lent to an
+        // image that does not, or naming an allowlisted or system image would
+        // admit anything.
+        let mut named = None;
+        if !request.user_specified_image.is_empty() {
+            let name = request.user_specified_image.as_str();
+            match ImageRef::parse(name) {
+                Ok(image) if carries(&info, &image) => named = Some((name, image)),
+                Ok(_) => tracing::warn!(
+                    user_specified_image = name,
+                    image = %request.image,
+                    "the image being created does not carry the name the client gave; deciding it by its own names"
+                ),
+                Err(e) => {
+                    return self.error(
+                        &subject,
+                        name,
+                        format!("cannot parse image reference: {e}"),
+                        started,
+                    );
+                }
+            }
+        }
+        if named.is_none() && !is_image_id(&request.image) {
+            let name = request.image.as_str();
+            match ImageRef::parse(name) {
+                Ok(image) => named = Some((name, image)),
+                Err(e) => {
+                    return self.error(
+                        &subject,
+                        name,
+                        format!("cannot parse image reference: {e}"),
+                        started,
+                    );
+                }
+            }
+        }
 
         match named {
-            Some(name) => {
-                let image = match ImageRef::parse(name) {
-                    Ok(image) => image,
-                    Err(e) => {
-                        return self.error(
-                            &subject,
-                            name,
-                            format!("cannot parse image reference: {e}"),
-                            started,
-                        );
-                    }
-                };
+            Some((name, image)) => {
                 let resolved = if let Some(digest) = &image.digest {
                     // A digest in the name counts only if it is the digest of
                     // the image actually being run.
@@ -153,27 +174,32 @@ impl<R: ImageRuntime> Gate<R> {
                 };
                 self.decide(&subject, name, &resolved, started)
             }
-            None => {
-                self.decide_by_repo_digests(&subject, &request.image, &info.repo_digests, started)
-            }
+            None => self.decide_by_own_names(&subject, &request.image, &info, started),
         }
     }
 
-    /// A bare image id: each repository digest the image carries is decided,
-    /// and the container is allowed if one is. Every candidate is recorded.
-    fn decide_by_repo_digests(
+    /// An image known by id alone: each repository digest it carries is
+    /// decided, or, for an image that has none (imported, not pulled), each
+    /// of its tags; the container is allowed if one is. Every candidate is
+    /// recorded.
+    fn decide_by_own_names(
         &self,
         subject: &Subject<'_>,
         id: &str,
-        repo_digests: &[String],
+        info: &ImageInfo,
         started: Instant,
     ) -> Decision {
+        let candidates = if info.repo_digests.is_empty() {
+            &info.repo_tags
+        } else {
+            &info.repo_digests
+        };
         let mut last = None;
-        for repo_digest in repo_digests {
-            let Ok(image) = ImageRef::parse(repo_digest) else {
+        for name in candidates {
+            let Ok(image) = ImageRef::parse(name) else {
                 continue;
             };
-            let decision = self.decide(subject, repo_digest, &image, started);
+            let decision = self.decide(subject, name, &image, started);
             if decision.allowed {
                 return decision;
             }
@@ -183,9 +209,71 @@ impl<R: ImageRuntime> Gate<R> {
             self.error(
                 subject,
                 id,
-                format!("image {id} has no repository digest to decide"),
+                format!("image {id} has no name to decide"),
                 started,
             )
         })
+    }
+}
+
+/// Whether the image goes by `name`: a repository it has a digest for (that
+/// very digest, when the name has one), or one of its tags.
+fn carries(info: &ImageInfo, name: &ImageRef) -> bool {
+    let by_digest = info
+        .repo_digests
+        .iter()
+        .filter_map(|rd| ImageRef::parse(rd).ok())
+        .any(|rd| {
+            rd.repository == name.repository && (name.digest.is_none() || rd.digest == name.digest)
+        });
+    if by_digest || name.digest.is_some() {
+        return by_digest;
+    }
+    let tag = name.tag.as_deref().unwrap_or("latest");
+    info.repo_tags
+        .iter()
+        .filter_map(|t| ImageRef::parse(t).ok())
+        .any(|t| t.repository == name.repository && t.tag.as_deref().unwrap_or("latest") == tag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_counts_only_if_the_image_carries_it() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let other = format!("sha256:{}", "b".repeat(64));
+        let info = ImageInfo {
+            id: "x".into(),
+            repo_tags: vec![
+                "registry.test/app:1".into(),
+                "docker.io/library/nginx:latest".into(),
+            ],
+            repo_digests: vec![format!("registry.test/app@{d}")],
+        };
+        let carried = |name: &str| carries(&info, &ImageRef::parse(name).unwrap());
+        assert!(carried("registry.test/app:1"));
+        // A tag that moved on: the repository still has this image's digest.
+        assert!(carried("registry.test/app:2"));
+        assert!(carried(&format!("registry.test/app@{d}")));
+        assert!(carried(&format!("registry.test/app:1@{d}")));
+        assert!(carried("nginx"));
+        assert!(carried("docker.io/library/nginx:latest"));
+        assert!(!carried("nginx:1.25"));
+        assert!(!carried(&format!("registry.test/app@{other}")));
+        assert!(!carried(&format!("mirror.test/app@{d}")));
+        assert!(!carried("registry.k8s.io/pause:3.10"));
+        let imported = ImageInfo {
+            repo_digests: Vec::new(),
+            ..info
+        };
+        assert!(!carried_by(&imported, &format!("registry.test/app@{d}")));
+        assert!(carried_by(&imported, "registry.test/app:1"));
+        assert!(!carried_by(&imported, "registry.test/app:2"));
+    }
+
+    fn carried_by(info: &ImageInfo, name: &str) -> bool {
+        carries(info, &ImageRef::parse(name).unwrap())
     }
 }
