@@ -7,3 +7,4 @@
 
 pub mod cri;
 pub mod node;
+pub mod raw_h2;

@@ -200,6 +200,72 @@ async fn image_imported_without_a_pull_is_refused_at_create() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_naming_two_methods_is_refused() {
+    use attestgate_e2e::raw_h2;
+    use k8s_cri::v1::{ContainerConfig, CreateContainerRequest, ImageSpec};
+    use prost::Message as _;
+    let Some((node, _)) = signed_node() else {
+        return;
+    };
+    let cri = node.via_proxy().await;
+    cri.pull(&node.app_image, None).await.unwrap();
+    let (unsigned, _) = node.push_image("smuggled", "1", "sleep 3600");
+    // One body, two readings. As a CreateContainerRequest it creates the
+    // signed app. As a PullImageRequest its field 1 is an ImageSpec naming
+    // the unsigned image and its field 2 an AuthConfig of strings: a pull.
+    let smuggled = ImageSpec {
+        image: unsigned.clone(),
+        ..ImageSpec::default()
+    }
+    .encode_to_vec();
+    let body = CreateContainerRequest {
+        pod_sandbox_id: String::from_utf8(smuggled).unwrap(),
+        config: Some(ContainerConfig {
+            image: Some(ImageSpec {
+                image: node.app_image.clone(),
+                ..ImageSpec::default()
+            }),
+            ..ContainerConfig::default()
+        }),
+        sandbox_config: None,
+    }
+    .encode_to_vec();
+    let create = "/runtime.v1.RuntimeService/CreateContainer";
+    let pull = "/runtime.v1.ImageService/PullImage";
+    for (first, second) in [(create, pull), (pull, create)] {
+        let ending = raw_h2::call(
+            &node.proxy_sock,
+            &[
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", first),
+                (":path", second),
+                (":authority", "localhost"),
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+            ],
+            &body,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        assert!(
+            ending.says("given twice"),
+            "{first} then {second}: {ending:?}"
+        );
+    }
+    assert!(
+        node.direct()
+            .await
+            .image_status(&unsigned)
+            .await
+            .unwrap()
+            .is_none(),
+        "the image named by the second :path was pulled"
+    );
+    assert!(cri.list_containers().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_and_break_glass_admit_and_log() {
     let Some(mut node) = Node::up(&agcri()) else {
         return;

@@ -89,7 +89,7 @@ impl<R: ImageRuntime> Gate<R> {
             // containerd would refuse too; refusing here closes the window in
             // which an image could appear between our check and its create.
             Ok(None) => {
-                return self.error(
+                return self.refuse(
                     &subject,
                     asked,
                     format!("image {} is not on the node", request.image),
@@ -106,76 +106,41 @@ impl<R: ImageRuntime> Gate<R> {
             }
         };
 
-        // `user_specified_image` is only the client's word: containerd runs
-        // what `image` names. It is decided when the image carries it (kubelet
-        // sends the pod spec's name beside the image id), never lent to an
-        // image that does not, or naming an allowlisted or system image would
-        // admit anything.
-        let mut named = None;
-        if !request.user_specified_image.is_empty() {
-            let name = request.user_specified_image.as_str();
-            match ImageRef::parse(name) {
-                Ok(image) if carries(&info, &image) => named = Some((name, image)),
-                Ok(_) => tracing::warn!(
-                    user_specified_image = name,
-                    image = %request.image,
-                    "the image being created does not carry the name the client gave; deciding it by its own names"
+        // The names the request gives, the pod spec's first (kubelet sends it
+        // beside the image id). Each is only the client's word: containerd
+        // runs the image `image` resolves to, by name, by id or by any unique
+        // prefix of its id. A name counts only as far as that image carries
+        // it; otherwise naming a system or allowlisted image, or a short id
+        // read as a Docker Hub name, would admit anything.
+        for (field, name) in [
+            ("user_specified_image", &request.user_specified_image),
+            ("image", &request.image),
+        ] {
+            if name.is_empty() || is_image_id(name) {
+                continue;
+            }
+            let image = match ImageRef::parse(name) {
+                Ok(image) => image,
+                Err(e) => {
+                    return self.refuse(
+                        &subject,
+                        name,
+                        format!("cannot parse image reference: {e}"),
+                        started,
+                    );
+                }
+            };
+            match carried(&info, &image) {
+                Some(resolved) => return self.decide(&subject, name, &resolved, started),
+                None => tracing::warn!(
+                    field,
+                    name = %name,
+                    id = %info.id,
+                    "the image being created does not go by this name; deciding it by its own names"
                 ),
-                Err(e) => {
-                    return self.error(
-                        &subject,
-                        name,
-                        format!("cannot parse image reference: {e}"),
-                        started,
-                    );
-                }
             }
         }
-        if named.is_none() && !is_image_id(&request.image) {
-            let name = request.image.as_str();
-            match ImageRef::parse(name) {
-                Ok(image) => named = Some((name, image)),
-                Err(e) => {
-                    return self.error(
-                        &subject,
-                        name,
-                        format!("cannot parse image reference: {e}"),
-                        started,
-                    );
-                }
-            }
-        }
-
-        match named {
-            Some((name, image)) => {
-                let resolved = if let Some(digest) = &image.digest {
-                    // A digest in the name counts only if it is the digest of
-                    // the image actually being run.
-                    let confirmed = info.repo_digests.iter().any(|rd| {
-                        rd.rsplit_once('@')
-                            .is_some_and(|(_, d)| d == digest.as_str())
-                    });
-                    if confirmed {
-                        image
-                    } else {
-                        attestgate_policy::ImageRef {
-                            digest: None,
-                            ..image
-                        }
-                    }
-                } else {
-                    match digest_for(&image, &info.repo_digests) {
-                        Some(digest) => image.with_digest(digest),
-                        // No digest for this name on the node (an imported
-                        // image): decided by name alone, so only a rule that
-                        // needs no attestation can admit it.
-                        None => image,
-                    }
-                };
-                self.decide(&subject, name, &resolved, started)
-            }
-            None => self.decide_by_own_names(&subject, &request.image, &info, started),
-        }
+        self.decide_by_own_names(&subject, &request.image, &info, started)
     }
 
     /// An image known by id alone: each repository digest it carries is
@@ -216,32 +181,127 @@ impl<R: ImageRuntime> Gate<R> {
     }
 }
 
-/// Whether the image goes by `name`: a repository it has a digest for (that
-/// very digest, when the name has one), or one of its tags.
-fn carries(info: &ImageInfo, name: &ImageRef) -> bool {
-    let by_digest = info
-        .repo_digests
-        .iter()
-        .filter_map(|rd| ImageRef::parse(rd).ok())
-        .any(|rd| {
-            rd.repository == name.repository && (name.digest.is_none() || rd.digest == name.digest)
-        });
-    if by_digest || name.digest.is_some() {
-        return by_digest;
-    }
-    let tag = name.tag.as_deref().unwrap_or("latest");
-    info.repo_tags
-        .iter()
-        .filter_map(|t| ImageRef::parse(t).ok())
-        .any(|t| t.repository == name.repository && t.tag.as_deref().unwrap_or("latest") == tag)
+/// `name` as the image carries it, pinned to the image's digest; `None`
+/// when the image does not go by that name. A repository counts when the
+/// image has a digest in it (that very digest, when the name has one); a tag
+/// is kept only when it is one of the image's own, so a tag named beside a
+/// digest, or one that has moved on to another image, lends nothing.
+fn carried(info: &ImageInfo, name: &ImageRef) -> Option<ImageRef> {
+    let own_tag = |tag: &str| {
+        info.repo_tags.iter().any(|t| {
+            ImageRef::parse(t).is_ok_and(|t| {
+                t.repository == name.repository && t.tag.as_deref().unwrap_or("latest") == tag
+            })
+        })
+    };
+    let tagged = own_tag(name.tag.as_deref().unwrap_or("latest"));
+    let digest = match &name.digest {
+        Some(digest) => {
+            let confirmed = info.repo_digests.iter().any(|rd| {
+                ImageRef::parse(rd).is_ok_and(|rd| {
+                    rd.repository == name.repository && rd.digest.as_ref() == Some(digest)
+                })
+            });
+            if !confirmed {
+                return None;
+            }
+            Some(digest.clone())
+        }
+        None => {
+            let digest = digest_for(name, &info.repo_digests);
+            if digest.is_none() && !tagged {
+                return None;
+            }
+            digest
+        }
+    };
+    Some(ImageRef {
+        repository: name.repository.clone(),
+        tag: if tagged { name.tag.clone() } else { None },
+        digest,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::intercept::testing::gate;
+    use attestgate_policy::FailMode;
+
+    fn create(image: &str, user_specified_image: &str) -> CreateRequest {
+        CreateRequest {
+            image: image.into(),
+            user_specified_image: user_specified_image.into(),
+            container: "app".into(),
+            pod: Pod {
+                namespace: "prod".into(),
+                ..Pod::default()
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn names_the_image_does_not_carry_admit_nothing() {
+        let id = format!("sha256:3f5ab2{}", "c".repeat(58));
+        let unsigned = ImageInfo {
+            id: id.clone(),
+            repo_tags: vec!["evil.test/x:1".into()],
+            repo_digests: vec![format!("evil.test/x@sha256:{}", "d".repeat(64))],
+        };
+        let dir = tempfile::tempdir().unwrap();
+        // What a node admits without attestations: Docker Hub's library by
+        // name, and (globalPolicyEvaluationMode) the pause image.
+        let policy = "globalPolicyEvaluationMode: ENABLE
+admissionWhitelistPatterns:
+- namePattern: docker.io/library/*
+defaultAdmissionRule:
+  evaluationMode: ALWAYS_DENY
+  enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG
+";
+        let parts = http::Request::new(()).into_parts().0;
+        for fail_mode in [FailMode::Closed, FailMode::Open] {
+            let gate = gate(dir.path(), policy, fail_mode, unsigned.clone());
+            for (image, user_specified) in [
+                // A short id, which containerd resolves by prefix.
+                ("3f5ab2", ""),
+                ("sha256:3f5ab2", ""),
+                (id.as_str(), "registry.k8s.io/pause:3.10"),
+                (id.as_str(), "nginx:1.25"),
+                (id.as_str(), "docker.io/library/nginx@sha256:0000"),
+                ("evil.test/x:1", "!not a name"),
+            ] {
+                let decision = gate
+                    .decide_create(
+                        Api::V1,
+                        &create(image, user_specified),
+                        &parts,
+                        Instant::now(),
+                    )
+                    .await;
+                assert!(
+                    !decision.allowed,
+                    "{image} named {user_specified:?} ({fail_mode:?}): {}",
+                    decision.explanation()
+                );
+            }
+            // The image's own name is what decides when nothing else holds.
+            let own = gate
+                .decide_create(Api::V1, &create("3f5ab2", ""), &parts, Instant::now())
+                .await;
+            assert!(
+                own.explanation().contains("evil.test/x"),
+                "{}",
+                own.explanation()
+            );
+        }
+    }
+
+    fn decided_as(info: &ImageInfo, name: &str) -> Option<String> {
+        carried(info, &ImageRef::parse(name).unwrap()).map(|image| image.to_string())
+    }
 
     #[test]
-    fn a_name_counts_only_if_the_image_carries_it() {
+    fn a_name_counts_only_as_far_as_the_image_carries_it() {
         let d = format!("sha256:{}", "a".repeat(64));
         let other = format!("sha256:{}", "b".repeat(64));
         let info = ImageInfo {
@@ -252,28 +312,47 @@ mod tests {
             ],
             repo_digests: vec![format!("registry.test/app@{d}")],
         };
-        let carried = |name: &str| carries(&info, &ImageRef::parse(name).unwrap());
-        assert!(carried("registry.test/app:1"));
-        // A tag that moved on: the repository still has this image's digest.
-        assert!(carried("registry.test/app:2"));
-        assert!(carried(&format!("registry.test/app@{d}")));
-        assert!(carried(&format!("registry.test/app:1@{d}")));
-        assert!(carried("nginx"));
-        assert!(carried("docker.io/library/nginx:latest"));
-        assert!(!carried("nginx:1.25"));
-        assert!(!carried(&format!("registry.test/app@{other}")));
-        assert!(!carried(&format!("mirror.test/app@{d}")));
-        assert!(!carried("registry.k8s.io/pause:3.10"));
+        let pinned = format!("registry.test/app@{d}");
+        let tagged = format!("registry.test/app:1@{d}");
+        assert_eq!(
+            decided_as(&info, "registry.test/app:1"),
+            Some(tagged.clone())
+        );
+        assert_eq!(decided_as(&info, &tagged), Some(tagged.clone()));
+        assert_eq!(decided_as(&info, &pinned), Some(pinned.clone()));
+        // A tag that moved on, or one written beside the digest, is not lent.
+        assert_eq!(
+            decided_as(&info, "registry.test/app:2"),
+            Some(pinned.clone())
+        );
+        assert_eq!(
+            decided_as(&info, &format!("registry.test/app:2@{d}")),
+            Some(pinned.clone())
+        );
+        // Names of images it is not.
+        assert_eq!(
+            decided_as(&info, &format!("registry.test/app@{other}")),
+            None
+        );
+        assert_eq!(decided_as(&info, &format!("mirror.test/app@{d}")), None);
+        assert_eq!(decided_as(&info, "registry.k8s.io/pause:3.10"), None);
+        assert_eq!(decided_as(&info, "nginx:1.25"), None);
+        // A short id containerd resolves by prefix reads as a Docker Hub name.
+        assert_eq!(decided_as(&info, "3f5ab2"), None);
+        // Tagged but with no digest in that repository: by name alone.
+        assert_eq!(
+            decided_as(&info, "nginx").as_deref(),
+            Some("docker.io/library/nginx")
+        );
         let imported = ImageInfo {
             repo_digests: Vec::new(),
             ..info
         };
-        assert!(!carried_by(&imported, &format!("registry.test/app@{d}")));
-        assert!(carried_by(&imported, "registry.test/app:1"));
-        assert!(!carried_by(&imported, "registry.test/app:2"));
-    }
-
-    fn carried_by(info: &ImageInfo, name: &str) -> bool {
-        carries(info, &ImageRef::parse(name).unwrap())
+        assert_eq!(decided_as(&imported, &pinned), None);
+        assert_eq!(
+            decided_as(&imported, "registry.test/app:1").as_deref(),
+            Some("registry.test/app:1")
+        );
+        assert_eq!(decided_as(&imported, "registry.test/app:2"), None);
     }
 }

@@ -4,6 +4,8 @@
 
 pub mod create;
 pub mod pull;
+#[cfg(test)]
+mod testing;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -145,6 +147,31 @@ impl<R: ImageRuntime> Gate<R> {
         message: impl Into<String>,
         started: Instant,
     ) -> Decision {
+        self.failure(subject, reference, message, self.node.fail_mode, started)
+    }
+
+    /// A request that cannot be decided because of what it says (a name that
+    /// does not parse, an image that is not there): refused whatever the fail
+    /// mode, which is for the node's own failures. Otherwise fail mode open
+    /// would let a request admit anything by naming it badly (SPEC §9).
+    pub fn refuse(
+        &self,
+        subject: &Subject<'_>,
+        reference: &str,
+        message: impl Into<String>,
+        started: Instant,
+    ) -> Decision {
+        self.failure(subject, reference, message, FailMode::Closed, started)
+    }
+
+    fn failure(
+        &self,
+        subject: &Subject<'_>,
+        reference: &str,
+        message: impl Into<String>,
+        fail_mode: FailMode,
+        started: Instant,
+    ) -> Decision {
         let image = match ImageRef::parse(reference) {
             Ok(parsed) => ImageSubject::from_ref(reference, &parsed),
             Err(_) => ImageSubject {
@@ -153,7 +180,7 @@ impl<R: ImageRuntime> Gate<R> {
                 digest: None,
             },
         };
-        let mut decision = Decision::error(image, message, self.node.fail_mode);
+        let mut decision = Decision::error(image, message, fail_mode);
         let pod = subject.pod.map(Pod::context).unwrap_or_default();
         if pod.break_glass() {
             decision = decision.broken_glass();

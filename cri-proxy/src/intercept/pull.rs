@@ -73,7 +73,7 @@ impl<R: ImageRuntime> Gate<R> {
         let image = match ImageRef::parse(&request.image) {
             Ok(image) => image,
             Err(e) => {
-                let decision = self.error(
+                let decision = self.refuse(
                     &subject,
                     &request.image,
                     format!("cannot parse image reference: {e}"),
@@ -85,7 +85,10 @@ impl<R: ImageRuntime> Gate<R> {
         };
 
         if image.digest.is_some() {
-            settle(&self.decide(&subject, &request.image, &image, started))?;
+            // containerd pulls the digest and drops a tag written beside it;
+            // the tag must not match an allowlist entry pinned to a tag.
+            let pulled = ImageRef { tag: None, ..image };
+            settle(&self.decide(&subject, &request.image, &pulled, started))?;
             return self.forward(parts, body).await;
         }
 
@@ -105,16 +108,15 @@ impl<R: ImageRuntime> Gate<R> {
             )
             .await?;
         let pulled = FullResponse::read(response).await?;
-        if pulled.grpc_status() != Some(0) {
-            // The pull failed: nothing reached the node, nothing to decide.
-            return Ok(Reply::Full(pulled));
-        }
+        let succeeded = pulled.grpc_status() == Some(0);
         let after = match self
             .runtime
             .image_status(api, &request.image, timeout)
             .await
         {
             Ok(Some(info)) => info,
+            // The pull failed and nothing reached the node: nothing to decide.
+            Ok(None) if !succeeded => return Ok(Reply::Full(pulled)),
             Ok(None) => {
                 settle(&self.error(
                     &subject,
@@ -130,6 +132,12 @@ impl<R: ImageRuntime> Gate<R> {
                 return Ok(Reply::Full(pulled));
             }
         };
+        let new_to_the_node = before.as_deref() != Some(after.id.as_str());
+        if !succeeded && !new_to_the_node {
+            return Ok(Reply::Full(pulled));
+        }
+        // A failed pull (its deadline passing, say) may still have stored the
+        // image: it is decided like any other.
         let resolved = match digest_for(&image, &after.repo_digests) {
             Some(digest) => image.with_digest(digest),
             None => image.clone(),
@@ -140,7 +148,7 @@ impl<R: ImageRuntime> Gate<R> {
         }
         // Removing an image removes every name it has: only an image that
         // is new to the node and known by nothing but this name goes.
-        if before.as_deref() != Some(after.id.as_str())
+        if new_to_the_node
             && known_only_as(&after, &image)
             && let Err(e) = self.runtime.remove_image(api, &after.id, timeout).await
         {
@@ -186,7 +194,72 @@ pub fn known_only_as(info: &crate::resolve::ImageInfo, image: &ImageRef) -> bool
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::intercept::testing::gate;
     use crate::resolve::ImageInfo;
+    use attestgate_policy::FailMode;
+
+    fn pull_request(image: &str) -> Bytes {
+        let message = k8s_cri::v1::PullImageRequest {
+            image: Some(k8s_cri::v1::ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        grpc::frame(&message)
+    }
+
+    #[tokio::test]
+    async fn a_tag_beside_a_digest_is_not_what_is_pulled() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let dir = tempfile::tempdir().unwrap();
+        let nothing = ImageInfo {
+            id: format!("sha256:{}", "e".repeat(64)),
+            repo_tags: Vec::new(),
+            repo_digests: Vec::new(),
+        };
+        let policy = "admissionWhitelistPatterns:
+- namePattern: registry.test/app:1.0
+defaultAdmissionRule:
+  evaluationMode: ALWAYS_DENY
+  enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG
+";
+        let gate = gate(dir.path(), policy, FailMode::Closed, nothing);
+        let parts = || http::Request::new(()).into_parts().0;
+        // containerd pulls the digest, whatever tag is written beside it.
+        let pinned = gate
+            .pull(
+                Api::V1,
+                parts(),
+                pull_request(&format!("registry.test/app:1.0@{d}")),
+            )
+            .await;
+        assert!(
+            matches!(pinned, Err(ProxyError::Denied(_))),
+            "{:?}",
+            pinned.err()
+        );
+        // A name that does not parse is refused even with fail mode open.
+        let open = crate::intercept::testing::gate(
+            dir.path(),
+            policy,
+            FailMode::Open,
+            ImageInfo {
+                id: String::new(),
+                repo_tags: Vec::new(),
+                repo_digests: Vec::new(),
+            },
+        );
+        let garbage = open
+            .pull(Api::V1, parts(), pull_request("Not/A Name"))
+            .await;
+        assert!(
+            matches!(garbage, Err(ProxyError::Denied(_))),
+            "{:?}",
+            garbage.err()
+        );
+    }
 
     #[test]
     fn only_an_image_known_by_the_pulled_name_alone_is_removed() {

@@ -128,11 +128,26 @@ async fn decide<R: ImageRuntime>(gate: Arc<Gate<R>>, call: Call, mailbox: Arc<Ma
     mailbox.reply(call.stream, reply);
 }
 
-async fn answer<R: ImageRuntime>(gate: &Gate<R>, call: &Call) -> Result<Reply, ProxyError> {
+async fn answer<R: ImageRuntime>(gate: &Arc<Gate<R>>, call: &Call) -> Result<Reply, ProxyError> {
     let parts = request_parts(&call.head)?;
+    // The one `:path` the head has is the one the call was routed by; the
+    // upstream call goes to exactly that.
+    if parts.uri.path_and_query().map(|p| p.as_str()) != Some(call.path.as_str()) {
+        return Err(ProxyError::BadRequest(
+            "request head: :path is not the method decided".into(),
+        ));
+    }
     let body = call.body.clone();
     let reply = match route(&call.path) {
-        Route::Pull(api) => gate.pull(api, parts, body).await?,
+        // A pull runs to its decision, and the removal of an image it
+        // denies, even when the client gives up on it (a reset aborts this
+        // task): stopping half-way could leave an undecided image behind.
+        Route::Pull(api) => {
+            let gate = gate.clone();
+            tokio::spawn(async move { gate.pull(api, parts, body).await })
+                .await
+                .map_err(|e| ProxyError::Internal(format!("pull task: {e}")))??
+        }
         Route::Create(api) => gate.create(api, parts, body).await?,
         Route::Forward => return Err(ProxyError::Internal("not an intercepted call".into())),
     };
@@ -150,22 +165,52 @@ async fn answer<R: ImageRuntime>(gate: &Gate<R>, call: &Call) -> Result<Reply, P
 }
 
 /// The request head the decision code works with, from the header block.
+///
+/// The head is held to RFC 9113 §8.3 as grpc-go holds it: each request
+/// pseudo-header at most once, none unknown, all before the regular fields.
+/// What we decide must be the call we make: a head with two `:path`s could
+/// otherwise be routed by one and sent on with the other.
 fn request_parts(head: &[u8]) -> Result<http::request::Parts, ProxyError> {
     let bad = |what: String| ProxyError::BadRequest(format!("request head: {what}"));
     let fields = hpack::fields_of_own(head).map_err(|e| bad(e.to_string()))?;
     let mut request = http::Request::builder();
-    let (mut scheme, mut authority, mut path) = (None, None, None);
+    let (mut method, mut scheme, mut authority, mut path) = (None, None, None, None);
+    let mut regular_seen = false;
     for (name, value) in &fields {
-        match name.as_slice() {
-            b":method" => request = request.method(value.as_slice()),
-            b":scheme" => scheme = Some(value.as_slice()),
-            b":authority" => authority = Some(value.as_slice()),
-            b":path" => path = Some(value.as_slice()),
-            n if n.starts_with(b":") => {}
-            _ => request = request.header(name.as_slice(), value.as_slice()),
+        let slot = match name.as_slice() {
+            b":method" => &mut method,
+            b":scheme" => &mut scheme,
+            b":authority" => &mut authority,
+            b":path" => &mut path,
+            n if n.starts_with(b":") => {
+                return Err(bad(format!(
+                    "unknown pseudo-header {}",
+                    String::from_utf8_lossy(n)
+                )));
+            }
+            _ => {
+                regular_seen = true;
+                request = request.header(name.as_slice(), value.as_slice());
+                continue;
+            }
+        };
+        if regular_seen {
+            return Err(bad(format!(
+                "pseudo-header {} after regular header fields",
+                String::from_utf8_lossy(name)
+            )));
+        }
+        if slot.replace(value.as_slice()).is_some() {
+            return Err(bad(format!(
+                "pseudo-header {} given twice",
+                String::from_utf8_lossy(name)
+            )));
         }
     }
     let path = path.ok_or_else(|| bad("no :path".into()))?;
+    if let Some(method) = method {
+        request = request.method(method);
+    }
     let uri = match (scheme, authority) {
         (Some(scheme), Some(authority)) => http::Uri::builder()
             .scheme(scheme)
@@ -207,5 +252,37 @@ mod tests {
         let mut no_path = BytesMut::new();
         hpack::encode_field(&mut no_path, b":method", b"POST");
         assert!(request_parts(&no_path).is_err());
+    }
+
+    #[test]
+    fn heads_that_could_name_two_calls_are_refused() {
+        let head = |fields: &[(&[u8], &[u8])]| {
+            let mut block = BytesMut::new();
+            for (name, value) in fields {
+                hpack::encode_field(&mut block, name, value);
+            }
+            block
+        };
+        let create: &[u8] = b"/runtime.v1.RuntimeService/CreateContainer";
+        let pull: &[u8] = b"/runtime.v1.ImageService/PullImage";
+        for fields in [
+            &[
+                (&b":method"[..], &b"POST"[..]),
+                (b":path", create),
+                (b":path", pull),
+            ][..],
+            &[(b":path", pull), (b":path", create)],
+            &[
+                (b":path", create),
+                (b":method", b"POST"),
+                (b":method", b"GET"),
+            ],
+            &[(b":path", create), (b":protocol", b"x")],
+            &[(b"content-type", b"application/grpc"), (b":path", create)],
+        ] {
+            let error = request_parts(&head(fields)).expect_err("refused");
+            assert!(matches!(error, ProxyError::BadRequest(_)), "{error:?}");
+        }
+        assert!(request_parts(&head(&[(b":path", create), (b"te", b"trailers")])).is_ok());
     }
 }

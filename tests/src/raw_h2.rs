@@ -1,0 +1,135 @@
+//! A deliberately naive HTTP/2 client for requests no real client library
+//! will send (repeated pseudo-headers and the like): literal header fields
+//! only, one stream, frames read until that stream ends.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const DATA: u8 = 0;
+const HEADERS: u8 = 1;
+const RST_STREAM: u8 = 3;
+const SETTINGS: u8 = 4;
+const GOAWAY: u8 = 7;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const ACK: u8 = 0x1;
+
+/// How the one stream ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// HEADERS with END_STREAM: a response or its trailers, the header
+    /// block as it came (readable when the proxy wrote it: it uses no
+    /// Huffman coding).
+    Answered(Vec<u8>),
+    Reset(u32),
+    GoAway(u32),
+    Closed,
+}
+
+fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+    let len = payload.len() as u32;
+    out.extend_from_slice(&len.to_be_bytes()[1..]);
+    out.push(kind);
+    out.push(flags);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// An HPACK integer with an `n`-bit prefix (RFC 7541 §5.1).
+fn integer(out: &mut Vec<u8>, first: u8, n: u32, mut value: usize) {
+    let max = (1usize << n) - 1;
+    if value < max {
+        out.push(first | value as u8);
+        return;
+    }
+    out.push(first | max as u8);
+    value -= max;
+    while value >= 128 {
+        out.push((value % 128 + 128) as u8);
+        value /= 128;
+    }
+    out.push(value as u8);
+}
+
+/// Literal fields without indexing, new names, no Huffman coding.
+pub fn header_block(fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (name, value) in fields {
+        block.push(0);
+        integer(&mut block, 0, 7, name.len());
+        block.extend_from_slice(name.as_bytes());
+        integer(&mut block, 0, 7, value.len());
+        block.extend_from_slice(value.as_bytes());
+    }
+    block
+}
+
+/// Sends one request (`fields` as given, `message` as one gRPC message) on
+/// stream 1 and waits up to `wait` for the stream to end.
+pub fn call(
+    socket: &Path,
+    fields: &[(&str, &str)],
+    message: &[u8],
+    wait: Duration,
+) -> std::io::Result<Ending> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(wait))?;
+    let mut out = PREFACE.to_vec();
+    frame(&mut out, SETTINGS, 0, 0, &[]);
+    frame(&mut out, HEADERS, END_HEADERS, 1, &header_block(fields));
+    let mut body = vec![0];
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(message);
+    frame(&mut out, DATA, END_STREAM, 1, &body);
+    stream.write_all(&out)?;
+    loop {
+        let mut head = [0u8; 9];
+        if let Err(e) = stream.read_exact(&mut head) {
+            return match e.kind() {
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => {
+                    Ok(Ending::Closed)
+                }
+                _ => Err(e),
+            };
+        }
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let (kind, flags) = (head[3], head[4]);
+        let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let mut payload = vec![0u8; len];
+        stream.read_exact(&mut payload)?;
+        let code = || {
+            payload
+                .get(..4)
+                .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        match kind {
+            SETTINGS if flags & ACK == 0 => {
+                let mut ack = Vec::new();
+                frame(&mut ack, SETTINGS, ACK, 0, &[]);
+                stream.write_all(&ack)?;
+            }
+            HEADERS if id == 1 && flags & END_STREAM != 0 => return Ok(Ending::Answered(payload)),
+            RST_STREAM if id == 1 => return Ok(Ending::Reset(code())),
+            GOAWAY => {
+                let code = payload
+                    .get(4..8)
+                    .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                return Ok(Ending::GoAway(code));
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Ending {
+    /// Whether the answer's header block holds `text` as written.
+    pub fn says(&self, text: &str) -> bool {
+        match self {
+            Ending::Answered(block) => block.windows(text.len()).any(|w| w == text.as_bytes()),
+            _ => false,
+        }
+    }
+}
