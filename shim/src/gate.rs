@@ -22,10 +22,20 @@ use crate::spec::SpecContext;
 /// Everything about the container that the decision and its record need.
 struct Subject {
     reference: String,
-    image: Result<ImageRef, String>,
+    image: Result<ImageRef, Undecidable>,
     pod: PodContext,
     pod_record: Option<PodRef>,
     container: Option<String>,
+}
+
+/// Why an image could not be decided.
+struct Undecidable {
+    message: String,
+    /// The container itself is the cause (it has no image, or a name that
+    /// cannot be read): refused whatever the fail mode, which is for the
+    /// node's own failures; otherwise fail mode open would run any
+    /// container created without an image (`ctr run --rootfs`).
+    refuse: bool,
 }
 
 /// A decision, and why no bundle was in force when that was the case.
@@ -132,7 +142,7 @@ pub fn decide_with(
             image,
             &subject.pod,
         ),
-        Err(message) => {
+        Err(undecidable) => {
             let image = match ImageRef::parse(&subject.reference) {
                 Ok(parsed) => ImageSubject::from_ref(&subject.reference, &parsed),
                 Err(_) => ImageSubject {
@@ -141,7 +151,12 @@ pub fn decide_with(
                     digest: None,
                 },
             };
-            let decision = Decision::error(image, message.clone(), node.fail_mode);
+            let fail_mode = if undecidable.refuse {
+                FailMode::Closed
+            } else {
+                node.fail_mode
+            };
+            let decision = Decision::error(image, undecidable.message.clone(), fail_mode);
             if subject.pod.break_glass() {
                 decision.broken_glass()
             } else {
@@ -194,16 +209,16 @@ fn subject(
         },
         Err(_) => (PodContext::default(), None, Some(id.clone())),
     };
-    let fail = |reference: String, message: String| Subject {
+    let fail = |reference: String, message: String, refuse: bool| Subject {
         reference,
-        image: Err(message),
+        image: Err(Undecidable { message, refuse }),
         pod: pod.clone(),
         pod_record: pod_record.clone(),
         container: container.clone(),
     };
     let spec = match spec {
         Ok(spec) => spec,
-        Err(e) => return fail(id, e.to_string()),
+        Err(e) => return fail(id, e.to_string(), false),
     };
     let (Some(address), Some(namespace), false) = (
         invocation.address.as_deref(),
@@ -213,6 +228,7 @@ fn subject(
         return fail(
             id,
             "containerd did not say which container (-address, -namespace, -id)".into(),
+            false,
         );
     };
     let client = client.unwrap_or_else(|| Containerd::connect(address));
@@ -221,7 +237,8 @@ fn subject(
             Ok(found) => found,
             Err(e) => {
                 let reference = spec.image_name().map_or_else(|| id.clone(), str::to_string);
-                return fail(reference, e.to_string());
+                let refuse = matches!(e, LookupError::NoImage(_));
+                return fail(reference, e.to_string(), refuse);
             }
         };
     let image = ImageRef::parse(&name)
@@ -230,6 +247,10 @@ fn subject(
             attestgate_policy::Digest::parse(&digest)
                 .map(|d| image.with_digest(d))
                 .map_err(|e| format!("image {name}: {e}"))
+        })
+        .map_err(|message| Undecidable {
+            message,
+            refuse: true,
         });
     Subject {
         reference: name,

@@ -456,6 +456,30 @@ fn fails_closed(mode: Mode) {
         "{record}"
     );
     assert_no_trace(&node, &format!("noimage-{tag}"));
+
+    // Nor under fail mode open: having no image is the container's doing,
+    // not a failure of the node's.
+    node.write_shim_config(&format!("fail_mode = \"open\"\n{}", mode.config()));
+    let out = ctr(
+        &node,
+        &[
+            "run",
+            "--rm",
+            "--runtime",
+            SHIM_RUNTIME,
+            "--rootfs",
+            &rootfs.display().to_string(),
+            &format!("noimage-open-{tag}"),
+            "true",
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "a container without an image ran under fail mode open"
+    );
+    let record = last_audit(&node);
+    assert_eq!(record["decision"], "deny", "{record}");
+    assert_no_trace(&node, &format!("noimage-open-{tag}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
