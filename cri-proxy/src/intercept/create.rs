@@ -170,8 +170,10 @@ impl<R: ImageRuntime> Gate<R> {
             }
             last = Some(decision);
         }
+        // Nothing names it, so nothing can vouch for it: refused even under
+        // fail mode open, which is for the node failing, not the image.
         last.unwrap_or_else(|| {
-            self.error(
+            self.refuse(
                 subject,
                 id,
                 format!("image {id} has no name to decide"),
@@ -284,6 +286,25 @@ defaultAdmissionRule:
                     decision.explanation()
                 );
             }
+            // An image that goes by no name at all, created by its id.
+            let nameless = crate::intercept::testing::gate(
+                dir.path(),
+                policy,
+                fail_mode,
+                ImageInfo {
+                    id: id.clone(),
+                    repo_tags: Vec::new(),
+                    repo_digests: Vec::new(),
+                },
+            );
+            let decision = nameless
+                .decide_create(Api::V1, &create(&id, ""), &parts, Instant::now())
+                .await;
+            assert!(
+                !decision.allowed,
+                "nameless ({fail_mode:?}): {}",
+                decision.explanation()
+            );
             // The image's own name is what decides when nothing else holds.
             let own = gate
                 .decide_create(Api::V1, &create("3f5ab2", ""), &parts, Instant::now())

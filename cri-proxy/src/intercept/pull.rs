@@ -115,8 +115,10 @@ impl<R: ImageRuntime> Gate<R> {
             .await
         {
             Ok(Some(info)) => info,
-            // The pull failed and nothing reached the node: nothing to decide.
-            Ok(None) if !succeeded => return Ok(Reply::Full(pulled)),
+            // The pull failed and nothing reached the node, or containerd
+            // cannot say (it is likely why the pull failed): the client
+            // hears the pull's own failure.
+            Ok(None) | Err(_) if !succeeded => return Ok(Reply::Full(pulled)),
             Ok(None) => {
                 settle(&self.error(
                     &subject,
