@@ -302,8 +302,8 @@ async fn relay(
     };
     let requests = async {
         while let Some(frame) = read_frame(&mut client_read).await? {
-            match create_request(&frame) {
-                Some((stream_id, create)) => {
+            match inbound(&frame) {
+                Inbound::Create(stream_id, create) => {
                     decide_then_forward(
                         frame,
                         stream_id,
@@ -313,7 +313,17 @@ async fn relay(
                         to_client.clone(),
                     );
                 }
-                None => {
+                Inbound::Unreadable(stream_id) => {
+                    let refusal = error_response(
+                        stream_id,
+                        ttrpc::Code::INVALID_ARGUMENT,
+                        "request frame is not a ttrpc request".into(),
+                    );
+                    if to_client.send(refusal).is_err() {
+                        break;
+                    }
+                }
+                Inbound::Other => {
                     if to_upstream.send(frame).is_err() {
                         break;
                     }
@@ -366,8 +376,12 @@ fn decide_then_forward(
 }
 
 fn denial(stream_id: u32, message: String) -> Vec<u8> {
+    error_response(stream_id, ttrpc::Code::PERMISSION_DENIED, message)
+}
+
+fn error_response(stream_id: u32, code: ttrpc::Code, message: String) -> Vec<u8> {
     let mut response = ttrpc::proto::Response::new();
-    response.set_status(ttrpc::get_status(ttrpc::Code::PERMISSION_DENIED, message));
+    response.set_status(ttrpc::get_status(code, message));
     let payload = response.encode().unwrap_or_default();
     let mut frame = Vec::with_capacity(MESSAGE_HEADER_LENGTH + payload.len());
     frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
@@ -378,20 +392,41 @@ fn denial(stream_id: u32, message: String) -> Vec<u8> {
     frame
 }
 
-/// A Task.Create request frame: its stream and the container it creates.
-fn create_request(frame: &[u8]) -> Option<(u32, CreateTask)> {
+/// What a frame from containerd is to the forwarder.
+enum Inbound {
+    /// A Task.Create: held for a decision.
+    Create(u32, CreateTask),
+    /// A request that does not decode: refused here, not passed on, since
+    /// the runc shim's parser might read a Create in it that ours did not.
+    Unreadable(u32),
+    /// Anything else: passed on as it is.
+    Other,
+}
+
+fn inbound(frame: &[u8]) -> Inbound {
     if frame.get(8) != Some(&MESSAGE_TYPE_REQUEST) {
-        return None;
+        return Inbound::Other;
     }
-    let stream_id = u32::from_be_bytes(frame.get(4..8)?.try_into().ok()?);
-    let request = ttrpc::proto::Request::decode(frame.get(MESSAGE_HEADER_LENGTH..)?).ok()?;
+    let Some(stream_id) = frame
+        .get(4..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_be_bytes)
+    else {
+        return Inbound::Other;
+    };
+    let Some(request) = frame
+        .get(MESSAGE_HEADER_LENGTH..)
+        .and_then(|payload| ttrpc::proto::Request::decode(payload).ok())
+    else {
+        return Inbound::Unreadable(stream_id);
+    };
     if request.method != "Create" || !TASK_SERVICES.contains(&request.service.as_str()) {
-        return None;
+        return Inbound::Other;
     }
-    // A Create whose payload does not decode is still decided: on an empty
-    // id the lookup fails and the fail mode settles it.
+    // A Create whose payload does not decode is still decided: with no
+    // container id nothing can be looked up, and that is refused.
     let create = CreateTask::decode(request.payload.as_slice()).unwrap_or_default();
-    Some((stream_id, create))
+    Inbound::Create(stream_id, create)
 }
 
 /// One whole frame (header and payload), or `None` at a clean end.
@@ -463,27 +498,46 @@ mod tests {
         }
         .encode_to_vec();
         for service in TASK_SERVICES {
-            let (stream, found) =
-                create_request(&request_frame(9, service, "Create", create.clone())).unwrap();
+            let Inbound::Create(stream, found) =
+                inbound(&request_frame(9, service, "Create", create.clone()))
+            else {
+                panic!("a {service} Create is held");
+            };
             assert_eq!(stream, 9);
             assert_eq!(found.id, "c1");
             assert_eq!(found.bundle, "/run/b/c1");
         }
-        assert!(
-            create_request(&request_frame(3, TASK_SERVICES[0], "Start", create.clone())).is_none()
-        );
-        assert!(
-            create_request(&request_frame(
+        assert!(matches!(
+            inbound(&request_frame(3, TASK_SERVICES[0], "Start", create.clone())),
+            Inbound::Other
+        ));
+        assert!(matches!(
+            inbound(&request_frame(
                 3,
                 "containerd.runtime.sandbox.v1.Sandbox",
                 "Create",
                 create
-            ))
-            .is_none()
-        );
+            )),
+            Inbound::Other
+        ));
         let mut response = request_frame(5, TASK_SERVICES[0], "Create", Vec::new());
         response[8] = MESSAGE_TYPE_RESPONSE;
-        assert!(create_request(&response).is_none());
+        assert!(matches!(inbound(&response), Inbound::Other));
+        // A request that does not decode is not passed on.
+        let mut garbage = request_frame(7, TASK_SERVICES[0], "Create", Vec::new());
+        garbage.truncate(MESSAGE_HEADER_LENGTH);
+        garbage.extend_from_slice(&[0x0a, 0x7f, 0x01]);
+        assert!(matches!(inbound(&garbage), Inbound::Unreadable(7)));
+        // A Create whose payload does not decode is held, with no id.
+        let Inbound::Create(_, unreadable) = inbound(&request_frame(
+            8,
+            TASK_SERVICES[0],
+            "Create",
+            vec![0x0a, 0x7f],
+        )) else {
+            panic!("held for a decision");
+        };
+        assert!(unreadable.id.is_empty());
     }
 
     #[test]

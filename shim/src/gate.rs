@@ -218,7 +218,12 @@ fn subject(
     };
     let spec = match spec {
         Ok(spec) => spec,
-        Err(e) => return fail(id, e.to_string(), false),
+        // A spec runc could not run either is the container's doing; one
+        // that cannot be read at all is the node's.
+        Err(e) => {
+            let refuse = matches!(e, crate::spec::SpecError::Parse { .. });
+            return fail(id, e.to_string(), refuse);
+        }
     };
     let (Some(address), Some(namespace), false) = (
         invocation.address.as_deref(),
@@ -228,7 +233,7 @@ fn subject(
         return fail(
             id,
             "containerd did not say which container (-address, -namespace, -id)".into(),
-            false,
+            true,
         );
     };
     let client = client.unwrap_or_else(|| Containerd::connect(address));
@@ -237,7 +242,14 @@ fn subject(
             Ok(found) => found,
             Err(e) => {
                 let reference = spec.image_name().map_or_else(|| id.clone(), str::to_string);
-                let refuse = matches!(e, LookupError::NoImage(_));
+                // The container's own records: no image, an image record
+                // removed under it, or one with no content. containerd being
+                // unreachable or slow is the node's failure.
+                let refuse = match &e {
+                    LookupError::NoImage(_) | LookupError::NoDigest(_) => true,
+                    LookupError::Call { status, .. } => status.code() == tonic::Code::NotFound,
+                    _ => false,
+                };
                 return fail(reference, e.to_string(), refuse);
             }
         };

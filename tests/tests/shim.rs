@@ -480,6 +480,35 @@ fn fails_closed(mode: Mode) {
     let record = last_audit(&node);
     assert_eq!(record["decision"], "deny", "{record}");
     assert_no_trace(&node, &format!("noimage-open-{tag}"));
+
+    // Nor is a container whose image record was removed under it.
+    let orphan = format!("orphan-{tag}");
+    ctr_ok(
+        &node,
+        &[
+            "containers",
+            "create",
+            "--runtime",
+            SHIM_RUNTIME,
+            &node.app_image,
+            &orphan,
+            "true",
+        ],
+    );
+    ctr_ok(&node, &["images", "rm", &node.app_image]);
+    let out = ctr(&node, &["tasks", "start", &orphan]);
+    assert!(
+        !out.status.success(),
+        "a container whose image is gone ran under fail mode open"
+    );
+    let record = last_audit(&node);
+    assert_eq!(record["decision"], "deny", "{record}");
+    assert!(
+        record["message"].as_str().unwrap().contains("not found"),
+        "{record}"
+    );
+    assert_no_trace(&node, &orphan);
+    ctr(&node, &["containers", "delete", &orphan]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
