@@ -78,6 +78,8 @@ pub struct Config {
 /// thousand leaves room for tools and test suites running in parallel while
 /// still bounding threads and descriptors.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Each connection is a thread: beyond this the node runs out first.
+const MAX_MAX_CONNECTIONS: usize = 65_536;
 
 /// `unix:///run/x.sock`, `unix:/run/x.sock` or a plain path.
 fn socket_path(endpoint: &str) -> anyhow::Result<PathBuf> {
@@ -137,8 +139,8 @@ impl Config {
             .max_connections
             .or(file.max_connections)
             .unwrap_or(DEFAULT_MAX_CONNECTIONS);
-        if max_connections == 0 {
-            bail!("max_connections must be at least 1");
+        if !(1..=MAX_MAX_CONNECTIONS).contains(&max_connections) {
+            bail!("max_connections {max_connections}: expected 1 to {MAX_MAX_CONNECTIONS}");
         }
         Ok(Config {
             max_connections,

@@ -172,22 +172,28 @@ fn connection_budget(wanted: usize) -> usize {
             Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
         }
     }
-    let Some(soft) = soft else {
-        return wanted;
-    };
-    let fits = usize::try_from(soft.saturating_sub(FDS_RESERVED) / FDS_PER_CONNECTION)
-        .unwrap_or(usize::MAX)
-        .max(1);
-    if fits < wanted {
+    let serving = connections_within(soft, wanted);
+    if serving < wanted {
         tracing::warn!(
             max_connections = wanted,
             open_file_limit = soft,
-            serving = fits,
+            serving,
             "the open-file limit cannot hold max_connections; serving fewer"
         );
-        return fits;
     }
-    wanted
+    serving
+}
+
+/// The connections an open-file limit (`None`: unlimited) holds, up to
+/// `wanted`, and at least one.
+fn connections_within(open_file_limit: Option<u64>, wanted: usize) -> usize {
+    let Some(limit) = open_file_limit else {
+        return wanted;
+    };
+    let fits = usize::try_from(limit.saturating_sub(FDS_RESERVED) / FDS_PER_CONNECTION)
+        .unwrap_or(usize::MAX)
+        .max(1);
+    fits.min(wanted)
 }
 
 /// The listening socket: handed over by systemd (LISTEN_FDS), or bound at
@@ -219,4 +225,19 @@ fn listen(path: &Path) -> anyhow::Result<UnixListener> {
         UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_file_limit_bounds_the_connections() {
+        assert_eq!(connections_within(None, 1024), 1024);
+        assert_eq!(connections_within(Some(1 << 20), 1024), 1024);
+        // The usual soft limit: 1024 descriptors, 128 kept for the rest.
+        assert_eq!(connections_within(Some(1024), 1024), 224);
+        assert_eq!(connections_within(Some(1024), 100), 100);
+        assert_eq!(connections_within(Some(16), 1024), 1);
+    }
 }

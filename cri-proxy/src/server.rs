@@ -56,8 +56,9 @@ const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// At most `max_connections` are served at once. One more is accepted and
 /// closed at once rather than left in the listen backlog: its client sees
 /// the connection end and retries, where a backlogged one would hang until
-/// its own timeout with no sign of why. kubelet's long-lived connections
-/// are never the ones closed.
+/// its own timeout with no sign of why. Connections already served are
+/// never closed for it, but a kubelet reconnecting while the cap is full is
+/// refused like any other client.
 pub async fn serve<R: ImageRuntime>(
     listener: UnixListener,
     runtime: Arc<Path>,
@@ -107,8 +108,12 @@ pub async fn serve<R: ImageRuntime>(
     tracing::info!("shutting down: waiting for calls in flight");
     let _ = stop_tx.send(true);
     drop(alive_tx);
+    let finished = async {
+        let _ = alive_rx.recv().await;
+        crate::relay::pulls_finished().await;
+    };
     tokio::select! {
-        _ = alive_rx.recv() => tracing::info!("all calls finished"),
+        () = finished => tracing::info!("all calls finished"),
         () = tokio::time::sleep(grace) => tracing::warn!("calls still in flight after {grace:?}; exiting"),
     }
 }

@@ -478,6 +478,11 @@ fn fails_closed(mode: Mode) {
         "a container without an image ran under fail mode open"
     );
     let record = last_audit(&node);
+    assert_eq!(
+        record["container"],
+        format!("noimage-open-{tag}"),
+        "{record}"
+    );
     assert_eq!(record["decision"], "deny", "{record}");
     assert_no_trace(&node, &format!("noimage-open-{tag}"));
 
@@ -502,6 +507,7 @@ fn fails_closed(mode: Mode) {
         "a container whose image is gone ran under fail mode open"
     );
     let record = last_audit(&node);
+    assert_eq!(record["container"], orphan.as_str(), "{record}");
     assert_eq!(record["decision"], "deny", "{record}");
     assert!(
         record["message"].as_str().unwrap().contains("not found"),

@@ -106,21 +106,46 @@ impl<R: ImageRuntime> Gate<R> {
             }
         };
 
-        // The names the request gives, the pod spec's first (kubelet sends it
-        // beside the image id). Each is only the client's word: containerd
-        // runs the image `image` resolves to, by name, by id or by any unique
-        // prefix of its id. A name counts only as far as that image carries
-        // it; otherwise naming a system or allowlisted image, or a short id
-        // read as a Docker Hub name, would admit anything.
-        for (field, name) in [
-            ("user_specified_image", &request.user_specified_image),
-            ("image", &request.image),
-        ] {
-            if name.is_empty() || is_image_id(name) {
-                continue;
-            }
-            let image = match ImageRef::parse(name) {
-                Ok(image) => image,
+        // The name decided is the one the request asked for (SPEC §5): the
+        // pod spec's, else the image field when that is a name. Either is
+        // only the client's word: containerd runs the image `image`
+        // resolves to, by name, by id or by any unique prefix of its id. A
+        // name counts only as far as that image carries it; otherwise
+        // naming a system or allowlisted image would admit anything.
+        if !request.user_specified_image.is_empty() && !is_image_id(&request.user_specified_image) {
+            let name = request.user_specified_image.as_str();
+            return match ImageRef::parse(name) {
+                Ok(image) => match carried(&info, &image) {
+                    Some(resolved) => self.decide(&subject, name, &resolved, started),
+                    None => self.refuse(
+                        &subject,
+                        name,
+                        format!(
+                            "the image being created ({}) does not go by this name",
+                            request.image
+                        ),
+                        started,
+                    ),
+                },
+                Err(e) => self.refuse(
+                    &subject,
+                    name,
+                    format!("cannot parse image reference: {e}"),
+                    started,
+                ),
+            };
+        }
+        if !is_image_id(&request.image) {
+            let name = request.image.as_str();
+            match ImageRef::parse(name) {
+                Ok(image) => {
+                    if let Some(resolved) = carried(&info, &image) {
+                        return self.decide(&subject, name, &resolved, started);
+                    }
+                    // Not a name of the image, so containerd found it by a
+                    // short id: decided as a bare id is.
+                    tracing::debug!(image = %name, id = %info.id, "image field resolved as an id prefix");
+                }
                 Err(e) => {
                     return self.refuse(
                         &subject,
@@ -129,54 +154,40 @@ impl<R: ImageRuntime> Gate<R> {
                         started,
                     );
                 }
-            };
-            match carried(&info, &image) {
-                Some(resolved) => return self.decide(&subject, name, &resolved, started),
-                None => tracing::warn!(
-                    field,
-                    name = %name,
-                    id = %info.id,
-                    "the image being created does not go by this name; deciding it by its own names"
-                ),
             }
         }
-        self.decide_by_own_names(&subject, &request.image, &info, started)
+        self.decide_by_repo_digests(&subject, &request.image, &info.repo_digests, started)
     }
 
-    /// An image known by id alone: each repository digest it carries is
-    /// decided, or, for an image that has none (imported, not pulled), each
-    /// of its tags; the container is allowed if one is. Every candidate is
-    /// recorded.
-    fn decide_by_own_names(
+    /// A bare image id: each repository digest the image carries is
+    /// decided, and the container is allowed if one is. Every candidate is
+    /// recorded. Another name the image carries (a tag) never lends it its
+    /// allowlisting.
+    fn decide_by_repo_digests(
         &self,
         subject: &Subject<'_>,
         id: &str,
-        info: &ImageInfo,
+        repo_digests: &[String],
         started: Instant,
     ) -> Decision {
-        let candidates = if info.repo_digests.is_empty() {
-            &info.repo_tags
-        } else {
-            &info.repo_digests
-        };
         let mut last = None;
-        for name in candidates {
-            let Ok(image) = ImageRef::parse(name) else {
+        for repo_digest in repo_digests {
+            let Ok(image) = ImageRef::parse(repo_digest) else {
                 continue;
             };
-            let decision = self.decide(subject, name, &image, started);
+            let decision = self.decide(subject, repo_digest, &image, started);
             if decision.allowed {
                 return decision;
             }
             last = Some(decision);
         }
-        // Nothing names it, so nothing can vouch for it: refused even under
-        // fail mode open, which is for the node failing, not the image.
+        // No digest names it, so nothing can vouch for it: refused even
+        // under fail mode open, which is for the node failing, not the image.
         last.unwrap_or_else(|| {
             self.refuse(
                 subject,
                 id,
-                format!("image {id} has no name to decide"),
+                format!("image {id} has no repository digest to decide"),
                 started,
             )
         })
@@ -196,7 +207,13 @@ fn carried(info: &ImageInfo, name: &ImageRef) -> Option<ImageRef> {
             })
         })
     };
-    let tagged = own_tag(name.tag.as_deref().unwrap_or("latest"));
+    // A name with neither tag nor digest means `latest`, as kubelet pulls it.
+    let asked_tag = match (&name.tag, &name.digest) {
+        (Some(tag), _) => Some(tag.as_str()),
+        (None, None) => Some("latest"),
+        (None, Some(_)) => None,
+    };
+    let tagged = asked_tag.is_some_and(own_tag);
     let digest = match &name.digest {
         Some(digest) => {
             let confirmed = info.repo_digests.iter().any(|rd| {
@@ -219,7 +236,7 @@ fn carried(info: &ImageInfo, name: &ImageRef) -> Option<ImageRef> {
     };
     Some(ImageRef {
         repository: name.repository.clone(),
-        tag: if tagged { name.tag.clone() } else { None },
+        tag: asked_tag.filter(|_| tagged).map(str::to_string),
         digest,
     })
 }
@@ -261,6 +278,8 @@ defaultAdmissionRule:
   enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG
 ";
         let parts = http::Request::new(()).into_parts().0;
+        // A well-formed digest that is not this image's.
+        let unconfirmed = format!("docker.io/library/nginx@sha256:{}", "f".repeat(64));
         for fail_mode in [FailMode::Closed, FailMode::Open] {
             let gate = gate(dir.path(), policy, fail_mode, unsigned.clone());
             for (image, user_specified) in [
@@ -269,6 +288,7 @@ defaultAdmissionRule:
                 ("sha256:3f5ab2", ""),
                 (id.as_str(), "registry.k8s.io/pause:3.10"),
                 (id.as_str(), "nginx:1.25"),
+                (id.as_str(), unconfirmed.as_str()),
                 (id.as_str(), "docker.io/library/nginx@sha256:0000"),
                 ("evil.test/x:1", "!not a name"),
             ] {
@@ -363,7 +383,7 @@ defaultAdmissionRule:
         // Tagged but with no digest in that repository: by name alone.
         assert_eq!(
             decided_as(&info, "nginx").as_deref(),
-            Some("docker.io/library/nginx")
+            Some("docker.io/library/nginx:latest")
         );
         let imported = ImageInfo {
             repo_digests: Vec::new(),

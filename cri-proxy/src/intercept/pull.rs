@@ -93,13 +93,13 @@ impl<R: ImageRuntime> Gate<R> {
         }
 
         // A tag: what it resolves to is only known after the pull.
+        // What the tag named before the pull; unknown when containerd could
+        // not say, and then nothing is removed.
         let before = self
             .runtime
             .image_status(api, &request.image, timeout)
             .await
-            .ok()
-            .flatten()
-            .map(|i| i.id);
+            .map(|found| found.map(|i| i.id));
         let response = self
             .upstream
             .call(
@@ -134,7 +134,9 @@ impl<R: ImageRuntime> Gate<R> {
                 return Ok(Reply::Full(pulled));
             }
         };
-        let new_to_the_node = before.as_deref() != Some(after.id.as_str());
+        let new_to_the_node = before
+            .as_ref()
+            .is_ok_and(|before| before.as_deref() != Some(after.id.as_str()));
         if !succeeded && !new_to_the_node {
             return Ok(Reply::Full(pulled));
         }

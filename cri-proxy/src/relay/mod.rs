@@ -31,6 +31,16 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// stack; address space, not memory, until touched.
 const THREAD_STACK: usize = 2 << 20;
 
+/// Pulls in progress, each outliving its client if need be (see `answer`):
+/// bounded, so resets cannot pile them up, and waited for at shutdown.
+const MAX_PULLS: u32 = 64;
+static PULLS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_PULLS as usize);
+
+/// Resolves once no pull is in progress.
+pub async fn pulls_finished() {
+    let _ = PULLS.acquire_many(MAX_PULLS).await;
+}
+
 fn intercepted(path: &str) -> bool {
     route(path) != Route::Forward
 }
@@ -143,10 +153,24 @@ async fn answer<R: ImageRuntime>(gate: &Arc<Gate<R>>, call: &Call) -> Result<Rep
         // denies, even when the client gives up on it (a reset aborts this
         // task): stopping half-way could leave an undecided image behind.
         Route::Pull(api) => {
-            let gate = gate.clone();
-            tokio::spawn(async move { gate.pull(api, parts, body).await })
+            let permit = PULLS
+                .acquire()
                 .await
-                .map_err(|e| ProxyError::Internal(format!("pull task: {e}")))??
+                .map_err(|_| ProxyError::Internal("pulls are closed".into()))?;
+            let (answered, answer) = oneshot::channel();
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let result = gate.pull(api, parts, body).await;
+                if let Err(Err(e)) = answered.send(result)
+                    && !matches!(e, ProxyError::Denied(_))
+                {
+                    tracing::warn!(error = %e, "a pull whose client left failed");
+                }
+            });
+            answer
+                .await
+                .map_err(|_| ProxyError::Internal("the pull ended without an answer".into()))??
         }
         Route::Create(api) => gate.create(api, parts, body).await?,
         Route::Forward => return Err(ProxyError::Internal("not an intercepted call".into())),
