@@ -144,6 +144,16 @@ async fn sigterm_lets_calls_in_flight_finish() {
     );
 }
 
+/// A 127.0.0.1 address with a port nothing listens on, for the metrics server.
+fn free_local_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
 async fn scrape(addr: &str) -> String {
     let output = std::process::Command::new("curl")
         .arg("-fsS")
@@ -164,12 +174,7 @@ async fn metrics_count_decisions_calls_and_bundle_errors() {
         return;
     };
     node.policy("defaultAdmissionRule:\n  evaluationMode: ALWAYS_DENY\n  enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG\n");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_local_addr();
     node.start_proxy(&["--metrics-listen", &addr]);
     let cri = node.via_proxy().await;
     cri.version().await.unwrap();
@@ -234,12 +239,7 @@ async fn connections_past_the_cap_are_closed_and_slots_come_back() {
         return;
     };
     node.policy(ALLOW);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_local_addr();
     // A soft open-file limit below the hard one, as a shell often leaves it.
     node.start_proxy_with(
         &["prlimit", "--nofile=256:4096", "--"],

@@ -353,6 +353,23 @@ fn the_forwarder_fails_closed() {
     fails_closed(Mode::Forward);
 }
 
+/// `ctr run` of a container on a bare rootfs directory: no image at all.
+fn run_without_image(node: &Node, rootfs: &Path, id: &str) -> Output {
+    ctr(
+        node,
+        &[
+            "run",
+            "--rm",
+            "--runtime",
+            SHIM_RUNTIME,
+            "--rootfs",
+            &rootfs.display().to_string(),
+            id,
+            "true",
+        ],
+    )
+}
+
 fn fails_closed(mode: Mode) {
     let Some(node) = signed_shim_node(mode) else {
         return;
@@ -435,19 +452,7 @@ fn fails_closed(mode: Mode) {
     node.write_shim_config(mode.config());
     let rootfs = node.dir().join("raw-rootfs");
     std::fs::create_dir_all(&rootfs).unwrap();
-    let out = ctr(
-        &node,
-        &[
-            "run",
-            "--rm",
-            "--runtime",
-            SHIM_RUNTIME,
-            "--rootfs",
-            &rootfs.display().to_string(),
-            &format!("noimage-{tag}"),
-            "true",
-        ],
-    );
+    let out = run_without_image(&node, &rootfs, &format!("noimage-{tag}"));
     assert!(!out.status.success(), "a container without an image ran");
     let record = last_audit(&node);
     assert_eq!(record["reason"], "ERROR");
@@ -460,19 +465,7 @@ fn fails_closed(mode: Mode) {
     // Nor under fail mode open: having no image is the container's doing,
     // not a failure of the node's.
     node.write_shim_config(&format!("fail_mode = \"open\"\n{}", mode.config()));
-    let out = ctr(
-        &node,
-        &[
-            "run",
-            "--rm",
-            "--runtime",
-            SHIM_RUNTIME,
-            "--rootfs",
-            &rootfs.display().to_string(),
-            &format!("noimage-open-{tag}"),
-            "true",
-        ],
-    );
+    let out = run_without_image(&node, &rootfs, &format!("noimage-open-{tag}"));
     assert!(
         !out.status.success(),
         "a container without an image ran under fail mode open"

@@ -112,40 +112,12 @@ impl<R: ImageRuntime> Gate<R> {
         // resolves to, by name, by id or by any unique prefix of its id. A
         // name counts only as far as that image carries it; otherwise
         // naming a system or allowlisted image would admit anything.
-        if !request.user_specified_image.is_empty() && !is_image_id(&request.user_specified_image) {
-            let name = request.user_specified_image.as_str();
-            return match ImageRef::parse(name) {
-                Ok(image) => match carried(&info, &image) {
-                    Some(resolved) => self.decide(&subject, name, &resolved, started),
-                    None => self.refuse(
-                        &subject,
-                        name,
-                        format!(
-                            "the image being created ({}) does not go by this name",
-                            request.image
-                        ),
-                        started,
-                    ),
-                },
-                Err(e) => self.refuse(
-                    &subject,
-                    name,
-                    format!("cannot parse image reference: {e}"),
-                    started,
-                ),
-            };
-        }
-        if !is_image_id(&request.image) {
-            let name = request.image.as_str();
-            match ImageRef::parse(name) {
-                Ok(image) => {
-                    if let Some(resolved) = carried(&info, &image) {
-                        return self.decide(&subject, name, &resolved, started);
-                    }
-                    // Not a name of the image, so containerd found it by a
-                    // short id: decided as a bare id is.
-                    tracing::debug!(image = %name, id = %info.id, "image field resolved as an id prefix");
-                }
+        let is_name = |field: &str| !field.is_empty() && !is_image_id(field);
+        let pod_spec_name = Some(request.user_specified_image.as_str()).filter(|n| is_name(n));
+        let named = pod_spec_name.or(Some(request.image.as_str()).filter(|n| is_name(n)));
+        if let Some(name) = named {
+            let image = match ImageRef::parse(name) {
+                Ok(image) => image,
                 Err(e) => {
                     return self.refuse(
                         &subject,
@@ -153,6 +125,25 @@ impl<R: ImageRuntime> Gate<R> {
                         format!("cannot parse image reference: {e}"),
                         started,
                     );
+                }
+            };
+            match carried(&info, &image) {
+                Some(resolved) => return self.decide(&subject, name, &resolved, started),
+                None if pod_spec_name.is_some() => {
+                    return self.refuse(
+                        &subject,
+                        name,
+                        format!(
+                            "the image being created ({}) does not go by this name",
+                            request.image
+                        ),
+                        started,
+                    );
+                }
+                // Not a name of the image, so containerd found it by a short
+                // id: decided as a bare id is.
+                None => {
+                    tracing::debug!(image = %name, id = %info.id, "image field resolved as an id prefix");
                 }
             }
         }
@@ -281,7 +272,7 @@ defaultAdmissionRule:
         // A well-formed digest that is not this image's.
         let unconfirmed = format!("docker.io/library/nginx@sha256:{}", "f".repeat(64));
         for fail_mode in [FailMode::Closed, FailMode::Open] {
-            let gate = gate(dir.path(), policy, fail_mode, unsigned.clone());
+            let unsigned_on_node = gate(dir.path(), policy, fail_mode, unsigned.clone());
             for (image, user_specified) in [
                 // A short id, which containerd resolves by prefix.
                 ("3f5ab2", ""),
@@ -292,7 +283,7 @@ defaultAdmissionRule:
                 (id.as_str(), "docker.io/library/nginx@sha256:0000"),
                 ("evil.test/x:1", "!not a name"),
             ] {
-                let decision = gate
+                let decision = unsigned_on_node
                     .decide_create(
                         Api::V1,
                         &create(image, user_specified),
@@ -307,7 +298,7 @@ defaultAdmissionRule:
                 );
             }
             // An image that goes by no name at all, created by its id.
-            let nameless = crate::intercept::testing::gate(
+            let nameless = gate(
                 dir.path(),
                 policy,
                 fail_mode,
@@ -326,7 +317,7 @@ defaultAdmissionRule:
                 decision.explanation()
             );
             // The image's own name is what decides when nothing else holds.
-            let own = gate
+            let own = unsigned_on_node
                 .decide_create(Api::V1, &create("3f5ab2", ""), &parts, Instant::now())
                 .await;
             assert!(

@@ -229,10 +229,10 @@ defaultAdmissionRule:
   evaluationMode: ALWAYS_DENY
   enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG
 ";
-        let gate = gate(dir.path(), policy, FailMode::Closed, nothing);
+        let closed = gate(dir.path(), policy, FailMode::Closed, nothing);
         let parts = || http::Request::new(()).into_parts().0;
         // containerd pulls the digest, whatever tag is written beside it.
-        let pinned = gate
+        let pinned = closed
             .pull(
                 Api::V1,
                 parts(),
@@ -245,7 +245,7 @@ defaultAdmissionRule:
             pinned.err()
         );
         // A name that does not parse is refused even with fail mode open.
-        let open = crate::intercept::testing::gate(
+        let open = gate(
             dir.path(),
             policy,
             FailMode::Open,
