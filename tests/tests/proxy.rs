@@ -265,6 +265,67 @@ async fn a_request_head_naming_two_methods_is_refused() {
     assert!(cri.list_containers().await.unwrap().is_empty());
 }
 
+/// grpc-go (kubelet, crictl, critest) dialling a socket by its path sends
+/// the path as :authority, which is no URI authority; the proxy once
+/// answered every such PullImage and CreateContainer with INVALID_ARGUMENT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_from_grpc_go_naming_the_socket_as_authority_are_decided() {
+    use attestgate_e2e::raw_h2;
+    use k8s_cri::v1::{ImageSpec, PullImageRequest};
+    use prost::Message as _;
+    let Some((node, _)) = signed_node() else {
+        return;
+    };
+    let (unsigned, _) = node.push_image("unsigned", "1", "sleep 3600");
+    let socket = node.proxy_sock.to_string_lossy().into_owned();
+    let pull = |image: &str| {
+        let body = PullImageRequest {
+            image: Some(ImageSpec {
+                image: image.to_string(),
+                ..ImageSpec::default()
+            }),
+            ..PullImageRequest::default()
+        }
+        .encode_to_vec();
+        raw_h2::call(
+            &node.proxy_sock,
+            // Field for field what grpc-go 1.51 (crictl 1.26) sends.
+            &[
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", "/runtime.v1.ImageService/PullImage"),
+                (":authority", &socket),
+                ("content-type", "application/grpc"),
+                ("user-agent", "grpc-go/1.51.0"),
+                ("te", "trailers"),
+                ("grpc-accept-encoding", "gzip"),
+            ],
+            &body,
+            Duration::from_secs(120),
+        )
+        .unwrap()
+    };
+    let admitted = pull(&node.app_image);
+    assert!(admitted.says("grpc-status\u{1}0"), "{admitted:?}");
+    let refused = pull(&unsigned);
+    assert!(refused.says("grpc-status\u{1}7"), "{refused:?}");
+    assert!(refused.says("SignatureValidationFailed"), "{refused:?}");
+    let direct = node.direct().await;
+    assert!(
+        direct
+            .image_status(&node.app_image)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(direct.image_status(&unsigned).await.unwrap().is_none());
+    let audit = node.audit();
+    assert_eq!(audit.len(), 2, "{audit:?}");
+    assert_eq!(audit[0]["decision"], "allow");
+    assert_eq!(audit[0]["reason"], "ATTESTED");
+    assert_eq!(audit[1]["decision"], "deny");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_and_break_glass_admit_and_log() {
     let Some(mut node) = Node::up(&agcri()) else {

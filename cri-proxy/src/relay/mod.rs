@@ -235,6 +235,12 @@ fn request_parts(head: &[u8]) -> Result<http::request::Parts, ProxyError> {
     if let Some(method) = method {
         request = request.method(method);
     }
+    // grpc-go, kubelet's and crictl's client, dialling a Unix socket by its
+    // path sends that path as :authority ("/run/containerd/containerd.sock"),
+    // which is no URI authority. Nothing here routes by authority, and the
+    // call made upstream names its own, so one that is not a URI authority
+    // is left out rather than refused.
+    let authority = authority.and_then(|a| http::uri::Authority::try_from(a).ok());
     let uri = match (scheme, authority) {
         (Some(scheme), Some(authority)) => http::Uri::builder()
             .scheme(scheme)
@@ -272,6 +278,25 @@ mod tests {
             "http://localhost/runtime.v1.ImageService/PullImage"
         );
         assert_eq!(parts.headers["grpc-timeout"], "120S");
+
+        // As grpc-go sends it when dialling a socket by its path.
+        let mut socket_authority = BytesMut::new();
+        hpack::encode_field(&mut socket_authority, b":method", b"POST");
+        hpack::encode_field(&mut socket_authority, b":scheme", b"http");
+        hpack::encode_field(
+            &mut socket_authority,
+            b":path",
+            b"/runtime.v1.ImageService/PullImage",
+        );
+        hpack::encode_field(
+            &mut socket_authority,
+            b":authority",
+            b"/run/attestgate/attestgate.sock",
+        );
+        hpack::encode_field(&mut socket_authority, b"user-agent", b"grpc-go/1.51.0");
+        let parts = request_parts(&socket_authority).unwrap();
+        assert_eq!(parts.uri.path(), "/runtime.v1.ImageService/PullImage");
+        assert_eq!(parts.uri.authority(), None);
 
         let mut no_path = BytesMut::new();
         hpack::encode_field(&mut no_path, b":method", b"POST");
