@@ -129,6 +129,59 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The median of `v` and a distribution-free 95 % confidence interval for
+/// it (the order statistics that a sign test puts around the median), or
+/// the whole range when there are too few values for one.
+fn median_with_interval(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    // Largest k with P(Binomial(n, 1/2) < k) <= 2.5 %: the interval is the
+    // k-th smallest to the k-th largest value.
+    let mut below = 0.0;
+    let mut k = 0;
+    for i in 0..n {
+        let p = binomial_half(n, i);
+        if below + p > 0.025 {
+            break;
+        }
+        below += p;
+        k = i + 1;
+    }
+    let (low, high) = if k == 0 {
+        (v[0], v[n - 1])
+    } else {
+        (v[k - 1], v[n - k])
+    };
+    (median(v), low, high)
+}
+
+/// P(Binomial(n, 1/2) = i).
+fn binomial_half(n: usize, i: usize) -> f64 {
+    let mut ln = 0.0;
+    for j in 0..i {
+        ln += ((n - j) as f64).ln() - ((j + 1) as f64).ln();
+    }
+    (ln - n as f64 * std::f64::consts::LN_2).exp()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_median_interval_is_the_sign_test_one() {
+        // n = 20: P(B < 6) = 2.07 %, P(B < 7) = 5.77 %: 6th smallest to
+        // 6th largest.
+        let v: Vec<f64> = (1..=20).map(f64::from).collect();
+        assert_eq!(median_with_interval(v), (11.0, 6.0, 15.0));
+        // n = 5: even the extremes leave 6.25 % outside.
+        let v: Vec<f64> = (1..=5).map(f64::from).collect();
+        assert_eq!(median_with_interval(v), (3.0, 1.0, 5.0));
+        let total: f64 = (0..=10).map(|i| binomial_half(10, i)).sum();
+        assert!((total - 1.0).abs() < 1e-12);
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -194,6 +247,39 @@ async fn main() -> anyhow::Result<()> {
                     p50 - direct_p50
                 );
             }
+        }
+    }
+
+    // The same two paths in the same round ran back to back: comparing
+    // them round by round takes out what the machine did between rounds.
+    println!();
+    println!(
+        "Proxy against the relay, round by round (median over rounds, 95 % interval of that median):"
+    );
+    println!(
+        "| method | concurrency | proxy / relay calls/s | rounds proxy ahead | proxy - relay p50 µs | verdict |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (mi, method) in methods.iter().enumerate() {
+        for (ci, concurrency) in concurrencies.iter().enumerate() {
+            let (relay, proxy) = (&results[1][mi][ci], &results[2][mi][ci]);
+            let ratios: Vec<f64> = relay.iter().zip(proxy).map(|(r, p)| p.0 / r.0).collect();
+            let p50s: Vec<f64> = relay.iter().zip(proxy).map(|(r, p)| p.1 - r.1).collect();
+            let ahead = ratios.iter().filter(|&&r| r >= 1.0).count();
+            let (ratio, ratio_low, ratio_high) = median_with_interval(ratios);
+            let (p50, p50_low, p50_high) = median_with_interval(p50s);
+            let verdict = if ratio_high < 1.0 || p50_low > 0.0 {
+                "proxy slower"
+            } else if ratio_low > 1.0 && p50_high < 0.0 {
+                "proxy faster"
+            } else {
+                "level"
+            };
+            println!(
+                "| {} | {concurrency} | {ratio:.3} [{ratio_low:.3}, {ratio_high:.3}] | {ahead}/{} | {p50:+.1} [{p50_low:+.1}, {p50_high:+.1}] | {verdict} |",
+                method.name(),
+                relay.len()
+            );
         }
     }
 

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Runs the upstream CRI validation suite (cri-tools' critest, which you
+# build or download yourself) twice on a node set up here, as root: directly
+# against containerd, then through attestgate-proxy with a bundle that
+# admits everything. Prints the specs whose outcome differs; any difference
+# is the proxy failing to be transparent.
+#   bash scripts/critest-compare.sh /path/to/critest [critest flags...]
+# The suite's images are built here and served by a local registry, so no
+# network is needed; specs that pull public images fail on both paths.
+set -euo pipefail
+CRITEST="${1:?usage: critest-compare.sh /path/to/critest [critest flags...]}"
+shift
+CRITEST="$(realpath "$CRITEST")"
+cd "$(dirname "$0")/.."
+ROOT="$PWD"
+cargo build --release --locked --bins -q
+BIN="$ROOT/target/release"
+export AG_CRI_BIN="$BIN/agcri"
+# shellcheck source=tests/support/env.sh
+source tests/support/env.sh
+DIR="$(mktemp -d /tmp/ag-critest.XXXXXX)"
+cleanup() {
+  [ -n "${PROXY_PID:-}" ] && ag_stop_pid "$PROXY_PID" attestgate-proxy || true
+  ag_down "$DIR" >/dev/null 2>&1 || true
+  rm -rf "$DIR"
+}
+trap cleanup EXIT
+ag_up "$DIR"
+set -a; source "$DIR/env"; set +a
+
+# critest's default container image needs a shell and coreutils (busybox
+# gives them); its web server image must answer HTTP on port 80.
+ag_image_build "$DIR/oci" busybox --cmd sh -- >/dev/null
+ag_image_build "$DIR/oci" web -- /bin/sh -c \
+  'mkdir -p /www && echo critest > /www/index.html && exec httpd -f -p 80 -h /www' >/dev/null
+ag_image_push "$DIR/oci" busybox "$AG_REGISTRY/critest/busybox:1" >/dev/null
+ag_image_push "$DIR/oci" web "$AG_REGISTRY/critest/web:1" >/dev/null
+cat > "$DIR/images.yaml" <<EOF
+defaultTestContainerImage: $AG_REGISTRY/critest/busybox:1
+webServerTestImage: $AG_REGISTRY/critest/web:1
+EOF
+
+mkdir -p "$DIR/bundle"
+cat > "$DIR/bundle/policy.yaml" <<EOF
+defaultAdmissionRule:
+  evaluationMode: ALWAYS_ALLOW
+  enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG
+EOF
+"$BIN/attestgate-proxy" --config /dev/null --listen "$DIR/proxy.sock" --runtime-endpoint "$AG_CONTAINERD_SOCK" \
+  --bundle "$DIR/bundle" --audit-log "$DIR/audit.jsonl" > "$DIR/proxy.log" 2>&1 &
+PROXY_PID=$!
+ag_wait_for_socket "$DIR/proxy.sock" 20 "$PROXY_PID"
+
+run_suite() {
+  local name="$1" socket="$2"; shift 2
+  echo "critest $name ($socket)..."
+  (cd "$DIR" && "$CRITEST" --runtime-endpoint "unix://$socket" --image-endpoint "unix://$socket" \
+    --test-images-file "$DIR/images.yaml" --ginkgo.no-color "$@" > "$DIR/$name.log" 2>&1) || true
+  grep -E '^(Ran|FAIL!|SUCCESS!)' "$DIR/$name.log" | sed 's/^/  /' || true
+  grep '^  \[FAIL\]' "$DIR/$name.log" | sort > "$DIR/$name.fails" || true
+}
+run_suite direct "$AG_CONTAINERD_SOCK" "$@"
+run_suite proxy "$DIR/proxy.sock" "$@"
+
+if diff -u "$DIR/direct.fails" "$DIR/proxy.fails" > "$DIR/difference"; then
+  echo "same outcome for every spec, directly and through the proxy ($(wc -l < "$DIR/audit.jsonl") decisions audited)"
+else
+  echo "outcomes differ (- direct only, + proxy only):"
+  grep -E '^[-+] ' "$DIR/difference"
+  echo "proxy log:"; tail -20 "$DIR/proxy.log"
+  exit 1
+fi
