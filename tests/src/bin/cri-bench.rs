@@ -164,24 +164,6 @@ fn binomial_half(n: usize, i: usize) -> f64 {
     (ln - n as f64 * std::f64::consts::LN_2).exp()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_median_interval_is_the_sign_test_one() {
-        // n = 20: P(B < 6) = 2.07 %, P(B < 7) = 5.77 %: 6th smallest to
-        // 6th largest.
-        let v: Vec<f64> = (1..=20).map(f64::from).collect();
-        assert_eq!(median_with_interval(v), (11.0, 6.0, 15.0));
-        // n = 5: even the extremes leave 6.25 % outside.
-        let v: Vec<f64> = (1..=5).map(f64::from).collect();
-        assert_eq!(median_with_interval(v), (3.0, 1.0, 5.0));
-        let total: f64 = (0..=10).map(|i| binomial_half(10, i)).sum();
-        assert!((total - 1.0).abs() < 1e-12);
-    }
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -351,4 +333,22 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_median_interval_is_the_sign_test_one() {
+        // n = 20: P(B < 6) = 2.07 %, P(B < 7) = 5.77 %: 6th smallest to
+        // 6th largest.
+        let v: Vec<f64> = (1..=20).map(f64::from).collect();
+        assert_eq!(median_with_interval(v), (11.0, 6.0, 15.0));
+        // n = 5: even the extremes leave 6.25 % outside.
+        let v: Vec<f64> = (1..=5).map(f64::from).collect();
+        assert_eq!(median_with_interval(v), (3.0, 1.0, 5.0));
+        let total: f64 = (0..=10).map(|i| binomial_half(10, i)).sum();
+        assert!((total - 1.0).abs() < 1e-12);
+    }
 }
