@@ -5,6 +5,7 @@
 # admits everything. Prints the specs whose outcome differs; any difference
 # is the proxy failing to be transparent.
 #   bash scripts/critest-compare.sh /path/to/critest [critest flags...]
+# Works with critest 1.23 and later (CRI v1) and with earlier ones (v1alpha2).
 # The suite's images are built here and served by a local registry, so no
 # network is needed; specs that pull public images fail on both paths.
 set -euo pipefail
@@ -39,6 +40,21 @@ cat > "$DIR/images.yaml" <<EOF
 defaultTestContainerImage: $AG_REGISTRY/critest/busybox:1
 webServerTestImage: $AG_REGISTRY/critest/web:1
 EOF
+CRITEST_FLAGS=(--test-images-file "$DIR/images.yaml" --ginkgo.no-color)
+if ! "$CRITEST" --help 2>&1 | grep -q -- -test-images-file; then
+  # critest before 1.23 (CRI v1alpha2) has its images built in: Docker
+  # Hub's busybox:1.28 and nginx, served here through a mirror.
+  CRITEST_FLAGS=(--ginkgo.noColor)
+  ag_image_push "$DIR/oci" busybox "$AG_REGISTRY/library/busybox:1.28" >/dev/null
+  ag_image_push "$DIR/oci" web "$AG_REGISTRY/library/nginx:latest" >/dev/null
+  mkdir -p "$DIR/containerd/certs.d/docker.io"
+  cat > "$DIR/containerd/certs.d/docker.io/hosts.toml" <<EOF
+server = "https://registry-1.docker.io"
+
+[host."http://$AG_REGISTRY"]
+  capabilities = ["pull", "resolve"]
+EOF
+fi
 
 mkdir -p "$DIR/bundle"
 cat > "$DIR/bundle/policy.yaml" <<EOF
@@ -55,9 +71,13 @@ run_suite() {
   local name="$1" socket="$2"; shift 2
   echo "critest $name ($socket)..."
   (cd "$DIR" && "$CRITEST" --runtime-endpoint "unix://$socket" --image-endpoint "unix://$socket" \
-    --test-images-file "$DIR/images.yaml" --ginkgo.no-color "$@" > "$DIR/$name.log" 2>&1) || true
+    "${CRITEST_FLAGS[@]}" "$@" > "$DIR/$name.log" 2>&1) || true
   grep -E '^(Ran|FAIL!|SUCCESS!)' "$DIR/$name.log" | sed 's/^/  /' || true
-  grep '^  \[FAIL\]' "$DIR/$name.log" | sort > "$DIR/$name.fails" || true
+  if ! grep -qE '^Ran [1-9]' "$DIR/$name.log"; then
+    echo "critest ran no spec ($name); its output:"; tail -20 "$DIR/$name.log"; exit 1
+  fi
+  # ginkgo v2 lists failures as "  [FAIL] ...", v1 as "[Fail] ...".
+  grep -E '^(  \[FAIL\]|\[Fail\]) ' "$DIR/$name.log" | sed 's/ *$//' | sort > "$DIR/$name.fails" || true
 }
 run_suite direct "$AG_CONTAINERD_SOCK" "$@"
 run_suite proxy "$DIR/proxy.sock" "$@"
