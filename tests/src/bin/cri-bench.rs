@@ -30,7 +30,7 @@ struct Args {
     /// Image for the create+start measurement (signed, on the node).
     #[arg(long)]
     image: Option<String>,
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 60)]
     create_iterations: usize,
     #[arg(long, default_value = "/tmp/cri-bench-logs")]
     log_dir: String,
@@ -296,7 +296,14 @@ async fn main() -> anyhow::Result<()> {
         let pod_id = direct.run_pod(&pod).await?;
         let mut times: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
         for i in 0..args.create_iterations * 2 {
-            let (which, cri) = if i % 2 == 0 { (0, proxy) } else { (1, direct) };
+            // Pairs, each in the other order from the last, so neither path
+            // always follows the other's clean-up.
+            let proxy_first = (i / 2) % 2 == 0;
+            let (which, cri) = if (i % 2 == 0) == proxy_first {
+                (0, proxy)
+            } else {
+                (1, direct)
+            };
             let started = Instant::now();
             let id = cri
                 .create_container(&pod_id, &pod, &format!("c{i}"), &image_id, image, &[])
@@ -330,6 +337,11 @@ async fn main() -> anyhow::Result<()> {
         println!(
             "proxy / direct (median): {:.3}x",
             proxy_median / direct_median
+        );
+        let pairs: Vec<f64> = times[0].iter().zip(&times[1]).map(|(p, d)| p / d).collect();
+        let (ratio, low, high) = median_with_interval(pairs);
+        println!(
+            "proxy / direct, pair by pair: median {ratio:.3}x, 95 % interval [{low:.3}, {high:.3}]"
         );
     }
     Ok(())
