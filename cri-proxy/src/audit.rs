@@ -1,13 +1,16 @@
 //! The audit log: one JSON line per decision, appended, written before the
 //! response goes back. Each line is one `write` on an `O_APPEND` file, so
 //! lines from concurrent decisions never interleave, and `copytruncate`
-//! rotation works; SIGHUP reopens the file for move-and-create rotation.
+//! rotation works; SIGHUP reopens the file for move-and-create rotation. A
+//! line a full disk cut short is ended before the next record is written.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+
+use attestgate_policy::decision::audit_line;
 
 pub struct AuditLog {
     path: PathBuf,
@@ -21,6 +24,8 @@ fn open(path: &Path) -> std::io::Result<File> {
     OpenOptions::new()
         .create(true)
         .append(true)
+        // To see whether the last write left a torn line (`audit_line`).
+        .read(true)
         .mode(0o640)
         .open(path)
 }
@@ -42,20 +47,17 @@ impl AuditLog {
     /// Appends one record. On failure the file is reopened once (it may have
     /// been rotated away or the disk remounted) and the write retried.
     pub fn append(&self, record: &str) -> std::io::Result<()> {
-        let mut line = Vec::with_capacity(record.len() + 1);
-        line.extend_from_slice(record.as_bytes());
-        line.push(b'\n');
         let mut guard = self
             .file
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(file) = guard.as_mut()
-            && file.write_all(&line).is_ok()
+            && append_to(file, record).is_ok()
         {
             return Ok(());
         }
-        let mut file = open(&self.path)?;
-        let result = file.write_all(&line);
+        let file = open(&self.path)?;
+        let result = append_to(&file, record);
         *guard = Some(file);
         result
     }
@@ -81,6 +83,10 @@ impl AuditLog {
             }
         }
     }
+}
+
+fn append_to(mut file: &File, record: &str) -> std::io::Result<()> {
+    file.write_all(&audit_line(file, record))
 }
 
 #[cfg(test)]

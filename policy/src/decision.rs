@@ -305,6 +305,37 @@ struct Record<'a> {
     bundle: Option<&'a BundleRef>,
 }
 
+/// What to write to append `record` (one JSON line, no newline) to the
+/// audit log open as `log`. A write that ran out of space (ours, or that of
+/// another process appending to the same log) can leave the log mid-line;
+/// the record then starts on a line of its own instead of being glued to
+/// the fragment, where no reader could find it.
+pub fn audit_line(log: &std::fs::File, record: &str) -> Vec<u8> {
+    line_after(last_byte(log), record)
+}
+
+fn line_after(last_byte: Option<u8>, record: &str) -> Vec<u8> {
+    let mut line = Vec::with_capacity(record.len() + 2);
+    if last_byte.is_some_and(|b| b != b'\n') {
+        line.push(b'\n');
+    }
+    line.extend_from_slice(record.as_bytes());
+    line.push(b'\n');
+    line
+}
+
+/// The log's last byte, if it is a regular file that has one (and was
+/// opened for reading). Best effort: a log truncated under us
+/// (`copytruncate`) just gets no fresh line.
+fn last_byte(log: &std::fs::File) -> Option<u8> {
+    use std::os::unix::fs::FileExt as _;
+    let meta = log.metadata().ok()?;
+    let end = meta.len().checked_sub(1).filter(|_| meta.is_file())?;
+    let mut byte = [0u8];
+    log.read_exact_at(&mut byte, end).ok()?;
+    Some(byte[0])
+}
+
 /// RFC 3339 UTC with microseconds, as in `2026-01-02T03:04:05.123456Z`.
 pub fn format_time(t: time::OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);
@@ -351,3 +382,34 @@ impl Decision {
 
 /// Labels and annotations as the pod carries them.
 pub type StringMap = BTreeMap<String, String>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_audit_line_starts_afresh_after_a_torn_one() {
+        assert_eq!(line_after(None, "{}"), b"{}\n");
+        assert_eq!(line_after(Some(b'\n'), "{}"), b"{}\n");
+        assert_eq!(line_after(Some(b'"'), "{}"), b"\n{}\n");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let open = || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .read(true)
+                .open(&path)
+                .unwrap()
+        };
+        assert_eq!(audit_line(&open(), "{}"), b"{}\n");
+        std::fs::write(&path, "{}\n{\"ti").unwrap();
+        assert_eq!(audit_line(&open(), "{}"), b"\n{}\n");
+        // Opened without read access: no way to look, no fresh line.
+        let write_only = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        assert_eq!(audit_line(&write_only, "{}"), b"{}\n");
+    }
+}

@@ -9,7 +9,7 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use attestgate_policy::config::ConfigFile;
-use attestgate_policy::decision::{BundleRef, format_time};
+use attestgate_policy::decision::{BundleRef, audit_line, format_time};
 use attestgate_policy::{
     Bundle, Decision, FailMode, ImageRef, ImageSubject, NodeConfig, Operation, PodContext, PodRef,
     RecordContext, evaluate,
@@ -299,10 +299,8 @@ fn append(path: &Path, line: &str) -> std::io::Result<()> {
     let mut file = OpenOptions::new()
         .create(true)
         .append(true)
+        .read(true)
         .mode(0o640)
         .open(path)?;
-    let mut bytes = Vec::with_capacity(line.len() + 1);
-    bytes.extend_from_slice(line.as_bytes());
-    bytes.push(b'\n');
-    file.write_all(&bytes)
+    file.write_all(&audit_line(&file, line))
 }

@@ -410,3 +410,89 @@ async fn audit_log_that_cannot_be_reopened_after_rotation_fails_closed() {
         1
     );
 }
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::Builder::new()
+            .prefix("ag-tmpfs")
+            .tempdir()
+            .unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "mount tmpfs (the end-to-end tests run as root)"
+        );
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_torn_by_a_full_disk_does_not_swallow_the_next_record() {
+    use std::io::Write as _;
+    // Declared before the node, so dropped after the proxy that holds the
+    // log open has stopped.
+    let disk = Tmpfs::mount("64k");
+    let Some(mut node) = Node::up(&agcri()) else {
+        return;
+    };
+    node.policy(ALLOW);
+    // tmpfs, like a disk, writes what fits in the page a write starts in
+    // and then fails with ENOSPC. The log ends 40 bytes short of a page
+    // boundary, every other page is taken: the next record is cut after 40
+    // bytes.
+    let log = disk.0.path().join("audit.jsonl");
+    let (pad, end) = ("{\"pad\":\"\"}\n", 4096 - 40);
+    let mut text = String::new();
+    while text.len() + 2 * pad.len() <= end {
+        text.push_str(pad);
+    }
+    let longer = "x".repeat(end - text.len() - pad.len());
+    text.push_str(&format!("{{\"pad\":\"{longer}\"}}\n"));
+    assert_eq!(text.len(), end);
+    std::fs::write(&log, &text).unwrap();
+    let filler = disk.0.path().join("filler");
+    let mut file = std::fs::File::create(&filler).unwrap();
+    while file.write_all(&[0; 4096]).is_ok() {}
+    drop(file);
+
+    node.audit_log = log.clone();
+    node.start_proxy(&[]);
+    let cri = node.via_proxy().await;
+    let status = cri
+        .pull(&node.app_image, None)
+        .await
+        .expect_err("no audit record, no admission");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    let torn = std::fs::read(&log).unwrap();
+    assert_eq!(torn.len(), 4096, "the record was cut at the page boundary");
+
+    std::fs::remove_file(&filler).unwrap();
+    cri.pull(&node.app_image, None)
+        .await
+        .expect("admitted once the record can be written");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let fragment = lines[lines.len() - 2];
+    assert_eq!(fragment.len(), 40);
+    assert!(fragment.starts_with("{\"time\":"), "{fragment}");
+    let record: serde_json::Value = serde_json::from_str(lines[lines.len() - 1])
+        .expect("the record after the torn line is a line of its own");
+    assert_eq!(record["operation"], "PullImage");
+    assert_eq!(record["decision"], "allow");
+    node.stop_proxy();
+}
