@@ -2,11 +2,12 @@
 //! response goes back. Each line is one `write` on an `O_APPEND` file, so
 //! lines from concurrent decisions never interleave, and `copytruncate`
 //! rotation works; SIGHUP reopens the file for move-and-create rotation. A
-//! line a full disk cut short is ended before the next record is written.
+//! line a full disk cut short is ended before the next record is written,
+//! and a log deleted under us is created again.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -52,6 +53,7 @@ impl AuditLog {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(file) = guard.as_mut()
+            && !unlinked(file)
             && append_to(file, record).is_ok()
         {
             return Ok(());
@@ -85,6 +87,12 @@ impl AuditLog {
     }
 }
 
+/// Whether the log was deleted under us (its directory cleaned out, say):
+/// records written to it would reach no one, so it is opened again.
+fn unlinked(file: &File) -> bool {
+    file.metadata().is_ok_and(|meta| meta.nlink() == 0)
+}
+
 fn append_to(mut file: &File, record: &str) -> std::io::Result<()> {
     file.write_all(&audit_line(file, record))
 }
@@ -116,6 +124,17 @@ mod tests {
 #[cfg(test)]
 mod reopen_tests {
     use super::*;
+
+    #[test]
+    fn a_log_deleted_under_us_is_created_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log/audit.jsonl");
+        let log = AuditLog::open(&path).unwrap();
+        log.append("{\"n\":1}").unwrap();
+        std::fs::remove_dir_all(dir.path().join("log")).unwrap();
+        log.append("{\"n\":2}").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"n\":2}\n");
+    }
 
     #[test]
     fn writes_fail_after_a_failed_reopen() {
