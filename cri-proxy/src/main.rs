@@ -81,7 +81,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     let audit = audit::AuditLog::open(&config.audit_log)
         .with_context(|| format!("cannot open the audit log {}", config.audit_log.display()))?;
-    let runtime = resolve::ContainerdImages::new(config.image_endpoint.clone())?;
+    let runtime = resolve::ContainerdImages::new(
+        config.runtime_endpoint.clone(),
+        config.image_endpoint.clone(),
+    );
     let gate = Arc::new(intercept::Gate {
         store: store.clone(),
         node: config.node.clone(),

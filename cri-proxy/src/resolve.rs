@@ -1,5 +1,6 @@
-//! Image → digests, through the runtime's own ImageService. The proxy asks
-//! containerd what an image is rather than trusting the request.
+//! Image → digests, through the runtime's own ImageService, and sandbox →
+//! pod, through its RuntimeService. The proxy asks containerd what an image
+//! is and whose pod a sandbox is rather than trusting the request.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::grpc::ProxyError;
+use crate::intercept::Pod;
 
 /// Which CRI version a request came in on; the proxy asks back in the same.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,27 +44,45 @@ pub trait ImageRuntime: Send + Sync + 'static {
         image: &str,
         timeout: Duration,
     ) -> impl Future<Output = Result<(), ProxyError>> + Send;
+    /// The pod a sandbox was created for, as the runtime recorded it;
+    /// `Ok(None)` when there is no such sandbox.
+    fn pod_sandbox(
+        &self,
+        api: Api,
+        sandbox_id: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Option<Pod>, ProxyError>> + Send;
 }
 
-/// containerd's ImageService over its Unix socket.
+/// containerd's ImageService and RuntimeService over their Unix sockets.
 #[derive(Clone)]
 pub struct ContainerdImages {
     channel: Channel,
+    runtime_channel: Channel,
+}
+
+fn lazy_channel(socket: PathBuf) -> Channel {
+    // The URI is required by the API but unused: the connector dials the socket.
+    Endpoint::from_static("http://localhost").connect_with_connector_lazy(tower::service_fn(
+        move |_: Uri| {
+            let socket = socket.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
+        },
+    ))
 }
 
 impl ContainerdImages {
-    pub fn new(socket: PathBuf) -> anyhow::Result<ContainerdImages> {
-        // The URI is required by the API but unused: the connector dials the socket.
-        let channel =
-            Endpoint::from_static("http://localhost").connect_with_connector_lazy(
-                tower::service_fn(move |_: Uri| {
-                    let socket = socket.clone();
-                    async move {
-                        Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?))
-                    }
-                }),
-            );
-        Ok(ContainerdImages { channel })
+    pub fn new(runtime_socket: PathBuf, image_socket: PathBuf) -> ContainerdImages {
+        let channel = lazy_channel(image_socket.clone());
+        let runtime_channel = if runtime_socket == image_socket {
+            channel.clone()
+        } else {
+            lazy_channel(runtime_socket)
+        };
+        ContainerdImages {
+            channel,
+            runtime_channel,
+        }
     }
 }
 
@@ -130,6 +150,35 @@ macro_rules! remove_image_in {
     }};
 }
 
+macro_rules! pod_sandbox_in {
+    ($api:ident, $channel:expr, $id:expr, $timeout:expr) => {{
+        use k8s_cri::$api::{
+            PodSandboxStatusRequest, runtime_service_client::RuntimeServiceClient,
+        };
+        let request = PodSandboxStatusRequest {
+            pod_sandbox_id: $id.to_string(),
+            verbose: false,
+        };
+        match RuntimeServiceClient::new($channel)
+            .pod_sandbox_status(with_timeout(request, $timeout))
+            .await
+        {
+            Ok(response) => response.into_inner().status.map(|status| {
+                let metadata = status.metadata.unwrap_or_default();
+                Pod {
+                    namespace: metadata.namespace,
+                    name: metadata.name,
+                    uid: metadata.uid,
+                    labels: status.labels.into_iter().collect(),
+                    annotations: status.annotations.into_iter().collect(),
+                }
+            }),
+            Err(status) if status.code() == tonic::Code::NotFound => None,
+            Err(status) => return Err(status_error("PodSandboxStatus", status)),
+        }
+    }};
+}
+
 impl ImageRuntime for ContainerdImages {
     async fn image_status(
         &self,
@@ -154,5 +203,18 @@ impl ImageRuntime for ContainerdImages {
             Api::V1alpha2 => remove_image_in!(v1alpha2, self.channel.clone(), image, timeout),
         }
         Ok(())
+    }
+
+    async fn pod_sandbox(
+        &self,
+        api: Api,
+        sandbox_id: &str,
+        timeout: Duration,
+    ) -> Result<Option<Pod>, ProxyError> {
+        let channel = self.runtime_channel.clone();
+        Ok(match api {
+            Api::V1 => pod_sandbox_in!(v1, channel, sandbox_id, timeout),
+            Api::V1alpha2 => pod_sandbox_in!(v1alpha2, channel, sandbox_id, timeout),
+        })
     }
 }

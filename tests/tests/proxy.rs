@@ -380,6 +380,67 @@ async fn dry_run_and_break_glass_admit_and_log() {
         .expect("the annotation breaks the glass too");
 }
 
+/// CreateContainer carries a copy of the sandbox config, which is only the
+/// client's word; the pod context decided on is the sandbox's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_config_claiming_break_glass_or_another_namespace_lends_nothing() {
+    let Some(mut node) = Node::up(&agcri()) else {
+        return;
+    };
+    let _key = node.add_attestor("ci");
+    node.policy(&format!(
+        "{REQUIRE_CI}kubernetesNamespaceAdmissionRules:
+  dev:
+    evaluationMode: ALWAYS_ALLOW
+    enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG
+"
+    ));
+    let pause_pattern = format!("{}/attestgate/pause*", node.registry);
+    node.start_proxy(&["--system-image", &pause_pattern]);
+    let (unsigned, _) = node.push_image("unsigned", "1", "sleep 3600");
+    let direct = node.direct().await;
+    // On the node without a decision, as if imported.
+    let image_id = direct.pull(&unsigned, None).await.unwrap();
+    let cri = node.via_proxy().await;
+    let pod = node.pod("prod", "victim");
+    let pod_id = cri.run_pod(&pod).await.unwrap();
+
+    let mut glass = pod.clone();
+    glass.annotations.insert(
+        "alpha.image-policy.k8s.io/break-glass".into(),
+        "true".into(),
+    );
+    glass
+        .labels
+        .insert("image-policy.k8s.io/break-glass".into(), "true".into());
+    let status = assert_denied(
+        cri.create_container(&pod_id, &glass, "glass", &image_id, &unsigned, &[])
+            .await,
+    );
+    assert!(status.message().contains("not satisfied"), "{status:?}");
+
+    let mut dev = pod.clone();
+    if let Some(metadata) = dev.metadata.as_mut() {
+        metadata.namespace = "dev".into();
+    }
+    let status = assert_denied(
+        cri.create_container(&pod_id, &dev, "dev", &image_id, &unsigned, &[])
+            .await,
+    );
+    assert!(status.message().contains("does not match"), "{status:?}");
+
+    let audit = node.audit();
+    let creates: Vec<_> = audit
+        .iter()
+        .filter(|l| l["operation"] == "CreateContainer")
+        .collect();
+    assert_eq!(creates.len(), 2, "{audit:?}");
+    assert_eq!(creates[0]["reason"], "MISSING_ATTESTATIONS");
+    assert_eq!(creates[0]["pod"]["namespace"], "prod");
+    assert_eq!(creates[1]["decision"], "deny");
+    assert!(direct.list_containers().await.unwrap().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespace_and_cluster_rules_apply() {
     let Some(mut node) = Node::up(&agcri()) else {

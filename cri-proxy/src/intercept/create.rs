@@ -21,6 +21,8 @@ pub struct CreateRequest {
     /// `config.image.user_specified_image` (kubelet 1.28+): the pod spec's name.
     pub user_specified_image: String,
     pub container: String,
+    pub pod_sandbox_id: String,
+    /// The request's copy of the sandbox config: the client's word only.
     pub pod: Pod,
 }
 
@@ -36,6 +38,7 @@ pub fn decode(api: Api, message: &[u8]) -> Result<CreateRequest, ProxyError> {
                 image: spec.image,
                 user_specified_image: spec.user_specified_image,
                 container: config.metadata.map(|m| m.name).unwrap_or_default(),
+                pod_sandbox_id: r.pod_sandbox_id,
                 pod: r.sandbox_config.map(pod_v1).unwrap_or_default(),
             }
         }
@@ -47,6 +50,7 @@ pub fn decode(api: Api, message: &[u8]) -> Result<CreateRequest, ProxyError> {
                 image: spec.image,
                 user_specified_image: String::new(),
                 container: config.metadata.map(|m| m.name).unwrap_or_default(),
+                pod_sandbox_id: r.pod_sandbox_id,
                 pod: r.sandbox_config.map(pod_v1alpha2).unwrap_or_default(),
             }
         }
@@ -69,16 +73,61 @@ impl<R: ImageRuntime> Gate<R> {
         parts: &Parts,
         started: Instant,
     ) -> Decision {
-        let subject = Subject {
-            operation: Operation::CreateContainer,
-            pod: Some(&request.pod),
-            container: (!request.container.is_empty()).then_some(request.container.as_str()),
-        };
+        let container = (!request.container.is_empty()).then_some(request.container.as_str());
         let timeout = deadline(&parts.headers);
         let asked = if !request.user_specified_image.is_empty() {
             &request.user_specified_image
         } else {
             &request.image
+        };
+        // The pod context (namespace rules, break-glass) is the sandbox's,
+        // as containerd recorded it when the pod was started: the request's
+        // copy of the sandbox config is the client's word, and claiming
+        // another namespace or a break-glass annotation there must not
+        // change the decision.
+        let claimed = Subject {
+            operation: Operation::CreateContainer,
+            pod: Some(&request.pod),
+            container,
+        };
+        let sandbox = match self
+            .runtime
+            .pod_sandbox(api, &request.pod_sandbox_id, timeout)
+            .await
+        {
+            Ok(Some(sandbox)) => sandbox,
+            Ok(None) => {
+                return self.refuse(
+                    &claimed,
+                    asked,
+                    format!("pod sandbox {:?} does not exist", request.pod_sandbox_id),
+                    started,
+                );
+            }
+            Err(e) => {
+                return self.error(
+                    &claimed,
+                    asked,
+                    format!("cannot look up pod sandbox {}: {e}", request.pod_sandbox_id),
+                    started,
+                );
+            }
+        };
+        if let Some(mismatch) = identity_mismatch(&request.pod, &sandbox) {
+            return self.refuse(
+                &claimed,
+                asked,
+                format!(
+                    "the request's sandbox config does not match pod sandbox {}: {mismatch}",
+                    request.pod_sandbox_id
+                ),
+                started,
+            );
+        }
+        let subject = Subject {
+            operation: Operation::CreateContainer,
+            pod: Some(&sandbox),
+            container,
         };
         let info = match self
             .runtime
@@ -185,6 +234,23 @@ impl<R: ImageRuntime> Gate<R> {
     }
 }
 
+/// Where the request's sandbox config names another pod than the sandbox
+/// is: namespace, name and uid never change for a pod, so kubelet never
+/// differs here. Labels and annotations may (a pod's metadata can be
+/// edited), so they are not compared; the sandbox's are the ones decided on.
+fn identity_mismatch(claimed: &Pod, sandbox: &Pod) -> Option<String> {
+    [
+        ("namespace", &claimed.namespace, &sandbox.namespace),
+        ("name", &claimed.name, &sandbox.name),
+        ("uid", &claimed.uid, &sandbox.uid),
+    ]
+    .into_iter()
+    .find(|(_, claimed, actual)| claimed != actual)
+    .map(|(field, claimed, actual)| {
+        format!("it gives {field} {claimed:?}, the sandbox has {actual:?}")
+    })
+}
+
 /// `name` as the image carries it, pinned to the image's digest; `None`
 /// when the image does not go by that name. A repository counts when the
 /// image has a digest in it (that very digest, when the name has one); a tag
@@ -235,7 +301,7 @@ fn carried(info: &ImageInfo, name: &ImageRef) -> Option<ImageRef> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::intercept::testing::gate;
+    use crate::intercept::testing::{SANDBOX_ID, gate, sandbox};
     use attestgate_policy::FailMode;
 
     fn create(image: &str, user_specified_image: &str) -> CreateRequest {
@@ -243,10 +309,8 @@ mod tests {
             image: image.into(),
             user_specified_image: user_specified_image.into(),
             container: "app".into(),
-            pod: Pod {
-                namespace: "prod".into(),
-                ..Pod::default()
-            },
+            pod_sandbox_id: SANDBOX_ID.into(),
+            pod: sandbox(),
         }
     }
 
@@ -326,6 +390,76 @@ defaultAdmissionRule:
                 own.explanation()
             );
         }
+    }
+
+    #[tokio::test]
+    async fn the_pod_is_the_sandbox_s_not_the_request_s() {
+        let unsigned = ImageInfo {
+            id: format!("sha256:{}", "c".repeat(64)),
+            repo_tags: vec!["evil.test/x:1".into()],
+            repo_digests: vec![format!("evil.test/x@sha256:{}", "d".repeat(64))],
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let policy = "defaultAdmissionRule:
+  evaluationMode: ALWAYS_DENY
+  enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG
+kubernetesNamespaceAdmissionRules:
+  kube-system:
+    evaluationMode: ALWAYS_ALLOW
+    enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG
+";
+        let parts = http::Request::new(()).into_parts().0;
+        for fail_mode in [FailMode::Closed, FailMode::Open] {
+            let node = gate(dir.path(), policy, fail_mode, unsigned.clone());
+            let decide = |request: CreateRequest| {
+                let node = &node;
+                let parts = &parts;
+                async move {
+                    node.decide_create(Api::V1, &request, parts, Instant::now())
+                        .await
+                }
+            };
+            let mut in_kube_system = create("evil.test/x:1", "");
+            in_kube_system.pod.namespace = "kube-system".into();
+            let mut break_glass = create("evil.test/x:1", "");
+            break_glass.pod.annotations.insert(
+                "alpha.image-policy.k8s.io/break-glass".into(),
+                "true".into(),
+            );
+            break_glass
+                .pod
+                .labels
+                .insert("image-policy.k8s.io/break-glass".into(), "true".into());
+            let mut no_such_sandbox = create("evil.test/x:1", "");
+            no_such_sandbox.pod_sandbox_id = "0ther".into();
+            let mut no_sandbox_config = create("evil.test/x:1", "");
+            no_sandbox_config.pod = Pod::default();
+            for (what, request, says) in [
+                ("another namespace", in_kube_system, "does not match"),
+                ("break-glass", break_glass, "ALWAYS_DENY"),
+                ("an unknown sandbox", no_such_sandbox, "does not exist"),
+                ("no sandbox config", no_sandbox_config, "does not match"),
+            ] {
+                let decision = decide(request).await;
+                assert!(
+                    !decision.allowed && decision.explanation().contains(says),
+                    "{what} ({fail_mode:?}): {}",
+                    decision.explanation()
+                );
+            }
+        }
+        // The sandbox's own namespace is what decides.
+        let allow_prod = policy.replace("kube-system", "prod");
+        let node = gate(dir.path(), &allow_prod, FailMode::Closed, unsigned);
+        let decision = node
+            .decide_create(
+                Api::V1,
+                &create("evil.test/x:1", ""),
+                &parts,
+                Instant::now(),
+            )
+            .await;
+        assert!(decision.allowed, "{}", decision.explanation());
     }
 
     fn decided_as(info: &ImageInfo, name: &str) -> Option<String> {

@@ -33,8 +33,9 @@ pub struct Gate<R> {
     pub upstream: Upstream,
 }
 
-/// Pod identity and metadata from a PodSandboxConfig.
-#[derive(Debug, Clone, Default)]
+/// Pod identity and metadata: from a PodSandboxConfig, or as the runtime
+/// recorded it for a sandbox.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Pod {
     pub namespace: String,
     pub name: String,

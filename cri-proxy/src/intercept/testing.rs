@@ -1,12 +1,12 @@
-//! A gate over a real bundle and audit log with one image "on the node",
-//! for the decision code's unit tests.
+//! A gate over a real bundle and audit log with one image and one pod
+//! sandbox "on the node", for the decision code's unit tests.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use attestgate_policy::{FailMode, NodeConfig};
 
-use super::Gate;
+use super::{Gate, Pod};
 use crate::grpc::ProxyError;
 use crate::resolve::{Api, ImageInfo, ImageRuntime};
 
@@ -30,6 +30,28 @@ impl ImageRuntime for OneImage {
 
     async fn remove_image(&self, _: Api, _: &str, _: Duration) -> Result<(), ProxyError> {
         Ok(())
+    }
+
+    async fn pod_sandbox(
+        &self,
+        _: Api,
+        sandbox_id: &str,
+        _: Duration,
+    ) -> Result<Option<Pod>, ProxyError> {
+        Ok((sandbox_id == SANDBOX_ID).then(sandbox))
+    }
+}
+
+/// The one pod sandbox on the node.
+pub const SANDBOX_ID: &str = "5a4db0c5";
+
+/// The pod that sandbox was started for.
+pub fn sandbox() -> Pod {
+    Pod {
+        namespace: "prod".into(),
+        name: "web-0".into(),
+        uid: "0e5c".into(),
+        ..Pod::default()
     }
 }
 
