@@ -24,6 +24,10 @@ DIR="$(mktemp -d /tmp/ag-critest.XXXXXX)"
 cleanup() {
   [ -n "${PROXY_PID:-}" ] && ag_stop_pid "$PROXY_PID" attestgate-proxy || true
   ag_down "$DIR" >/dev/null 2>&1 || true
+  if [ -n "${KEEP_LOGS:-}" ]; then
+    mkdir -p "$KEEP_LOGS" && cp "$DIR"/*.log "$DIR"/*.fails "$DIR/audit.jsonl" "$KEEP_LOGS"/ 2>/dev/null || true
+    echo "logs kept in $KEEP_LOGS"
+  fi
   rm -rf "$DIR"
 }
 trap cleanup EXIT
@@ -93,13 +97,13 @@ run_suite() {
   local name="$1" socket="$2"; shift 2
   echo "critest $name ($socket)..."
   (cd "$DIR" && "$CRITEST" --runtime-endpoint "unix://$socket" --image-endpoint "unix://$socket" \
-    "${CRITEST_FLAGS[@]}" "$@" > "$DIR/$name.log" 2>&1) || true
-  grep -E '^(Ran|FAIL!|SUCCESS!)' "$DIR/$name.log" | sed 's/^/  /' || true
-  if ! grep -qE '^Ran [1-9]' "$DIR/$name.log"; then
-    echo "critest ran no spec ($name); its output:"; tail -20 "$DIR/$name.log"; exit 1
+    "${CRITEST_FLAGS[@]}" "$@" > "$DIR/critest-$name.log" 2>&1) || true
+  grep -E '^(Ran|FAIL!|SUCCESS!)' "$DIR/critest-$name.log" | sed 's/^/  /' || true
+  if ! grep -qE '^Ran [1-9]' "$DIR/critest-$name.log"; then
+    echo "critest ran no spec ($name); its output:"; tail -20 "$DIR/critest-$name.log"; exit 1
   fi
   # ginkgo v2 lists failures as "  [FAIL] ...", v1 as "[Fail] ...".
-  grep -E '^(  \[FAIL\]|\[Fail\]) ' "$DIR/$name.log" | sed 's/ *$//' | sort > "$DIR/$name.fails" || true
+  grep -E '^(  \[FAIL\]|\[Fail\]) ' "$DIR/critest-$name.log" | sed 's/ *$//' | sort > "$DIR/$name.fails" || true
 }
 run_suite direct "$AG_CONTAINERD_SOCK" "$@"
 run_suite proxy "$DIR/proxy.sock" "$@"
@@ -110,5 +114,6 @@ else
   echo "outcomes differ (- direct only, + proxy only):"
   grep -E '^[-+] ' "$DIR/difference"
   echo "proxy log:"; tail -20 "$DIR/proxy.log"
+  KEEP_LOGS="${KEEP_LOGS:-$(mktemp -d /tmp/ag-critest-logs.XXXXXX)}"
   exit 1
 fi

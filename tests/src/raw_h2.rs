@@ -1,6 +1,6 @@
-//! A deliberately naive HTTP/2 client for requests no real client library
-//! will send (repeated pseudo-headers and the like): literal header fields
-//! only, one stream, frames read until that stream ends.
+//! A deliberately naive HTTP/2 client for what no real client library
+//! sends on request (repeated pseudo-headers, a PING when we say): literal
+//! header fields only, one call at a time, frames read until it ends.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -12,6 +12,7 @@ const DATA: u8 = 0;
 const HEADERS: u8 = 1;
 const RST_STREAM: u8 = 3;
 const SETTINGS: u8 = 4;
+const PING: u8 = 6;
 const GOAWAY: u8 = 7;
 const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
@@ -68,29 +69,63 @@ pub fn header_block(fields: &[(&str, &str)]) -> Vec<u8> {
 }
 
 /// Sends one request (`fields` as given, `message` as one gRPC message) on
-/// stream 1 and waits up to `wait` for the stream to end.
+/// stream 1 of a connection of its own and waits up to `wait` for the
+/// stream to end.
 pub fn call(
     socket: &Path,
     fields: &[(&str, &str)],
     message: &[u8],
     wait: Duration,
 ) -> std::io::Result<Ending> {
-    let mut stream = UnixStream::connect(socket)?;
-    stream.set_read_timeout(Some(wait))?;
-    let mut out = PREFACE.to_vec();
-    frame(&mut out, SETTINGS, 0, 0, &[]);
-    frame(&mut out, HEADERS, END_HEADERS, 1, &header_block(fields));
-    let mut body = vec![0];
-    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    body.extend_from_slice(message);
-    frame(&mut out, DATA, END_STREAM, 1, &body);
-    stream.write_all(&out)?;
-    loop {
+    Connection::open(socket, wait)?.call(fields, message)
+}
+
+/// One HTTP/2 connection: calls one after another, and PINGs.
+pub struct Connection {
+    stream: UnixStream,
+    next_stream: u32,
+}
+
+/// What came back to a PING.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pong {
+    Answered,
+    GoAway { code: u32, debug: String },
+    Closed,
+}
+
+enum Incoming {
+    Frame {
+        kind: u8,
+        flags: u8,
+        id: u32,
+        payload: Vec<u8>,
+    },
+    Closed,
+}
+
+impl Connection {
+    /// Connects, sends the preface and empty SETTINGS; reads wait up to
+    /// `wait` each.
+    pub fn open(socket: &Path, wait: Duration) -> std::io::Result<Connection> {
+        let mut stream = UnixStream::connect(socket)?;
+        stream.set_read_timeout(Some(wait))?;
+        let mut out = PREFACE.to_vec();
+        frame(&mut out, SETTINGS, 0, 0, &[]);
+        stream.write_all(&out)?;
+        Ok(Connection {
+            stream,
+            next_stream: 1,
+        })
+    }
+
+    /// The next frame, SETTINGS acknowledged on the way.
+    fn read(&mut self) -> std::io::Result<Incoming> {
         let mut head = [0u8; 9];
-        if let Err(e) = stream.read_exact(&mut head) {
+        if let Err(e) = self.stream.read_exact(&mut head) {
             return match e.kind() {
                 std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => {
-                    Ok(Ending::Closed)
+                    Ok(Incoming::Closed)
                 }
                 _ => Err(e),
             };
@@ -99,27 +134,87 @@ pub fn call(
         let (kind, flags) = (head[3], head[4]);
         let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
         let mut payload = vec![0u8; len];
-        stream.read_exact(&mut payload)?;
-        let code = || {
-            payload
-                .get(..4)
-                .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-        };
-        match kind {
-            SETTINGS if flags & ACK == 0 => {
-                let mut ack = Vec::new();
-                frame(&mut ack, SETTINGS, ACK, 0, &[]);
-                stream.write_all(&ack)?;
+        self.stream.read_exact(&mut payload)?;
+        if kind == SETTINGS && flags & ACK == 0 {
+            let mut ack = Vec::new();
+            frame(&mut ack, SETTINGS, ACK, 0, &[]);
+            self.stream.write_all(&ack)?;
+        }
+        Ok(Incoming::Frame {
+            kind,
+            flags,
+            id,
+            payload,
+        })
+    }
+
+    /// Sends one request on the next stream and reads until it ends.
+    pub fn call(&mut self, fields: &[(&str, &str)], message: &[u8]) -> std::io::Result<Ending> {
+        let id = self.next_stream;
+        self.next_stream += 2;
+        let mut out = Vec::new();
+        frame(&mut out, HEADERS, END_HEADERS, id, &header_block(fields));
+        let mut body = vec![0];
+        body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        body.extend_from_slice(message);
+        frame(&mut out, DATA, END_STREAM, id, &body);
+        self.stream.write_all(&out)?;
+        loop {
+            let Incoming::Frame {
+                kind,
+                flags,
+                id: on,
+                payload,
+            } = self.read()?
+            else {
+                return Ok(Ending::Closed);
+            };
+            let word = |at: usize| {
+                payload
+                    .get(at..at + 4)
+                    .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            };
+            match kind {
+                HEADERS if on == id && flags & END_STREAM != 0 => {
+                    return Ok(Ending::Answered(payload));
+                }
+                RST_STREAM if on == id => return Ok(Ending::Reset(word(0))),
+                GOAWAY => return Ok(Ending::GoAway(word(4))),
+                _ => {}
             }
-            HEADERS if id == 1 && flags & END_STREAM != 0 => return Ok(Ending::Answered(payload)),
-            RST_STREAM if id == 1 => return Ok(Ending::Reset(code())),
-            GOAWAY => {
-                let code = payload
-                    .get(4..8)
-                    .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-                return Ok(Ending::GoAway(code));
+        }
+    }
+
+    /// Sends a PING and reads until its answer, a GOAWAY or the end.
+    pub fn ping(&mut self, payload: [u8; 8]) -> std::io::Result<Pong> {
+        let mut out = Vec::new();
+        frame(&mut out, PING, 0, 0, &payload);
+        self.stream.write_all(&out)?;
+        loop {
+            match self.read()? {
+                Incoming::Closed => return Ok(Pong::Closed),
+                Incoming::Frame {
+                    kind: PING,
+                    flags,
+                    payload: answer,
+                    ..
+                } if flags & ACK != 0 && answer == payload => return Ok(Pong::Answered),
+                Incoming::Frame {
+                    kind: GOAWAY,
+                    payload: goaway,
+                    ..
+                } => {
+                    let code = goaway
+                        .get(4..8)
+                        .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                    let debug = String::from_utf8_lossy(goaway.get(8..).unwrap_or_default());
+                    return Ok(Pong::GoAway {
+                        code,
+                        debug: debug.into_owned(),
+                    });
+                }
+                Incoming::Frame { .. } => {}
             }
-            _ => {}
         }
     }
 }

@@ -326,6 +326,60 @@ async fn calls_from_grpc_go_naming_the_socket_as_authority_are_decided() {
     assert_eq!(audit[1]["decision"], "deny");
 }
 
+/// grpc-go clients PING after replies (BDP estimation), and containerd
+/// (grpc-go) closes a connection that PINGs it more than twice with nothing
+/// written in between ("too_many_pings"). After replies the proxy gave in
+/// containerd's place, a few creates in a row cost kubelet its connection
+/// (critest: "listing stats for three created containers").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_after_replies_the_proxy_gave_do_not_cost_the_connection() {
+    use attestgate_e2e::raw_h2::{Connection, Ending, Pong};
+    use k8s_cri::v1::{ImageSpec, PullImageRequest, VersionRequest};
+    use prost::Message as _;
+    let Some((node, _)) = signed_node() else {
+        return;
+    };
+    let (unsigned, digest) = node.push_image("unsigned", "1", "sleep 3600");
+    let repo = unsigned.rsplit_once(':').unwrap().0;
+    let head = |path: &'static str| {
+        [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", path),
+            (":authority", "localhost"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ]
+    };
+    let refused_pull = PullImageRequest {
+        image: Some(ImageSpec {
+            image: format!("{repo}@{digest}"),
+            ..ImageSpec::default()
+        }),
+        ..PullImageRequest::default()
+    }
+    .encode_to_vec();
+    let mut connection = Connection::open(&node.proxy_sock, Duration::from_secs(60)).unwrap();
+    for round in 0..5u8 {
+        let ending = connection
+            .call(&head("/runtime.v1.ImageService/PullImage"), &refused_pull)
+            .unwrap();
+        assert!(ending.says("grpc-status\u{1}7"), "{round}: {ending:?}");
+        assert_eq!(
+            connection.ping([round; 8]).unwrap(),
+            Pong::Answered,
+            "PING after refusal {round}"
+        );
+    }
+    let version = connection
+        .call(
+            &head("/runtime.v1.RuntimeService/Version"),
+            &VersionRequest::default().encode_to_vec(),
+        )
+        .unwrap();
+    assert!(matches!(version, Ending::Answered(_)), "{version:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_and_break_glass_admit_and_log() {
     let Some(mut node) = Node::up(&agcri()) else {

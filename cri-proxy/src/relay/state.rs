@@ -253,6 +253,15 @@ pub struct Relay {
     /// Our answers to containerd's PINGs, waiting to travel with the next
     /// frames containerd gets (see `release_acks`).
     held_acks: BytesMut,
+    /// Whether containerd has sent HEADERS or DATA since the last client
+    /// PING we passed it. grpc-go counts a PING that comes when it has
+    /// written neither since the one before as a strike, and after two
+    /// strikes closes the connection (GOAWAY ENHANCE_YOUR_CALM,
+    /// "too_many_pings"). A client sends its PINGs after replies (BDP
+    /// estimation), and the replies to intercepted calls are ours: passed
+    /// on, the PINGs that follow a few creates in a row would have
+    /// containerd close kubelet's connection.
+    upstream_wrote: bool,
 }
 
 impl Relay {
@@ -293,6 +302,7 @@ impl Relay {
             client_send_window: frame::DEFAULT_WINDOW,
             held_window: 0,
             held_acks: BytesMut::new(),
+            upstream_wrote: true,
         }
     }
 
@@ -466,6 +476,20 @@ impl Relay {
                 self.pass_client_frame(&h);
             }
             frame::PRIORITY if self.not_upstreams(h.stream) => self.from_client.advance(h.total()),
+            frame::PING if !h.has(frame::ACK) && h.len == 8 => {
+                if std::mem::take(&mut self.upstream_wrote) {
+                    self.pass_client_frame(&h);
+                } else {
+                    // Answered here: to containerd it would be a strike
+                    // (see `upstream_wrote`). PING is between the two ends
+                    // of one connection, and we are the client's.
+                    frame::put_ping_ack(
+                        &mut self.control,
+                        &self.from_client[frame::HEADER_LEN..h.total()],
+                    );
+                    self.from_client.advance(h.total());
+                }
+            }
             _ => self.pass_client_frame(&h),
         }
         Ok(())
@@ -774,6 +798,9 @@ impl Relay {
                 self.upstream_in_block = !h.has(frame::END_HEADERS);
                 self.pass_upstream_frame(&h);
                 continue;
+            }
+            if matches!(h.kind, frame::HEADERS | frame::DATA) {
+                self.upstream_wrote = true;
             }
             match h.kind {
                 frame::DATA if self.muted(h.stream) => {
@@ -1374,6 +1401,41 @@ mod tests {
         let got = shape(&mut r.to_client);
         assert_eq!(got, vec![(GOAWAY, 0, 0), (PING, 0, 0)]);
         assert!(r.to_upstream.is_empty());
+    }
+
+    #[test]
+    fn client_pings_reach_containerd_only_after_it_wrote_something() {
+        let mut r = relay();
+        let ping = ping_frame();
+        // Nothing containerd could count against the client yet: passed.
+        r.from_client.extend_from_slice(&ping);
+        r.client_frames().unwrap();
+        assert_eq!(shape(&mut r.to_upstream), vec![(PING, 0, 0)]);
+        // Another before containerd wrote HEADERS or DATA (the client heard
+        // replies we gave): grpc-go's strike, answered here instead.
+        r.from_client.extend_from_slice(&ping);
+        r.client_frames().unwrap();
+        assert!(r.to_upstream.is_empty());
+        let back = frames(&mut r.to_client);
+        assert_eq!(back.len(), 1);
+        assert_eq!((back[0].0.kind, back[0].0.flags), (PING, ACK));
+        assert_eq!(&back[0].1[..], b"12345678");
+        // containerd answers a call: the next PING is its again.
+        let block = request_block("/runtime.v1.RuntimeService/Version");
+        put_header(&mut r.from_client, block.len(), HEADERS, END_HEADERS, 1);
+        r.from_client.extend_from_slice(&block);
+        r.client_frames().unwrap();
+        r.to_upstream.clear();
+        let mut head = BytesMut::new();
+        hpack::encode_field(&mut head, b":status", b"200");
+        put_header(&mut r.from_upstream, head.len(), HEADERS, END_HEADERS, 1);
+        r.from_upstream.extend_from_slice(&head);
+        r.upstream_frames().unwrap();
+        r.to_client.clear();
+        r.from_client.extend_from_slice(&ping);
+        r.client_frames().unwrap();
+        assert_eq!(shape(&mut r.to_upstream), vec![(PING, 0, 0)]);
+        assert!(r.to_client.is_empty());
     }
 
     #[test]
