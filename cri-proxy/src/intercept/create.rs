@@ -238,6 +238,7 @@ impl<R: ImageRuntime> Gate<R> {
 /// is: namespace, name and uid never change for a pod, so kubelet never
 /// differs here. Labels and annotations may (a pod's metadata can be
 /// edited), so they are not compared; the sandbox's are the ones decided on.
+/// A field the request leaves out claims nothing.
 fn identity_mismatch(claimed: &Pod, sandbox: &Pod) -> Option<String> {
     [
         ("namespace", &claimed.namespace, &sandbox.namespace),
@@ -245,7 +246,7 @@ fn identity_mismatch(claimed: &Pod, sandbox: &Pod) -> Option<String> {
         ("uid", &claimed.uid, &sandbox.uid),
     ]
     .into_iter()
-    .find(|(_, claimed, actual)| claimed != actual)
+    .find(|(_, claimed, actual)| !claimed.is_empty() && claimed != actual)
     .map(|(field, claimed, actual)| {
         format!("it gives {field} {claimed:?}, the sandbox has {actual:?}")
     })
@@ -438,7 +439,8 @@ kubernetesNamespaceAdmissionRules:
                 ("another namespace", in_kube_system, "does not match"),
                 ("break-glass", break_glass, "ALWAYS_DENY"),
                 ("an unknown sandbox", no_such_sandbox, "does not exist"),
-                ("no sandbox config", no_sandbox_config, "does not match"),
+                // Decided on the sandbox's pod all the same.
+                ("no sandbox config", no_sandbox_config, "ALWAYS_DENY"),
             ] {
                 let decision = decide(request).await;
                 assert!(
