@@ -47,7 +47,8 @@ defaultTestContainerImage: $AG_REGISTRY/critest/busybox:1
 webServerTestImage: $AG_REGISTRY/critest/web:1
 EOF
 CRITEST_FLAGS=(--test-images-file "$DIR/images.yaml" --ginkgo.no-color)
-if ! "$CRITEST" --help 2>&1 | grep -q -- -test-images-file; then
+CRITEST_HELP="$("$CRITEST" --help 2>&1 || true)"
+if [[ "$CRITEST_HELP" != *-test-images-file* ]]; then
   # critest before 1.23 (CRI v1alpha2) has its images built in: Docker
   # Hub's busybox:1.28 and nginx, served here through a mirror.
   CRITEST_FLAGS=(--ginkgo.noColor)
@@ -112,7 +113,7 @@ if diff -u "$DIR/direct.fails" "$DIR/proxy.fails" > "$DIR/difference"; then
   echo "same outcome for every spec, directly and through the proxy ($(grep -c '"decision":"allow"' "$DIR/audit.jsonl") admitted and $(grep -c '"decision":"deny"' "$DIR/audit.jsonl") refused in the audit log)"
 else
   echo "outcomes differ (- direct only, + proxy only):"
-  grep -E '^[-+] ' "$DIR/difference"
+  grep -E '^[-+][^-+]' "$DIR/difference" || true
   echo "proxy log:"; tail -20 "$DIR/proxy.log"
   KEEP_LOGS="${KEEP_LOGS:-$(mktemp -d /tmp/ag-critest-logs.XXXXXX)}"
   exit 1

@@ -25,8 +25,6 @@ fn open(path: &Path) -> std::io::Result<File> {
     OpenOptions::new()
         .create(true)
         .append(true)
-        // To see whether the last write left a torn line (`audit_line`).
-        .read(true)
         .mode(0o640)
         .open(path)
 }

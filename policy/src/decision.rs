@@ -306,7 +306,7 @@ struct Record<'a> {
 }
 
 /// What to write to append `record` (one JSON line, no newline) to the
-/// audit log open as `log`. A write that ran out of space (ours, or that of
+/// audit log open (for appending) as `log`. A write that ran out of space (ours, or that of
 /// another process appending to the same log) can leave the log mid-line;
 /// the record then starts on a line of its own instead of being glued to
 /// the fragment, where no reader could find it.
@@ -324,15 +324,19 @@ fn line_after(last_byte: Option<u8>, record: &str) -> Vec<u8> {
     line
 }
 
-/// The log's last byte, if it is a regular file that has one (and was
-/// opened for reading). Best effort: a log truncated under us
-/// (`copytruncate`) just gets no fresh line.
+/// The log's last byte, if it is a regular file that has one. Read through
+/// a read-only open of the same file (`/proc/self/fd`), so the log itself
+/// stays open for appending only: a log the writer may append to but not
+/// read, or a FIFO, behaves as before. Best effort: a log truncated under
+/// us (`copytruncate`) or unreadable just gets no fresh line.
 fn last_byte(log: &std::fs::File) -> Option<u8> {
+    use std::os::fd::AsRawFd as _;
     use std::os::unix::fs::FileExt as _;
     let meta = log.metadata().ok()?;
     let end = meta.len().checked_sub(1).filter(|_| meta.is_file())?;
+    let reader = std::fs::File::open(format!("/proc/self/fd/{}", log.as_raw_fd())).ok()?;
     let mut byte = [0u8];
-    log.read_exact_at(&mut byte, end).ok()?;
+    reader.read_exact_at(&mut byte, end).ok()?;
     Some(byte[0])
 }
 
@@ -394,22 +398,18 @@ mod tests {
         assert_eq!(line_after(Some(b'"'), "{}"), b"\n{}\n");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
+        // Opened for appending only, as the writers open it.
         let open = || {
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .read(true)
                 .open(&path)
                 .unwrap()
         };
         assert_eq!(audit_line(&open(), "{}"), b"{}\n");
         std::fs::write(&path, "{}\n{\"ti").unwrap();
         assert_eq!(audit_line(&open(), "{}"), b"\n{}\n");
-        // Opened without read access: no way to look, no fresh line.
-        let write_only = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap();
-        assert_eq!(audit_line(&write_only, "{}"), b"{}\n");
+        std::fs::write(&path, "{}\n").unwrap();
+        assert_eq!(audit_line(&open(), "{}"), b"{}\n");
     }
 }

@@ -299,7 +299,6 @@ fn append(path: &Path, line: &str) -> std::io::Result<()> {
     let mut file = OpenOptions::new()
         .create(true)
         .append(true)
-        .read(true)
         .mode(0o640)
         .open(path)?;
     file.write_all(&audit_line(&file, line))

@@ -435,7 +435,10 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
+        // Lazily: a proxy still holding the log open (a test that panicked
+        // before stopping it) must not leave the mount behind.
         let _ = std::process::Command::new("umount")
+            .arg("-l")
             .arg(self.0.path())
             .status();
     }
@@ -444,19 +447,28 @@ impl Drop for Tmpfs {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_line_torn_by_a_full_disk_does_not_swallow_the_next_record() {
     use std::io::Write as _;
-    // Declared before the node, so dropped after the proxy that holds the
-    // log open has stopped.
-    let disk = Tmpfs::mount("64k");
     let Some(mut node) = Node::up(&agcri()) else {
         return;
     };
     node.policy(ALLOW);
+    let page: usize = String::from_utf8(
+        std::process::Command::new("getconf")
+            .arg("PAGESIZE")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap();
+    let disk = Tmpfs::mount(&format!("{}", 16 * page));
     // tmpfs, like a disk, writes what fits in the page a write starts in
     // and then fails with ENOSPC. The log ends 40 bytes short of a page
     // boundary, every other page is taken: the next record is cut after 40
     // bytes.
     let log = disk.0.path().join("audit.jsonl");
-    let (pad, end) = ("{\"pad\":\"\"}\n", 4096 - 40);
+    let (pad, end) = ("{\"pad\":\"\"}\n", page - 40);
     let mut text = String::new();
     while text.len() + 2 * pad.len() <= end {
         text.push_str(pad);
@@ -467,7 +479,7 @@ async fn a_line_torn_by_a_full_disk_does_not_swallow_the_next_record() {
     std::fs::write(&log, &text).unwrap();
     let filler = disk.0.path().join("filler");
     let mut file = std::fs::File::create(&filler).unwrap();
-    while file.write_all(&[0; 4096]).is_ok() {}
+    while file.write_all(&vec![0; page]).is_ok() {}
     drop(file);
 
     node.audit_log = log.clone();
@@ -479,7 +491,7 @@ async fn a_line_torn_by_a_full_disk_does_not_swallow_the_next_record() {
         .expect_err("no audit record, no admission");
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
     let torn = std::fs::read(&log).unwrap();
-    assert_eq!(torn.len(), 4096, "the record was cut at the page boundary");
+    assert_eq!(torn.len(), page, "the record was cut at the page boundary");
 
     std::fs::remove_file(&filler).unwrap();
     cri.pull(&node.app_image, None)

@@ -483,15 +483,28 @@ async fn a_sandbox_config_claiming_break_glass_or_another_namespace_lends_nothin
     );
     assert!(status.message().contains("does not match"), "{status:?}");
 
+    // Break-glass on a pod the request makes up: the refusal stands.
+    let mut forged = glass.clone();
+    if let Some(metadata) = forged.metadata.as_mut() {
+        metadata.uid = "forged".into();
+    }
+    let status = assert_denied(
+        cri.create_container(&pod_id, &forged, "forged", &image_id, &unsigned, &[])
+            .await,
+    );
+    assert!(status.message().contains("does not match"), "{status:?}");
+
     let audit = node.audit();
     let creates: Vec<_> = audit
         .iter()
         .filter(|l| l["operation"] == "CreateContainer")
         .collect();
-    assert_eq!(creates.len(), 2, "{audit:?}");
+    assert_eq!(creates.len(), 3, "{audit:?}");
     assert_eq!(creates[0]["reason"], "MISSING_ATTESTATIONS");
     assert_eq!(creates[0]["pod"]["namespace"], "prod");
     assert_eq!(creates[1]["decision"], "deny");
+    assert_eq!(creates[2]["decision"], "deny");
+    assert_eq!(creates[2]["pod"]["uid"], "forged");
     assert!(direct.list_containers().await.unwrap().is_empty());
 }
 

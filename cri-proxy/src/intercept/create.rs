@@ -15,6 +15,7 @@ use crate::grpc::{self, ProxyError};
 use crate::resolve::{Api, ImageInfo, ImageRuntime};
 use crate::server::Reply;
 
+#[derive(Clone)]
 pub struct CreateRequest {
     /// `config.image.image`: an image id, a digest reference or a tag.
     pub image: String,
@@ -85,9 +86,17 @@ impl<R: ImageRuntime> Gate<R> {
         // copy of the sandbox config is the client's word, and claiming
         // another namespace or a break-glass annotation there must not
         // change the decision.
+        // Until the sandbox is known, a refusal names the pod the request
+        // claims, without its labels and annotations: a break-glass among
+        // them would turn the refusal into an admission.
+        let claimed_pod = Pod {
+            labels: Default::default(),
+            annotations: Default::default(),
+            ..request.pod.clone()
+        };
         let claimed = Subject {
             operation: Operation::CreateContainer,
-            pod: Some(&request.pod),
+            pod: Some(&claimed_pod),
             container,
         };
         let sandbox = match self
@@ -435,9 +444,21 @@ kubernetesNamespaceAdmissionRules:
             no_such_sandbox.pod_sandbox_id = "0ther".into();
             let mut no_sandbox_config = create("evil.test/x:1", "");
             no_sandbox_config.pod = Pod::default();
+            // Break-glass claimed together with another pod, or a sandbox
+            // that does not exist: refusals that must stay refusals.
+            let mut glass_elsewhere = break_glass.clone();
+            glass_elsewhere.pod.uid = "forged".into();
+            let mut glass_nowhere = break_glass.clone();
+            glass_nowhere.pod_sandbox_id = "0ther".into();
             for (what, request, says) in [
                 ("another namespace", in_kube_system, "does not match"),
                 ("break-glass", break_glass, "ALWAYS_DENY"),
+                (
+                    "break-glass, another uid",
+                    glass_elsewhere,
+                    "does not match",
+                ),
+                ("break-glass, no sandbox", glass_nowhere, "does not exist"),
                 ("an unknown sandbox", no_such_sandbox, "does not exist"),
                 // Decided on the sandbox's pod all the same.
                 ("no sandbox config", no_sandbox_config, "ALWAYS_DENY"),

@@ -262,6 +262,9 @@ pub struct Relay {
     /// on, the PINGs that follow a few creates in a row would have
     /// containerd close kubelet's connection.
     upstream_wrote: bool,
+    /// containerd's SETTINGS (its preface) have gone to the client; before
+    /// that, nothing of ours may (RFC 9113 §3.4).
+    upstream_preface_relayed: bool,
 }
 
 impl Relay {
@@ -303,6 +306,7 @@ impl Relay {
             held_window: 0,
             held_acks: BytesMut::new(),
             upstream_wrote: true,
+            upstream_preface_relayed: false,
         }
     }
 
@@ -476,8 +480,8 @@ impl Relay {
                 self.pass_client_frame(&h);
             }
             frame::PRIORITY if self.not_upstreams(h.stream) => self.from_client.advance(h.total()),
-            frame::PING if !h.has(frame::ACK) && h.len == 8 => {
-                if std::mem::take(&mut self.upstream_wrote) {
+            frame::PING if !h.has(frame::ACK) && h.len == 8 && h.stream == 0 => {
+                if std::mem::take(&mut self.upstream_wrote) || !self.upstream_preface_relayed {
                     self.pass_client_frame(&h);
                 } else {
                     // Answered here: to containerd it would be a strike
@@ -909,6 +913,7 @@ impl Relay {
                         }
                     }
                     self.pass_upstream_frame(&h);
+                    self.upstream_preface_relayed = true;
                 }
                 frame::GOAWAY => {
                     let payload = &self.from_upstream[frame::HEADER_LEN..h.total()];
@@ -1411,6 +1416,22 @@ mod tests {
         r.from_client.extend_from_slice(&ping);
         r.client_frames().unwrap();
         assert_eq!(shape(&mut r.to_upstream), vec![(PING, 0, 0)]);
+        // Nothing of ours goes to the client ahead of containerd's preface.
+        r.from_client.extend_from_slice(&ping);
+        r.client_frames().unwrap();
+        assert_eq!(shape(&mut r.to_upstream), vec![(PING, 0, 0)]);
+        assert!(r.to_client.is_empty());
+        put_header(&mut r.from_upstream, 0, SETTINGS, 0, 0);
+        r.upstream_frames().unwrap();
+        assert_eq!(shape(&mut r.to_client), vec![(SETTINGS, 0, 0)]);
+        // A PING on a stream is the client's protocol error: containerd's
+        // to judge, as before.
+        let mut on_stream = BytesMut::new();
+        put_header(&mut on_stream, 8, PING, 0, 1);
+        on_stream.extend_from_slice(b"12345678");
+        r.from_client.extend_from_slice(&on_stream);
+        r.client_frames().unwrap();
+        assert_eq!(shape(&mut r.to_upstream), vec![(PING, 1, 0)]);
         // Another before containerd wrote HEADERS or DATA (the client heard
         // replies we gave): grpc-go's strike, answered here instead.
         r.from_client.extend_from_slice(&ping);
