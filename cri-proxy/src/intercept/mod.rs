@@ -76,9 +76,12 @@ pub struct Subject<'a> {
 }
 
 /// A kubelet call carries `grpc-timeout`; our own runtime lookups get what
-/// is left of it, bounded so a missing header cannot make us wait forever.
+/// is left of it, bounded so a missing header cannot make us wait forever,
+/// and given a floor so a client cannot make them fail (and, under fail
+/// mode open, admit) by asking for a deadline nothing could meet.
 pub fn deadline(headers: &HeaderMap) -> Duration {
     const DEFAULT: Duration = Duration::from_secs(120);
+    const FLOOR: Duration = Duration::from_secs(2);
     let Some(value) = headers.get("grpc-timeout").and_then(|v| v.to_str().ok()) else {
         return DEFAULT;
     };
@@ -98,7 +101,7 @@ pub fn deadline(headers: &HeaderMap) -> Duration {
         "n" => Duration::from_nanos(amount),
         _ => return DEFAULT,
     };
-    duration.min(DEFAULT)
+    duration.clamp(FLOOR, DEFAULT)
 }
 
 /// A bare image id (`sha256:<64 hex>` or 64 hex), which names no repository.
@@ -254,8 +257,10 @@ mod tests {
     fn grpc_timeouts_are_parsed_and_bounded() {
         let mut h = HeaderMap::new();
         assert_eq!(deadline(&h), Duration::from_secs(120));
-        h.insert("grpc-timeout", "1500m".parse().unwrap());
-        assert_eq!(deadline(&h), Duration::from_millis(1500));
+        h.insert("grpc-timeout", "2500m".parse().unwrap());
+        assert_eq!(deadline(&h), Duration::from_millis(2500));
+        h.insert("grpc-timeout", "1n".parse().unwrap());
+        assert_eq!(deadline(&h), Duration::from_secs(2));
         h.insert("grpc-timeout", "5H".parse().unwrap());
         assert_eq!(deadline(&h), Duration::from_secs(120));
         h.insert("grpc-timeout", "x".parse().unwrap());
