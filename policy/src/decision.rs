@@ -306,10 +306,10 @@ struct Record<'a> {
 }
 
 /// What to write to append `record` (one JSON line, no newline) to the
-/// audit log open (for appending) as `log`. A write that ran out of space (ours, or that of
-/// another process appending to the same log) can leave the log mid-line;
-/// the record then starts on a line of its own instead of being glued to
-/// the fragment, where no reader could find it.
+/// audit log open (for appending) as `log`. A write that ran out of space
+/// (ours, or that of another process appending to the same log) can leave
+/// the log mid-line; the record then starts on a line of its own instead
+/// of being glued to the fragment, where no reader could find it.
 pub fn audit_line(log: &std::fs::File, record: &str) -> Vec<u8> {
     line_after(last_byte(log), record)
 }
