@@ -164,14 +164,14 @@ macro_rules! pod_sandbox_in {
             .await
         {
             Ok(response) => response.into_inner().status.map(|status| {
-                let metadata = status.metadata.unwrap_or_default();
-                Pod {
-                    namespace: metadata.namespace,
-                    name: metadata.name,
-                    uid: metadata.uid,
-                    labels: status.labels.into_iter().collect(),
-                    annotations: status.annotations.into_iter().collect(),
-                }
+                let m = status.metadata.unwrap_or_default();
+                Pod::new(
+                    m.namespace,
+                    m.name,
+                    m.uid,
+                    status.labels,
+                    status.annotations,
+                )
             }),
             Err(status) if status.code() == tonic::Code::NotFound => None,
             Err(status) => return Err(status_error("PodSandboxStatus", status)),

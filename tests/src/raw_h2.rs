@@ -80,6 +80,13 @@ pub fn call(
     Connection::open(socket, wait)?.call(fields, message)
 }
 
+/// The big-endian u32 at `at` in a frame payload; 0 when it is too short.
+fn word(payload: &[u8], at: usize) -> u32 {
+    payload
+        .get(at..at + 4)
+        .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
 /// One HTTP/2 connection: calls one after another, and PINGs.
 pub struct Connection {
     stream: UnixStream,
@@ -169,17 +176,12 @@ impl Connection {
             else {
                 return Ok(Ending::Closed);
             };
-            let word = |at: usize| {
-                payload
-                    .get(at..at + 4)
-                    .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-            };
             match kind {
                 HEADERS if on == id && flags & END_STREAM != 0 => {
                     return Ok(Ending::Answered(payload));
                 }
-                RST_STREAM if on == id => return Ok(Ending::Reset(word(0))),
-                GOAWAY => return Ok(Ending::GoAway(word(4))),
+                RST_STREAM if on == id => return Ok(Ending::Reset(word(&payload, 0))),
+                GOAWAY => return Ok(Ending::GoAway(word(&payload, 4))),
                 _ => {}
             }
         }
@@ -204,9 +206,7 @@ impl Connection {
                     payload: goaway,
                     ..
                 } => {
-                    let code = goaway
-                        .get(4..8)
-                        .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                    let code = word(&goaway, 4);
                     let debug = String::from_utf8_lossy(goaway.get(8..).unwrap_or_default());
                     return Ok(Pong::GoAway {
                         code,

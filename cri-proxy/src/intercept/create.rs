@@ -99,11 +99,13 @@ impl<R: ImageRuntime> Gate<R> {
             pod: Some(&claimed_pod),
             container,
         };
-        let sandbox = match self
-            .runtime
-            .pod_sandbox(api, &request.pod_sandbox_id, timeout)
-            .await
-        {
+        // Two independent round trips to containerd, made at once.
+        let (sandbox, image) = tokio::join!(
+            self.runtime
+                .pod_sandbox(api, &request.pod_sandbox_id, timeout),
+            self.runtime.image_status(api, &request.image, timeout),
+        );
+        let sandbox = match sandbox {
             Ok(Some(sandbox)) => sandbox,
             Ok(None) => {
                 return self.refuse(
@@ -138,11 +140,7 @@ impl<R: ImageRuntime> Gate<R> {
             pod: Some(&sandbox),
             container,
         };
-        let info = match self
-            .runtime
-            .image_status(api, &request.image, timeout)
-            .await
-        {
+        let info = match image {
             Ok(Some(info)) => info,
             // containerd would refuse too; refusing here closes the window in
             // which an image could appear between our check and its create.

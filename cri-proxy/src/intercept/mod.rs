@@ -45,6 +45,24 @@ pub struct Pod {
 }
 
 impl Pod {
+    /// From a sandbox's metadata fields and its labels and annotations, as
+    /// either CRI version carries them (config or status).
+    pub fn new(
+        namespace: String,
+        name: String,
+        uid: String,
+        labels: impl IntoIterator<Item = (String, String)>,
+        annotations: impl IntoIterator<Item = (String, String)>,
+    ) -> Pod {
+        Pod {
+            namespace,
+            name,
+            uid,
+            labels: labels.into_iter().collect(),
+            annotations: annotations.into_iter().collect(),
+        }
+    }
+
     fn context(&self) -> PodContext {
         let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
         PodContext {

@@ -45,13 +45,7 @@ macro_rules! pod_from {
     ($name:ident, $api:ident) => {
         pub fn $name(c: k8s_cri::$api::PodSandboxConfig) -> Pod {
             let m = c.metadata.unwrap_or_default();
-            Pod {
-                namespace: m.namespace,
-                name: m.name,
-                uid: m.uid,
-                labels: c.labels.into_iter().collect(),
-                annotations: c.annotations.into_iter().collect(),
-            }
+            Pod::new(m.namespace, m.name, m.uid, c.labels, c.annotations)
         }
     };
 }
