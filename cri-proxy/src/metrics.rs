@@ -66,6 +66,8 @@ pub struct Metrics {
     pub bundle_loaded_at: Gauge<i64, AtomicI64>,
     bundle_age: Gauge<f64, AtomicU64>,
     pub audit_errors: Counter,
+    /// Refused images or containers containerd would not remove.
+    pub cleanup_errors: Counter,
     pub connections_open: Gauge,
     pub connections_refused: Counter,
 }
@@ -91,6 +93,7 @@ impl Metrics {
         let bundle_loaded_at = Gauge::<i64, AtomicI64>::default();
         let bundle_age = Gauge::<f64, AtomicU64>::default();
         let audit_errors = Counter::default();
+        let cleanup_errors = Counter::default();
         let connections_open = Gauge::default();
         let connections_refused = Counter::default();
         registry.register(
@@ -102,6 +105,11 @@ impl Metrics {
             "connections_refused",
             "Client connections closed on accept because max_connections were open",
             connections_refused.clone(),
+        );
+        registry.register(
+            "cleanup_errors",
+            "Refused images or containers the runtime could not remove",
+            cleanup_errors.clone(),
         );
         registry.register(
             "decisions",
@@ -159,6 +167,7 @@ impl Metrics {
             bundle_loaded_at,
             bundle_age,
             audit_errors,
+            cleanup_errors,
             connections_open,
             connections_refused,
         }

@@ -52,6 +52,20 @@ pub trait ImageRuntime: Send + Sync + 'static {
         sandbox_id: &str,
         timeout: Duration,
     ) -> impl Future<Output = Result<Option<Pod>, ProxyError>> + Send;
+    /// The id of the image a container was created from, as the runtime
+    /// recorded it at the create; `Ok(None)` when there is no such container.
+    fn container_image(
+        &self,
+        api: Api,
+        container_id: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Option<String>, ProxyError>> + Send;
+    fn remove_container(
+        &self,
+        api: Api,
+        container_id: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(), ProxyError>> + Send;
 }
 
 /// containerd's ImageService and RuntimeService over their Unix sockets.
@@ -179,6 +193,46 @@ macro_rules! pod_sandbox_in {
     }};
 }
 
+macro_rules! container_image_in {
+    ($api:ident, $channel:expr, $id:expr, $timeout:expr) => {{
+        use k8s_cri::$api::{
+            ContainerFilter, ListContainersRequest, runtime_service_client::RuntimeServiceClient,
+        };
+        // ListContainers rather than ContainerStatus: its image_ref is the
+        // id recorded at the create, where ContainerStatus looks the image
+        // up again and gives a repo digest, or fails once it is removed.
+        let request = ListContainersRequest {
+            filter: Some(ContainerFilter {
+                id: $id.to_string(),
+                ..ContainerFilter::default()
+            }),
+        };
+        let response = RuntimeServiceClient::new($channel)
+            .list_containers(with_timeout(request, $timeout))
+            .await
+            .map_err(|s| status_error("ListContainers", s))?;
+        response
+            .into_inner()
+            .containers
+            .into_iter()
+            .find(|c| c.id == $id)
+            .map(|c| c.image_ref)
+    }};
+}
+
+macro_rules! remove_container_in {
+    ($api:ident, $channel:expr, $id:expr, $timeout:expr) => {{
+        use k8s_cri::$api::{RemoveContainerRequest, runtime_service_client::RuntimeServiceClient};
+        let request = RemoveContainerRequest {
+            container_id: $id.to_string(),
+        };
+        RuntimeServiceClient::new($channel)
+            .remove_container(with_timeout(request, $timeout))
+            .await
+            .map_err(|s| status_error("RemoveContainer", s))?;
+    }};
+}
+
 impl ImageRuntime for ContainerdImages {
     async fn image_status(
         &self,
@@ -216,5 +270,32 @@ impl ImageRuntime for ContainerdImages {
             Api::V1 => pod_sandbox_in!(v1, channel, sandbox_id, timeout),
             Api::V1alpha2 => pod_sandbox_in!(v1alpha2, channel, sandbox_id, timeout),
         })
+    }
+
+    async fn container_image(
+        &self,
+        api: Api,
+        container_id: &str,
+        timeout: Duration,
+    ) -> Result<Option<String>, ProxyError> {
+        let channel = self.runtime_channel.clone();
+        Ok(match api {
+            Api::V1 => container_image_in!(v1, channel, container_id, timeout),
+            Api::V1alpha2 => container_image_in!(v1alpha2, channel, container_id, timeout),
+        })
+    }
+
+    async fn remove_container(
+        &self,
+        api: Api,
+        container_id: &str,
+        timeout: Duration,
+    ) -> Result<(), ProxyError> {
+        let channel = self.runtime_channel.clone();
+        match api {
+            Api::V1 => remove_container_in!(v1, channel, container_id, timeout),
+            Api::V1alpha2 => remove_container_in!(v1alpha2, channel, container_id, timeout),
+        }
+        Ok(())
     }
 }

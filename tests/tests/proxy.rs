@@ -199,6 +199,156 @@ async fn image_imported_without_a_pull_is_refused_at_create() {
     assert_eq!(audit[0]["image"]["digest"], digest.as_str());
 }
 
+/// Whether a thread of `pid` sleeps writing to a full pipe.
+fn blocked_writing_a_pipe(pid: u32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|task| {
+            std::fs::read_to_string(task.path().join("wchan"))
+                .is_ok_and(|wchan| wchan.contains("pipe_write"))
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_moved_between_the_check_and_the_create_brings_in_nothing() {
+    use std::io::{Read as _, Write as _};
+    use std::sync::{Arc, Mutex};
+
+    let Some(mut node) = Node::up(&agcri()) else {
+        return;
+    };
+    let key = node.add_attestor("ci");
+    let app_repo = node.app_image.rsplit_once(':').unwrap().0.to_string();
+    node.attest("ci", &key, &app_repo, &node.app_digest.clone());
+    node.policy(REQUIRE_CI);
+    // The audit log is a FIFO the test holds, so the proxy can be stopped
+    // after its check and before it forwards the create: the record is
+    // written in between, and a full pipe holds the write.
+    let fifo = node.dir().join("audit.fifo");
+    node.sh(&format!("mkfifo {}", fifo.display()));
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .unwrap();
+    rustix::io::ioctl_fionbio(&reader, true).unwrap();
+    node.audit_log = fifo;
+    let pause_pattern = format!("{}/attestgate/pause*", node.registry);
+    node.start_proxy(&["--system-image", &pause_pattern]);
+    let proxy_pid = node.proxy_pid().unwrap();
+
+    // In the app's repository, with a repo digest there: unsigned.
+    let (evil, evil_digest) = node.import_image("app", "evil", "echo evil; sleep 3600");
+    let cri = node.via_proxy().await;
+    cri.pull(&node.app_image, None).await.unwrap();
+    let moving = format!("{app_repo}:moving");
+    node.sh(&format!(
+        "ag_ctr \"$DIR\" images tag --force {} {moving}",
+        node.app_image
+    ));
+    let direct = node.direct().await;
+    let signed_id = direct
+        .image_status(&node.app_image)
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    let evil_id = direct.image_status(&evil).await.unwrap().unwrap().id;
+    let pod = node.pod("prod", "racer");
+    cri.pull(&node.pause_image, None).await.unwrap();
+    let pod_id = cri.run_pod(&pod).await.unwrap();
+
+    // What the proxy wrote so far, then a full pipe.
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut chunk = vec![0; 1 << 16];
+    while let Ok(n @ 1..) = (&reader).read(&mut chunk) {
+        log.lock().unwrap().extend_from_slice(&chunk[..n]);
+    }
+    while (&reader).write(b"\n").is_ok() {}
+
+    let create = {
+        let cri = node.via_proxy().await;
+        let (pod_id, pod, moving) = (pod_id.clone(), pod.clone(), moving.clone());
+        tokio::spawn(async move {
+            cri.create_container(&pod_id, &pod, "app", &moving, "", &[])
+                .await
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !blocked_writing_a_pipe(proxy_pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the proxy never wrote its record: {}",
+            node.proxy_log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!create.is_finished());
+
+    // Checked and admitted as the signed image; now the name moves.
+    node.sh(&format!(
+        "ag_ctr \"$DIR\" images tag --force {evil} {moving}"
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while direct.image_status(&moving).await.unwrap().map(|i| i.id) != Some(evil_id.clone()) {
+        assert!(std::time::Instant::now() < deadline, "the tag did not move");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let drain = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            let mut chunk = vec![0; 1 << 16];
+            let idle_since = std::time::Instant::now();
+            let mut last = idle_since;
+            while last.elapsed() < Duration::from_secs(3) {
+                match (&reader).read(&mut chunk) {
+                    Ok(n @ 1..) => {
+                        log.lock().unwrap().extend_from_slice(&chunk[..n]);
+                        last = std::time::Instant::now();
+                    }
+                    _ => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        })
+    };
+
+    let created = create.await.unwrap();
+    let status = assert_denied(created);
+    assert!(
+        status.message().contains(evil_digest.as_str()),
+        "the refusal names the image created from: {}",
+        status.message()
+    );
+    let left: Vec<_> = direct
+        .list_containers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.id, c.image_ref))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "a container of {evil_id} was left: {left:?}"
+    );
+
+    drain.join().unwrap();
+    let log = String::from_utf8(log.lock().unwrap().clone()).unwrap();
+    let creates: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|r: &serde_json::Value| r["operation"] == "CreateContainer")
+        .collect();
+    assert_eq!(creates.len(), 2, "{creates:#?}");
+    assert_eq!(creates[0]["decision"], "allow");
+    assert_eq!(creates[0]["image"]["digest"], node.app_digest.as_str());
+    assert_eq!(creates[1]["decision"], "deny");
+    assert_eq!(creates[1]["image"]["digest"], evil_digest.as_str());
+    assert_ne!(signed_id, evil_id);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_head_naming_two_methods_is_refused() {
     use attestgate_e2e::raw_h2;

@@ -14,6 +14,7 @@ use super::{Gate, Pod, Subject, deadline, digest_for, is_image_id};
 use crate::grpc::{self, ProxyError};
 use crate::resolve::{Api, ImageInfo, ImageRuntime};
 use crate::server::Reply;
+use crate::upstream::{FullResponse, RequestBody};
 
 #[derive(Clone)]
 pub struct CreateRequest {
@@ -58,29 +59,207 @@ pub fn decode(api: Api, message: &[u8]) -> Result<CreateRequest, ProxyError> {
     })
 }
 
+/// A CreateContainer decision, and what it was made on when the image was
+/// found: the image and the sandbox's pod.
+struct Checked {
+    decision: Decision,
+    on: Option<(ImageInfo, Pod)>,
+}
+
+impl From<Decision> for Checked {
+    fn from(decision: Decision) -> Checked {
+        Checked { decision, on: None }
+    }
+}
+
+/// The id of the container a successful CreateContainer response names.
+fn created_container_id(api: Api, data: Bytes) -> Result<String, ProxyError> {
+    let message = grpc::single_message(data)
+        .map_err(|e| ProxyError::Internal(format!("CreateContainer response: {e}")))?;
+    let bad = |e: prost::DecodeError| ProxyError::Internal(format!("CreateContainerResponse: {e}"));
+    Ok(match api {
+        Api::V1 => {
+            k8s_cri::v1::CreateContainerResponse::decode(message)
+                .map_err(bad)?
+                .container_id
+        }
+        Api::V1alpha2 => {
+            k8s_cri::v1alpha2::CreateContainerResponse::decode(message)
+                .map_err(bad)?
+                .container_id
+        }
+    })
+}
+
+/// How many times a container created from an image that was not admitted
+/// is asked to be removed before it is left to the node's shim and to
+/// kubelet's garbage collection.
+const REMOVE_ATTEMPTS: u32 = 3;
+
 impl<R: ImageRuntime> Gate<R> {
     pub async fn create(&self, api: Api, parts: Parts, body: Bytes) -> Result<Reply, ProxyError> {
         let started = Instant::now();
         let request = decode(api, &grpc::single_message(body.clone())?)?;
-        let decision = self.decide_create(api, &request, &parts, started).await;
-        super::pull::settle(&decision)?;
-        self.forward(parts, body).await
+        let timeout = deadline(&parts.headers);
+        let checked = self.check_create(api, &request, &parts, started).await;
+        super::pull::settle(&checked.decision)?;
+        // An image id names one image for good. A name is looked up again
+        // by containerd at the create, and may have been moved to another
+        // image since our look-up (a pull of the same tag, racing): the
+        // container is checked for the image it was really created from.
+        let Some((image, pod)) = checked.on.filter(|_| !is_image_id(&request.image)) else {
+            return self.forward(parts, body).await;
+        };
+        let response = self
+            .upstream
+            .call(
+                http::Request::from_parts(parts, ()),
+                RequestBody::Full(body),
+            )
+            .await?;
+        let created = FullResponse::read(response).await?;
+        if created.grpc_status() != Some(0) {
+            return Ok(Reply::Full(created));
+        }
+        let subject = Subject {
+            operation: Operation::CreateContainer,
+            pod: Some(&pod),
+            container: (!request.container.is_empty()).then_some(request.container.as_str()),
+        };
+        let container_id = match created_container_id(api, created.data.clone()) {
+            Ok(id) => id,
+            Err(e) => {
+                let decision = self.error(&subject, asked(&request), e.to_string(), started);
+                super::pull::settle(&decision)?;
+                return Ok(Reply::Full(created));
+            }
+        };
+        self.confirm_created(
+            api,
+            &request,
+            &subject,
+            &image,
+            &container_id,
+            timeout,
+            started,
+        )
+        .await?;
+        Ok(Reply::Full(created))
     }
 
-    async fn decide_create(
+    /// Whether the container was created from the image that was decided;
+    /// if not, the image it was created from is decided, and the container
+    /// removed unless that one is admitted too.
+    #[allow(clippy::too_many_arguments)]
+    async fn confirm_created(
+        &self,
+        api: Api,
+        request: &CreateRequest,
+        subject: &Subject<'_>,
+        decided: &ImageInfo,
+        container_id: &str,
+        timeout: std::time::Duration,
+        started: Instant,
+    ) -> Result<(), ProxyError> {
+        let asked = asked(request);
+        let actual = match self
+            .runtime
+            .container_image(api, container_id, timeout)
+            .await
+        {
+            Ok(Some(actual)) if actual == decided.id || decided.repo_digests.contains(&actual) => {
+                return Ok(());
+            }
+            Ok(Some(actual)) => actual,
+            // Gone already: nothing of it can run.
+            Ok(None) => {
+                let decision = self.refuse(
+                    subject,
+                    asked,
+                    format!(
+                        "container {container_id} is not there to confirm its image after the create"
+                    ),
+                    started,
+                );
+                return super::pull::settle(&decision);
+            }
+            Err(e) => {
+                let decision = self.error(
+                    subject,
+                    asked,
+                    format!("cannot confirm the image of container {container_id}: {e}"),
+                    started,
+                );
+                if !decision.allowed {
+                    self.remove_created(api, container_id, timeout).await;
+                }
+                return super::pull::settle(&decision);
+            }
+        };
+        tracing::warn!(
+            image = %request.image,
+            decided = %decided.id,
+            created_from = %actual,
+            container = %container_id,
+            "the image name moved to another image between the check and the create; deciding the image created from"
+        );
+        let decision = match self.runtime.image_status(api, &actual, timeout).await {
+            Ok(Some(info)) => self.decide_image(subject, request, &info, started),
+            Ok(None) => self.refuse(
+                subject,
+                asked,
+                format!(
+                    "containerd created container {container_id} from image {actual}, not {} that was decided, and {actual} is no longer on the node",
+                    decided.id
+                ),
+                started,
+            ),
+            Err(e) => self.error(
+                subject,
+                asked,
+                format!(
+                    "containerd created container {container_id} from image {actual}, not {} that was decided, and {actual} cannot be resolved: {e}",
+                    decided.id
+                ),
+                started,
+            ),
+        };
+        if !decision.allowed {
+            self.remove_created(api, container_id, timeout).await;
+        }
+        super::pull::settle(&decision)
+    }
+
+    async fn remove_created(&self, api: Api, container_id: &str, timeout: std::time::Duration) {
+        for attempt in 1..=REMOVE_ATTEMPTS {
+            match self
+                .runtime
+                .remove_container(api, container_id, timeout)
+                .await
+            {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::error!(container = %container_id, attempt, error = %e, "a container created from an image that was not admitted could not be removed");
+                    // containerd may be restarting: worth a moment's wait.
+                    if attempt < REMOVE_ATTEMPTS {
+                        tokio::time::sleep(std::time::Duration::from_millis(200) * attempt).await;
+                    }
+                }
+            }
+        }
+        self.metrics.cleanup_errors.inc();
+    }
+
+    async fn check_create(
         &self,
         api: Api,
         request: &CreateRequest,
         parts: &Parts,
         started: Instant,
-    ) -> Decision {
+    ) -> Checked {
         let container = (!request.container.is_empty()).then_some(request.container.as_str());
         let timeout = deadline(&parts.headers);
-        let asked = if !request.user_specified_image.is_empty() {
-            &request.user_specified_image
-        } else {
-            &request.image
-        };
+        let asked = asked(request);
         // The pod context (namespace rules, break-glass) is the sandbox's,
         // as containerd recorded it when the pod was started: the request's
         // copy of the sandbox config is the client's word, and claiming
@@ -108,24 +287,24 @@ impl<R: ImageRuntime> Gate<R> {
         let sandbox = match sandbox {
             Ok(Some(sandbox)) => sandbox,
             Ok(None) => {
-                return self.refuse(
+                return Checked::from(self.refuse(
                     &claimed,
                     asked,
                     format!("pod sandbox {:?} does not exist", request.pod_sandbox_id),
                     started,
-                );
+                ));
             }
             Err(e) => {
-                return self.error(
+                return Checked::from(self.error(
                     &claimed,
                     asked,
                     format!("cannot look up pod sandbox {}: {e}", request.pod_sandbox_id),
                     started,
-                );
+                ));
             }
         };
         if let Some(mismatch) = identity_mismatch(&request.pod, &sandbox) {
-            return self.refuse(
+            return Checked::from(self.refuse(
                 &claimed,
                 asked,
                 format!(
@@ -133,7 +312,7 @@ impl<R: ImageRuntime> Gate<R> {
                     request.pod_sandbox_id
                 ),
                 started,
-            );
+            ));
         }
         let subject = Subject {
             operation: Operation::CreateContainer,
@@ -145,23 +324,39 @@ impl<R: ImageRuntime> Gate<R> {
             // containerd would refuse too; refusing here closes the window in
             // which an image could appear between our check and its create.
             Ok(None) => {
-                return self.refuse(
+                return Checked::from(self.refuse(
                     &subject,
                     asked,
                     format!("image {} is not on the node", request.image),
                     started,
-                );
+                ));
             }
             Err(e) => {
-                return self.error(
+                return Checked::from(self.error(
                     &subject,
                     asked,
                     format!("cannot resolve image {}: {e}", request.image),
                     started,
-                );
+                ));
             }
         };
 
+        let decision = self.decide_image(&subject, request, &info, started);
+        Checked {
+            decision,
+            on: Some((info, sandbox)),
+        }
+    }
+
+    /// Decides the image `info` for the request: by the name the request
+    /// asked for as far as the image carries it, else by its repo digests.
+    fn decide_image(
+        &self,
+        subject: &Subject<'_>,
+        request: &CreateRequest,
+        info: &ImageInfo,
+        started: Instant,
+    ) -> Decision {
         // The name decided is the one the request asked for (SPEC §5): the
         // pod spec's, else the image field when that is a name. Either is
         // only the client's word: containerd runs the image `image`
@@ -176,18 +371,18 @@ impl<R: ImageRuntime> Gate<R> {
                 Ok(image) => image,
                 Err(e) => {
                     return self.refuse(
-                        &subject,
+                        subject,
                         name,
                         format!("cannot parse image reference: {e}"),
                         started,
                     );
                 }
             };
-            match carried(&info, &image) {
-                Some(resolved) => return self.decide(&subject, name, &resolved, started),
+            match carried(info, &image) {
+                Some(resolved) => return self.decide(subject, name, &resolved, started),
                 None if pod_spec_name.is_some() => {
                     return self.refuse(
-                        &subject,
+                        subject,
                         name,
                         format!(
                             "the image being created ({}) does not go by this name",
@@ -203,7 +398,7 @@ impl<R: ImageRuntime> Gate<R> {
                 }
             }
         }
-        self.decide_by_repo_digests(&subject, &request.image, &info.repo_digests, started)
+        self.decide_by_repo_digests(subject, &request.image, &info.repo_digests, started)
     }
 
     /// A bare image id: each repository digest the image carries is
@@ -238,6 +433,15 @@ impl<R: ImageRuntime> Gate<R> {
                 started,
             )
         })
+    }
+}
+
+/// The name the request asked for: the pod spec's, else the image field.
+fn asked(request: &CreateRequest) -> &str {
+    if !request.user_specified_image.is_empty() {
+        &request.user_specified_image
+    } else {
+        &request.image
     }
 }
 
@@ -309,7 +513,7 @@ fn carried(info: &ImageInfo, name: &ImageRef) -> Option<ImageRef> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::intercept::testing::{SANDBOX_ID, gate, sandbox};
+    use crate::intercept::testing::{CONTAINER_ID, SANDBOX_ID, gate, sandbox};
     use attestgate_policy::FailMode;
 
     fn create(image: &str, user_specified_image: &str) -> CreateRequest {
@@ -356,13 +560,14 @@ defaultAdmissionRule:
                 ("evil.test/x:1", "!not a name"),
             ] {
                 let decision = unsigned_on_node
-                    .decide_create(
+                    .check_create(
                         Api::V1,
                         &create(image, user_specified),
                         &parts,
                         Instant::now(),
                     )
-                    .await;
+                    .await
+                    .decision;
                 assert!(
                     !decision.allowed,
                     "{image} named {user_specified:?} ({fail_mode:?}): {}",
@@ -381,8 +586,9 @@ defaultAdmissionRule:
                 },
             );
             let decision = nameless
-                .decide_create(Api::V1, &create(&id, ""), &parts, Instant::now())
-                .await;
+                .check_create(Api::V1, &create(&id, ""), &parts, Instant::now())
+                .await
+                .decision;
             assert!(
                 !decision.allowed,
                 "nameless ({fail_mode:?}): {}",
@@ -390,8 +596,9 @@ defaultAdmissionRule:
             );
             // The image's own name is what decides when nothing else holds.
             let own = unsigned_on_node
-                .decide_create(Api::V1, &create("3f5ab2", ""), &parts, Instant::now())
-                .await;
+                .check_create(Api::V1, &create("3f5ab2", ""), &parts, Instant::now())
+                .await
+                .decision;
             assert!(
                 own.explanation().contains("evil.test/x"),
                 "{}",
@@ -423,8 +630,9 @@ kubernetesNamespaceAdmissionRules:
                 let node = &node;
                 let parts = &parts;
                 async move {
-                    node.decide_create(Api::V1, &request, parts, Instant::now())
+                    node.check_create(Api::V1, &request, parts, Instant::now())
                         .await
+                        .decision
                 }
             };
             let mut in_kube_system = create("evil.test/x:1", "");
@@ -473,14 +681,130 @@ kubernetesNamespaceAdmissionRules:
         let allow_prod = policy.replace("kube-system", "prod");
         let node = gate(dir.path(), &allow_prod, FailMode::Closed, unsigned);
         let decision = node
-            .decide_create(
+            .check_create(
                 Api::V1,
                 &create("evil.test/x:1", ""),
                 &parts,
                 Instant::now(),
             )
-            .await;
+            .await
+            .decision;
         assert!(decision.allowed, "{}", decision.explanation());
+    }
+
+    #[tokio::test]
+    async fn a_container_created_from_another_image_than_the_one_decided_is_removed() {
+        let digest = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let signed = ImageInfo {
+            id: digest('1'),
+            repo_tags: vec!["registry.test/app:1".into()],
+            repo_digests: vec![format!("registry.test/app@{}", digest('a'))],
+        };
+        // Where the tag points once a pull of the same name, racing the
+        // create, has landed.
+        let unsigned = ImageInfo {
+            id: digest('2'),
+            repo_tags: vec!["registry.test/app:1".into()],
+            repo_digests: vec![format!("registry.test/app@{}", digest('b'))],
+        };
+        let policy = format!(
+            "admissionWhitelistPatterns:
+- namePattern: registry.test/app@{}
+defaultAdmissionRule:
+  evaluationMode: ALWAYS_DENY
+  enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG
+",
+            digest('a')
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let parts = http::Request::new(()).into_parts().0;
+        let request = create("registry.test/app:1", "");
+        for fail_mode in [FailMode::Closed, FailMode::Open] {
+            let mut node = gate(dir.path(), &policy, fail_mode, signed.clone());
+            node.runtime.images.push(unsigned.clone());
+            let checked = node
+                .check_create(Api::V1, &request, &parts, Instant::now())
+                .await;
+            assert!(
+                checked.decision.allowed,
+                "{}",
+                checked.decision.explanation()
+            );
+            let (decided, pod) = checked.on.unwrap();
+            assert_eq!(decided.id, signed.id);
+            let subject = Subject {
+                operation: Operation::CreateContainer,
+                pod: Some(&pod),
+                container: Some("app"),
+            };
+            let cases = [
+                ("the image decided", Ok(Some(signed.id.clone())), None),
+                (
+                    "its repo digest",
+                    Ok(Some(signed.repo_digests[0].clone())),
+                    None,
+                ),
+                (
+                    "the image the tag moved to",
+                    Ok(Some(unsigned.id.clone())),
+                    Some(digest('b')),
+                ),
+                (
+                    "an image gone since",
+                    Ok(Some(digest('3'))),
+                    Some("no longer on the node".to_string()),
+                ),
+                ("no container", Ok(None), Some("is not there".to_string())),
+                (
+                    "containerd cannot say",
+                    Err(()),
+                    (fail_mode == FailMode::Closed).then(|| "containerd is restarting".to_string()),
+                ),
+            ];
+            for (what, created_from, refused_with) in cases {
+                node.runtime.created_from = created_from;
+                node.runtime.removed_containers.lock().unwrap().clear();
+                let confirmed = node
+                    .confirm_created(
+                        Api::V1,
+                        &request,
+                        &subject,
+                        &decided,
+                        CONTAINER_ID,
+                        std::time::Duration::from_secs(1),
+                        Instant::now(),
+                    )
+                    .await;
+                let removed = node.runtime.removed_containers.lock().unwrap().clone();
+                match refused_with {
+                    None => {
+                        assert!(confirmed.is_ok(), "{what} ({fail_mode:?}): {confirmed:?}");
+                        assert!(removed.is_empty(), "{what} ({fail_mode:?})");
+                    }
+                    Some(says) => {
+                        assert!(
+                            matches!(&confirmed, Err(ProxyError::Denied(m)) if m.contains(&says)),
+                            "{what} ({fail_mode:?}): {confirmed:?}"
+                        );
+                        // A container that is not there needs no removing.
+                        let expected: &[&str] = if what == "no container" {
+                            &[]
+                        } else {
+                            &[CONTAINER_ID]
+                        };
+                        assert_eq!(removed, expected, "{what} ({fail_mode:?})");
+                    }
+                }
+            }
+        }
+        // The refusal names the image the container was created from.
+        let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+        assert!(
+            audit
+                .lines()
+                .any(|l| l.contains(&digest('b')) && l.contains("\"decision\":\"deny\"")),
+            "{audit}"
+        );
     }
 
     fn decided_as(info: &ImageInfo, name: &str) -> Option<String> {

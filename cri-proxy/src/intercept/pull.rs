@@ -150,6 +150,7 @@ impl<R: ImageRuntime> Gate<R> {
             && known_only_as(&after, &image)
             && let Err(e) = self.runtime.remove_image(api, &after.id, timeout).await
         {
+            self.metrics.cleanup_errors.inc();
             tracing::error!(image = %request.image, id = %after.id, error = %e, "denied image could not be removed");
         }
         Err(ProxyError::Denied(decision.explanation()))

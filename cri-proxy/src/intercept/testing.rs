@@ -1,7 +1,7 @@
 //! A gate over a real bundle and audit log with one image and one pod
 //! sandbox "on the node", for the decision code's unit tests.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use attestgate_policy::{FailMode, NodeConfig};
@@ -10,22 +10,33 @@ use super::{Gate, Pod};
 use crate::grpc::ProxyError;
 use crate::resolve::{Api, ImageInfo, ImageRuntime};
 
-/// One image on the node, known by `info`; `image_status` finds it by
-/// anything containerd would (a name it carries, its id or a prefix).
-pub struct OneImage(ImageInfo);
+/// Images on the node, the first being the one a test decides for;
+/// `image_status` finds one by anything containerd would (a name it
+/// carries, its id or a prefix). One container, created from
+/// `created_from`, and the containers the gate removed.
+pub struct FakeRuntime {
+    pub images: Vec<ImageInfo>,
+    pub created_from: Result<Option<String>, ()>,
+    pub removed_containers: Mutex<Vec<String>>,
+}
 
-impl ImageRuntime for OneImage {
+impl ImageRuntime for FakeRuntime {
     async fn image_status(
         &self,
         _: Api,
         image: &str,
         _: Duration,
     ) -> Result<Option<ImageInfo>, ProxyError> {
-        let hex = self.0.id.trim_start_matches("sha256:");
-        let found = self.0.repo_tags.iter().any(|t| t == image)
-            || self.0.repo_digests.iter().any(|d| d == image)
-            || hex.starts_with(image.trim_start_matches("sha256:"));
-        Ok(found.then(|| self.0.clone()))
+        Ok(self
+            .images
+            .iter()
+            .find(|info| {
+                let hex = info.id.trim_start_matches("sha256:");
+                info.repo_tags.iter().any(|t| t == image)
+                    || info.repo_digests.iter().any(|d| d == image)
+                    || hex.starts_with(image.trim_start_matches("sha256:"))
+            })
+            .cloned())
     }
 
     async fn remove_image(&self, _: Api, _: &str, _: Duration) -> Result<(), ProxyError> {
@@ -40,7 +51,35 @@ impl ImageRuntime for OneImage {
     ) -> Result<Option<Pod>, ProxyError> {
         Ok((sandbox_id == SANDBOX_ID).then(sandbox))
     }
+
+    async fn container_image(
+        &self,
+        _: Api,
+        container_id: &str,
+        _: Duration,
+    ) -> Result<Option<String>, ProxyError> {
+        match &self.created_from {
+            Ok(image) => Ok(image.clone().filter(|_| container_id == CONTAINER_ID)),
+            Err(()) => Err(ProxyError::Upstream("containerd is restarting".into())),
+        }
+    }
+
+    async fn remove_container(
+        &self,
+        _: Api,
+        container_id: &str,
+        _: Duration,
+    ) -> Result<(), ProxyError> {
+        self.removed_containers
+            .lock()
+            .unwrap()
+            .push(container_id.to_string());
+        Ok(())
+    }
 }
+
+/// The container the runtime created.
+pub const CONTAINER_ID: &str = "c0ffee";
 
 /// The one pod sandbox on the node.
 pub const SANDBOX_ID: &str = "5a4db0c5";
@@ -61,7 +100,7 @@ pub fn gate(
     policy: &str,
     fail_mode: FailMode,
     image: ImageInfo,
-) -> Gate<OneImage> {
+) -> Gate<FakeRuntime> {
     let metrics = Arc::new(crate::metrics::Metrics::new());
     let bundle = dir.join("bundle");
     std::fs::create_dir_all(&bundle).unwrap();
@@ -77,7 +116,11 @@ pub fn gate(
         },
         audit: crate::audit::AuditLog::open(&dir.join("audit.jsonl")).unwrap(),
         metrics,
-        runtime: OneImage(image),
+        runtime: FakeRuntime {
+            images: vec![image],
+            created_from: Ok(None),
+            removed_containers: Mutex::new(Vec::new()),
+        },
         upstream: crate::upstream::Upstream::new(dir.join("no-containerd.sock")),
     }
 }
