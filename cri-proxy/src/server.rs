@@ -110,7 +110,7 @@ pub async fn serve<R: ImageRuntime>(
     drop(alive_tx);
     let finished = async {
         let _ = alive_rx.recv().await;
-        crate::relay::pulls_finished().await;
+        crate::relay::decided_calls_finished().await;
     };
     tokio::select! {
         () = finished => tracing::info!("all calls finished"),

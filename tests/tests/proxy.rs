@@ -199,23 +199,95 @@ async fn image_imported_without_a_pull_is_refused_at_create() {
     assert_eq!(audit[0]["image"]["digest"], digest.as_str());
 }
 
-/// Whether a thread of `pid` sleeps writing to a full pipe.
-fn blocked_writing_a_pipe(pid: u32) -> bool {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .any(|task| {
-            std::fs::read_to_string(task.path().join("wchan"))
-                .is_ok_and(|wchan| wchan.contains("pipe_write"))
-        })
+/// The audit log as a FIFO the test holds. A full pipe stops the proxy at
+/// its next record, which is how a test gets in between two steps of one
+/// call; the filler is newlines, which a reader of the records skips.
+struct HeldLog {
+    fifo: std::fs::File,
+    written: Vec<u8>,
+}
+
+impl HeldLog {
+    fn new(node: &Node) -> HeldLog {
+        let path = node.dir().join("audit.fifo");
+        node.sh(&format!("mkfifo {}", path.display()));
+        let fifo = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        rustix::io::ioctl_fionbio(&fifo, true).unwrap();
+        HeldLog {
+            fifo,
+            written: Vec::new(),
+        }
+    }
+
+    /// Takes what the proxy wrote so far, letting a held record through.
+    fn take(&mut self) {
+        use std::io::Read as _;
+        let mut chunk = vec![0; 1 << 16];
+        while let Ok(n @ 1..) = (&self.fifo).read(&mut chunk) {
+            self.written.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Fills the pipe: the proxy's next record waits for `take`.
+    fn fill(&mut self) {
+        use std::io::Write as _;
+        let filler = vec![b'\n'; 1 << 16];
+        while let Ok(1..) = (&self.fifo).write(&filler) {}
+        // Bulk writes leave the last page's tail: topped up byte by byte.
+        while (&self.fifo).write(b"\n").is_ok() {}
+    }
+
+    fn creates(&self) -> Vec<serde_json::Value> {
+        String::from_utf8_lossy(&self.written)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|r| r["operation"] == "CreateContainer")
+            .collect()
+    }
+}
+
+/// Waits until a thread of `pid` sleeps writing to a full pipe.
+async fn held_at_a_record(node: &Node) {
+    let pid = node.proxy_pid().unwrap();
+    let held = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|task| {
+                std::fs::read_to_string(task.path().join("wchan"))
+                    .is_ok_and(|wchan| wchan.contains("pipe_write"))
+            })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !held() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the proxy never came to write a record: {}",
+            node.proxy_log()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Points `tag` at `image` and waits until the CRI sees it there.
+async fn move_tag(node: &Node, direct: &attestgate_e2e::cri::Cri, image: &str, tag: &str) {
+    let id = direct.image_status(image).await.unwrap().unwrap().id;
+    node.sh(&format!("ag_ctr \"$DIR\" images tag --force {image} {tag}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while direct.image_status(tag).await.unwrap().map(|i| i.id) != Some(id.clone()) {
+        assert!(std::time::Instant::now() < deadline, "{tag} did not move");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tag_moved_between_the_check_and_the_create_brings_in_nothing() {
-    use std::io::{Read as _, Write as _};
-    use std::sync::{Arc, Mutex};
-
     let Some(mut node) = Node::up(&agcri()) else {
         return;
     };
@@ -223,130 +295,94 @@ async fn a_tag_moved_between_the_check_and_the_create_brings_in_nothing() {
     let app_repo = node.app_image.rsplit_once(':').unwrap().0.to_string();
     node.attest("ci", &key, &app_repo, &node.app_digest.clone());
     node.policy(REQUIRE_CI);
-    // The audit log is a FIFO the test holds, so the proxy can be stopped
-    // after its check and before it forwards the create: the record is
-    // written in between, and a full pipe holds the write.
-    let fifo = node.dir().join("audit.fifo");
-    node.sh(&format!("mkfifo {}", fifo.display()));
-    let reader = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&fifo)
-        .unwrap();
-    rustix::io::ioctl_fionbio(&reader, true).unwrap();
-    node.audit_log = fifo;
+    let mut log = HeldLog::new(&node);
+    node.audit_log = node.dir().join("audit.fifo");
     let pause_pattern = format!("{}/attestgate/pause*", node.registry);
     node.start_proxy(&["--system-image", &pause_pattern]);
-    let proxy_pid = node.proxy_pid().unwrap();
 
+    let cri = node.via_proxy().await;
+    let direct = node.direct().await;
+    cri.pull(&node.app_image, None).await.unwrap();
     // In the app's repository, with a repo digest there: unsigned.
     let (evil, evil_digest) = node.import_image("app", "evil", "echo evil; sleep 3600");
-    let cri = node.via_proxy().await;
-    cri.pull(&node.app_image, None).await.unwrap();
     let moving = format!("{app_repo}:moving");
-    node.sh(&format!(
-        "ag_ctr \"$DIR\" images tag --force {} {moving}",
-        node.app_image
-    ));
-    let direct = node.direct().await;
-    let signed_id = direct
-        .image_status(&node.app_image)
-        .await
-        .unwrap()
-        .unwrap()
-        .id;
-    let evil_id = direct.image_status(&evil).await.unwrap().unwrap().id;
     let pod = node.pod("prod", "racer");
     cri.pull(&node.pause_image, None).await.unwrap();
     let pod_id = cri.run_pod(&pod).await.unwrap();
 
-    // What the proxy wrote so far, then a full pipe.
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let mut chunk = vec![0; 1 << 16];
-    while let Ok(n @ 1..) = (&reader).read(&mut chunk) {
-        log.lock().unwrap().extend_from_slice(&chunk[..n]);
-    }
-    while (&reader).write(b"\n").is_ok() {}
+    for (round, client_leaves) in [false, true].into_iter().enumerate() {
+        move_tag(&node, &direct, &node.app_image, &moving).await;
+        log.take();
+        let creates_before = log.creates().len();
+        log.fill();
+        let create = {
+            let cri = node.via_proxy().await;
+            let (pod_id, pod, moving) = (pod_id.clone(), pod.clone(), moving.clone());
+            let name = format!("app-{round}");
+            tokio::spawn(async move {
+                cri.create_container(&pod_id, &pod, &name, &moving, "", &[])
+                    .await
+            })
+        };
+        let mut create = Some(create);
+        // Checked and admitted as the signed image, and held writing that
+        // down; now a pull of the same tag lands.
+        held_at_a_record(&node).await;
+        assert!(!create.as_ref().unwrap().is_finished());
+        move_tag(&node, &direct, &evil, &moving).await;
 
-    let create = {
-        let cri = node.via_proxy().await;
-        let (pod_id, pod, moving) = (pod_id.clone(), pod.clone(), moving.clone());
-        tokio::spawn(async move {
-            cri.create_container(&pod_id, &pod, "app", &moving, "", &[])
-                .await
-        })
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !blocked_writing_a_pipe(proxy_pid) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the proxy never wrote its record: {}",
-            node.proxy_log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(!create.is_finished());
-
-    // Checked and admitted as the signed image; now the name moves.
-    node.sh(&format!(
-        "ag_ctr \"$DIR\" images tag --force {evil} {moving}"
-    ));
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while direct.image_status(&moving).await.unwrap().map(|i| i.id) != Some(evil_id.clone()) {
-        assert!(std::time::Instant::now() < deadline, "the tag did not move");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let drain = {
-        let log = log.clone();
-        std::thread::spawn(move || {
-            let mut chunk = vec![0; 1 << 16];
-            let idle_since = std::time::Instant::now();
-            let mut last = idle_since;
-            while last.elapsed() < Duration::from_secs(3) {
-                match (&reader).read(&mut chunk) {
-                    Ok(n @ 1..) => {
-                        log.lock().unwrap().extend_from_slice(&chunk[..n]);
-                        last = std::time::Instant::now();
-                    }
-                    _ => std::thread::sleep(Duration::from_millis(10)),
-                }
+        if client_leaves {
+            // The client resets its call while the proxy is held between
+            // the check and the create: the call still runs to its end,
+            // the check of what was created and the removal included.
+            let create = create.take().unwrap();
+            create.abort();
+            assert!(create.await.unwrap_err().is_cancelled());
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        // Let the rest through, and wait for the proxy to finish the call.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while log.creates().len() < creates_before + 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{:#?}\n{}",
+                log.creates(),
+                node.proxy_log()
+            );
+            log.take();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if let Some(create) = create {
+            let status = assert_denied(create.await.unwrap());
+            assert!(
+                status.message().contains(evil_digest.as_str()),
+                "the refusal names the image created from: {}",
+                status.message()
+            );
+        }
+        // The container goes before the reply; a client that left waits
+        // for nothing, so it is given a moment.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            log.take();
+            let left = direct.list_containers().await.unwrap();
+            if left.is_empty() {
+                break;
             }
-        })
-    };
-
-    let created = create.await.unwrap();
-    let status = assert_denied(created);
-    assert!(
-        status.message().contains(evil_digest.as_str()),
-        "the refusal names the image created from: {}",
-        status.message()
-    );
-    let left: Vec<_> = direct
-        .list_containers()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|c| (c.id, c.image_ref))
-        .collect();
-    assert!(
-        left.is_empty(),
-        "a container of {evil_id} was left: {left:?}"
-    );
-
-    drain.join().unwrap();
-    let log = String::from_utf8(log.lock().unwrap().clone()).unwrap();
-    let creates: Vec<serde_json::Value> = log
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap())
-        .filter(|r: &serde_json::Value| r["operation"] == "CreateContainer")
-        .collect();
-    assert_eq!(creates.len(), 2, "{creates:#?}");
-    assert_eq!(creates[0]["decision"], "allow");
-    assert_eq!(creates[0]["image"]["digest"], node.app_digest.as_str());
-    assert_eq!(creates[1]["decision"], "deny");
-    assert_eq!(creates[1]["image"]["digest"], evil_digest.as_str());
-    assert_ne!(signed_id, evil_id);
+            assert!(
+                std::time::Instant::now() < deadline,
+                "client left: {client_leaves}; a container of {evil} was left: {left:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let creates = log.creates();
+        let creates = &creates[creates_before..];
+        assert_eq!(creates.len(), 2, "{creates:#?}");
+        assert_eq!(creates[0]["decision"], "allow");
+        assert_eq!(creates[0]["image"]["digest"], node.app_digest.as_str());
+        assert_eq!(creates[1]["decision"], "deny");
+        assert_eq!(creates[1]["image"]["digest"], evil_digest.as_str());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,14 +31,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// stack; address space, not memory, until touched.
 const THREAD_STACK: usize = 2 << 20;
 
-/// Pulls in progress, each outliving its client if need be (see `answer`):
-/// bounded, so resets cannot pile them up, and waited for at shutdown.
-const MAX_PULLS: u32 = 64;
-static PULLS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_PULLS as usize);
+/// Decided calls in progress, each outliving its client if need be (see
+/// `answer`): bounded, so resets cannot pile them up, and waited for at
+/// shutdown.
+const MAX_DECIDED: u32 = 64;
+static DECIDED: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_DECIDED as usize);
 
-/// Resolves once no pull is in progress.
-pub async fn pulls_finished() {
-    let _ = PULLS.acquire_many(MAX_PULLS).await;
+/// Resolves once no decided call is in progress.
+pub async fn decided_calls_finished() {
+    let _ = DECIDED.acquire_many(MAX_DECIDED).await;
 }
 
 fn intercepted(path: &str) -> bool {
@@ -148,33 +149,34 @@ async fn answer<R: ImageRuntime>(gate: &Arc<Gate<R>>, call: &Call) -> Result<Rep
         ));
     }
     let body = call.body.clone();
-    let reply = match route(&call.path) {
-        // A pull runs to its decision, and the removal of an image it
-        // denies, even when the client gives up on it (a reset aborts this
-        // task): stopping half-way could leave an undecided image behind.
-        Route::Pull(api) => {
-            let permit = PULLS
-                .acquire()
-                .await
-                .map_err(|_| ProxyError::Internal("pulls are closed".into()))?;
-            let (answered, answer) = oneshot::channel();
-            let gate = gate.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                let result = gate.pull(api, parts, body).await;
-                if let Err(Err(e)) = answered.send(result)
-                    && !matches!(e, ProxyError::Denied(_))
-                {
-                    tracing::warn!(error = %e, "a pull whose client left failed");
-                }
-            });
-            answer
-                .await
-                .map_err(|_| ProxyError::Internal("the pull ended without an answer".into()))??
+    // A call runs to its end even when the client gives up on it (a reset
+    // aborts this task): a pull to its decision and the removal of an image
+    // it denies, a create to the check of the image it was created from and
+    // the removal of a container it refuses. Stopping half-way could leave
+    // an undecided image or container behind.
+    let route = route(&call.path);
+    let permit = DECIDED
+        .acquire()
+        .await
+        .map_err(|_| ProxyError::Internal("decisions are closed".into()))?;
+    let (answered, answer) = oneshot::channel();
+    let gate = gate.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        let result = match route {
+            Route::Pull(api) => gate.pull(api, parts, body).await,
+            Route::Create(api) => gate.create(api, parts, body).await,
+            Route::Forward => Err(ProxyError::Internal("not an intercepted call".into())),
+        };
+        if let Err(Err(e)) = answered.send(result)
+            && !matches!(e, ProxyError::Denied(_))
+        {
+            tracing::warn!(error = %e, "a decided call whose client left failed");
         }
-        Route::Create(api) => gate.create(api, parts, body).await?,
-        Route::Forward => return Err(ProxyError::Internal("not an intercepted call".into())),
-    };
+    });
+    let reply = answer
+        .await
+        .map_err(|_| ProxyError::Internal("the call ended without an answer".into()))??;
     let full = match reply {
         GateReply::Stream(response) => FullResponse::read(response).await?,
         GateReply::Full(full) => full,
