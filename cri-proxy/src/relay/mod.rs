@@ -33,13 +33,18 @@ const THREAD_STACK: usize = 2 << 20;
 
 /// Decided calls in progress, each outliving its client if need be (see
 /// `answer`): bounded, so resets cannot pile them up, and waited for at
-/// shutdown.
-const MAX_DECIDED: u32 = 64;
-static DECIDED: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_DECIDED as usize);
+/// shutdown. Pulls and creates apart, so slow pulls never hold up a create.
+const MAX_PULLS: u32 = 64;
+static PULLS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_PULLS as usize);
+const MAX_CREATES: u32 = 256;
+static CREATES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_CREATES as usize);
 
 /// Resolves once no decided call is in progress.
 pub async fn decided_calls_finished() {
-    let _ = DECIDED.acquire_many(MAX_DECIDED).await;
+    let _ = tokio::join!(
+        PULLS.acquire_many(MAX_PULLS),
+        CREATES.acquire_many(MAX_CREATES)
+    );
 }
 
 fn intercepted(path: &str) -> bool {
@@ -155,7 +160,11 @@ async fn answer<R: ImageRuntime>(gate: &Arc<Gate<R>>, call: &Call) -> Result<Rep
     // the removal of a container it refuses. Stopping half-way could leave
     // an undecided image or container behind.
     let route = route(&call.path);
-    let permit = DECIDED
+    let slots = match route {
+        Route::Pull(_) => &PULLS,
+        _ => &CREATES,
+    };
+    let permit = slots
         .acquire()
         .await
         .map_err(|_| ProxyError::Internal("decisions are closed".into()))?;
