@@ -92,6 +92,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         runtime,
         upstream: upstream::Upstream::new(config.runtime_endpoint.clone()),
+        unconfirmed: intercept::Unconfirmed::default(),
     });
     let reopen_gate = gate.clone();
     bundle::spawn_watcher(store, config.bundle.clone(), move || {

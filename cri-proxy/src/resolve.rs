@@ -60,6 +60,16 @@ pub trait ImageRuntime: Send + Sync + 'static {
         container_id: &str,
         timeout: Duration,
     ) -> impl Future<Output = Result<Option<String>, ProxyError>> + Send;
+    /// The id of the container named `name` (attempt `attempt`) in a
+    /// sandbox; `Ok(None)` when there is none.
+    fn container_named(
+        &self,
+        api: Api,
+        sandbox_id: &str,
+        name: &str,
+        attempt: u32,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Option<String>, ProxyError>> + Send;
     fn remove_container(
         &self,
         api: Api,
@@ -200,7 +210,7 @@ macro_rules! container_image_in {
         };
         // ListContainers rather than ContainerStatus: its image_ref is the
         // id recorded at the create, where ContainerStatus looks the image
-        // up again and gives a repo digest, or fails once it is removed.
+        // up again and gives one of its repo digests when it has any.
         let request = ListContainersRequest {
             filter: Some(ContainerFilter {
                 id: $id.to_string(),
@@ -217,6 +227,34 @@ macro_rules! container_image_in {
             .into_iter()
             .find(|c| c.id == $id)
             .map(|c| c.image_ref)
+    }};
+}
+
+macro_rules! container_named_in {
+    ($api:ident, $channel:expr, $sandbox:expr, $name:expr, $attempt:expr, $timeout:expr) => {{
+        use k8s_cri::$api::{
+            ContainerFilter, ListContainersRequest, runtime_service_client::RuntimeServiceClient,
+        };
+        let request = ListContainersRequest {
+            filter: Some(ContainerFilter {
+                pod_sandbox_id: $sandbox.to_string(),
+                ..ContainerFilter::default()
+            }),
+        };
+        let response = RuntimeServiceClient::new($channel)
+            .list_containers(with_timeout(request, $timeout))
+            .await
+            .map_err(|s| status_error("ListContainers", s))?;
+        response
+            .into_inner()
+            .containers
+            .into_iter()
+            .find(|c| {
+                c.metadata
+                    .as_ref()
+                    .is_some_and(|m| m.name == $name && m.attempt == $attempt)
+            })
+            .map(|c| c.id)
     }};
 }
 
@@ -282,6 +320,23 @@ impl ImageRuntime for ContainerdImages {
         Ok(match api {
             Api::V1 => container_image_in!(v1, channel, container_id, timeout),
             Api::V1alpha2 => container_image_in!(v1alpha2, channel, container_id, timeout),
+        })
+    }
+
+    async fn container_named(
+        &self,
+        api: Api,
+        sandbox_id: &str,
+        name: &str,
+        attempt: u32,
+        timeout: Duration,
+    ) -> Result<Option<String>, ProxyError> {
+        let channel = self.runtime_channel.clone();
+        Ok(match api {
+            Api::V1 => container_named_in!(v1, channel, sandbox_id, name, attempt, timeout),
+            Api::V1alpha2 => {
+                container_named_in!(v1alpha2, channel, sandbox_id, name, attempt, timeout)
+            }
         })
     }
 

@@ -22,6 +22,9 @@ use crate::upstream::FullResponse;
 pub enum Route {
     Pull(Api),
     Create(Api),
+    /// Forwarded as it came, once no create by name awaits its check (see
+    /// `intercept::Unconfirmed`); never decoded.
+    Start,
     Forward,
 }
 
@@ -35,6 +38,8 @@ pub fn route(path: &str) -> Route {
         "runtime.v1alpha2.ImageService/PullImage" => Route::Pull(Api::V1alpha2),
         "runtime.v1.RuntimeService/CreateContainer" => Route::Create(Api::V1),
         "runtime.v1alpha2.RuntimeService/CreateContainer" => Route::Create(Api::V1alpha2),
+        "runtime.v1.RuntimeService/StartContainer"
+        | "runtime.v1alpha2.RuntimeService/StartContainer" => Route::Start,
         _ => Route::Forward,
     }
 }
@@ -110,7 +115,7 @@ pub async fn serve<R: ImageRuntime>(
     drop(alive_tx);
     let finished = async {
         let _ = alive_rx.recv().await;
-        crate::relay::decided_calls_finished().await;
+        crate::intercept::decided_calls_finished().await;
     };
     tokio::select! {
         () = finished => tracing::info!("all calls finished"),
@@ -150,7 +155,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_pull_and_create_are_intercepted() {
+    fn only_pull_create_and_start_are_intercepted() {
         assert_eq!(
             route("/runtime.v1.ImageService/PullImage"),
             Route::Pull(Api::V1)
@@ -169,8 +174,16 @@ mod tests {
             Route::Create(Api::V1)
         );
         assert_eq!(route("//runtime.v1.ImageService/PullImage"), Route::Forward);
+        // Held while a create by name is unconfirmed, never decoded.
         for path in [
             "/runtime.v1.RuntimeService/StartContainer",
+            "/runtime.v1alpha2.RuntimeService/StartContainer",
+            "runtime.v1.RuntimeService/StartContainer",
+        ] {
+            assert_eq!(route(path), Route::Start, "{path}");
+        }
+        for path in [
+            "/runtime.v1.RuntimeService/StopContainer",
             "/runtime.v1.ImageService/ImageStatus",
             "/runtime.v1.RuntimeService/GetContainerEvents",
             "/runtime.v2.RuntimeService/CreateContainer",

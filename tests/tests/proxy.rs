@@ -199,9 +199,11 @@ async fn image_imported_without_a_pull_is_refused_at_create() {
     assert_eq!(audit[0]["image"]["digest"], digest.as_str());
 }
 
-/// The audit log as a FIFO the test holds. A full pipe stops the proxy at
-/// its next record, which is how a test gets in between two steps of one
-/// call; the filler is newlines, which a reader of the records skips.
+/// The audit log as a FIFO of one page that the test holds. Full, it
+/// stops the proxy at its next record: how a test gets in between two
+/// steps of one call. Records made longer than half a page (by a long
+/// container name) each fill it on their own, so letting one through
+/// holds the next.
 struct HeldLog {
     fifo: std::fs::File,
     written: Vec<u8>,
@@ -217,27 +219,25 @@ impl HeldLog {
             .open(&path)
             .unwrap();
         rustix::io::ioctl_fionbio(&fifo, true).unwrap();
+        assert_eq!(rustix::pipe::fcntl_setpipe_size(&fifo, 4096).unwrap(), 4096);
         HeldLog {
             fifo,
             written: Vec::new(),
         }
     }
 
-    /// Takes what the proxy wrote so far, letting a held record through.
+    /// Takes what is in the pipe, letting one held record through.
     fn take(&mut self) {
         use std::io::Read as _;
-        let mut chunk = vec![0; 1 << 16];
+        let mut chunk = [0; 4096];
         while let Ok(n @ 1..) = (&self.fifo).read(&mut chunk) {
             self.written.extend_from_slice(&chunk[..n]);
         }
     }
 
-    /// Fills the pipe: the proxy's next record waits for `take`.
+    /// Fills the pipe with newlines, which a reader of the records skips.
     fn fill(&mut self) {
         use std::io::Write as _;
-        let filler = vec![b'\n'; 1 << 16];
-        while let Ok(1..) = (&self.fifo).write(&filler) {}
-        // Bulk writes leave the last page's tail: topped up byte by byte.
         while (&self.fifo).write(b"\n").is_ok() {}
     }
 
@@ -251,24 +251,22 @@ impl HeldLog {
     }
 }
 
-/// Waits until a thread of `pid` sleeps writing to a full pipe.
+/// Waits until a thread of the proxy sleeps writing to a full pipe.
 async fn held_at_a_record(node: &Node) {
     let pid = node.proxy_pid().unwrap();
+    let wchan = |task: std::fs::DirEntry| std::fs::read_to_string(task.path().join("wchan"));
     let held = || {
         std::fs::read_dir(format!("/proc/{pid}/task"))
             .into_iter()
             .flatten()
             .flatten()
-            .any(|task| {
-                std::fs::read_to_string(task.path().join("wchan"))
-                    .is_ok_and(|wchan| wchan.contains("pipe_write"))
-            })
+            .any(|task| wchan(task).is_ok_and(|w| w.contains("pipe_write")))
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !held() {
         assert!(
             std::time::Instant::now() < deadline,
-            "the proxy never came to write a record: {}",
+            "no thread of the proxy came to wait in pipe_write (is /proc/PID/task/*/wchan readable here?): {}",
             node.proxy_log()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -302,12 +300,16 @@ async fn a_tag_moved_between_the_check_and_the_create_brings_in_nothing() {
 
     let cri = node.via_proxy().await;
     let direct = node.direct().await;
-    cri.pull(&node.app_image, None).await.unwrap();
+    drain(&mut log, cri.pull(&node.app_image, None))
+        .await
+        .unwrap();
     // In the app's repository, with a repo digest there: unsigned.
     let (evil, evil_digest) = node.import_image("app", "evil", "echo evil; sleep 3600");
     let moving = format!("{app_repo}:moving");
     let pod = node.pod("prod", "racer");
-    cri.pull(&node.pause_image, None).await.unwrap();
+    drain(&mut log, cri.pull(&node.pause_image, None))
+        .await
+        .unwrap();
     let pod_id = cri.run_pod(&pod).await.unwrap();
 
     for (round, client_leaves) in [false, true].into_iter().enumerate() {
@@ -315,16 +317,16 @@ async fn a_tag_moved_between_the_check_and_the_create_brings_in_nothing() {
         log.take();
         let creates_before = log.creates().len();
         log.fill();
-        let create = {
+        let name = format!("{round}{}", "x".repeat(2500));
+        let mut create = Some({
             let cri = node.via_proxy().await;
-            let (pod_id, pod, moving) = (pod_id.clone(), pod.clone(), moving.clone());
-            let name = format!("app-{round}");
+            let (pod_id, pod, moving, name) =
+                (pod_id.clone(), pod.clone(), moving.clone(), name.clone());
             tokio::spawn(async move {
                 cri.create_container(&pod_id, &pod, &name, &moving, "", &[])
                     .await
             })
-        };
-        let mut create = Some(create);
+        });
         // Checked and admitted as the signed image, and held writing that
         // down; now a pull of the same tag lands.
         held_at_a_record(&node).await;
@@ -338,7 +340,48 @@ async fn a_tag_moved_between_the_check_and_the_create_brings_in_nothing() {
             let create = create.take().unwrap();
             create.abort();
             assert!(create.await.unwrap_err().is_cancelled());
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while node
+                .proxy_log()
+                .matches("reset an intercepted call")
+                .count()
+                < round
+            {
+                assert!(std::time::Instant::now() < deadline, "no reset came");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            log.take();
+        } else {
+            // The admission goes through and the create with it; the
+            // refusal of what was created is held, with the container in
+            // containerd's list, until the test lets it through. A start
+            // of that container meanwhile waits, then finds it gone.
+            log.take();
+            held_at_a_record(&node).await;
+            let made = direct.list_containers().await.unwrap();
+            assert_eq!(made.len(), 1, "{made:#?}");
+            assert_eq!(made[0].image_ref, evil_id(&direct, &evil).await);
+            let start = {
+                let cri = node.via_proxy().await;
+                let id = made[0].id.clone();
+                tokio::spawn(async move { cri.start_container(&id).await })
+            };
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert!(
+                !start.is_finished(),
+                "a start went through before the check"
+            );
+            let status = direct.container_status(&made[0].id).await.unwrap();
+            assert_eq!(
+                status.state,
+                k8s_cri::v1::ContainerState::ContainerCreated as i32
+            );
+            let started = drain(&mut log, start).await.unwrap();
+            assert_eq!(
+                started.unwrap_err().code(),
+                tonic::Code::NotFound,
+                "the start found the container removed"
+            );
         }
         // Let the rest through, and wait for the proxy to finish the call.
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -353,7 +396,7 @@ async fn a_tag_moved_between_the_check_and_the_create_brings_in_nothing() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         if let Some(create) = create {
-            let status = assert_denied(create.await.unwrap());
+            let status = assert_denied(drain(&mut log, create).await.unwrap());
             assert!(
                 status.message().contains(evil_digest.as_str()),
                 "the refusal names the image created from: {}",
@@ -383,6 +426,22 @@ async fn a_tag_moved_between_the_check_and_the_create_brings_in_nothing() {
         assert_eq!(creates[1]["decision"], "deny");
         assert_eq!(creates[1]["image"]["digest"], evil_digest.as_str());
     }
+}
+
+/// Awaits `call` while taking what the proxy writes to the log.
+async fn drain<T>(log: &mut HeldLog, call: impl std::future::Future<Output = T>) -> T {
+    let mut call = std::pin::pin!(call);
+    loop {
+        log.take();
+        tokio::select! {
+            out = &mut call => return out,
+            () = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
+    }
+}
+
+async fn evil_id(direct: &attestgate_e2e::cri::Cri, evil: &str) -> String {
+    direct.image_status(evil).await.unwrap().unwrap().id
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,6 +2,7 @@
 //! the node however they got there. The name decided is the one the request
 //! asked for; only a bare image id falls back to the image's repo digests.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use attestgate_policy::{Decision, ImageRef, Operation};
@@ -10,7 +11,7 @@ use http::request::Parts;
 use prost::Message as _;
 
 use super::pull::{pod_v1, pod_v1alpha2};
-use super::{Gate, Pod, Subject, deadline, digest_for, is_image_id};
+use super::{CREATES, Gate, Pod, Subject, deadline, digest_for, is_image_id, to_the_end};
 use crate::grpc::{self, ProxyError};
 use crate::resolve::{Api, ImageInfo, ImageRuntime};
 use crate::server::Reply;
@@ -23,6 +24,7 @@ pub struct CreateRequest {
     /// `config.image.user_specified_image` (kubelet 1.28+): the pod spec's name.
     pub user_specified_image: String,
     pub container: String,
+    pub attempt: u32,
     pub pod_sandbox_id: String,
     /// The request's copy of the sandbox config: the client's word only.
     pub pod: Pod,
@@ -39,6 +41,7 @@ pub fn decode(api: Api, message: &[u8]) -> Result<CreateRequest, ProxyError> {
             CreateRequest {
                 image: spec.image,
                 user_specified_image: spec.user_specified_image,
+                attempt: config.metadata.as_ref().map_or(0, |m| m.attempt),
                 container: config.metadata.map(|m| m.name).unwrap_or_default(),
                 pod_sandbox_id: r.pod_sandbox_id,
                 pod: r.sandbox_config.map(pod_v1).unwrap_or_default(),
@@ -51,6 +54,7 @@ pub fn decode(api: Api, message: &[u8]) -> Result<CreateRequest, ProxyError> {
             CreateRequest {
                 image: spec.image,
                 user_specified_image: String::new(),
+                attempt: config.metadata.as_ref().map_or(0, |m| m.attempt),
                 container: config.metadata.map(|m| m.name).unwrap_or_default(),
                 pod_sandbox_id: r.pod_sandbox_id,
                 pod: r.sandbox_config.map(pod_v1alpha2).unwrap_or_default(),
@@ -97,10 +101,14 @@ fn created_container_id(api: Api, data: Bytes) -> Result<String, ProxyError> {
 const REMOVE_ATTEMPTS: u32 = 3;
 
 impl<R: ImageRuntime> Gate<R> {
-    pub async fn create(&self, api: Api, parts: Parts, body: Bytes) -> Result<Reply, ProxyError> {
+    pub async fn create(
+        self: Arc<Self>,
+        api: Api,
+        parts: Parts,
+        body: Bytes,
+    ) -> Result<Reply, ProxyError> {
         let started = Instant::now();
         let request = decode(api, &grpc::single_message(body.clone())?)?;
-        let timeout = deadline(&parts.headers);
         let checked = self.check_create(api, &request, &parts, started).await;
         super::pull::settle(&checked.decision)?;
         // An image id names one image for good. A name is looked up again
@@ -110,41 +118,87 @@ impl<R: ImageRuntime> Gate<R> {
         let Some((image, pod)) = checked.on.filter(|_| !is_image_id(&request.image)) else {
             return self.forward(parts, body).await;
         };
-        let response = self
+        to_the_end(&CREATES, async move {
+            self.create_and_confirm(api, request, parts, body, image, pod, started)
+                .await
+        })
+        .await
+    }
+
+    /// Forwards a create by name and checks the container it made.
+    #[allow(clippy::too_many_arguments)]
+    async fn create_and_confirm(
+        &self,
+        api: Api,
+        request: CreateRequest,
+        parts: Parts,
+        body: Bytes,
+        decided: ImageInfo,
+        pod: Pod,
+        started: Instant,
+    ) -> Result<Reply, ProxyError> {
+        let timeout = deadline(&parts.headers);
+        let _unconfirmed = self.unconfirmed.hold();
+        let created = match self
             .upstream
             .call(
                 http::Request::from_parts(parts, ()),
                 RequestBody::Full(body),
             )
-            .await?;
-        let created = FullResponse::read(response).await?;
-        if created.grpc_status() != Some(0) {
-            return Ok(Reply::Full(created));
-        }
+            .await
+        {
+            Ok(response) => FullResponse::read(response).await,
+            Err(e) => Err(e),
+        };
+        let (container_id, outcome) = match created {
+            Ok(created) if created.grpc_status() != Some(0) => return Ok(Reply::Full(created)),
+            Ok(created) => match created_container_id(api, created.data.clone()) {
+                Ok(id) => (Some(id), Ok(Reply::Full(created))),
+                Err(e) => (None, Err(e)),
+            },
+            Err(e) => (None, Err(e)),
+        };
+        let container_id = match container_id {
+            Some(id) => id,
+            // No reply, or none we can read (containerd went away in the
+            // middle of the call, say): a container may have been made all
+            // the same, and is found by the name the request gave it.
+            None => match self
+                .runtime
+                .container_named(
+                    api,
+                    &request.pod_sandbox_id,
+                    &request.container,
+                    request.attempt,
+                    timeout,
+                )
+                .await
+            {
+                Ok(Some(id)) => id,
+                Ok(None) => return outcome,
+                Err(e) => {
+                    self.metrics.cleanup_errors.inc();
+                    tracing::error!(container = %request.container, sandbox = %request.pod_sandbox_id, error = %e, "a create by name failed, and whether containerd made the container cannot be told");
+                    return outcome;
+                }
+            },
+        };
         let subject = Subject {
             operation: Operation::CreateContainer,
             pod: Some(&pod),
             container: (!request.container.is_empty()).then_some(request.container.as_str()),
         };
-        let container_id = match created_container_id(api, created.data.clone()) {
-            Ok(id) => id,
-            Err(e) => {
-                let decision = self.error(&subject, asked(&request), e.to_string(), started);
-                super::pull::settle(&decision)?;
-                return Ok(Reply::Full(created));
-            }
-        };
         self.confirm_created(
             api,
             &request,
             &subject,
-            &image,
+            &decided,
             &container_id,
             timeout,
             started,
         )
         .await?;
-        Ok(Reply::Full(created))
+        outcome
     }
 
     /// Whether the container was created from the image that was decided;
@@ -171,7 +225,7 @@ impl<R: ImageRuntime> Gate<R> {
                 return Ok(());
             }
             Ok(Some(actual)) => actual,
-            // Gone already: nothing of it can run.
+            // Gone, or not listed yet: refused, and asked to go all the same.
             Ok(None) => {
                 let decision = self.refuse(
                     subject,
@@ -181,6 +235,7 @@ impl<R: ImageRuntime> Gate<R> {
                     ),
                     started,
                 );
+                self.remove_created(api, container_id, timeout).await;
                 return super::pull::settle(&decision);
             }
             Err(e) => {
@@ -521,6 +576,7 @@ mod tests {
             image: image.into(),
             user_specified_image: user_specified_image.into(),
             container: "app".into(),
+            attempt: 0,
             pod_sandbox_id: SANDBOX_ID.into(),
             pod: sandbox(),
         }
@@ -786,13 +842,9 @@ defaultAdmissionRule:
                             matches!(&confirmed, Err(ProxyError::Denied(m)) if m.contains(&says)),
                             "{what} ({fail_mode:?}): {confirmed:?}"
                         );
-                        // A container that is not there needs no removing.
-                        let expected: &[&str] = if what == "no container" {
-                            &[]
-                        } else {
-                            &[CONTAINER_ID]
-                        };
-                        assert_eq!(removed, expected, "{what} ({fail_mode:?})");
+                        // Asked to go even when not listed: removal is
+                        // idempotent, and a listing can lag.
+                        assert_eq!(removed, [CONTAINER_ID], "{what} ({fail_mode:?})");
                     }
                 }
             }
@@ -805,6 +857,82 @@ defaultAdmissionRule:
                 .any(|l| l.contains(&digest('b')) && l.contains("\"decision\":\"deny\"")),
             "{audit}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_create_whose_reply_is_lost_is_checked_by_the_container_s_name() {
+        let digest = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let signed = ImageInfo {
+            id: digest('1'),
+            repo_tags: vec!["registry.test/app:1".into()],
+            repo_digests: vec![format!("registry.test/app@{}", digest('a'))],
+        };
+        let policy = format!(
+            "admissionWhitelistPatterns:
+- namePattern: registry.test/app@{}
+defaultAdmissionRule:
+  evaluationMode: ALWAYS_DENY
+  enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG
+",
+            digest('a')
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let request = create("registry.test/app:1", "");
+        let body = grpc::frame(b"");
+        // containerd is not there to answer (the gate's upstream socket
+        // does not exist), yet a container by the request's name exists.
+        for (created_from, removed) in [
+            (Some(digest('2')), vec![CONTAINER_ID.to_string()]),
+            (Some(signed.id.clone()), vec![]),
+            (None, vec![]),
+        ] {
+            let mut node = gate(dir.path(), &policy, FailMode::Closed, signed.clone());
+            node.runtime.created_from = Ok(created_from.clone());
+            let parts = http::Request::new(()).into_parts().0;
+            let outcome = node
+                .create_and_confirm(
+                    Api::V1,
+                    request.clone(),
+                    parts,
+                    body.clone(),
+                    signed.clone(),
+                    sandbox(),
+                    Instant::now(),
+                )
+                .await;
+            let expected_denied = removed.len() == 1;
+            assert!(
+                matches!(
+                    (&outcome, expected_denied),
+                    (Err(ProxyError::Denied(_)), true) | (Err(ProxyError::Upstream(_)), false)
+                ),
+                "{created_from:?}: {:?}",
+                outcome.err()
+            );
+            assert_eq!(*node.runtime.removed_containers.lock().unwrap(), removed);
+        }
+    }
+
+    #[tokio::test]
+    async fn no_start_goes_through_while_a_create_is_unconfirmed() {
+        let unconfirmed = crate::intercept::Unconfirmed::default();
+        unconfirmed.none().await;
+        let one = unconfirmed.hold();
+        let two = unconfirmed.hold();
+        let wait = std::time::Duration::from_millis(50);
+        assert!(
+            tokio::time::timeout(wait, unconfirmed.none())
+                .await
+                .is_err()
+        );
+        drop(one);
+        assert!(
+            tokio::time::timeout(wait, unconfirmed.none())
+                .await
+                .is_err()
+        );
+        drop(two);
+        assert!(tokio::time::timeout(wait, unconfirmed.none()).await.is_ok());
     }
 
     fn decided_as(info: &ImageInfo, name: &str) -> Option<String> {

@@ -15,12 +15,17 @@ use attestgate_policy::{
     Decision, FailMode, ImageRef, ImageSubject, NodeConfig, Operation, PodContext, PodRef,
     RecordContext, evaluate,
 };
+use bytes::Bytes;
 use http::HeaderMap;
+use http::request::Parts;
+use tokio::sync::{Semaphore, oneshot, watch};
 
 use crate::audit::AuditLog;
 use crate::bundle::{BundleStore, LoadedBundle};
+use crate::grpc::ProxyError;
 use crate::metrics::Metrics;
-use crate::resolve::ImageRuntime;
+use crate::resolve::{Api, ImageRuntime};
+use crate::server::Reply;
 use crate::upstream::Upstream;
 
 /// Everything a decision needs, shared by all connections.
@@ -31,6 +36,85 @@ pub struct Gate<R> {
     pub metrics: Arc<Metrics>,
     pub runtime: R,
     pub upstream: Upstream,
+    pub unconfirmed: Unconfirmed,
+}
+
+/// Creates by name whose container has not been checked yet for the image
+/// it was really created from. Until that check, and the removal of a
+/// container it refuses, no StartContainer goes to containerd: the
+/// container is in containerd's list from the moment it is created, and a
+/// client that saw it there could otherwise start it first.
+pub struct Unconfirmed(watch::Sender<usize>);
+
+impl Default for Unconfirmed {
+    fn default() -> Unconfirmed {
+        Unconfirmed(watch::Sender::new(0))
+    }
+}
+
+/// One create by name, unconfirmed while this is held.
+pub struct Pending<'a>(&'a watch::Sender<usize>);
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+impl Unconfirmed {
+    pub fn hold(&self) -> Pending<'_> {
+        self.0.send_modify(|n| *n += 1);
+        Pending(&self.0)
+    }
+
+    /// Resolves once no create is unconfirmed.
+    pub async fn none(&self) {
+        let mut count = self.0.subscribe();
+        // The sender lives as long as `self`: waiting cannot fail.
+        let _ = count.wait_for(|n| *n == 0).await;
+    }
+}
+
+/// Decided calls in progress that outlive their client if need be (see
+/// [`to_the_end`]): bounded, so resets cannot pile them up, and waited for
+/// at shutdown. Pulls and creates apart, so slow pulls never hold up a
+/// create.
+const MAX_PULLS: u32 = 64;
+static PULLS: Semaphore = Semaphore::const_new(MAX_PULLS as usize);
+const MAX_CREATES: u32 = 256;
+static CREATES: Semaphore = Semaphore::const_new(MAX_CREATES as usize);
+
+/// Resolves once no decided call is in progress.
+pub async fn decided_calls_finished() {
+    let _ = tokio::join!(
+        PULLS.acquire_many(MAX_PULLS),
+        CREATES.acquire_many(MAX_CREATES)
+    );
+}
+
+/// Runs `work` to its end even when whoever waits for it goes (a client's
+/// reset aborts the task answering it): stopping half-way could leave an
+/// image or a container on the node that nothing decided.
+async fn to_the_end<T: Send + 'static>(
+    slots: &'static Semaphore,
+    work: impl Future<Output = Result<T, ProxyError>> + Send + 'static,
+) -> Result<T, ProxyError> {
+    let permit = slots
+        .acquire()
+        .await
+        .map_err(|_| ProxyError::Internal("decisions are closed".into()))?;
+    let (answered, answer) = oneshot::channel();
+    tokio::spawn(async move {
+        let _permit = permit;
+        if let Err(Err(e)) = answered.send(work.await)
+            && !matches!(e, ProxyError::Denied(_))
+        {
+            tracing::warn!(error = %e, "a decided call whose client left failed");
+        }
+    });
+    answer
+        .await
+        .map_err(|_| ProxyError::Internal("the call ended without an answer".into()))?
 }
 
 /// Pod identity and metadata: from a PodSandboxConfig, or as the runtime
@@ -122,10 +206,25 @@ pub fn deadline(headers: &HeaderMap) -> Duration {
     duration.clamp(FLOOR, DEFAULT)
 }
 
+/// Runs `write`, which may block for long (a log on a slow or full disk,
+/// a FIFO its reader has stopped reading), without holding up the tasks
+/// queued on this worker of the runtime: its connection to containerd, the
+/// other calls' decisions. They move to another thread meanwhile.
+fn off_the_runtime<T>(write: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(write)
+        }
+        _ => write(),
+    }
+}
+
 /// A bare image id (`sha256:<64 hex>` or 64 hex), which names no repository.
 pub fn is_image_id(image: &str) -> bool {
     let hex = image.strip_prefix("sha256:").unwrap_or(image);
-    hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+    // Lowercase only, as containerd parses digests: `sha256:<HEX>` is to it
+    // the tag of an image named `sha256`, which can be moved.
+    hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// The repository digest of `image` among the runtime's repo digests
@@ -140,6 +239,26 @@ pub fn digest_for(image: &ImageRef, repo_digests: &[String]) -> Option<attestgat
 }
 
 impl<R: ImageRuntime> Gate<R> {
+    /// PullImage, run to its decision and to the removal of an image it
+    /// denies whatever the client does.
+    pub async fn pull_to_the_end(
+        self: Arc<Self>,
+        api: Api,
+        parts: Parts,
+        body: Bytes,
+    ) -> Result<Reply, ProxyError> {
+        to_the_end(&PULLS, async move { self.pull(api, parts, body).await }).await
+    }
+
+    /// StartContainer, forwarded as it came once no create by name is
+    /// unconfirmed, or failed when that takes longer than the call may.
+    pub async fn start(&self, parts: Parts, body: Bytes) -> Result<Reply, ProxyError> {
+        tokio::time::timeout(deadline(&parts.headers), self.unconfirmed.none())
+            .await
+            .map_err(|_| ProxyError::Deadline)?;
+        self.forward(parts, body).await
+    }
+
     /// Decides one image and writes its audit record.
     pub fn decide(
         &self,
@@ -227,7 +346,7 @@ impl<R: ImageRuntime> Gate<R> {
             bundle: current.map(|c| c.reference.clone()),
         };
         let line = decision.record_json(&ctx);
-        let decision = match self.audit.append(&line) {
+        let decision = match off_the_runtime(|| self.audit.append(&line)) {
             Ok(()) => decision,
             Err(e) => {
                 self.metrics.audit_errors.inc();
@@ -291,6 +410,7 @@ mod tests {
         assert!(is_image_id(&format!("sha256:{hex}")));
         assert!(is_image_id(&hex));
         assert!(!is_image_id("registry.test/app:1"));
+        assert!(!is_image_id(&format!("sha256:{}", "A".repeat(64))));
         assert!(!is_image_id(&format!("registry.test/app@sha256:{hex}")));
     }
 

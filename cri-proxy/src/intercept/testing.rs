@@ -64,6 +64,18 @@ impl ImageRuntime for FakeRuntime {
         }
     }
 
+    async fn container_named(
+        &self,
+        _: Api,
+        sandbox_id: &str,
+        name: &str,
+        _: u32,
+        _: Duration,
+    ) -> Result<Option<String>, ProxyError> {
+        let made = matches!(self.created_from, Ok(Some(_)));
+        Ok((made && sandbox_id == SANDBOX_ID && name == "app").then(|| CONTAINER_ID.to_string()))
+    }
+
     async fn remove_container(
         &self,
         _: Api,
@@ -122,5 +134,6 @@ pub fn gate(
             removed_containers: Mutex::new(Vec::new()),
         },
         upstream: crate::upstream::Upstream::new(dir.join("no-containerd.sock")),
+        unconfirmed: super::Unconfirmed::default(),
     }
 }

@@ -31,22 +31,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// stack; address space, not memory, until touched.
 const THREAD_STACK: usize = 2 << 20;
 
-/// Decided calls in progress, each outliving its client if need be (see
-/// `answer`): bounded, so resets cannot pile them up, and waited for at
-/// shutdown. Pulls and creates apart, so slow pulls never hold up a create.
-const MAX_PULLS: u32 = 64;
-static PULLS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_PULLS as usize);
-const MAX_CREATES: u32 = 256;
-static CREATES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_CREATES as usize);
-
-/// Resolves once no decided call is in progress.
-pub async fn decided_calls_finished() {
-    let _ = tokio::join!(
-        PULLS.acquire_many(MAX_PULLS),
-        CREATES.acquire_many(MAX_CREATES)
-    );
-}
-
 fn intercepted(path: &str) -> bool {
     route(path) != Route::Forward
 }
@@ -154,38 +138,12 @@ async fn answer<R: ImageRuntime>(gate: &Arc<Gate<R>>, call: &Call) -> Result<Rep
         ));
     }
     let body = call.body.clone();
-    // A call runs to its end even when the client gives up on it (a reset
-    // aborts this task): a pull to its decision and the removal of an image
-    // it denies, a create to the check of the image it was created from and
-    // the removal of a container it refuses. Stopping half-way could leave
-    // an undecided image or container behind.
-    let route = route(&call.path);
-    let slots = match route {
-        Route::Pull(_) => &PULLS,
-        _ => &CREATES,
+    let reply = match route(&call.path) {
+        Route::Pull(api) => gate.clone().pull_to_the_end(api, parts, body).await?,
+        Route::Create(api) => gate.clone().create(api, parts, body).await?,
+        Route::Start => gate.start(parts, body).await?,
+        Route::Forward => return Err(ProxyError::Internal("not an intercepted call".into())),
     };
-    let permit = slots
-        .acquire()
-        .await
-        .map_err(|_| ProxyError::Internal("decisions are closed".into()))?;
-    let (answered, answer) = oneshot::channel();
-    let gate = gate.clone();
-    tokio::spawn(async move {
-        let _permit = permit;
-        let result = match route {
-            Route::Pull(api) => gate.pull(api, parts, body).await,
-            Route::Create(api) => gate.create(api, parts, body).await,
-            Route::Forward => Err(ProxyError::Internal("not an intercepted call".into())),
-        };
-        if let Err(Err(e)) = answered.send(result)
-            && !matches!(e, ProxyError::Denied(_))
-        {
-            tracing::warn!(error = %e, "a decided call whose client left failed");
-        }
-    });
-    let reply = answer
-        .await
-        .map_err(|_| ProxyError::Internal("the call ended without an answer".into()))??;
     let full = match reply {
         GateReply::Stream(response) => FullResponse::read(response).await?,
         GateReply::Full(full) => full,

@@ -462,6 +462,7 @@ impl Relay {
             frame::WINDOW_UPDATE => self.client_window_update(&h)?,
             frame::RST_STREAM => match self.streams.get(&h.stream) {
                 Some(Stream::Intercept(_)) => {
+                    tracing::debug!(stream = h.stream, "the client reset an intercepted call");
                     self.close_intercepted(h.stream);
                     self.from_client.advance(h.total());
                 }
