@@ -3,7 +3,7 @@
 //! PullImage and CreateContainer first.
 //!
 //! A call goes: `server.rs` (accept) → `relay` (frame by frame to
-//! containerd, or, for the two decided calls:) →
+//! containerd, or, for the two decided calls and StartContainer:) →
 //! `intercept/{pull,create}.rs` (resolve the image through containerd,
 //! decide with attestgate-policy, write the audit record) → `upstream.rs`
 //! (the same bytes to containerd).

@@ -2,7 +2,9 @@
 //! connection to containerd and is relayed frame by frame (`relay`): calls
 //! pass through without being decoded — unary and streaming, headers,
 //! trailers and status as they are — except PullImage and CreateContainer,
-//! which are read in full, decided, and then forwarded as the same bytes.
+//! which are read in full, decided, and then forwarded as the same bytes,
+//! and StartContainer, forwarded as the same bytes once no create by name
+//! awaits the check of the image it was made from.
 
 use std::future::Future;
 use std::path::Path;
