@@ -165,6 +165,20 @@ fn binomial_half(n: usize, i: usize) -> f64 {
     (ln - n as f64 * std::f64::consts::LN_2).exp()
 }
 
+/// The order of the paths (direct, relay, proxy) in each round: all six,
+/// each followed by its reverse. Over any even number of rounds each path
+/// runs before each other as often as after (the relay / proxy ratio
+/// leans on neither having run just before the other), and over six each
+/// runs first, second and third equally often.
+const ORDERS: [[usize; 3]; 6] = [
+    [0, 1, 2],
+    [2, 1, 0],
+    [1, 2, 0],
+    [0, 2, 1],
+    [2, 0, 1],
+    [1, 0, 2],
+];
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -184,8 +198,7 @@ async fn main() -> anyhow::Result<()> {
             paths.len()
         ];
     for round in 0..args.rounds {
-        let mut order: Vec<usize> = (0..paths.len()).collect();
-        order.rotate_left(round % paths.len());
+        let order = ORDERS[round % ORDERS.len()];
         for (mi, &method) in methods.iter().enumerate() {
             for (ci, &concurrency) in concurrencies.iter().enumerate() {
                 for &pi in &order {
