@@ -1,8 +1,8 @@
 //! CRI call throughput and latency through three paths in the same run:
 //! containerd directly, a plain byte relay (socat), and attestgate-proxy.
-//! Rounds alternate the order of the paths so drift in the machine's load
-//! hits all three alike. Then CreateContainer + StartContainer latency,
-//! proxy vs direct, alternating.
+//! Rounds vary the order of the paths (see `ORDERS`) so drift in the
+//! machine's load hits all three alike. Then CreateContainer +
+//! StartContainer latency, proxy vs direct, alternating.
 //!
 //! Run by `scripts/bench-proxy.sh`, which sets up the node.
 
