@@ -138,7 +138,12 @@ impl<R: ImageRuntime> Gate<R> {
         started: Instant,
     ) -> Result<Reply, ProxyError> {
         let timeout = deadline(&parts.headers);
-        let _unconfirmed = self.unconfirmed.hold();
+        let _unconfirmed = self.unconfirmed.hold(
+            api,
+            &request.pod_sandbox_id,
+            &request.container,
+            request.attempt,
+        );
         let created = match self
             .upstream
             .call(
@@ -568,7 +573,7 @@ fn carried(info: &ImageInfo, name: &ImageRef) -> Option<ImageRef> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::intercept::testing::{CONTAINER_ID, SANDBOX_ID, gate, sandbox};
+    use crate::intercept::testing::{CONTAINER_ID, FakeRuntime, SANDBOX_ID, gate, sandbox};
     use attestgate_policy::FailMode;
 
     fn create(image: &str, user_specified_image: &str) -> CreateRequest {
@@ -914,25 +919,47 @@ defaultAdmissionRule:
     }
 
     #[tokio::test]
-    async fn no_start_goes_through_while_a_create_is_unconfirmed() {
-        let unconfirmed = crate::intercept::Unconfirmed::default();
-        unconfirmed.none().await;
-        let one = unconfirmed.hold();
-        let two = unconfirmed.hold();
-        let wait = std::time::Duration::from_millis(50);
+    async fn a_start_waits_for_the_check_of_a_listed_container_only() {
+        use tokio::time::error::Elapsed;
+        let dir = tempfile::tempdir().unwrap();
+        let policy = "defaultAdmissionRule:
+  evaluationMode: ALWAYS_ALLOW
+  enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG
+";
+        let mut node = gate(dir.path(), policy, FailMode::Closed, ImageInfo::default());
+        // Nothing listens upstream: a start that is let through fails with
+        // Unavailable at once, one that waits times out here.
+        async fn start(node: &Gate<FakeRuntime>) -> Result<Result<Reply, ProxyError>, Elapsed> {
+            let parts = http::Request::new(()).into_parts().0;
+            let wait = std::time::Duration::from_millis(100);
+            tokio::time::timeout(wait, node.start(parts, grpc::frame(b""))).await
+        }
+        assert!(matches!(
+            start(&node).await,
+            Ok(Err(ProxyError::Upstream(_)))
+        ));
+        // A create by name being checked, its container not made yet.
+        let pending = node.unconfirmed.hold(Api::V1, SANDBOX_ID, "app", 0);
+        assert!(matches!(
+            start(&node).await,
+            Ok(Err(ProxyError::Upstream(_)))
+        ));
+        // Made and listed: starts wait for its check.
+        node.runtime.created_from = Ok(Some(format!("sha256:{}", "2".repeat(64))));
         assert!(
-            tokio::time::timeout(wait, unconfirmed.none())
-                .await
-                .is_err()
+            start(&node).await.is_err(),
+            "a start went through before the check"
         );
-        drop(one);
-        assert!(
-            tokio::time::timeout(wait, unconfirmed.none())
-                .await
-                .is_err()
-        );
-        drop(two);
-        assert!(tokio::time::timeout(wait, unconfirmed.none()).await.is_ok());
+        drop(pending);
+        assert!(matches!(
+            start(&node).await,
+            Ok(Err(ProxyError::Upstream(_)))
+        ));
+        // containerd cannot say whether it is made: waited for too.
+        node.runtime.created_from = Err(());
+        let pending = node.unconfirmed.hold(Api::V1, SANDBOX_ID, "app", 0);
+        assert!(start(&node).await.is_err());
+        drop(pending);
     }
 
     fn decided_as(info: &ImageInfo, name: &str) -> Option<String> {

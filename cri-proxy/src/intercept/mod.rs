@@ -41,37 +41,69 @@ pub struct Gate<R> {
 
 /// Creates by name whose container has not been checked yet for the image
 /// it was really created from. Until that check, and the removal of a
-/// container it refuses, no StartContainer goes to containerd: the
+/// container it refuses, no StartContainer for it goes to containerd: the
 /// container is in containerd's list from the moment it is created, and a
 /// client that saw it there could otherwise start it first.
-pub struct Unconfirmed(watch::Sender<usize>);
+#[derive(Default)]
+pub struct Unconfirmed {
+    awaited: watch::Sender<Vec<Awaited>>,
+    serial: std::sync::atomic::AtomicU64,
+}
 
-impl Default for Unconfirmed {
-    fn default() -> Unconfirmed {
-        Unconfirmed(watch::Sender::new(0))
-    }
+/// A create by name being checked, known by what names its container.
+#[derive(Debug, Clone)]
+pub struct Awaited {
+    serial: u64,
+    api: Api,
+    sandbox_id: String,
+    name: String,
+    attempt: u32,
 }
 
 /// One create by name, unconfirmed while this is held.
-pub struct Pending<'a>(&'a watch::Sender<usize>);
+pub struct Pending<'a> {
+    awaited: &'a watch::Sender<Vec<Awaited>>,
+    serial: u64,
+}
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
-        self.0.send_modify(|n| *n = n.saturating_sub(1));
+        self.awaited
+            .send_modify(|awaited| awaited.retain(|a| a.serial != self.serial));
     }
 }
 
 impl Unconfirmed {
-    pub fn hold(&self) -> Pending<'_> {
-        self.0.send_modify(|n| *n += 1);
-        Pending(&self.0)
+    pub fn hold(&self, api: Api, sandbox_id: &str, name: &str, attempt: u32) -> Pending<'_> {
+        let serial = self
+            .serial
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.awaited.send_modify(|awaited| {
+            awaited.push(Awaited {
+                serial,
+                api,
+                sandbox_id: sandbox_id.to_string(),
+                name: name.to_string(),
+                attempt,
+            })
+        });
+        Pending {
+            awaited: &self.awaited,
+            serial,
+        }
     }
 
-    /// Resolves once no create is unconfirmed.
-    pub async fn none(&self) {
-        let mut count = self.0.subscribe();
+    fn awaited(&self) -> Vec<Awaited> {
+        self.awaited.borrow().clone()
+    }
+
+    /// Resolves once the create `serial` is confirmed (or refused).
+    async fn settled(&self, serial: u64) {
+        let mut awaited = self.awaited.subscribe();
         // The sender lives as long as `self`: waiting cannot fail.
-        let _ = count.wait_for(|n| *n == 0).await;
+        let _ = awaited
+            .wait_for(|awaited| !awaited.iter().any(|a| a.serial == serial))
+            .await;
     }
 }
 
@@ -250,10 +282,33 @@ impl<R: ImageRuntime> Gate<R> {
         to_the_end(&PULLS, async move { self.pull(api, parts, body).await }).await
     }
 
-    /// StartContainer, forwarded as it came once no create by name is
-    /// unconfirmed, or failed when that takes longer than the call may.
+    /// StartContainer, forwarded as it came once no container it could
+    /// name is awaiting the check of its image; failed when that takes
+    /// longer than the call may. It is not decoded: a client can only name
+    /// a container it has seen listed, so a create by name whose container
+    /// containerd does not list yet is not waited for. Starts do not wait
+    /// for the whole of a slow create by name, only for its check.
     pub async fn start(&self, parts: Parts, body: Bytes) -> Result<Reply, ProxyError> {
-        tokio::time::timeout(deadline(&parts.headers), self.unconfirmed.none())
+        let timeout = deadline(&parts.headers);
+        let checks = async {
+            for create in self.unconfirmed.awaited() {
+                let listed = self
+                    .runtime
+                    .container_named(
+                        create.api,
+                        &create.sandbox_id,
+                        &create.name,
+                        create.attempt,
+                        timeout,
+                    )
+                    .await;
+                // Listed, or containerd cannot say: waited for.
+                if !matches!(listed, Ok(None)) {
+                    self.unconfirmed.settled(create.serial).await;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, checks)
             .await
             .map_err(|_| ProxyError::Deadline)?;
         self.forward(parts, body).await

@@ -72,7 +72,10 @@ impl ImageRuntime for FakeRuntime {
         _: u32,
         _: Duration,
     ) -> Result<Option<String>, ProxyError> {
-        let made = matches!(self.created_from, Ok(Some(_)));
+        let made = match &self.created_from {
+            Ok(image) => image.is_some(),
+            Err(()) => return Err(ProxyError::Upstream("containerd is restarting".into())),
+        };
         Ok((made && sandbox_id == SANDBOX_ID && name == "app").then(|| CONTAINER_ID.to_string()))
     }
 
