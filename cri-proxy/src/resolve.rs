@@ -60,16 +60,17 @@ pub trait ImageRuntime: Send + Sync + 'static {
         container_id: &str,
         timeout: Duration,
     ) -> impl Future<Output = Result<Option<String>, ProxyError>> + Send;
-    /// The id of the container named `name` (attempt `attempt`) in a
-    /// sandbox; `Ok(None)` when there is none.
-    fn container_named(
+    /// The ids of the containers named `name` (attempt `attempt`) in the
+    /// sandbox `sandbox_id` gives, by its full id or a prefix, as a create
+    /// may give it.
+    fn containers_named(
         &self,
         api: Api,
         sandbox_id: &str,
         name: &str,
         attempt: u32,
         timeout: Duration,
-    ) -> impl Future<Output = Result<Option<String>, ProxyError>> + Send;
+    ) -> impl Future<Output = Result<Vec<String>, ProxyError>> + Send;
     fn remove_container(
         &self,
         api: Api,
@@ -230,17 +231,12 @@ macro_rules! container_image_in {
     }};
 }
 
-macro_rules! container_named_in {
+macro_rules! containers_named_in {
     ($api:ident, $channel:expr, $sandbox:expr, $name:expr, $attempt:expr, $timeout:expr) => {{
-        use k8s_cri::$api::{
-            ContainerFilter, ListContainersRequest, runtime_service_client::RuntimeServiceClient,
-        };
-        let request = ListContainersRequest {
-            filter: Some(ContainerFilter {
-                pod_sandbox_id: $sandbox.to_string(),
-                ..ContainerFilter::default()
-            }),
-        };
+        use k8s_cri::$api::{ListContainersRequest, runtime_service_client::RuntimeServiceClient};
+        // Unfiltered: containerd filters by a sandbox id prefix only when
+        // it names one sandbox alone, and a create accepts any unique one.
+        let request = ListContainersRequest { filter: None };
         let response = RuntimeServiceClient::new($channel)
             .list_containers(with_timeout(request, $timeout))
             .await
@@ -249,12 +245,14 @@ macro_rules! container_named_in {
             .into_inner()
             .containers
             .into_iter()
-            .find(|c| {
-                c.metadata
-                    .as_ref()
-                    .is_some_and(|m| m.name == $name && m.attempt == $attempt)
+            .filter(|c| {
+                c.pod_sandbox_id.starts_with($sandbox)
+                    && c.metadata
+                        .as_ref()
+                        .is_some_and(|m| m.name == $name && m.attempt == $attempt)
             })
             .map(|c| c.id)
+            .collect()
     }};
 }
 
@@ -323,19 +321,22 @@ impl ImageRuntime for ContainerdImages {
         })
     }
 
-    async fn container_named(
+    async fn containers_named(
         &self,
         api: Api,
         sandbox_id: &str,
         name: &str,
         attempt: u32,
         timeout: Duration,
-    ) -> Result<Option<String>, ProxyError> {
+    ) -> Result<Vec<String>, ProxyError> {
+        if sandbox_id.is_empty() {
+            return Ok(Vec::new());
+        }
         let channel = self.runtime_channel.clone();
         Ok(match api {
-            Api::V1 => container_named_in!(v1, channel, sandbox_id, name, attempt, timeout),
+            Api::V1 => containers_named_in!(v1, channel, sandbox_id, name, attempt, timeout),
             Api::V1alpha2 => {
-                container_named_in!(v1alpha2, channel, sandbox_id, name, attempt, timeout)
+                containers_named_in!(v1alpha2, channel, sandbox_id, name, attempt, timeout)
             }
         })
     }

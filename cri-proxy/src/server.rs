@@ -3,8 +3,8 @@
 //! pass through without being decoded — unary and streaming, headers,
 //! trailers and status as they are — except PullImage and CreateContainer,
 //! which are read in full, decided, and then forwarded as the same bytes,
-//! and StartContainer, forwarded as the same bytes once no container it
-//! could name awaits the check of the image it was made from.
+//! and StartContainer, forwarded as the same bytes once no create by name
+//! is being checked for the image its container was made from.
 
 use std::future::Future;
 use std::path::Path;
@@ -24,8 +24,8 @@ use crate::upstream::FullResponse;
 pub enum Route {
     Pull(Api),
     Create(Api),
-    /// Forwarded as it came, once no container it could name awaits the
-    /// check of its image (see `intercept::Unconfirmed`); never decoded.
+    /// Forwarded as it came, once no create by name is being checked (see
+    /// `intercept::Unconfirmed`); never decoded.
     Start,
     Forward,
 }
@@ -176,7 +176,7 @@ mod tests {
             Route::Create(Api::V1)
         );
         assert_eq!(route("//runtime.v1.ImageService/PullImage"), Route::Forward);
-        // Held while a create by name is unconfirmed, never decoded.
+        // Held while a create by name is being checked, never decoded.
         for path in [
             "/runtime.v1.RuntimeService/StartContainer",
             "/runtime.v1alpha2.RuntimeService/StartContainer",

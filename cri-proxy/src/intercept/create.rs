@@ -138,12 +138,7 @@ impl<R: ImageRuntime> Gate<R> {
         started: Instant,
     ) -> Result<Reply, ProxyError> {
         let timeout = deadline(&parts.headers);
-        let _unconfirmed = self.unconfirmed.hold(
-            api,
-            &request.pod_sandbox_id,
-            &request.container,
-            request.attempt,
-        );
+        let _checking = self.checking(timeout).await?;
         let created = match self
             .upstream
             .call(
@@ -163,24 +158,14 @@ impl<R: ImageRuntime> Gate<R> {
             },
             Err(e) => (None, Err(e)),
         };
-        let container_id = match container_id {
-            Some(id) => id,
+        let container_ids = match container_id {
+            Some(id) => vec![id],
             // No reply, or none we can read (containerd went away in the
             // middle of the call, say): a container may have been made all
             // the same, and is found by the name the request gave it.
-            None => match self
-                .runtime
-                .container_named(
-                    api,
-                    &request.pod_sandbox_id,
-                    &request.container,
-                    request.attempt,
-                    timeout,
-                )
-                .await
-            {
-                Ok(Some(id)) => id,
-                Ok(None) => return outcome,
+            None => match self.find_created(api, &request, timeout).await {
+                Ok(ids) if ids.is_empty() => return outcome,
+                Ok(ids) => ids,
                 Err(e) => {
                     self.metrics.cleanup_errors.inc();
                     tracing::error!(container = %request.container, sandbox = %request.pod_sandbox_id, error = %e, "a create by name failed, and whether containerd made the container cannot be told");
@@ -193,17 +178,48 @@ impl<R: ImageRuntime> Gate<R> {
             pod: Some(&pod),
             container: (!request.container.is_empty()).then_some(request.container.as_str()),
         };
-        self.confirm_created(
-            api,
-            &request,
-            &subject,
-            &decided,
-            &container_id,
-            timeout,
-            started,
-        )
-        .await?;
+        for container_id in &container_ids {
+            self.confirm_created(
+                api,
+                &request,
+                &subject,
+                &decided,
+                container_id,
+                timeout,
+                started,
+            )
+            .await?;
+        }
         outcome
+    }
+
+    /// The containers a create whose reply was lost may have made, by the
+    /// name it gave them; asked a few times, since containerd may still be
+    /// making it, or be back from a restart only in a moment.
+    async fn find_created(
+        &self,
+        api: Api,
+        request: &CreateRequest,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<String>, ProxyError> {
+        let mut last = Ok(Vec::new());
+        for pause_ms in [0, 500, 1500] {
+            tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
+            last = self
+                .runtime
+                .containers_named(
+                    api,
+                    &request.pod_sandbox_id,
+                    &request.container,
+                    request.attempt,
+                    timeout,
+                )
+                .await;
+            if last.as_ref().is_ok_and(|ids| !ids.is_empty()) {
+                break;
+            }
+        }
+        last
     }
 
     /// Whether the container was created from the image that was decided;
@@ -919,14 +935,15 @@ defaultAdmissionRule:
     }
 
     #[tokio::test]
-    async fn a_start_waits_for_the_check_of_a_listed_container_only() {
+    async fn starts_wait_for_a_create_being_checked_and_it_for_them() {
         use tokio::time::error::Elapsed;
         let dir = tempfile::tempdir().unwrap();
         let policy = "defaultAdmissionRule:
   evaluationMode: ALWAYS_ALLOW
   enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG
 ";
-        let mut node = gate(dir.path(), policy, FailMode::Closed, ImageInfo::default());
+        let node = gate(dir.path(), policy, FailMode::Closed, ImageInfo::default());
+        let wait = std::time::Duration::from_millis(100);
         // Nothing listens upstream: a start that is let through fails with
         // Unavailable at once, one that waits times out here.
         async fn start(node: &Gate<FakeRuntime>) -> Result<Result<Reply, ProxyError>, Elapsed> {
@@ -938,28 +955,24 @@ defaultAdmissionRule:
             start(&node).await,
             Ok(Err(ProxyError::Upstream(_)))
         ));
-        // A create by name being checked, its container not made yet.
-        let pending = node.unconfirmed.hold(Api::V1, SANDBOX_ID, "app", 0);
-        assert!(matches!(
-            start(&node).await,
-            Ok(Err(ProxyError::Upstream(_)))
-        ));
-        // Made and listed: starts wait for its check.
-        node.runtime.created_from = Ok(Some(format!("sha256:{}", "2".repeat(64))));
+        let checking = node.checking(wait).await.unwrap();
         assert!(
             start(&node).await.is_err(),
-            "a start went through before the check"
+            "a start went through during a check"
         );
-        drop(pending);
+        drop(checking);
         assert!(matches!(
             start(&node).await,
             Ok(Err(ProxyError::Upstream(_)))
         ));
-        // containerd cannot say whether it is made: waited for too.
-        node.runtime.created_from = Err(());
-        let pending = node.unconfirmed.hold(Api::V1, SANDBOX_ID, "app", 0);
-        assert!(start(&node).await.is_err());
-        drop(pending);
+        // A start in flight holds a check back until it is answered.
+        let starting = node.unconfirmed.0.read().await;
+        assert!(matches!(
+            node.checking(wait).await,
+            Err(ProxyError::Deadline)
+        ));
+        drop(starting);
+        assert!(node.checking(wait).await.is_ok());
     }
 
     fn decided_as(info: &ImageInfo, name: &str) -> Option<String> {

@@ -1,6 +1,8 @@
 //! The two CRI calls the proxy decodes: PullImage and CreateContainer. Each
 //! resolves the image through the runtime, decides with attestgate-policy,
-//! writes the audit record, and only then answers.
+//! writes the audit record, and only then answers. StartContainer is taken
+//! out of the stream too, not decoded, only held while a create by name is
+//! being checked (see [`Unconfirmed`]).
 
 pub mod create;
 pub mod pull;
@@ -18,7 +20,7 @@ use attestgate_policy::{
 use bytes::Bytes;
 use http::HeaderMap;
 use http::request::Parts;
-use tokio::sync::{Semaphore, oneshot, watch};
+use tokio::sync::{RwLock, RwLockWriteGuard, Semaphore, oneshot};
 
 use crate::audit::AuditLog;
 use crate::bundle::{BundleStore, LoadedBundle};
@@ -39,73 +41,16 @@ pub struct Gate<R> {
     pub unconfirmed: Unconfirmed,
 }
 
-/// Creates by name whose container has not been checked yet for the image
-/// it was really created from. Until that check, and the removal of a
-/// container it refuses, no StartContainer for it goes to containerd: the
-/// container is in containerd's list from the moment it is created, and a
-/// client that saw it there could otherwise start it first.
+/// Creates by name being checked for the image their container was really
+/// made from, against StartContainer calls. From before such a create is
+/// forwarded until its container is confirmed or removed, no start goes to
+/// containerd, and it is forwarded only once the starts already sent are
+/// answered. Starts are not decoded, and containerd resolves the id a start
+/// gives by any unique prefix, so any start could be one for that
+/// container. Starts share the lock among themselves; kubelet, which
+/// creates by image id, never takes it exclusively.
 #[derive(Default)]
-pub struct Unconfirmed {
-    awaited: watch::Sender<Vec<Awaited>>,
-    serial: std::sync::atomic::AtomicU64,
-}
-
-/// A create by name being checked, known by what names its container.
-#[derive(Debug, Clone)]
-pub struct Awaited {
-    serial: u64,
-    api: Api,
-    sandbox_id: String,
-    name: String,
-    attempt: u32,
-}
-
-/// One create by name, unconfirmed while this is held.
-pub struct Pending<'a> {
-    awaited: &'a watch::Sender<Vec<Awaited>>,
-    serial: u64,
-}
-
-impl Drop for Pending<'_> {
-    fn drop(&mut self) {
-        self.awaited
-            .send_modify(|awaited| awaited.retain(|a| a.serial != self.serial));
-    }
-}
-
-impl Unconfirmed {
-    pub fn hold(&self, api: Api, sandbox_id: &str, name: &str, attempt: u32) -> Pending<'_> {
-        let serial = self
-            .serial
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.awaited.send_modify(|awaited| {
-            awaited.push(Awaited {
-                serial,
-                api,
-                sandbox_id: sandbox_id.to_string(),
-                name: name.to_string(),
-                attempt,
-            })
-        });
-        Pending {
-            awaited: &self.awaited,
-            serial,
-        }
-    }
-
-    fn awaited(&self) -> Vec<Awaited> {
-        self.awaited.borrow().clone()
-    }
-
-    /// Resolves once the create `serial` is confirmed (or refused).
-    async fn settled(&self, serial: u64) {
-        let mut awaited = self.awaited.subscribe();
-        // The sender lives as long as `self`: waiting cannot fail.
-        let _ = awaited
-            .wait_for(|awaited| !awaited.iter().any(|a| a.serial == serial))
-            .await;
-    }
-}
+pub struct Unconfirmed(RwLock<()>);
 
 /// Decided calls in progress that outlive their client if need be (see
 /// [`to_the_end`]): bounded, so resets cannot pile them up, and waited for
@@ -282,36 +227,23 @@ impl<R: ImageRuntime> Gate<R> {
         to_the_end(&PULLS, async move { self.pull(api, parts, body).await }).await
     }
 
-    /// StartContainer, forwarded as it came once no container it could
-    /// name is awaiting the check of its image; failed when that takes
-    /// longer than the call may. It is not decoded: a client can only name
-    /// a container it has seen listed, so a create by name whose container
-    /// containerd does not list yet is not waited for. Starts do not wait
-    /// for the whole of a slow create by name, only for its check.
+    /// StartContainer, forwarded as it came once no create by name is
+    /// being checked (see [`Unconfirmed`]); failed when that takes longer
+    /// than the call may.
     pub async fn start(&self, parts: Parts, body: Bytes) -> Result<Reply, ProxyError> {
         let timeout = deadline(&parts.headers);
-        let checks = async {
-            for create in self.unconfirmed.awaited() {
-                let listed = self
-                    .runtime
-                    .container_named(
-                        create.api,
-                        &create.sandbox_id,
-                        &create.name,
-                        create.attempt,
-                        timeout,
-                    )
-                    .await;
-                // Listed, or containerd cannot say: waited for.
-                if !matches!(listed, Ok(None)) {
-                    self.unconfirmed.settled(create.serial).await;
-                }
-            }
-        };
-        tokio::time::timeout(timeout, checks)
+        let _starting = tokio::time::timeout(timeout, self.unconfirmed.0.read())
             .await
             .map_err(|_| ProxyError::Deadline)?;
+        // Held until containerd's answer begins: it has handled the start.
         self.forward(parts, body).await
+    }
+
+    /// The exclusive side of [`Unconfirmed`], for a create by name.
+    async fn checking(&self, timeout: Duration) -> Result<RwLockWriteGuard<'_, ()>, ProxyError> {
+        tokio::time::timeout(timeout, self.unconfirmed.0.write())
+            .await
+            .map_err(|_| ProxyError::Deadline)
     }
 
     /// Decides one image and writes its audit record.

@@ -64,19 +64,24 @@ impl ImageRuntime for FakeRuntime {
         }
     }
 
-    async fn container_named(
+    async fn containers_named(
         &self,
         _: Api,
         sandbox_id: &str,
         name: &str,
         _: u32,
         _: Duration,
-    ) -> Result<Option<String>, ProxyError> {
+    ) -> Result<Vec<String>, ProxyError> {
         let made = match &self.created_from {
             Ok(image) => image.is_some(),
             Err(()) => return Err(ProxyError::Upstream("containerd is restarting".into())),
         };
-        Ok((made && sandbox_id == SANDBOX_ID && name == "app").then(|| CONTAINER_ID.to_string()))
+        Ok(
+            (made && SANDBOX_ID.starts_with(sandbox_id) && name == "app")
+                .then(|| CONTAINER_ID.to_string())
+                .into_iter()
+                .collect(),
+        )
     }
 
     async fn remove_container(

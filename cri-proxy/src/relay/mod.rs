@@ -2,9 +2,8 @@
 //! to containerd, the way a byte relay would: a thread per connection
 //! (`driver.rs`), big reads, every frame that is ready leaves in one write.
 //! Only PullImage and CreateContainer (decided) and StartContainer (held
-//! while a container it could name is being checked) are taken out of the
-//! stream, handled on the async runtime, and answered here (see
-//! `state.rs`).
+//! while a create by name is being checked) are taken out of the stream,
+//! handled on the async runtime, and answered here (see `state.rs`).
 
 pub mod driver;
 pub mod flow;

@@ -5,16 +5,17 @@
 //! containerd gets is the client's own bytes, so containerd's decoder stays
 //! in step with the client's encoder and does no more work than without us.
 //!
-//! Intercepted calls (PullImage, CreateContainer) are *muted* toward
-//! containerd: their header block goes on (it is part of the compression
-//! context), without END_STREAM and followed at once by RST_STREAM, and
-//! none of their DATA ever follows. A gRPC server reads the whole request
-//! message before it runs a handler, so containerd never acts on them. The
-//! request is collected here, decided, and the reply injected toward the
-//! client, but only once containerd has acknowledged an empty SETTINGS
-//! frame sent after the reset: everything containerd will ever say on that
-//! stream (an early refusal of a malformed request, say) comes before that
-//! acknowledgement, so nothing of containerd's can follow our reply.
+//! Intercepted calls (PullImage, CreateContainer, StartContainer) are
+//! *muted* toward containerd: their header block goes on (it is part of the
+//! compression context), without END_STREAM and followed at once by
+//! RST_STREAM, and none of their DATA ever follows. A gRPC server reads the
+//! whole request message before it runs a handler, so containerd never acts
+//! on them. The request is collected here, decided, and the reply injected
+//! toward the client, but only once containerd has acknowledged an empty
+//! SETTINGS frame sent after the reset: everything containerd will ever say
+//! on that stream (an early refusal of a malformed request, say) comes
+//! before that acknowledgement, so nothing of containerd's can follow our
+//! reply.
 //!
 //! Connection-level WINDOW_UPDATEs are adjusted for the injected bytes
 //! (see `flow.rs`).
