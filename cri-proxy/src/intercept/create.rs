@@ -178,18 +178,23 @@ impl<R: ImageRuntime> Gate<R> {
             pod: Some(&pod),
             container: (!request.container.is_empty()).then_some(request.container.as_str()),
         };
+        // Every one is checked, even after one is refused.
+        let mut refused = Ok(());
         for container_id in &container_ids {
-            self.confirm_created(
-                api,
-                &request,
-                &subject,
-                &decided,
-                container_id,
-                timeout,
-                started,
-            )
-            .await?;
+            let confirmed = self
+                .confirm_created(
+                    api,
+                    &request,
+                    &subject,
+                    &decided,
+                    container_id,
+                    timeout,
+                    started,
+                )
+                .await;
+            refused = refused.and(confirmed);
         }
+        refused?;
         outcome
     }
 
