@@ -14,14 +14,25 @@ fn agcri() -> PathBuf {
 
 /// A node whose policy requires the CI attestor, with the app image signed.
 fn signed_node() -> Option<(Node, PathBuf)> {
-    let mut node = Node::up(&agcri())?;
+    let (mut node, key) = signed_node_unproxied()?;
+    start_proxy_with_pause_allowed(&mut node);
+    Some((node, key))
+}
+
+/// [`signed_node`] before its proxy starts.
+fn signed_node_unproxied() -> Option<(Node, PathBuf)> {
+    let node = Node::up(&agcri())?;
     let key = node.add_attestor("ci");
     let repo = node.app_image.rsplit_once(':').unwrap().0.to_string();
     node.attest("ci", &key, &repo, &node.app_digest.clone());
     node.policy(REQUIRE_CI);
+    Some((node, key))
+}
+
+/// The proxy, with the pause image a system image.
+fn start_proxy_with_pause_allowed(node: &mut Node) {
     let pause_pattern = format!("{}/attestgate/pause*", node.registry);
     node.start_proxy(&["--system-image", &pause_pattern]);
-    Some((node, key))
 }
 
 fn assert_denied(result: Result<String, tonic::Status>) -> tonic::Status {
@@ -286,17 +297,13 @@ async fn move_tag(node: &Node, direct: &attestgate_e2e::cri::Cri, image: &str, t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tag_moved_between_the_check_and_the_create_brings_in_nothing() {
-    let Some(mut node) = Node::up(&agcri()) else {
+    let Some((mut node, _)) = signed_node_unproxied() else {
         return;
     };
-    let key = node.add_attestor("ci");
     let app_repo = node.app_image.rsplit_once(':').unwrap().0.to_string();
-    node.attest("ci", &key, &app_repo, &node.app_digest.clone());
-    node.policy(REQUIRE_CI);
     let mut log = HeldLog::new(&node);
     node.audit_log = node.dir().join("audit.fifo");
-    let pause_pattern = format!("{}/attestgate/pause*", node.registry);
-    node.start_proxy(&["--system-image", &pause_pattern]);
+    start_proxy_with_pause_allowed(&mut node);
 
     let cri = node.via_proxy().await;
     let direct = node.direct().await;
@@ -633,8 +640,7 @@ async fn dry_run_and_break_glass_admit_and_log() {
     let key = node.add_attestor("ci");
     let _ = key;
     node.policy(&REQUIRE_CI.replace("ENFORCED_BLOCK_AND_AUDIT_LOG", "DRYRUN_AUDIT_LOG_ONLY"));
-    let pause_pattern = format!("{}/attestgate/pause*", node.registry);
-    node.start_proxy(&["--system-image", &pause_pattern]);
+    start_proxy_with_pause_allowed(&mut node);
     let cri = node.via_proxy().await;
     let pod = node.pod("prod", "dry");
     run_app(&node, &cri, &pod, &node.app_image)
@@ -694,8 +700,7 @@ async fn a_sandbox_config_claiming_break_glass_or_another_namespace_lends_nothin
     enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG
 "
     ));
-    let pause_pattern = format!("{}/attestgate/pause*", node.registry);
-    node.start_proxy(&["--system-image", &pause_pattern]);
+    start_proxy_with_pause_allowed(&mut node);
     let (unsigned, _) = node.push_image("unsigned", "1", "sleep 3600");
     let direct = node.direct().await;
     // On the node without a decision, as if imported.

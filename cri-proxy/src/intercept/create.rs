@@ -30,6 +30,13 @@ pub struct CreateRequest {
     pub pod: Pod,
 }
 
+impl CreateRequest {
+    /// The container's name for the record, when the request gives one.
+    fn container_name(&self) -> Option<&str> {
+        (!self.container.is_empty()).then_some(self.container.as_str())
+    }
+}
+
 pub fn decode(api: Api, message: &[u8]) -> Result<CreateRequest, ProxyError> {
     let bad =
         |e: prost::DecodeError| ProxyError::BadRequest(format!("CreateContainerRequest: {e}"));
@@ -176,7 +183,7 @@ impl<R: ImageRuntime> Gate<R> {
         let subject = Subject {
             operation: Operation::CreateContainer,
             pod: Some(&pod),
-            container: (!request.container.is_empty()).then_some(request.container.as_str()),
+            container: request.container_name(),
         };
         // Every one is checked, even after one is refused.
         let mut refused = Ok(());
@@ -338,7 +345,7 @@ impl<R: ImageRuntime> Gate<R> {
         parts: &Parts,
         started: Instant,
     ) -> Checked {
-        let container = (!request.container.is_empty()).then_some(request.container.as_str());
+        let container = request.container_name();
         let timeout = deadline(&parts.headers);
         let asked = asked(request);
         // The pod context (namespace rules, break-glass) is the sandbox's,
@@ -365,24 +372,16 @@ impl<R: ImageRuntime> Gate<R> {
                 .pod_sandbox(api, &request.pod_sandbox_id, timeout),
             self.runtime.image_status(api, &request.image, timeout),
         );
-        let sandbox = match sandbox {
-            Ok(Some(sandbox)) => sandbox,
-            Ok(None) => {
-                return Checked::from(self.refuse(
-                    &claimed,
-                    asked,
-                    format!("pod sandbox {:?} does not exist", request.pod_sandbox_id),
-                    started,
-                ));
-            }
-            Err(e) => {
-                return Checked::from(self.error(
-                    &claimed,
-                    asked,
-                    format!("cannot look up pod sandbox {}: {e}", request.pod_sandbox_id),
-                    started,
-                ));
-            }
+        let sandbox = match self.found(
+            sandbox,
+            &claimed,
+            asked,
+            || format!("pod sandbox {:?} does not exist", request.pod_sandbox_id),
+            |e| format!("cannot look up pod sandbox {}: {e}", request.pod_sandbox_id),
+            started,
+        ) {
+            Ok(sandbox) => sandbox,
+            Err(refused) => return Checked::from(*refused),
         };
         if let Some(mismatch) = identity_mismatch(&request.pod, &sandbox) {
             return Checked::from(self.refuse(
@@ -400,32 +399,44 @@ impl<R: ImageRuntime> Gate<R> {
             pod: Some(&sandbox),
             container,
         };
-        let info = match image {
-            Ok(Some(info)) => info,
-            // containerd would refuse too; refusing here closes the window in
-            // which an image could appear between our check and its create.
-            Ok(None) => {
-                return Checked::from(self.refuse(
-                    &subject,
-                    asked,
-                    format!("image {} is not on the node", request.image),
-                    started,
-                ));
-            }
-            Err(e) => {
-                return Checked::from(self.error(
-                    &subject,
-                    asked,
-                    format!("cannot resolve image {}: {e}", request.image),
-                    started,
-                ));
-            }
+        // An image not on the node is refused: containerd would refuse it
+        // too, and refusing here closes the window in which it could appear
+        // between our check and its create.
+        let info = match self.found(
+            image,
+            &subject,
+            asked,
+            || format!("image {} is not on the node", request.image),
+            |e| format!("cannot resolve image {}: {e}", request.image),
+            started,
+        ) {
+            Ok(info) => info,
+            Err(refused) => return Checked::from(*refused),
         };
 
         let decision = self.decide_image(&subject, request, &info, started);
         Checked {
             decision,
             on: Some((info, sandbox)),
+        }
+    }
+
+    /// What a runtime lookup found, or the decision that ends the check: a
+    /// thing that is not there is refused, a lookup that failed is settled
+    /// by the fail mode.
+    fn found<T>(
+        &self,
+        lookup: Result<Option<T>, ProxyError>,
+        subject: &Subject<'_>,
+        asked: &str,
+        missing: impl FnOnce() -> String,
+        failed: impl FnOnce(ProxyError) -> String,
+        started: Instant,
+    ) -> Result<T, Box<Decision>> {
+        match lookup {
+            Ok(Some(found)) => Ok(found),
+            Ok(None) => Err(Box::new(self.refuse(subject, asked, missing(), started))),
+            Err(e) => Err(Box::new(self.error(subject, asked, failed(e), started))),
         }
     }
 
