@@ -218,6 +218,8 @@ async fn image_imported_without_a_pull_is_refused_at_create() {
 struct HeldLog {
     fifo: std::fs::File,
     written: Vec<u8>,
+    /// Bytes of filler in the pipe ahead of the record it holds.
+    filler: usize,
 }
 
 impl HeldLog {
@@ -234,22 +236,42 @@ impl HeldLog {
         HeldLog {
             fifo,
             written: Vec::new(),
+            filler: 0,
         }
     }
 
-    /// Takes what is in the pipe, letting one held record through.
+    /// Takes what is in the pipe, letting whatever was held through.
     fn take(&mut self) {
         use std::io::Read as _;
         let mut chunk = [0; 4096];
         while let Ok(n @ 1..) = (&self.fifo).read(&mut chunk) {
             self.written.extend_from_slice(&chunk[..n]);
         }
+        self.filler = 0;
     }
 
     /// Fills the pipe with newlines, which a reader of the records skips.
     fn fill(&mut self) {
         use std::io::Write as _;
-        while (&self.fifo).write(b"\n").is_ok() {}
+        while (&self.fifo).write(b"\n").is_ok() {
+            self.filler += 1;
+        }
+    }
+
+    /// Takes the filler and not a byte more, so the record held behind it
+    /// enters the pipe and stays there, holding the record after it.
+    /// (`take` could read that record too, once it is in, and so let the
+    /// next one through unheld.)
+    fn let_the_held_record_in(&mut self) {
+        use std::io::Read as _;
+        let mut chunk = [0; 4096];
+        while self.filler > 0 {
+            let n = (&self.fifo)
+                .read(&mut chunk[..self.filler.min(4096)])
+                .unwrap();
+            assert!(chunk[..n].iter().all(|&b| b == b'\n'));
+            self.filler -= n;
+        }
     }
 
     fn creates(&self) -> Vec<serde_json::Value> {
@@ -363,7 +385,7 @@ async fn a_tag_moved_between_the_check_and_the_create_brings_in_nothing() {
             // refusal of what was created is held, with the container in
             // containerd's list, until the test lets it through. A start
             // of that container meanwhile waits, then finds it gone.
-            log.take();
+            log.let_the_held_record_in();
             held_at_a_record(&node).await;
             let made = direct.list_containers().await.unwrap();
             assert_eq!(made.len(), 1, "{made:#?}");
