@@ -417,9 +417,13 @@ impl Node {
         self.sh("ag_stop_pid \"$(cat \"$DIR/containerd/pid\")\" \"$DIR/containerd/config.toml\" 30 && rm -f \"$DIR/containerd/pid\" && ag_containerd_start \"$DIR\"");
     }
 
-    /// Writes the bundle's policy.
+    /// Writes the bundle's policy, as a whole: a proxy watching the bundle
+    /// must not catch the file truncated and half written, which it would
+    /// rightly count as a broken bundle.
     pub fn policy(&self, yaml: &str) {
-        std::fs::write(self.bundle.join("policy.yaml"), yaml).expect("policy");
+        let staged = self.dir().join("policy.yaml.staged");
+        std::fs::write(&staged, yaml).expect("policy");
+        std::fs::rename(&staged, self.bundle.join("policy.yaml")).expect("policy");
     }
 
     /// Runs the attestgate CLI; panics unless it succeeds; returns stdout.

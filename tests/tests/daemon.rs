@@ -105,11 +105,25 @@ async fn sigterm_lets_calls_in_flight_finish() {
         let cri = cri.clone();
         let id = id.clone();
         tokio::spawn(async move {
-            cri.exec_sync(&id, &["/bin/sh", "-c", "sleep 2; echo done"])
-                .await
+            cri.exec_sync(
+                &id,
+                &["/bin/sh", "-c", "touch /running; sleep 2; echo done"],
+            )
+            .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // SIGTERM only once the call is in containerd's hands: a call sent
+    // after it is refused, as it should be.
+    let direct = node.direct().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while direct
+        .exec_sync(&id, &["/bin/test", "-e", "/running"])
+        .await
+        .map_or(true, |r| r.exit_code != 0)
+    {
+        assert!(Instant::now() < deadline, "the exec never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let pid = node.proxy_pid().unwrap();
     let started = Instant::now();
     std::process::Command::new("kill")
@@ -195,18 +209,21 @@ async fn metrics_count_decisions_calls_and_bundle_errors() {
     assert!(text.contains("attestgate_bundle_age_seconds"), "{text}");
 
     // A broken bundle is counted; SIGHUP forces a reload.
-    std::fs::write(node.bundle.join("policy.yaml"), "defaultAdmissionRule: [").unwrap();
+    node.policy("defaultAdmissionRule: [");
     std::process::Command::new("kill")
         .arg("-HUP")
         .arg(node.proxy_pid().unwrap().to_string())
         .status()
         .unwrap();
+    // The file watch and the HUP may each load the broken bundle: one
+    // error or two, never none.
     let mut counted = false;
     for _ in 0..100 {
-        if scrape(&addr)
-            .await
-            .contains("attestgate_bundle_load_errors_total 1")
-        {
+        let load_errors = scrape(&addr).await.lines().find_map(|l| {
+            l.strip_prefix("attestgate_bundle_load_errors_total ")
+                .and_then(|n| n.parse::<u64>().ok())
+        });
+        if load_errors.is_some_and(|n| n >= 1) {
             counted = true;
             break;
         }
@@ -246,6 +263,10 @@ async fn connections_past_the_cap_are_closed_and_slots_come_back() {
         &[],
         &["--metrics-listen", &addr, "--max-connections", "2"],
     );
+    // The connection that checked the proxy was up may still hold a slot.
+    await_metric(&addr, "attestgate_connections_open 0")
+        .await
+        .unwrap_or_else(|text| panic!("{text}"));
     let first = node.via_proxy().await;
     first.version().await.unwrap();
     let second = node.via_proxy().await;
@@ -394,7 +415,11 @@ async fn audit_log_that_cannot_be_reopened_after_rotation_fails_closed() {
         .arg(node.proxy_pid().unwrap().to_string())
         .status()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !node.proxy_log().contains("cannot reopen the audit log") {
+        assert!(Instant::now() < deadline, "{}", node.proxy_log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let Err(status) = cri.pull(&node.app_image, None).await else {
         panic!(
             "records must not go to the rotated file: {}",

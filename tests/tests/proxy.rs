@@ -139,11 +139,7 @@ async fn image_imported_without_a_pull_is_refused_at_create() {
     let (imported, digest) = node.import_image("imported", "1", "echo imported; sleep 3600");
     let cri = node.via_proxy().await;
     let direct = node.direct().await;
-    let image = direct
-        .image_status(&imported)
-        .await
-        .unwrap()
-        .expect("the import put the image on the node");
+    let image = imported_image(&direct, &imported).await;
     let pod = node.pod("prod", "sneaky");
     let pod_id = cri.run_pod(&pod).await.unwrap();
 
@@ -308,7 +304,7 @@ async fn held_at_a_record(node: &Node) {
 
 /// Points `tag` at `image` and waits until the CRI sees it there.
 async fn move_tag(node: &Node, direct: &attestgate_e2e::cri::Cri, image: &str, tag: &str) {
-    let id = direct.image_status(image).await.unwrap().unwrap().id;
+    let id = imported_image(direct, image).await.id;
     node.sh(&format!("ag_ctr \"$DIR\" images tag --force {image} {tag}"));
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while direct.image_status(tag).await.unwrap().map(|i| i.id) != Some(id.clone()) {
@@ -470,7 +466,23 @@ async fn drain<T>(log: &mut HeldLog, call: impl std::future::Future<Output = T>)
 }
 
 async fn evil_id(direct: &attestgate_e2e::cri::Cri, evil: &str) -> String {
-    direct.image_status(evil).await.unwrap().unwrap().id
+    imported_image(direct, evil).await.id
+}
+
+/// The image `ctr images import` put on the node, once the CRI sees it:
+/// containerd's CRI plugin learns of imports from events, a moment later.
+async fn imported_image(direct: &attestgate_e2e::cri::Cri, image: &str) -> k8s_cri::v1::Image {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(found) = direct.image_status(image).await.unwrap() {
+            return found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the import of {image} never reached the CRI"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1023,11 +1035,7 @@ async fn broken_bundle_keeps_the_old_policy_enforcing() {
     };
     let cri = node.via_proxy().await;
     let (unsigned, _) = node.push_image("unsigned", "1", "sleep 3600");
-    std::fs::write(
-        node.bundle.join("policy.yaml"),
-        "defaultAdmissionRule:\n  evaluationMode: SOMETIMES\n",
-    )
-    .unwrap();
+    node.policy("defaultAdmissionRule:\n  evaluationMode: SOMETIMES\n");
     for _ in 0..100 {
         if node.proxy_log().contains("invalid bundle") {
             break;
