@@ -11,6 +11,7 @@ pub enum Code {
     DeadlineExceeded = 4,
     PermissionDenied = 7,
     ResourceExhausted = 8,
+    Unimplemented = 12,
     Internal = 13,
     Unavailable = 14,
 }
@@ -33,6 +34,9 @@ pub enum ProxyError {
     Deadline,
     #[error("{0}")]
     Internal(String),
+    /// A call outside the CRI (containerd's own API, say): never forwarded.
+    #[error("attestgate-proxy serves the CRI only; {0} is not forwarded")]
+    NotServed(String),
 }
 
 impl ProxyError {
@@ -44,6 +48,7 @@ impl ProxyError {
             ProxyError::Upstream(_) => Code::Unavailable,
             ProxyError::Deadline => Code::DeadlineExceeded,
             ProxyError::Internal(_) => Code::Internal,
+            ProxyError::NotServed(_) => Code::Unimplemented,
         }
     }
 

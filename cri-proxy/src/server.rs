@@ -4,7 +4,8 @@
 //! trailers and status as they are — except PullImage and CreateContainer,
 //! which are read in full, decided, and then forwarded as the same bytes,
 //! and StartContainer, forwarded as the same bytes once no create by name
-//! is being checked for the image its container was made from.
+//! is being checked for the image its container was made from. Calls
+//! outside the CRI (containerd's own API shares its socket) are refused.
 
 use std::future::Future;
 use std::path::Path;
@@ -44,6 +45,22 @@ pub fn route(path: &str) -> Route {
         | "runtime.v1alpha2.RuntimeService/StartContainer" => Route::Start,
         _ => Route::Forward,
     }
+}
+
+/// Whether a call is one this endpoint serves: the CRI, both versions,
+/// methods added to it later included, and the gRPC health check.
+///
+/// containerd serves its own API (images, content, containers, tasks) on
+/// the same socket as the CRI. Passed on from here, it would pull and run
+/// any image with no decision and no record, for whoever may use this
+/// socket. gRPC servers route by the service name before the last `/`
+/// (after one leading slash, dropped), and only the CRI's services have
+/// names under these prefixes.
+pub fn served(path: &str) -> bool {
+    let name = path.strip_prefix('/').unwrap_or(path);
+    ["runtime.v1.", "runtime.v1alpha2.", "grpc.health.v1.Health/"]
+        .iter()
+        .any(|service| name.starts_with(service))
 }
 
 /// What an intercepted call answers.
@@ -192,6 +209,30 @@ mod tests {
             "/grpc.health.v1.Health/Check",
         ] {
             assert_eq!(route(path), Route::Forward, "{path}");
+        }
+    }
+
+    #[test]
+    fn only_the_cri_is_served() {
+        for path in [
+            "/runtime.v1.RuntimeService/Version",
+            "runtime.v1.ImageService/PullImage",
+            "/runtime.v1alpha2.RuntimeService/ExecSync",
+            "/runtime.v1.RuntimeService/AMethodAddedLater",
+            "/grpc.health.v1.Health/Check",
+        ] {
+            assert!(served(path), "{path}");
+        }
+        for path in [
+            "/containerd.services.images.v1.Images/Create",
+            "/containerd.services.content.v1.Content/Write",
+            "/containerd.services.tasks.v1.Tasks/Create",
+            "/containerd.services.version.v1.Version/Version",
+            "//runtime.v1.ImageService/PullImage",
+            "/x/runtime.v1.RuntimeService/Version",
+            "",
+        ] {
+            assert!(!served(path), "{path}");
         }
     }
 }

@@ -1029,6 +1029,42 @@ async fn proxy_recovers_when_containerd_restarts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_s_own_api_is_not_served_through_the_proxy() {
+    let Some((node, _)) = signed_node() else {
+        return;
+    };
+    let (unsigned, _) = node.push_image("unsigned", "1", "sleep 3600");
+    let through_the_proxy = |args: &str| {
+        node.sh_output(&format!(
+            "ctr --address {} -n k8s.io {args}",
+            node.proxy_sock.display()
+        ))
+    };
+    // containerd serves its own API on the CRI's socket; passed on, it
+    // would pull and run anything with no decision.
+    for args in [
+        format!("images pull --plain-http {unsigned}"),
+        "version".to_string(),
+        "containers list".to_string(),
+    ] {
+        let out = through_the_proxy(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "ctr {args} went through");
+        assert!(
+            stderr.contains("serves the CRI only"),
+            "ctr {args}: {stderr}"
+        );
+    }
+    let direct = node.direct().await;
+    assert!(direct.image_status(&unsigned).await.unwrap().is_none());
+    node.sh("ag_ctr \"$DIR\" version >/dev/null");
+    // The connection is still good for the CRI.
+    let cri = node.via_proxy().await;
+    cri.version().await.unwrap();
+    cri.pull(&node.app_image, None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_bundle_keeps_the_old_policy_enforcing() {
     let Some((node, _)) = signed_node() else {
         return;

@@ -548,8 +548,13 @@ mod tests {
     use std::sync::mpsc;
     use std::thread::JoinHandle;
 
-    fn intercept(path: &str) -> bool {
-        path.ends_with("/Intercepted")
+    fn intercept(path: &str) -> super::super::state::Handling {
+        use super::super::state::Handling;
+        if path.ends_with("/Intercepted") {
+            Handling::Intercept
+        } else {
+            Handling::Relay
+        }
     }
 
     /// A connection driven on its thread, with the test holding the far

@@ -3,7 +3,8 @@
 //! (`driver.rs`), big reads, every frame that is ready leaves in one write.
 //! Only PullImage and CreateContainer (decided) and StartContainer (held
 //! while a create by name is being checked) are taken out of the stream,
-//! handled on the async runtime, and answered here (see `state.rs`).
+//! handled on the async runtime, and answered here (see `state.rs`); calls
+//! outside the CRI never reach containerd and are answered here at once.
 
 pub mod driver;
 pub mod flow;
@@ -21,10 +22,10 @@ use tokio::sync::{oneshot, watch};
 use crate::grpc::ProxyError;
 use crate::intercept::Gate;
 use crate::resolve::ImageRuntime;
-use crate::server::{Reply as GateReply, Route, route};
+use crate::server::{Reply as GateReply, Route, route, served};
 use crate::upstream::FullResponse;
 use driver::Mailbox;
-use state::{Call, Relay, Reply};
+use state::{Call, Handling, Relay, Reply};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A decision's future is built on the connection's thread before it is
@@ -32,8 +33,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// stack; address space, not memory, until touched.
 const THREAD_STACK: usize = 2 << 20;
 
-fn intercepted(path: &str) -> bool {
-    route(path) != Route::Forward
+fn handling(path: &str) -> Handling {
+    if !served(path) {
+        Handling::Refuse
+    } else if route(path) == Route::Forward {
+        Handling::Relay
+    } else {
+        Handling::Intercept
+    }
 }
 
 /// Serves one client connection until either side closes it, or until
@@ -83,7 +90,7 @@ pub async fn connection<R: ImageRuntime>(
         .name("attestgate-conn".into())
         .stack_size(THREAD_STACK)
         .spawn(move || {
-            let relay = Relay::new(intercepted, Some(gate.metrics.clone()));
+            let relay = Relay::new(handling, Some(gate.metrics.clone()));
             let mailbox = thread_mailbox;
             driver::relay(client, upstream, relay, &mailbox, driver::HOLD, |call| {
                 async_side

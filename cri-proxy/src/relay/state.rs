@@ -200,6 +200,17 @@ impl HeadFields {
     }
 }
 
+/// What the relay does with a call, by its `:path`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handling {
+    /// Passed on as it came.
+    Relay,
+    /// Taken out of the stream and answered by the proxy (a `Call`).
+    Intercept,
+    /// Not served here: muted toward containerd and answered UNIMPLEMENTED.
+    Refuse,
+}
+
 pub struct Relay {
     pub from_client: BytesMut,
     pub from_upstream: BytesMut,
@@ -207,7 +218,7 @@ pub struct Relay {
     pub to_upstream: BytesMut,
     /// Calls to decide, for the connection to start.
     pub calls: Vec<Call>,
-    intercept: fn(&str) -> bool,
+    handling: fn(&str) -> Handling,
     metrics: Option<Arc<Metrics>>,
     preface_seen: bool,
     client_settings_seen: bool,
@@ -269,14 +280,14 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub fn new(intercept: fn(&str) -> bool, metrics: Option<Arc<Metrics>>) -> Relay {
+    pub fn new(handling: fn(&str) -> Handling, metrics: Option<Arc<Metrics>>) -> Relay {
         Relay {
             from_client: BytesMut::with_capacity(64 << 10),
             from_upstream: BytesMut::with_capacity(64 << 10),
             to_client: BytesMut::with_capacity(64 << 10),
             to_upstream: BytesMut::with_capacity(64 << 10),
             calls: Vec::new(),
-            intercept,
+            handling,
             metrics,
             preface_seen: false,
             client_settings_seen: false,
@@ -531,16 +542,25 @@ impl Relay {
         head.clear();
         path.clear();
         let mut intercept = false;
+        let mut not_served = None;
         let mut intercepted_path = None;
-        let intercepts = self.intercept;
+        let handling = self.handling;
         self.decoder.decode(block, |name, value| {
             if name == b":path" {
                 // Whichever `:path` containerd would read, if any of them
-                // is an intercepted method the call is muted.
-                let value_str = std::str::from_utf8(value).unwrap_or_default();
-                if !intercept && intercepts(value_str) {
-                    intercept = true;
-                    intercepted_path = Some(value_str.to_owned());
+                // is an intercepted method, or one not served, the call is
+                // muted.
+                let value_str = String::from_utf8_lossy(value);
+                match handling(&value_str) {
+                    Handling::Intercept if !intercept => {
+                        intercept = true;
+                        intercepted_path = Some(value_str.into_owned());
+                    }
+                    Handling::Refuse if not_served.is_none() => {
+                        // Named back to the client, who wrote it: bounded.
+                        not_served = Some(value_str.chars().take(256).collect::<String>());
+                    }
+                    _ => {}
                 }
                 if path.is_empty() {
                     path.extend_from_slice(value);
@@ -550,10 +570,10 @@ impl Relay {
         })?;
         self.last_client_stream = stream;
         let refused = self.draining.is_some_and(|last| stream > last);
-        if !refused {
+        if !refused && not_served.is_none() {
             self.count_call();
         }
-        let muted = intercept || refused;
+        let muted = intercept || refused || not_served.is_some();
         let at = self.to_upstream.len();
         self.to_upstream.extend_from_slice(raw);
         if !muted {
@@ -593,6 +613,8 @@ impl Relay {
             .insert(stream, Stream::Intercept(Box::new(call)));
         if refused {
             self.replying.push(stream);
+        } else if let Some(path) = not_served {
+            self.reject(stream, crate::grpc::ProxyError::NotServed(path));
         } else if !complete_head {
             self.reject(
                 stream,
@@ -1098,8 +1120,14 @@ mod tests {
     use super::*;
     use frame::*;
 
-    fn intercept(path: &str) -> bool {
-        path.ends_with("/Intercepted")
+    fn intercept(path: &str) -> Handling {
+        if path.ends_with("/Intercepted") {
+            Handling::Intercept
+        } else if path.starts_with("/not.served.") {
+            Handling::Refuse
+        } else {
+            Handling::Relay
+        }
     }
 
     /// A relay past the connection preface, containerd having acknowledged
@@ -1300,6 +1328,49 @@ mod tests {
             (up[0].0.stream, window_increment(&up[0].1).unwrap()),
             (0, 3)
         );
+    }
+
+    #[test]
+    fn calls_not_served_are_muted_and_answered_unimplemented_at_once() {
+        let mut r = relay();
+        // Not even the request's end is awaited: a streaming client may
+        // wait for an answer before it ends its side.
+        client_headers(&mut r, 1, "/not.served.Images/Create", false);
+        put_data(&mut r.from_client, 1, b"\0\0\0\0\x03", false);
+        r.client_frames().unwrap();
+        assert!(r.calls.is_empty(), "nothing to decide");
+        assert_eq!(
+            shape(&mut r.to_upstream),
+            vec![
+                (HEADERS, 1, END_HEADERS),
+                (RST_STREAM, 1, 0),
+                (SETTINGS, 0, 0)
+            ]
+        );
+        ack_fence(&mut r);
+        let sent = frames(&mut r.to_client);
+        let head = sent
+            .iter()
+            .find(|(h, _)| h.kind == HEADERS && h.stream == 1)
+            .expect("an answer");
+        assert!(head.0.flags & END_STREAM != 0, "trailers only");
+        let fields = hpack::fields_of_own(&head.1).unwrap();
+        let field = |name: &[u8]| {
+            fields
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        };
+        assert_eq!(field(b"grpc-status").as_deref(), Some("12"));
+        assert!(
+            field(b"grpc-message").is_some_and(|m| m.contains("not.served.Images")),
+            "{fields:?}"
+        );
+        // The rest of the call goes nowhere.
+        put_data(&mut r.from_client, 1, b"abc", true);
+        r.client_frames().unwrap();
+        assert!(r.to_upstream.is_empty(), "{:?}", shape(&mut r.to_upstream));
+        assert!(r.calls.is_empty());
     }
 
     #[test]
