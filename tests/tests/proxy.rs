@@ -108,9 +108,18 @@ async fn unsigned_image_is_refused_at_pull_and_not_left_on_the_node() {
     assert_denied(cri.pull(&by_digest, None).await);
     assert!(direct.image_status(&by_digest).await.unwrap().is_none());
 
+    // With neither tag nor digest containerd pulls and stores `latest`.
+    let (latest, latest_digest) = node.push_image("untagged", "latest", "sleep 3600");
+    let untagged = latest.strip_suffix(":latest").unwrap();
+    assert_denied(cri.pull(untagged, None).await);
+    assert!(
+        direct.image_status(&latest).await.unwrap().is_none(),
+        "denied image pulled with no tag left on the node"
+    );
+
     let audit = node.audit();
-    assert_eq!(audit.len(), 2, "{audit:#?}");
-    for line in &audit {
+    assert_eq!(audit.len(), 3, "{audit:#?}");
+    for (line, digest) in audit.iter().zip([&digest, &digest, &latest_digest]) {
         assert_eq!(line["operation"], "PullImage");
         assert_eq!(line["decision"], "deny");
         assert_eq!(line["reason"], "MISSING_ATTESTATIONS");

@@ -180,12 +180,16 @@ pub fn settle(decision: &attestgate_policy::Decision) -> Result<(), ProxyError> 
 /// Whether every name the runtime has for the image is `image`'s repository
 /// (its tags and its digests), so that removing it takes nothing else away.
 pub fn known_only_as(info: &crate::resolve::ImageInfo, image: &ImageRef) -> bool {
+    // containerd stores a name pulled with neither tag nor digest as
+    // `latest`.
+    let pulled_tag = image.tag.as_deref().unwrap_or("latest");
     info.repo_tags
         .iter()
         .chain(info.repo_digests.iter())
         .all(|name| {
             ImageRef::parse(name).is_ok_and(|n| {
-                n.repository == image.repository && (n.tag.is_none() || n.tag == image.tag)
+                n.repository == image.repository
+                    && n.tag.as_deref().is_none_or(|tag| tag == pulled_tag)
             })
         })
 }
@@ -280,5 +284,14 @@ defaultAdmissionRule:
             ..alone
         };
         assert!(!known_only_as(&elsewhere, &image));
+        // Pulled with no tag, it is stored as `latest`.
+        let untagged = ImageRef::parse("registry.test/app").unwrap();
+        let latest = ImageInfo {
+            id: "x".into(),
+            repo_tags: vec!["registry.test/app:latest".into()],
+            repo_digests: vec![format!("registry.test/app@{d}")],
+        };
+        assert!(known_only_as(&latest, &untagged));
+        assert!(!known_only_as(&shared, &untagged));
     }
 }
