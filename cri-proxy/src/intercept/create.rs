@@ -422,8 +422,14 @@ impl<R: ImageRuntime> Gate<R> {
     }
 
     /// What a runtime lookup found, or the decision that ends the check: a
-    /// thing that is not there is refused, a lookup that failed is settled
-    /// by the fail mode.
+    /// thing that is not there is refused, a lookup containerd could not
+    /// answer (unreachable, out of time) is settled by the fail mode.
+    ///
+    /// A lookup containerd answered with an error is refused in either
+    /// mode: it is about what the request named. An id prefix that two of
+    /// containerd's records share is such an error, and a client that
+    /// removes one of the two right after its create would otherwise have
+    /// fail mode open admit, unchecked, whichever is left.
     fn found<T>(
         &self,
         lookup: Result<Option<T>, ProxyError>,
@@ -436,7 +442,10 @@ impl<R: ImageRuntime> Gate<R> {
         match lookup {
             Ok(Some(found)) => Ok(found),
             Ok(None) => Err(Box::new(self.refuse(subject, asked, missing(), started))),
-            Err(e) => Err(Box::new(self.error(subject, asked, failed(e), started))),
+            Err(e @ (ProxyError::Upstream(_) | ProxyError::Deadline)) => {
+                Err(Box::new(self.error(subject, asked, failed(e), started)))
+            }
+            Err(e) => Err(Box::new(self.refuse(subject, asked, failed(e), started))),
         }
     }
 
@@ -617,6 +626,55 @@ mod tests {
             pod_sandbox_id: SANDBOX_ID.into(),
             pod: sandbox(),
         }
+    }
+
+    #[tokio::test]
+    async fn a_lookup_containerd_answered_with_an_error_is_refused_even_failing_open() {
+        let signed = ImageInfo {
+            id: format!("sha256:3f{}", "a".repeat(62)),
+            repo_tags: vec!["docker.io/library/nginx:1".into()],
+            repo_digests: Vec::new(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let policy = "defaultAdmissionRule:
+  evaluationMode: ALWAYS_DENY
+  enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG
+";
+        let parts = http::Request::new(()).into_parts().0;
+        let mut open = gate(dir.path(), policy, FailMode::Open, signed.clone());
+        // Two images whose ids begin alike: containerd cannot resolve the
+        // prefix, and would resolve it once either is removed.
+        open.runtime.images.push(ImageInfo {
+            id: format!("sha256:3f{}", "b".repeat(62)),
+            repo_tags: vec!["evil.test/x:1".into()],
+            repo_digests: Vec::new(),
+        });
+        let decision = open
+            .check_create(Api::V1, &create("3f", ""), &parts, Instant::now())
+            .await
+            .decision;
+        assert!(!decision.allowed, "{}", decision.explanation());
+        assert!(
+            decision.explanation().contains("ambiguous"),
+            "{}",
+            decision.explanation()
+        );
+        // containerd out of reach is the node's failure: the fail mode's.
+        let open = gate(dir.path(), policy, FailMode::Open, signed);
+        let unreachable = open.found::<()>(
+            Err(ProxyError::Upstream("connection refused".into())),
+            &Subject {
+                operation: Operation::CreateContainer,
+                pod: None,
+                container: None,
+            },
+            "3f",
+            String::new,
+            |e| e.to_string(),
+            Instant::now(),
+        );
+        let admitted = unreachable.expect_err("nothing found");
+        assert!(admitted.allowed, "{}", admitted.explanation());
     }
 
     #[tokio::test]

@@ -123,8 +123,15 @@ impl<R: ImageRuntime> Gate<R> {
                 return Ok(Reply::Full(pulled));
             }
             Err(e) => {
+                // containerd out of reach is the node's failure; an error
+                // it answered is about the name the request gave.
+                let node_failure = matches!(e, ProxyError::Upstream(_) | ProxyError::Deadline);
                 let message = format!("cannot resolve the pulled image: {e}");
-                settle(&self.error(&subject, &request.image, message, started))?;
+                settle(&if node_failure {
+                    self.error(&subject, &request.image, message, started)
+                } else {
+                    self.refuse(&subject, &request.image, message, started)
+                })?;
                 return Ok(Reply::Full(pulled));
             }
         };

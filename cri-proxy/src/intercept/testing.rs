@@ -12,7 +12,8 @@ use crate::resolve::{Api, ImageInfo, ImageRuntime};
 
 /// Images on the node, the first being the one a test decides for;
 /// `image_status` finds one by anything containerd would (a name it
-/// carries, its id or a prefix). One container, created from
+/// carries, its id or a prefix), and fails as containerd 1.6 does on a
+/// prefix that more than one id shares. One container, created from
 /// `created_from`, and the containers the gate removed.
 pub struct FakeRuntime {
     pub images: Vec<ImageInfo>,
@@ -27,14 +28,22 @@ impl ImageRuntime for FakeRuntime {
         image: &str,
         _: Duration,
     ) -> Result<Option<ImageInfo>, ProxyError> {
+        let prefix_of = |info: &&ImageInfo| {
+            let hex = info.id.trim_start_matches("sha256:");
+            hex.starts_with(image.trim_start_matches("sha256:"))
+        };
+        if self.images.iter().filter(prefix_of).count() > 1 {
+            return Err(ProxyError::Internal(format!(
+                "ImageStatus: can not resolve {image:?} locally: ambiguous digest string (Unknown)"
+            )));
+        }
         Ok(self
             .images
             .iter()
             .find(|info| {
-                let hex = info.id.trim_start_matches("sha256:");
                 info.repo_tags.iter().any(|t| t == image)
                     || info.repo_digests.iter().any(|d| d == image)
-                    || hex.starts_with(image.trim_start_matches("sha256:"))
+                    || prefix_of(info)
             })
             .cloned())
     }
