@@ -138,7 +138,7 @@ async fn sigterm_lets_calls_in_flight_finish() {
     assert_eq!(result.stdout, b"done\n");
     // The proxy exits once it is done, well before the 30 s grace period.
     let mut exited = false;
-    for _ in 0..100 {
+    for _ in 0..300 {
         if !node.proxy_running() {
             exited = true;
             break;

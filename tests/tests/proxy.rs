@@ -936,7 +936,7 @@ async fn other_calls_pass_through_unchanged() {
     // Logs: the CRI log file the runtime writes, reopened through the proxy.
     let log_path = cri.container_status(&id).await.unwrap().log_path;
     let mut logged = String::new();
-    for _ in 0..50 {
+    for _ in 0..200 {
         logged = std::fs::read_to_string(&log_path).unwrap_or_default();
         if logged.contains("hello-from-app") {
             break;
@@ -1018,7 +1018,7 @@ async fn proxy_recovers_when_containerd_restarts() {
     cri.version().await.unwrap();
     node.restart_containerd();
     let mut recovered = false;
-    for _ in 0..50 {
+    for _ in 0..200 {
         if cri.version().await.is_ok() {
             recovered = true;
             break;
