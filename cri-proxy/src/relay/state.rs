@@ -1144,6 +1144,19 @@ mod tests {
         r
     }
 
+    /// What containerd got of a muted call: its header block, our reset
+    /// right behind it, and the marker.
+    fn assert_muted(r: &mut Relay, stream: u32) {
+        assert_eq!(
+            shape(&mut r.to_upstream),
+            vec![
+                (HEADERS, stream, END_HEADERS),
+                (RST_STREAM, stream, 0),
+                (SETTINGS, 0, 0)
+            ]
+        );
+    }
+
     /// containerd acknowledges the next SETTINGS frame, our marker.
     fn ack_fence(r: &mut Relay) {
         put_header(&mut r.from_upstream, 0, SETTINGS, ACK, 0);
@@ -1339,14 +1352,7 @@ mod tests {
         put_data(&mut r.from_client, 1, b"\0\0\0\0\x03", false);
         r.client_frames().unwrap();
         assert!(r.calls.is_empty(), "nothing to decide");
-        assert_eq!(
-            shape(&mut r.to_upstream),
-            vec![
-                (HEADERS, 1, END_HEADERS),
-                (RST_STREAM, 1, 0),
-                (SETTINGS, 0, 0)
-            ]
-        );
+        assert_muted(&mut r, 1);
         ack_fence(&mut r);
         let sent = frames(&mut r.to_client);
         let head = sent
@@ -1715,14 +1721,7 @@ mod tests {
         put_data(&mut r.from_client, 1, b"late", true);
         r.client_frames().unwrap();
         // Nothing of the client's reset or data: containerd had ours.
-        assert_eq!(
-            shape(&mut r.to_upstream),
-            vec![
-                (HEADERS, 1, END_HEADERS),
-                (RST_STREAM, 1, 0),
-                (SETTINGS, 0, 0)
-            ]
-        );
+        assert_muted(&mut r, 1);
         assert!(r.calls.is_empty());
         assert!(r.idle());
         // The late DATA still counted against the connection window.
@@ -1771,14 +1770,7 @@ mod tests {
         r.client_frames().unwrap();
         // Muted toward containerd, refused toward the client once
         // containerd has passed the marker.
-        assert_eq!(
-            shape(&mut r.to_upstream),
-            vec![
-                (HEADERS, 3, END_HEADERS),
-                (RST_STREAM, 3, 0),
-                (SETTINGS, 0, 0)
-            ]
-        );
+        assert_muted(&mut r, 3);
         assert!(r.to_client.is_empty());
         ack_fence(&mut r);
         let sent = frames(&mut r.to_client);
