@@ -269,6 +269,17 @@ macro_rules! remove_container_in {
     }};
 }
 
+/// Runs `$call!` (one of the `*_in` macros above) in the CRI version the
+/// intercepted call came in.
+macro_rules! in_api {
+    ($api:expr, $call:ident, $($arg:expr),*) => {
+        match $api {
+            Api::V1 => $call!(v1, $($arg),*),
+            Api::V1alpha2 => $call!(v1alpha2, $($arg),*),
+        }
+    };
+}
+
 impl ImageRuntime for ContainerdImages {
     async fn image_status(
         &self,
@@ -276,10 +287,13 @@ impl ImageRuntime for ContainerdImages {
         image: &str,
         timeout: Duration,
     ) -> Result<Option<ImageInfo>, ProxyError> {
-        Ok(match api {
-            Api::V1 => image_status_in!(v1, self.channel.clone(), image, timeout),
-            Api::V1alpha2 => image_status_in!(v1alpha2, self.channel.clone(), image, timeout),
-        })
+        Ok(in_api!(
+            api,
+            image_status_in,
+            self.channel.clone(),
+            image,
+            timeout
+        ))
     }
 
     async fn remove_image(
@@ -288,10 +302,7 @@ impl ImageRuntime for ContainerdImages {
         image: &str,
         timeout: Duration,
     ) -> Result<(), ProxyError> {
-        match api {
-            Api::V1 => remove_image_in!(v1, self.channel.clone(), image, timeout),
-            Api::V1alpha2 => remove_image_in!(v1alpha2, self.channel.clone(), image, timeout),
-        }
+        in_api!(api, remove_image_in, self.channel.clone(), image, timeout);
         Ok(())
     }
 
@@ -302,10 +313,7 @@ impl ImageRuntime for ContainerdImages {
         timeout: Duration,
     ) -> Result<Option<Pod>, ProxyError> {
         let channel = self.runtime_channel.clone();
-        Ok(match api {
-            Api::V1 => pod_sandbox_in!(v1, channel, sandbox_id, timeout),
-            Api::V1alpha2 => pod_sandbox_in!(v1alpha2, channel, sandbox_id, timeout),
-        })
+        Ok(in_api!(api, pod_sandbox_in, channel, sandbox_id, timeout))
     }
 
     async fn container_image(
@@ -315,10 +323,13 @@ impl ImageRuntime for ContainerdImages {
         timeout: Duration,
     ) -> Result<Option<String>, ProxyError> {
         let channel = self.runtime_channel.clone();
-        Ok(match api {
-            Api::V1 => container_image_in!(v1, channel, container_id, timeout),
-            Api::V1alpha2 => container_image_in!(v1alpha2, channel, container_id, timeout),
-        })
+        Ok(in_api!(
+            api,
+            container_image_in,
+            channel,
+            container_id,
+            timeout
+        ))
     }
 
     async fn containers_named(
@@ -333,12 +344,15 @@ impl ImageRuntime for ContainerdImages {
             return Ok(Vec::new());
         }
         let channel = self.runtime_channel.clone();
-        Ok(match api {
-            Api::V1 => containers_named_in!(v1, channel, sandbox_id, name, attempt, timeout),
-            Api::V1alpha2 => {
-                containers_named_in!(v1alpha2, channel, sandbox_id, name, attempt, timeout)
-            }
-        })
+        Ok(in_api!(
+            api,
+            containers_named_in,
+            channel,
+            sandbox_id,
+            name,
+            attempt,
+            timeout
+        ))
     }
 
     async fn remove_container(
@@ -348,10 +362,7 @@ impl ImageRuntime for ContainerdImages {
         timeout: Duration,
     ) -> Result<(), ProxyError> {
         let channel = self.runtime_channel.clone();
-        match api {
-            Api::V1 => remove_container_in!(v1, channel, container_id, timeout),
-            Api::V1alpha2 => remove_container_in!(v1alpha2, channel, container_id, timeout),
-        }
+        in_api!(api, remove_container_in, channel, container_id, timeout);
         Ok(())
     }
 }

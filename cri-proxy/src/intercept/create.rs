@@ -617,6 +617,30 @@ mod tests {
     use crate::intercept::testing::{CONTAINER_ID, FakeRuntime, SANDBOX_ID, gate, sandbox};
     use attestgate_policy::FailMode;
 
+    fn digest(c: char) -> String {
+        format!("sha256:{}", c.to_string().repeat(64))
+    }
+
+    /// `registry.test/app:1`, image id `digest('1')`, and a policy that
+    /// admits it by its repo digest `digest('a')` alone.
+    fn allowlisted_app() -> (ImageInfo, String) {
+        let signed = ImageInfo {
+            id: digest('1'),
+            repo_tags: vec!["registry.test/app:1".into()],
+            repo_digests: vec![format!("registry.test/app@{}", digest('a'))],
+        };
+        let policy = format!(
+            "admissionWhitelistPatterns:
+- namePattern: registry.test/app@{}
+defaultAdmissionRule:
+  evaluationMode: ALWAYS_DENY
+  enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG
+",
+            digest('a')
+        );
+        (signed, policy)
+    }
+
     fn create(image: &str, user_specified_image: &str) -> CreateRequest {
         CreateRequest {
             image: image.into(),
@@ -845,12 +869,7 @@ kubernetesNamespaceAdmissionRules:
 
     #[tokio::test]
     async fn a_container_created_from_another_image_than_the_one_decided_is_removed() {
-        let digest = |c: char| format!("sha256:{}", c.to_string().repeat(64));
-        let signed = ImageInfo {
-            id: digest('1'),
-            repo_tags: vec!["registry.test/app:1".into()],
-            repo_digests: vec![format!("registry.test/app@{}", digest('a'))],
-        };
+        let (signed, policy) = allowlisted_app();
         // Where the tag points once a pull of the same name, racing the
         // create, has landed.
         let unsigned = ImageInfo {
@@ -858,15 +877,6 @@ kubernetesNamespaceAdmissionRules:
             repo_tags: vec!["registry.test/app:1".into()],
             repo_digests: vec![format!("registry.test/app@{}", digest('b'))],
         };
-        let policy = format!(
-            "admissionWhitelistPatterns:
-- namePattern: registry.test/app@{}
-defaultAdmissionRule:
-  evaluationMode: ALWAYS_DENY
-  enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG
-",
-            digest('a')
-        );
         let dir = tempfile::tempdir().unwrap();
         let parts = http::Request::new(()).into_parts().0;
         let request = create("registry.test/app:1", "");
@@ -956,21 +966,7 @@ defaultAdmissionRule:
 
     #[tokio::test]
     async fn a_create_whose_reply_is_lost_is_checked_by_the_container_s_name() {
-        let digest = |c: char| format!("sha256:{}", c.to_string().repeat(64));
-        let signed = ImageInfo {
-            id: digest('1'),
-            repo_tags: vec!["registry.test/app:1".into()],
-            repo_digests: vec![format!("registry.test/app@{}", digest('a'))],
-        };
-        let policy = format!(
-            "admissionWhitelistPatterns:
-- namePattern: registry.test/app@{}
-defaultAdmissionRule:
-  evaluationMode: ALWAYS_DENY
-  enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG
-",
-            digest('a')
-        );
+        let (signed, policy) = allowlisted_app();
         let dir = tempfile::tempdir().unwrap();
         let request = create("registry.test/app:1", "");
         let body = grpc::frame(b"");
