@@ -1,0 +1,210 @@
+//! attestgate-proxy: the node daemon. kubelet talks CRI to this process as
+//! if it were containerd; it forwards everything to containerd, deciding on
+//! PullImage and CreateContainer first.
+//!
+//! A call goes: `server.rs` (accept) → `relay` (frame by frame to
+//! containerd, or, for the two decided calls and StartContainer:) →
+//! `intercept/{pull,create}.rs` (resolve the image through containerd,
+//! decide with attestgate-policy, write the audit record) → `upstream.rs`
+//! (the same bytes to containerd).
+
+pub mod audit;
+pub mod bundle;
+pub mod config;
+pub mod grpc;
+pub mod intercept;
+pub mod metrics;
+pub mod relay;
+pub mod resolve;
+pub mod server;
+pub mod upstream;
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::net::UnixListener;
+
+use crate::config::Config;
+
+/// Serves until SIGTERM or Ctrl-C, then drains.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let metrics = Arc::new(metrics::Metrics::new());
+    let store = Arc::new(bundle::BundleStore::new(
+        config.bundle.clone(),
+        metrics.clone(),
+    ));
+    {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.reload(true))
+            .await
+            .context("loading the bundle")?;
+    }
+    let audit = audit::AuditLog::open(&config.audit_log)
+        .with_context(|| format!("cannot open the audit log {}", config.audit_log.display()))?;
+    let runtime = resolve::ContainerdImages::new(
+        config.runtime_endpoint.clone(),
+        config.image_endpoint.clone(),
+    );
+    let gate = Arc::new(intercept::Gate {
+        store: store.clone(),
+        node: config.node.clone(),
+        audit,
+        metrics: metrics.clone(),
+        runtime,
+        upstream: upstream::Upstream::new(config.runtime_endpoint.clone()),
+        unconfirmed: intercept::Unconfirmed::default(),
+    });
+    let reopen_gate = gate.clone();
+    bundle::spawn_watcher(store, config.bundle.clone(), move || {
+        if let Err(e) = reopen_gate.audit.reopen() {
+            tracing::error!(error = %e, "cannot reopen the audit log");
+        }
+    })?;
+    if let Some(addr) = config.metrics_listen {
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(addr, metrics).await {
+                tracing::error!(error = %e, "metrics server stopped");
+            }
+        });
+    }
+    if config.image_endpoint != config.runtime_endpoint {
+        tracing::warn!(
+            "image_endpoint differs from runtime_endpoint: ImageService calls still go to runtime_endpoint"
+        );
+    }
+
+    let listener = listen(&config.listen)?;
+    tracing::info!(
+        listen = %config.listen.display(),
+        runtime = %config.runtime_endpoint.display(),
+        bundle = %config.bundle.display(),
+        audit_log = %config.audit_log.display(),
+        "attestgate-proxy ready"
+    );
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+
+    let shutdown = async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    };
+    let runtime: Arc<Path> = Arc::from(config.runtime_endpoint.as_path());
+    let max_connections = connection_budget(config.max_connections);
+    server::serve(
+        listener,
+        runtime,
+        gate,
+        shutdown,
+        Duration::from_secs(30),
+        max_connections,
+    )
+    .await;
+    Ok(())
+}
+
+/// Descriptors one client connection holds: the client, containerd, its
+/// epoll set and its eventfd.
+const FDS_PER_CONNECTION: u64 = 4;
+/// Descriptors for everything else: the listener, the audit log, bundle
+/// watching, metrics, and the decisions' own connections to containerd.
+const FDS_RESERVED: u64 = 128;
+
+/// How many connections the open-file limit can hold, up to `wanted`.
+///
+/// The soft limit is raised to the hard one first, as Go programs
+/// (containerd among them) do at start: the usual soft 1024 would otherwise
+/// end connections with EMFILE at ~220 clients, long before the cap.
+fn connection_budget(wanted: usize) -> usize {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let mut soft = limit.current;
+    if limit.current != limit.maximum && limit.maximum.is_some() {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => soft = limit.maximum,
+            Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+        }
+    }
+    let serving = connections_within(soft, wanted);
+    if serving < wanted {
+        tracing::warn!(
+            max_connections = wanted,
+            open_file_limit = soft,
+            serving,
+            "the open-file limit cannot hold max_connections; serving fewer"
+        );
+    }
+    serving
+}
+
+/// The connections an open-file limit (`None`: unlimited) holds, up to
+/// `wanted`, and at least one.
+fn connections_within(open_file_limit: Option<u64>, wanted: usize) -> usize {
+    let Some(limit) = open_file_limit else {
+        return wanted;
+    };
+    let fits = usize::try_from(limit.saturating_sub(FDS_RESERVED) / FDS_PER_CONNECTION)
+        .unwrap_or(usize::MAX)
+        .max(1);
+    fits.min(wanted)
+}
+
+/// The listening socket: handed over by systemd (LISTEN_FDS), or bound at
+/// `path`, replacing a stale socket file a crash left behind but never one
+/// another live proxy is serving.
+fn listen(path: &Path) -> anyhow::Result<UnixListener> {
+    let mut fds = listenfd::ListenFd::from_env();
+    if fds.len() > 0 {
+        let listener = fds
+            .take_unix_listener(0)
+            .context("LISTEN_FDS: fd 3 is not a Unix stream socket")?
+            .context("LISTEN_FDS set but no socket passed")?;
+        listener.set_nonblocking(true)?;
+        tracing::info!("using the socket passed by systemd");
+        return Ok(UnixListener::from_std(listener)?);
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!("{} is in use by another process", path.display());
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+        tracing::info!(path = %path.display(), "removed a stale socket");
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_file_limit_bounds_the_connections() {
+        assert_eq!(connections_within(None, 1024), 1024);
+        assert_eq!(connections_within(Some(1 << 20), 1024), 1024);
+        // The usual soft limit: 1024 descriptors, 128 kept for the rest.
+        assert_eq!(connections_within(Some(1024), 1024), 224);
+        assert_eq!(connections_within(Some(1024), 100), 100);
+        assert_eq!(connections_within(Some(16), 1024), 1);
+    }
+}
