@@ -79,6 +79,12 @@ fn latency_histogram() -> Histogram {
     ))
 }
 
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("attestgate");
