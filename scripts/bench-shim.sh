@@ -7,7 +7,10 @@
 # the running container. "attestgate" is the shim as containerd 1.x runs it
 # (decide in start, become the runc shim); "forward" is the forwarder mode
 # containerd 2.x gets (a ttrpc hop in front of the runc shim, deciding at
-# Task.Create). Medians and p90 in milliseconds, and the ratios to runc.
+# Task.Create). "attestgate-big" is the first under a bundle that also holds
+# AG_BENCH_ATTESTATIONS (default 100000) attestations of other images: a
+# decision must cost the same whatever the bundle's size. Medians and p90 in
+# milliseconds, and the ratios to runc.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -32,19 +35,41 @@ APP_REPO="${AG_APP_IMAGE%:*}"
 source scripts/bench-common.sh
 bench_two_attestor_bundle "$BIN" "$DIR" "$APP_REPO" "$AG_APP_DIGEST"
 B="$DIR/bundle"
-config() { printf 'bundle = "%s"\naudit_log = "%s"\nshim_mode = "%s"\n' "$B" "$DIR/audit.jsonl" "$1" > "$ATTESTGATE_CONFIG"; }
+BIG="$DIR/big"
+cp -r "$B" "$BIG"
+# Attestations of other images, shaped as gcloud exports them (their
+# signatures are never checked: no decision here is for their images).
+python3 - "$BIG/attestations/others.json" "${AG_BENCH_ATTESTATIONS:-100000}" <<'PY'
+import base64, hashlib, json, os, sys
+path, n = sys.argv[1], int(sys.argv[2])
+with open(path, "w") as out:
+    out.write("[")
+    for i in range(n):
+        digest = "sha256:" + hashlib.sha256(b"other-%d" % i).hexdigest()
+        payload = base64.b64encode(json.dumps({"critical": {"identity": {"docker-reference": "reg.test/other"},
+            "image": {"docker-manifest-digest": digest}, "type": "Google cloud binauthz container signature"}}).encode()).decode()
+        out.write(("," if i else "") + json.dumps({
+            "name": "projects/bench/occurrences/%d" % i, "kind": "ATTESTATION",
+            "noteName": "projects/bench/notes/ci", "resourceUri": "https://reg.test/other@" + digest,
+            "attestation": {"serializedPayload": payload, "signatures": [{"publicKeyId": "ni:///sha-256;x",
+                "signature": base64.b64encode(os.urandom(72)).decode()}]}}))
+    out.write("]")
+PY
+echo "big bundle: $(du -sh "$BIG" | cut -f1), $(grep -o '"kind"' "$BIG/attestations/others.json" | wc -l) extra attestations"
+config() { printf 'bundle = "%s"\naudit_log = "%s"\nshim_mode = "%s"\n' "${2:-$B}" "$DIR/audit.jsonl" "$1" > "$ATTESTGATE_CONFIG"; }
 config exec
 
 c() { ctr --address "$AG_CONTAINERD_SOCK" -n default "$@"; }
 c images pull --plain-http "$AG_APP_IMAGE" >/dev/null
 now() { date +%s%N; }
 
-declare -A RUNTIME=([runc]=io.containerd.runc.v2 [attestgate]=io.containerd.attestgate.v2 [forward]=io.containerd.attestgate.v2)
-declare -A MODE=([runc]=exec [attestgate]=exec [forward]=forward)
+declare -A RUNTIME=([runc]=io.containerd.runc.v2 [attestgate]=io.containerd.attestgate.v2 [attestgate-big]=io.containerd.attestgate.v2 [forward]=io.containerd.attestgate.v2)
+declare -A MODE=([runc]=exec [attestgate]=exec [attestgate-big]=exec [forward]=forward)
+declare -A BUNDLE=([runc]="$B" [attestgate]="$B" [attestgate-big]="$BIG" [forward]="$B")
 : >"$DIR/samples"
 one() { # NAME ID: create+start, exec, then tear down (untimed)
   local name="$1" id="$2" t0 t1 t2
-  config "${MODE[$name]}"
+  config "${MODE[$name]}" "${BUNDLE[$name]}"
   t0=$(now)
   c run -d --runtime "${RUNTIME[$name]}" "$AG_APP_IMAGE" "$id" >/dev/null
   t1=$(now)
@@ -57,13 +82,14 @@ one() { # NAME ID: create+start, exec, then tear down (untimed)
   c containers delete "$id" >/dev/null
 }
 # warm-up: page cache, snapshot, both binaries
-one runc warm-runc; one attestgate warm-ag; one forward warm-fw; : >"$DIR/samples"
+# (the big bundle's first decision reads it whole and writes its index)
+one runc warm-runc; one attestgate warm-ag; one attestgate-big warm-big; one forward warm-fw; : >"$DIR/samples"
 n=0
 for ((r = 1; r <= ROUNDS; r++)); do
   case $((r % 3)) in
-    1) order=(runc attestgate forward) ;;
-    2) order=(attestgate forward runc) ;;
-    *) order=(forward runc attestgate) ;;
+    1) order=(runc attestgate attestgate-big forward) ;;
+    2) order=(attestgate-big forward runc attestgate) ;;
+    *) order=(forward runc attestgate attestgate-big) ;;
   esac
   for ((i = 0; i < RUNS; i++)); do
     for name in "${order[@]}"; do one "$name" "b$((n++))"; done
@@ -82,9 +108,12 @@ stat() { # NAME METRIC -> "median p90" in ms
 printf '%-26s %10s %10s %8s\n' "metric (ms)" p50 p90 "p50/runc"
 for metric in create_start exec; do
   read -r rm _ <<<"$(stat runc $metric)"
-  for name in runc attestgate forward; do
+  for name in runc attestgate attestgate-big forward; do
     read -r m p <<<"$(stat "$name" "$metric")"
     printf '%-26s %10s %10s %8s\n' "$metric $name" "$m" "$p" \
       "$(awk -v a="$m" -v b="$rm" 'BEGIN {printf "%.3f", a / b}')"
   done
 done
+read -r small _ <<<"$(stat attestgate create_start)"
+read -r big _ <<<"$(stat attestgate-big create_start)"
+echo "create_start with $((${AG_BENCH_ATTESTATIONS:-100000} + 2)) attestations / with 2: $(awk -v a="$big" -v b="$small" 'BEGIN {printf "%.3f", a / b}')"

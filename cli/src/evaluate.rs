@@ -4,8 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use attestgate_policy::{
-    Bundle, FailMode, ImageRef, NamePattern, NodeConfig, Operation, PodContext, PodRef,
-    RecordContext, evaluate,
+    Bundle, ImageRef, NamePattern, Operation, PodContext, PodRef, RecordContext, Settings, evaluate,
 };
 use clap::{Args as ClapArgs, ValueEnum};
 
@@ -69,14 +68,13 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     for warning in bundle.warnings() {
         eprintln!("warning: skipped: {warning}");
     }
-    let mut node = NodeConfig {
+    let mut settings = Settings {
         cluster: args.cluster.clone(),
         strict_repository: args.strict_repository,
-        fail_mode: FailMode::Closed,
-        ..NodeConfig::default()
+        ..Settings::default()
     };
     if !args.system_images.is_empty() {
-        node.system_images = args
+        settings.system_images = args
             .system_images
             .iter()
             .map(|p| NamePattern::parse(p).with_context(|| format!("--system-image {p:?}")))
@@ -95,7 +93,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         let (k, v) = key_value(a, "annotation")?;
         pod.annotations.insert(k, v);
     }
-    let decision = evaluate(Some(&bundle), &node, &args.image, &image, &pod);
+    let decision = evaluate(&bundle, &settings, &args.image, &image, &pod);
     match args.output {
         Output::Text => {
             let verdict = if decision.allowed { "ALLOW" } else { "DENY" };

@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use attestgate_policy::NodeConfig;
-use attestgate_policy::config::{self, ConfigFile};
+use attestgate_node::config::{self, ConfigFile, FailMode, NodeSettings};
 use clap::Parser;
+use serde::Deserialize;
 
 #[derive(Parser, Debug, Default)]
 #[command(
@@ -40,9 +40,10 @@ pub struct Flags {
     /// Prometheus metrics address, e.g. 127.0.0.1:9464.
     #[arg(long)]
     pub metrics_listen: Option<String>,
-    /// What to do without a valid policy or on internal errors: closed or open.
-    #[arg(long)]
-    pub fail_mode: Option<String>,
+    /// What to do without a valid policy or on the node's own failures:
+    /// closed or open.
+    #[arg(long, value_parser = clap::value_parser!(FailModeArg))]
+    pub fail_mode: Option<FailModeArg>,
     /// System image patterns allowed under globalPolicyEvaluationMode ENABLE (repeatable).
     #[arg(long = "system-image")]
     pub system_images: Vec<String>,
@@ -50,8 +51,8 @@ pub struct Flags {
     #[arg(long)]
     pub strict_repository: Option<bool>,
     /// Log format: text or json.
-    #[arg(long)]
-    pub log_format: Option<String>,
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
     /// Client connections served at once; more are closed on accept
     /// [default: 1024].
     #[arg(long)]
@@ -61,15 +62,51 @@ pub struct Flags {
     pub check_config: bool,
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum FailModeArg {
+    Closed,
+    Open,
+}
+
+impl From<FailModeArg> for FailMode {
+    fn from(arg: FailModeArg) -> FailMode {
+        match arg {
+            FailModeArg::Closed => FailMode::Closed,
+            FailModeArg::Open => FailMode::Open,
+        }
+    }
+}
+
+/// The proxy's own keys in the configuration file.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct ProxyKeys {
+    listen: Option<PathBuf>,
+    runtime_endpoint: Option<String>,
+    image_endpoint: Option<String>,
+    metrics_listen: Option<String>,
+    log_format: Option<LogFormat>,
+    /// The most client connections the proxy serves at once (each is a
+    /// thread and a connection to containerd); past it, new ones are closed.
+    max_connections: Option<usize>,
+}
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: PathBuf,
     pub runtime_endpoint: PathBuf,
     pub image_endpoint: PathBuf,
-    pub bundle: PathBuf,
-    pub audit_log: PathBuf,
     pub metrics_listen: Option<std::net::SocketAddr>,
-    pub node: NodeConfig,
+    /// The keys every program on the node shares: bundle, audit log, fail
+    /// mode, what evaluation depends on.
+    pub node: NodeSettings,
     pub log_json: bool,
     pub max_connections: usize,
 }
@@ -95,33 +132,33 @@ fn socket_path(endpoint: &str) -> anyhow::Result<PathBuf> {
 
 impl Config {
     pub fn load(flags: Flags) -> anyhow::Result<Config> {
-        let (file, _) = ConfigFile::discover(flags.config.as_deref())?;
+        let mut file = ConfigFile::discover(flags.config.as_deref())?;
+        let own: ProxyKeys = file.keys_of(config::PROXY)?;
+        // Flags override the file, key by key.
+        let keys = &mut file.node;
+        keys.bundle = flags.bundle.or(keys.bundle.take());
+        keys.audit_log = flags.audit_log.or(keys.audit_log.take());
+        keys.cluster = flags.cluster.or(keys.cluster.take());
+        keys.fail_mode = flags.fail_mode.map(FailMode::from).or(keys.fail_mode);
+        keys.strict_repository = flags.strict_repository.or(keys.strict_repository);
+        if !flags.system_images.is_empty() {
+            keys.system_images = Some(config::parse_system_images(&flags.system_images)?);
+        }
         let runtime_endpoint = socket_path(
             flags
                 .runtime_endpoint
-                .or(file.runtime_endpoint)
+                .or(own.runtime_endpoint)
                 .as_deref()
                 .unwrap_or(config::DEFAULT_RUNTIME_ENDPOINT),
         )
         .context("runtime_endpoint")?;
-        let image_endpoint = match flags.image_endpoint.or(file.image_endpoint) {
+        let image_endpoint = match flags.image_endpoint.or(own.image_endpoint) {
             Some(e) => socket_path(&e).context("image_endpoint")?,
             None => runtime_endpoint.clone(),
         };
-        let patterns = if flags.system_images.is_empty() {
-            file.system_images
-        } else {
-            Some(flags.system_images)
-        };
-        let node = config::node_config(
-            flags.cluster.or(file.cluster),
-            flags.fail_mode.or(file.fail_mode).as_deref(),
-            patterns.as_deref(),
-            flags.strict_repository.or(file.strict_repository),
-        )?;
         let metrics_listen = match flags
             .metrics_listen
-            .or(file.metrics_listen)
+            .or(own.metrics_listen)
             .filter(|s| !s.is_empty())
         {
             Some(addr) => Some(
@@ -130,14 +167,10 @@ impl Config {
             ),
             None => None,
         };
-        let log_json = match flags.log_format.or(file.log_format).as_deref() {
-            None | Some("text") => false,
-            Some("json") => true,
-            Some(other) => bail!("log_format {other:?}: expected text or json"),
-        };
+        let log_json = flags.log_format.or(own.log_format) == Some(LogFormat::Json);
         let max_connections = flags
             .max_connections
-            .or(file.max_connections)
+            .or(own.max_connections)
             .unwrap_or(DEFAULT_MAX_CONNECTIONS);
         if !(1..=MAX_MAX_CONNECTIONS).contains(&max_connections) {
             bail!("max_connections {max_connections}: expected 1 to {MAX_MAX_CONNECTIONS}");
@@ -146,20 +179,12 @@ impl Config {
             max_connections,
             listen: flags
                 .listen
-                .or(file.listen)
+                .or(own.listen)
                 .unwrap_or_else(|| PathBuf::from("/run/attestgate/cri.sock")),
             runtime_endpoint,
             image_endpoint,
-            bundle: flags
-                .bundle
-                .or(file.bundle)
-                .unwrap_or_else(|| PathBuf::from(config::DEFAULT_BUNDLE)),
-            audit_log: flags
-                .audit_log
-                .or(file.audit_log)
-                .unwrap_or_else(|| PathBuf::from(config::DEFAULT_AUDIT_LOG)),
             metrics_listen,
-            node,
+            node: file.settings(),
             log_json,
         })
     }
@@ -181,9 +206,12 @@ mod tests {
         })
         .unwrap();
         assert_eq!(config.listen, PathBuf::from("/run/a.sock"));
-        assert_eq!(config.node.cluster.as_deref(), Some("eu-west1-a.dev"));
-        assert_eq!(config.node.fail_mode, attestgate_policy::FailMode::Open);
-        assert_eq!(config.node.system_images.len(), 1);
+        assert_eq!(
+            config.node.evaluation.cluster.as_deref(),
+            Some("eu-west1-a.dev")
+        );
+        assert_eq!(config.node.fail_mode, FailMode::Open);
+        assert_eq!(config.node.evaluation.system_images.len(), 1);
         assert_eq!(
             config.runtime_endpoint,
             PathBuf::from("/run/containerd/containerd.sock")

@@ -8,8 +8,6 @@
 //! decide with attestgate-policy, write the audit record) → `upstream.rs`
 //! (the same bytes to containerd).
 
-pub mod audit;
-pub mod bundle;
 pub mod config;
 pub mod grpc;
 pub mod intercept;
@@ -27,13 +25,15 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tokio::net::UnixListener;
 
+use attestgate_node::{AuditLog, BundleStore, Decider};
+
 use crate::config::Config;
 
 /// Serves until SIGTERM or Ctrl-C, then drains.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(metrics::Metrics::new());
-    let store = Arc::new(bundle::BundleStore::new(
-        config.bundle.clone(),
+    let store = Arc::new(BundleStore::new(
+        config.node.bundle.clone(),
         metrics.clone(),
     ));
     {
@@ -42,24 +42,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .await
             .context("loading the bundle")?;
     }
-    let audit = audit::AuditLog::open(&config.audit_log)
-        .with_context(|| format!("cannot open the audit log {}", config.audit_log.display()))?;
+    let audit = AuditLog::open(&config.node.audit_log).with_context(|| {
+        format!(
+            "cannot open the audit log {}",
+            config.node.audit_log.display()
+        )
+    })?;
     let runtime = resolve::ContainerdImages::new(
         config.runtime_endpoint.clone(),
         config.image_endpoint.clone(),
     );
     let gate = Arc::new(intercept::Gate {
-        store: store.clone(),
-        node: config.node.clone(),
-        audit,
+        decider: Decider::new(
+            store.clone(),
+            config.node.evaluation.clone(),
+            config.node.fail_mode,
+            audit,
+            metrics.clone(),
+        ),
         metrics: metrics.clone(),
         runtime,
         upstream: upstream::Upstream::new(config.runtime_endpoint.clone()),
         unconfirmed: intercept::Unconfirmed::default(),
     });
     let reopen_gate = gate.clone();
-    bundle::spawn_watcher(store, config.bundle.clone(), move || {
-        if let Err(e) = reopen_gate.audit.reopen() {
+    attestgate_node::store::spawn_watcher(store, move || {
+        if let Err(e) = reopen_gate.decider.audit.reopen() {
             tracing::error!(error = %e, "cannot reopen the audit log");
         }
     })?;
@@ -81,8 +89,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(
         listen = %config.listen.display(),
         runtime = %config.runtime_endpoint.display(),
-        bundle = %config.bundle.display(),
-        audit_log = %config.audit_log.display(),
+        bundle = %config.node.bundle.display(),
+        audit_log = %config.node.audit_log.display(),
         "attestgate-proxy ready"
     );
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);

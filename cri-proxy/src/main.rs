@@ -41,4 +41,3 @@ fn init_logging(json: bool) {
         builder.init();
     }
 }
-

@@ -276,6 +276,40 @@ pub async fn serve(
     }
 }
 
+/// What the node core reports, counted.
+impl attestgate_node::Hooks for Metrics {
+    fn decided(
+        &self,
+        operation: attestgate_policy::Operation,
+        decision: &attestgate_policy::Decision,
+        elapsed: Duration,
+    ) {
+        self.observe_decision(
+            attestgate_node::decide::operation_name(operation),
+            decision.allowed,
+            decision.reason.as_str(),
+            elapsed,
+        );
+    }
+
+    fn audit_failed(&self) {
+        self.audit_errors.inc();
+    }
+
+    fn bundle_loaded(&self, unix_time: i64) {
+        self.bundle_loads.inc();
+        self.bundle_loaded_at.set(unix_time);
+    }
+
+    fn bundle_rejected(&self) {
+        self.bundle_load_errors.inc();
+    }
+
+    fn bundle_valid(&self, valid: bool) {
+        self.bundle_valid.set(i64::from(valid));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -7,12 +7,12 @@
 
 mod common;
 
-use attestgate_policy::{ImageRef, NodeConfig, PodContext, evaluate};
+use attestgate_policy::{ImageRef, PodContext, Settings, evaluate};
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 
 fn decide(c: &mut Criterion) {
-    let node = NodeConfig::default();
+    let node = Settings::default();
     let pod = PodContext {
         namespace: Some("prod".into()),
         ..PodContext::default()
@@ -22,9 +22,9 @@ fn decide(c: &mut Criterion) {
 
     let p256 = common::ecdsa_p256();
     let bundle = common::bundle(&p256, 100);
-    assert!(evaluate(Some(&bundle), &node, &reference, &image, &pod).allowed);
+    assert!(evaluate(&bundle, &node, &reference, &image, &pod).allowed);
     c.bench_function("warm decision (cached verdict)", |b| {
-        b.iter(|| black_box(evaluate(Some(&bundle), &node, &reference, &image, &pod)))
+        b.iter(|| black_box(evaluate(&bundle, &node, &reference, &image, &pod)))
     });
 
     for (label, key) in [
@@ -33,11 +33,11 @@ fn decide(c: &mut Criterion) {
         ("cold decision ECDSA P-256", p256),
     ] {
         let bundle = common::bundle(&key, 100);
-        assert!(evaluate(Some(&bundle), &node, &reference, &image, &pod).allowed);
+        assert!(evaluate(&bundle, &node, &reference, &image, &pod).allowed);
         c.bench_function(label, |b| {
             b.iter(|| {
                 bundle.clear_verification_cache();
-                black_box(evaluate(Some(&bundle), &node, &reference, &image, &pod))
+                black_box(evaluate(&bundle, &node, &reference, &image, &pod))
             })
         });
     }
@@ -45,15 +45,15 @@ fn decide(c: &mut Criterion) {
     let key = common::rsa_pkcs1_2048();
     for n in [100u64, 100_000] {
         let bundle = common::bundle(&key, n);
-        assert!(evaluate(Some(&bundle), &node, &reference, &image, &pod).allowed);
+        assert!(evaluate(&bundle, &node, &reference, &image, &pod).allowed);
         c.bench_function(&format!("cold decision, {n} attestations in bundle"), |b| {
             b.iter(|| {
                 bundle.clear_verification_cache();
-                black_box(evaluate(Some(&bundle), &node, &reference, &image, &pod))
+                black_box(evaluate(&bundle, &node, &reference, &image, &pod))
             })
         });
         c.bench_function(&format!("warm decision, {n} attestations in bundle"), |b| {
-            b.iter(|| black_box(evaluate(Some(&bundle), &node, &reference, &image, &pod)))
+            b.iter(|| black_box(evaluate(&bundle, &node, &reference, &image, &pod)))
         });
     }
 }

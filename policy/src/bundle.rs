@@ -55,84 +55,8 @@ impl Bundle {
     /// Loads a bundle directory. Errors list every problem that makes the
     /// bundle invalid; skipped occurrences are in [`Bundle::warnings`].
     pub fn load(dir: &Path) -> Result<Bundle, BundleError> {
-        let mut errors = Vec::new();
         let mut hasher = Sha256::new();
-
-        let policy = match find_policy_file(dir) {
-            Ok(path) => read_document(&path, &mut hasher).and_then(|(text, _)| {
-                Node::parse(&text)
-                    .and_then(|n| policy_from_node(&n))
-                    .map_err(|e| e.in_file(&path))
-            }),
-            Err(e) => Err(e),
-        };
-        let policy = match policy {
-            Ok(p) => Some(p),
-            Err(e) => {
-                errors.push(e);
-                None
-            }
-        };
-
-        let mut attestors: HashMap<String, Attestor> = HashMap::new();
-        let mut attestor_files: HashMap<String, PathBuf> = HashMap::new();
-        for path in list_files(
-            &dir.join("attestors"),
-            &["yaml", "yml", "json"],
-            &mut errors,
-        ) {
-            let parsed = read_document(&path, &mut hasher).and_then(|(text, _)| {
-                let root = Node::parse(&text)?;
-                let items = attestor_items(&root)?;
-                items
-                    .into_iter()
-                    .map(|(p, n)| attestor_from_node(n, p))
-                    .collect::<Result<Vec<_>, _>>()
-            });
-            match parsed {
-                Ok(list) => {
-                    for attestor in list {
-                        if let Some(previous) = attestor_files.get(&attestor.name) {
-                            errors.push(
-                                FieldError::new(
-                                    "name",
-                                    None,
-                                    format!(
-                                        "attestor {:?} is also defined in {}",
-                                        attestor.name,
-                                        previous.display()
-                                    ),
-                                )
-                                .in_file(&path),
-                            );
-                            continue;
-                        }
-                        attestor_files.insert(attestor.name.clone(), path.clone());
-                        attestors.insert(attestor.name.clone(), attestor);
-                    }
-                }
-                Err(e) => errors.push(e.in_file(&path)),
-            }
-        }
-
-        if let Some(policy) = &policy {
-            for (field, rule) in policy.rules() {
-                for (i, name) in rule.require_attestations_by.iter().enumerate() {
-                    if !attestors.contains_key(name) {
-                        let file =
-                            find_policy_file(dir).unwrap_or_else(|_| dir.join("policy.yaml"));
-                        errors.push(
-                            FieldError::new(
-                                format!("{field}.requireAttestationsBy[{i}]"),
-                                None,
-                                format!("attestor {name:?} is not in the bundle's attestors/"),
-                            )
-                            .in_file(&file),
-                        );
-                    }
-                }
-            }
-        }
+        let (policy, attestors, errors) = read_rules(dir, &mut hasher);
 
         let mut warnings = Vec::new();
         let mut occurrences = Vec::new();
@@ -158,6 +82,18 @@ impl Bundle {
             warnings,
             format!("sha256:{}", hex::encode(hasher.finalize())),
         ))
+    }
+
+    /// The policy and attestors of `dir` alone, checked as [`Bundle::load`]
+    /// checks them.
+    pub(crate) fn load_rules(
+        dir: &Path,
+    ) -> Result<(Policy, HashMap<String, Attestor>), BundleError> {
+        let (policy, attestors, errors) = read_rules(dir, &mut Sha256::new());
+        match policy {
+            Some(policy) if errors.is_empty() => Ok((policy, attestors)),
+            _ => Err(BundleError { errors }),
+        }
     }
 
     /// Builds a bundle from values already parsed (tests, benchmarks, the CLI
@@ -195,7 +131,7 @@ impl Bundle {
         ))
     }
 
-    fn assemble(
+    pub(crate) fn assemble(
         policy: Policy,
         attestors: HashMap<String, Attestor>,
         occurrences: Vec<Occurrence>,
@@ -277,6 +213,92 @@ impl Bundle {
             cache.insert(key, verdict);
         }
     }
+}
+
+/// The policy and the attestors of `dir`, checked against each other, and
+/// every error that makes the bundle invalid; their files are hashed into
+/// `hasher`.
+type Rules = (Option<Policy>, HashMap<String, Attestor>, Vec<FieldError>);
+
+fn read_rules(dir: &Path, hasher: &mut Sha256) -> Rules {
+    let mut errors = Vec::new();
+
+    let policy = match find_policy_file(dir) {
+        Ok(path) => read_document(&path, hasher).and_then(|(text, _)| {
+            Node::parse(&text)
+                .and_then(|n| policy_from_node(&n))
+                .map_err(|e| e.in_file(&path))
+        }),
+        Err(e) => Err(e),
+    };
+    let policy = match policy {
+        Ok(p) => Some(p),
+        Err(e) => {
+            errors.push(e);
+            None
+        }
+    };
+
+    let mut attestors: HashMap<String, Attestor> = HashMap::new();
+    let mut attestor_files: HashMap<String, PathBuf> = HashMap::new();
+    for path in list_files(
+        &dir.join("attestors"),
+        &["yaml", "yml", "json"],
+        &mut errors,
+    ) {
+        let parsed = read_document(&path, hasher).and_then(|(text, _)| {
+            let root = Node::parse(&text)?;
+            let items = attestor_items(&root)?;
+            items
+                .into_iter()
+                .map(|(p, n)| attestor_from_node(n, p))
+                .collect::<Result<Vec<_>, _>>()
+        });
+        match parsed {
+            Ok(list) => {
+                for attestor in list {
+                    if let Some(previous) = attestor_files.get(&attestor.name) {
+                        errors.push(
+                            FieldError::new(
+                                "name",
+                                None,
+                                format!(
+                                    "attestor {:?} is also defined in {}",
+                                    attestor.name,
+                                    previous.display()
+                                ),
+                            )
+                            .in_file(&path),
+                        );
+                        continue;
+                    }
+                    attestor_files.insert(attestor.name.clone(), path.clone());
+                    attestors.insert(attestor.name.clone(), attestor);
+                }
+            }
+            Err(e) => errors.push(e.in_file(&path)),
+        }
+    }
+
+    if let Some(policy) = &policy {
+        for (field, rule) in policy.rules() {
+            for (i, name) in rule.require_attestations_by.iter().enumerate() {
+                if !attestors.contains_key(name) {
+                    let file = find_policy_file(dir).unwrap_or_else(|_| dir.join("policy.yaml"));
+                    errors.push(
+                        FieldError::new(
+                            format!("{field}.requireAttestationsBy[{i}]"),
+                            None,
+                            format!("attestor {name:?} is not in the bundle's attestors/"),
+                        )
+                        .in_file(&file),
+                    );
+                }
+            }
+        }
+    }
+
+    (policy, attestors, errors)
 }
 
 fn find_policy_file(dir: &Path) -> Result<PathBuf, FieldError> {

@@ -305,41 +305,6 @@ struct Record<'a> {
     bundle: Option<&'a BundleRef>,
 }
 
-/// What to write to append `record` (one JSON line, no newline) to the
-/// audit log open (for appending) as `log`. A write that ran out of space
-/// (ours, or that of another process appending to the same log) can leave
-/// the log mid-line; the record then starts on a line of its own instead
-/// of being glued to the fragment, where no reader could find it.
-pub fn audit_line(log: &std::fs::File, record: &str) -> Vec<u8> {
-    line_after(last_byte(log), record)
-}
-
-fn line_after(last_byte: Option<u8>, record: &str) -> Vec<u8> {
-    let mut line = Vec::with_capacity(record.len() + 2);
-    if last_byte.is_some_and(|b| b != b'\n') {
-        line.push(b'\n');
-    }
-    line.extend_from_slice(record.as_bytes());
-    line.push(b'\n');
-    line
-}
-
-/// The log's last byte, if it is a regular file that has one. Read through
-/// a read-only open of the same file (`/proc/self/fd`), so the log itself
-/// stays open for appending only: a log the writer may append to but not
-/// read, or a FIFO, behaves as before. Best effort: a log truncated under
-/// us (`copytruncate`) or unreadable just gets no fresh line.
-fn last_byte(log: &std::fs::File) -> Option<u8> {
-    use std::os::fd::AsRawFd as _;
-    use std::os::unix::fs::FileExt as _;
-    let meta = log.metadata().ok()?;
-    let end = meta.len().checked_sub(1).filter(|_| meta.is_file())?;
-    let reader = std::fs::File::open(format!("/proc/self/fd/{}", log.as_raw_fd())).ok()?;
-    let mut byte = [0u8];
-    reader.read_exact_at(&mut byte, end).ok()?;
-    Some(byte[0])
-}
-
 /// RFC 3339 UTC with microseconds, as in `2026-01-02T03:04:05.123456Z`.
 pub fn format_time(t: time::OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);
@@ -386,30 +351,3 @@ impl Decision {
 
 /// Labels and annotations as the pod carries them.
 pub type StringMap = BTreeMap<String, String>;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_audit_line_starts_afresh_after_a_torn_one() {
-        assert_eq!(line_after(None, "{}"), b"{}\n");
-        assert_eq!(line_after(Some(b'\n'), "{}"), b"{}\n");
-        assert_eq!(line_after(Some(b'"'), "{}"), b"\n{}\n");
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.jsonl");
-        // Opened for appending only, as the writers open it.
-        let open = || {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .unwrap()
-        };
-        assert_eq!(audit_line(&open(), "{}"), b"{}\n");
-        std::fs::write(&path, "{}\n{\"ti").unwrap();
-        assert_eq!(audit_line(&open(), "{}"), b"\n{}\n");
-        std::fs::write(&path, "{}\n").unwrap();
-        assert_eq!(audit_line(&open(), "{}"), b"{}\n");
-    }
-}

@@ -17,37 +17,30 @@ use crate::reference::{Digest, ImageRef};
 pub const BREAK_GLASS_LABEL: &str = "image-policy.k8s.io/break-glass";
 pub const BREAK_GLASS_ANNOTATION: &str = "alpha.image-policy.k8s.io/break-glass";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum FailMode {
-    #[default]
-    Closed,
-    Open,
-}
-
-/// How this node decides: set by the node's configuration, not the policy.
+/// What a decision depends on besides the bundle and the pod: facts about
+/// where it is made, given by whoever decides (the node's configuration, the
+/// CLI's flags).
 #[derive(Debug, Clone)]
-pub struct NodeConfig {
+pub struct Settings {
     /// The node's cluster, GCP form `location.clusterId`.
     pub cluster: Option<String>,
     /// Images allowed when `globalPolicyEvaluationMode: ENABLE`.
     pub system_images: Vec<NamePattern>,
     /// Require an attestation's resource URI to name the same repository.
     pub strict_repository: bool,
-    pub fail_mode: FailMode,
 }
 
 pub const DEFAULT_SYSTEM_IMAGES: &[&str] = &["registry.k8s.io/pause*"];
 
-impl Default for NodeConfig {
+impl Default for Settings {
     fn default() -> Self {
-        NodeConfig {
+        Settings {
             cluster: None,
             system_images: DEFAULT_SYSTEM_IMAGES
                 .iter()
                 .filter_map(|p| NamePattern::parse(p).ok())
                 .collect(),
             strict_repository: false,
-            fail_mode: FailMode::Closed,
         }
     }
 }
@@ -79,24 +72,18 @@ impl PodContext {
 /// Decides one image. `reference` is the name as the request gave it (for
 /// the record); `image` is its normalised parse, with the digest filled in
 /// when it was resolved.
+///
+/// Only the policy decides here; what happens when there is no valid bundle
+/// or the image cannot be resolved (the fail mode) is the node's to say.
 pub fn evaluate(
-    bundle: Option<&Bundle>,
-    node: &NodeConfig,
+    bundle: &Bundle,
+    settings: &Settings,
     reference: &str,
     image: &ImageRef,
     pod: &PodContext,
 ) -> Decision {
     let subject = ImageSubject::from_ref(reference, image);
-    let Some(bundle) = bundle else {
-        let decision =
-            Decision::failed(subject, Outcome::NoPolicy, Reason::NoPolicy, node.fail_mode);
-        return if pod.break_glass() {
-            decision.broken_glass()
-        } else {
-            decision
-        };
-    };
-    let (outcome, attestors) = evaluate_policy(bundle, node, image, pod);
+    let (outcome, attestors) = evaluate_policy(bundle, settings, image, pod);
     let (policy_allowed, policy_reason, dry_run) = match &outcome {
         Outcome::Allowlisted { .. } => (true, Reason::Allowlisted, false),
         Outcome::SystemImage { .. } => (true, Reason::SystemImage, false),
@@ -167,43 +154,51 @@ impl Decision {
         self
     }
 
-    /// A decision when no policy could be applied (`NO_POLICY`, `ERROR`),
-    /// settled by the node's fail mode.
-    pub fn failed(
-        image: ImageSubject,
-        outcome: Outcome,
-        reason: Reason,
-        fail_mode: FailMode,
-    ) -> Decision {
-        let open = fail_mode == FailMode::Open;
-        Decision {
-            allowed: open,
-            reason,
-            overridden: None,
-            enforced: !open,
-            outcome,
-            attestors: Vec::new(),
-            image,
-            fail_open: open,
-        }
+    /// No valid policy is in force: denied, as the policy cannot speak.
+    pub fn no_policy(image: ImageSubject) -> Decision {
+        Decision::unsettled(image, Outcome::NoPolicy, Reason::NoPolicy)
     }
 
-    /// An internal failure (e.g. the runtime could not tell the digest).
-    pub fn error(image: ImageSubject, message: impl Into<String>, fail_mode: FailMode) -> Decision {
-        Decision::failed(
+    /// The image could not be decided (e.g. the runtime could not tell the
+    /// digest): denied.
+    pub fn error(image: ImageSubject, message: impl Into<String>) -> Decision {
+        Decision::unsettled(
             image,
             Outcome::Error {
                 message: message.into(),
             },
             Reason::Error,
-            fail_mode,
         )
+    }
+
+    fn unsettled(image: ImageSubject, outcome: Outcome, reason: Reason) -> Decision {
+        Decision {
+            allowed: false,
+            reason,
+            overridden: None,
+            enforced: true,
+            outcome,
+            attestors: Vec::new(),
+            image,
+            fail_open: false,
+        }
+    }
+
+    /// A `NO_POLICY` or `ERROR` decision let through by a node that fails
+    /// open; any other decision is returned as it is.
+    pub fn failed_open(mut self) -> Decision {
+        if matches!(self.reason, Reason::NoPolicy | Reason::Error) {
+            self.allowed = true;
+            self.enforced = false;
+            self.fail_open = true;
+        }
+        self
     }
 }
 
 fn evaluate_policy(
     bundle: &Bundle,
-    node: &NodeConfig,
+    settings: &Settings,
     image: &ImageRef,
     pod: &PodContext,
 ) -> (Outcome, Vec<AttestorVerdict>) {
@@ -221,7 +216,7 @@ fn evaluate_policy(
         );
     }
     if policy.global_policy_evaluation_mode == GlobalPolicyEvaluationMode::Enable
-        && let Some(p) = node.system_images.iter().find(|p| p.matches(image))
+        && let Some(p) = settings.system_images.iter().find(|p| p.matches(image))
     {
         return (
             Outcome::SystemImage {
@@ -230,7 +225,7 @@ fn evaluate_policy(
             Vec::new(),
         );
     }
-    let (rule_ref, rule) = select_rule(bundle, node, pod);
+    let (rule_ref, rule) = select_rule(bundle, settings, pod);
     let (reason, attestors) = match rule.evaluation_mode {
         EvaluationMode::AlwaysAllow => (Reason::AlwaysAllow, Vec::new()),
         EvaluationMode::AlwaysDeny => (Reason::AlwaysDeny, Vec::new()),
@@ -238,7 +233,7 @@ fn evaluate_policy(
             let verdicts: Vec<AttestorVerdict> = rule
                 .require_attestations_by
                 .iter()
-                .map(|name| attestor_verdict(bundle, node, name, image))
+                .map(|name| attestor_verdict(bundle, settings, name, image))
                 .collect();
             let reason = if verdicts.iter().all(|v| v.satisfied) {
                 Reason::Attested
@@ -259,7 +254,7 @@ fn evaluate_policy(
 
 fn select_rule<'b>(
     bundle: &'b Bundle,
-    node: &NodeConfig,
+    settings: &Settings,
     pod: &PodContext,
 ) -> (RuleRef, &'b AdmissionRule) {
     let policy = bundle.policy();
@@ -274,7 +269,7 @@ fn select_rule<'b>(
     {
         return (RuleRef::Namespace(ns.clone()), rule);
     }
-    if let Some(cluster) = &node.cluster
+    if let Some(cluster) = &settings.cluster
         && let Some(rule) = policy.cluster_admission_rules.get(cluster)
     {
         return (RuleRef::Cluster(cluster.clone()), rule);
@@ -284,7 +279,7 @@ fn select_rule<'b>(
 
 fn attestor_verdict(
     bundle: &Bundle,
-    node: &NodeConfig,
+    settings: &Settings,
     name: &str,
     image: &ImageRef,
 ) -> AttestorVerdict {
@@ -298,7 +293,7 @@ fn attestor_verdict(
     let key = CacheKey {
         attestor: name.to_string(),
         digest: digest.clone(),
-        repository: node.strict_repository.then(|| image.repository.clone()),
+        repository: settings.strict_repository.then(|| image.repository.clone()),
     };
     if let Some(v) = bundle.cached(&key) {
         return v;
@@ -314,7 +309,9 @@ fn attestor_verdict(
             bundle,
             attestor,
             digest,
-            node.strict_repository.then_some(image.repository.as_str()),
+            settings
+                .strict_repository
+                .then_some(image.repository.as_str()),
         ),
     };
     bundle.remember(key, verdict.clone());

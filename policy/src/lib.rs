@@ -14,11 +14,11 @@
 //!    value for people and for the audit log.
 
 pub mod bundle;
-pub mod config;
 pub mod decision;
 pub mod error;
 pub mod evaluate;
 pub mod glob;
+pub mod index;
 pub mod model;
 mod node;
 pub mod parse;
@@ -32,6 +32,6 @@ pub use decision::{
     RuleRef,
 };
 pub use error::{BundleError, FieldError, Location};
-pub use evaluate::{FailMode, NodeConfig, PodContext, evaluate};
+pub use evaluate::{PodContext, Settings, evaluate};
 pub use glob::NamePattern;
 pub use reference::{Digest, ImageRef};

@@ -8,9 +8,9 @@ mod support;
 
 use std::sync::OnceLock;
 
+use attestgate_policy::index::IndexError;
 use attestgate_policy::{
-    Bundle, Decision, FailMode, ImageRef, ImageSubject, NamePattern, NodeConfig, PodContext,
-    Reason, evaluate,
+    Bundle, Decision, Digest, ImageRef, NamePattern, PodContext, Reason, Settings, evaluate,
 };
 use serde_json::json;
 use support::*;
@@ -47,17 +47,11 @@ const QA: &str = "projects/test/attestors/qa";
 const QA_NOTE: &str = "projects/test/notes/qa";
 
 fn decide(bundle: &Bundle, image: &str, pod: &PodContext) -> Decision {
-    decide_on(bundle, &NodeConfig::default(), image, pod)
+    decide_on(bundle, &Settings::default(), image, pod)
 }
 
-fn decide_on(bundle: &Bundle, node: &NodeConfig, image: &str, pod: &PodContext) -> Decision {
-    evaluate(
-        Some(bundle),
-        node,
-        image,
-        &ImageRef::parse(image).unwrap(),
-        pod,
-    )
+fn decide_on(bundle: &Bundle, node: &Settings, image: &str, pod: &PodContext) -> Decision {
+    evaluate(bundle, node, image, &ImageRef::parse(image).unwrap(), pod)
 }
 
 fn pod() -> PodContext {
@@ -216,9 +210,9 @@ fn attestation_in_another_registry_counts_unless_strict() {
     let bundle = b.load();
     let mirror = format!("mirror.test/team/app@{d}");
     assert_eq!(decide(&bundle, &mirror, &pod()).reason, Reason::Attested);
-    let strict = NodeConfig {
+    let strict = Settings {
         strict_repository: true,
-        ..NodeConfig::default()
+        ..Settings::default()
     };
     let decision = decide_on(&bundle, &strict, &mirror, &pod());
     assert_eq!(decision.reason, Reason::MissingAttestations);
@@ -748,9 +742,9 @@ fn ns(namespace: &str) -> PodContext {
 #[test]
 fn rule_selection_is_most_specific_first() {
     let bundle = rules_bundle();
-    let cluster = NodeConfig {
+    let cluster = Settings {
         cluster: Some("us-east1-b.prod".into()),
-        ..NodeConfig::default()
+        ..Settings::default()
     };
     let image = format!("{REPO}@{}", digest("r"));
 
@@ -776,7 +770,7 @@ fn rule_selection_is_most_specific_first() {
         (Reason::AlwaysAllow, "cluster:us-east1-b.prod".into())
     );
 
-    let d = decide_on(&bundle, &NodeConfig::default(), &image, &ns("other"));
+    let d = decide_on(&bundle, &Settings::default(), &image, &ns("other"));
     assert_eq!(
         (d.reason, d.rule().unwrap().to_string()),
         (Reason::AlwaysDeny, "default".into())
@@ -843,9 +837,9 @@ fn system_images_need_global_policy_evaluation_enabled() {
     let bundle = rules_bundle();
     let d = decide(&bundle, "registry.k8s.io/pause:3.10", &ns("prod"));
     assert_eq!(d.reason, Reason::SystemImage);
-    let node = NodeConfig {
+    let node = Settings {
         system_images: vec![NamePattern::parse("registry.test:5000/sandbox/pause*").unwrap()],
-        ..NodeConfig::default()
+        ..Settings::default()
     };
     assert_eq!(
         decide_on(
@@ -907,72 +901,6 @@ fn break_glass_label_or_annotation_allows_but_still_evaluates() {
 }
 
 #[test]
-fn no_policy_follows_fail_mode() {
-    let image = ImageRef::parse("registry.test/app:1").unwrap();
-    let closed = evaluate(
-        None,
-        &NodeConfig::default(),
-        "registry.test/app:1",
-        &image,
-        &pod(),
-    );
-    assert!(!closed.allowed);
-    assert_eq!(closed.reason, Reason::NoPolicy);
-    let open = evaluate(
-        None,
-        &NodeConfig {
-            fail_mode: FailMode::Open,
-            ..NodeConfig::default()
-        },
-        "registry.test/app:1",
-        &image,
-        &pod(),
-    );
-    assert!(open.allowed);
-    assert_eq!(open.reason, Reason::NoPolicy);
-    assert!(open.explanation().contains("fail mode open"));
-}
-
-#[test]
-fn break_glass_applies_even_without_a_policy() {
-    let image = ImageRef::parse("registry.test/app:1").unwrap();
-    let mut glass = pod();
-    glass
-        .labels
-        .insert("image-policy.k8s.io/break-glass".into(), "true".into());
-    let d = evaluate(
-        None,
-        &NodeConfig::default(),
-        "registry.test/app:1",
-        &image,
-        &glass,
-    );
-    assert!(d.allowed);
-    assert_eq!(
-        (d.reason, d.overridden),
-        (Reason::BreakGlass, Some(Reason::NoPolicy))
-    );
-}
-
-#[test]
-fn internal_error_follows_fail_mode() {
-    let subject = ImageSubject {
-        reference: "registry.test/app:1".into(),
-        repository: None,
-        digest: None,
-    };
-    let d = Decision::error(
-        subject.clone(),
-        "runtime cannot tell the digest",
-        FailMode::Closed,
-    );
-    assert!(!d.allowed);
-    assert_eq!(d.reason, Reason::Error);
-    assert!(d.explanation().contains("runtime cannot tell the digest"));
-    assert!(Decision::error(subject, "x", FailMode::Open).allowed);
-}
-
-#[test]
 fn decision_record_has_the_documented_shape() {
     let (b, d) = attested_bundle();
     let bundle = b.load();
@@ -1016,4 +944,72 @@ fn decision_record_has_the_documented_shape() {
     assert_eq!(v["bundle"]["digest"], bundle.digest());
     assert!(v.get("overridden").is_none());
     let _ = d;
+}
+
+#[test]
+fn a_bundle_read_through_its_index_decides_as_the_whole_bundle() {
+    let (b, good) = attested_bundle();
+    // More images attested in another file: the index must pick the right one.
+    let k = key("ECDSA_P256_SHA256");
+    let others: Vec<serde_json::Value> = (0..50)
+        .map(|i| {
+            let d = digest(&format!("other-{i}"));
+            let p = payload(REPO, &d);
+            occurrence_v1(
+                NOTE,
+                &format!("{REPO}@{d}"),
+                &p,
+                &[(&k.derived_id(), &k.sign(&p))],
+            )
+        })
+        .collect();
+    b.attestations("others.json", &json!(others));
+    let whole = b.load();
+    let index_file = b.path().join("../index");
+    std::fs::write(&index_file, whole.index("stamp-1")).unwrap();
+    let other = digest("other-7");
+    let unsigned = digest("unsigned");
+    for d in [&good, &other, &unsigned] {
+        let image = format!("{REPO}@{d}");
+        let parsed = ImageRef::parse(&image).unwrap();
+        let indexed = Bundle::load_indexed(
+            b.path(),
+            &index_file,
+            "stamp-1",
+            &[parsed.digest.as_ref().unwrap()],
+        )
+        .unwrap();
+        assert_eq!(indexed.digest(), whole.digest());
+        let expected = usize::from(d != &unsigned);
+        assert_eq!(indexed.occurrence_count(), expected, "only the image's own");
+        let (a, w) = (
+            decide(&indexed, &image, &pod()),
+            decide(&whole, &image, &pod()),
+        );
+        assert_eq!((a.allowed, a.reason), (w.allowed, w.reason), "{image}");
+        assert_eq!(a.explanation(), w.explanation());
+    }
+    assert!(decide(&whole, &format!("{REPO}@{good}"), &pod()).allowed);
+    // Another stamp is another set of files: refused.
+    let digest_good = Digest::parse(&good).unwrap();
+    let stale = Bundle::load_indexed(b.path(), &index_file, "stamp-2", &[&digest_good]);
+    assert!(matches!(stale, Err(IndexError::Stale { .. })), "{stale:?}");
+    // A damaged index is an error, never a wrong occurrence or a panic.
+    let bytes = std::fs::read(&index_file).unwrap();
+    for cut in [0, 10, bytes.len() / 2, bytes.len() - 1] {
+        std::fs::write(&index_file, &bytes[..cut]).unwrap();
+        let _ = Bundle::load_indexed(b.path(), &index_file, "stamp-1", &[&digest_good])
+            .map(|bundle| assert!(bundle.occurrence_count() <= 1));
+    }
+    let mut flipped = bytes.clone();
+    for i in (0..flipped.len()).step_by(97) {
+        flipped[i] ^= 0x5a;
+        std::fs::write(&index_file, &flipped).unwrap();
+        if let Ok(bundle) = Bundle::load_indexed(b.path(), &index_file, "stamp-1", &[&digest_good])
+        {
+            // Whatever survives a flipped byte is still only this image's.
+            assert!(bundle.occurrence_count() <= 1);
+        }
+        flipped[i] ^= 0x5a;
+    }
 }

@@ -9,9 +9,33 @@ use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use attestgate_policy::config::ConfigFile;
+use attestgate_node::ConfigFile;
+use serde::Deserialize;
 
 pub const RUNC_SHIM: &str = "containerd-shim-runc-v2";
+
+/// The shim's own keys in the node's configuration file.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ShimKeys {
+    /// The shim allowed containers are handed to; a bare name is looked up
+    /// on containerd's PATH.
+    pub runc_shim: Option<PathBuf>,
+    pub shim_mode: Option<ShimMode>,
+}
+
+/// How containerd-shim-attestgate-v2 puts itself between containerd and runc.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ShimMode {
+    /// By containerd's version: forward from 2.x on, exec before.
+    #[default]
+    Auto,
+    /// Decide in `start`, then become the runc shim.
+    Exec,
+    /// A forwarder in front of the runc shim decides every Task.Create.
+    Forward,
+}
 
 /// The runc shim named by the configuration file, for invocations that
 /// have not read it already. A configuration that cannot be read must not
@@ -19,7 +43,8 @@ pub const RUNC_SHIM: &str = "containerd-shim-runc-v2";
 pub fn configured_runc_shim() -> Option<PathBuf> {
     ConfigFile::discover(None)
         .ok()
-        .and_then(|(file, _)| file.runc_shim)
+        .and_then(|file| file.keys_of::<ShimKeys>(attestgate_node::config::SHIM).ok())
+        .and_then(|own| own.runc_shim)
 }
 
 /// The runc shim to hand over to: `configured` (the configuration's
@@ -47,4 +72,34 @@ fn is_executable(path: &Path) -> bool {
 /// Replaces this process with the runc shim; returns only on failure.
 pub fn exec(shim: &Path, args: &[OsString]) -> std::io::Error {
     Command::new(shim).args(args).exec()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_shim_s_keys_are_typed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(
+            &path,
+            "runc_shim = \"/x\"\nshim_mode = \"forward\"\nlisten = \"/a\"\n",
+        )
+        .unwrap();
+        let own: ShimKeys = ConfigFile::read(&path)
+            .unwrap()
+            .keys_of(attestgate_node::config::SHIM)
+            .unwrap();
+        assert_eq!(own.shim_mode, Some(ShimMode::Forward));
+        assert_eq!(own.runc_shim, Some(PathBuf::from("/x")));
+        std::fs::write(&path, "shim_mode = \"sometimes\"\n").unwrap();
+        let e = ConfigFile::read(&path)
+            .unwrap()
+            .keys_of::<ShimKeys>(attestgate_node::config::SHIM)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sometimes") && e.contains("config.toml"), "{e}");
+    }
 }

@@ -358,15 +358,17 @@ fn decide_then_forward(
     to_upstream: mpsc::UnboundedSender<Vec<u8>>,
     to_client: mpsc::UnboundedSender<Vec<u8>>,
 ) {
-    let invocation = Invocation {
-        namespace: Some(context.namespace.clone()),
-        id: Some(create.id),
-        address: Some(context.grpc_address.clone()),
-        bundle: Some(create.bundle.clone()),
-        ..Invocation::default()
-    };
+    let namespace = context.namespace.clone();
+    let address = context.grpc_address.clone();
     std::thread::spawn(move || {
-        let verdict = gate::decide(&invocation, Path::new(&create.bundle), None);
+        let container = gate::Container {
+            address: Some(&address),
+            namespace: Some(&namespace),
+            id: &create.id,
+            task_bundle: Path::new(&create.bundle),
+        };
+        let config = attestgate_node::ConfigFile::discover(None);
+        let verdict = gate::decide(&container, None, config);
         if verdict.decision.allowed {
             let _ = to_upstream.send(frame);
         } else {

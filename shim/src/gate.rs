@@ -1,23 +1,34 @@
-//! The decision at `start`: before containerd has a task for the container,
-//! decide its image under the node's bundle and configuration — the same
-//! ones the CRI proxy uses — and record the decision (operation
+//! The decision at `start` (or at each Task.Create in forward mode): before
+//! containerd has a task for the container, decide its image under the
+//! node's bundle and configuration — the same ones the CRI proxy uses,
+//! through the same decider — and record the decision (operation
 //! `TaskCreate`) in the same audit log.
 
-use std::fs::OpenOptions;
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
 
-use attestgate_policy::config::ConfigFile;
-use attestgate_policy::decision::{BundleRef, audit_line, format_time};
-use attestgate_policy::{
-    Bundle, Decision, FailMode, ImageRef, ImageSubject, NodeConfig, Operation, PodContext, PodRef,
-    RecordContext, evaluate,
+use attestgate_node::hooks::NoHooks;
+use attestgate_node::store::Prepared;
+use attestgate_node::{
+    AuditLog, BundleStore, ConfigError, ConfigFile, Decider, Request, Undecidable,
 };
+use attestgate_policy::{Decision, ImageRef, Operation, PodContext, PodRef};
 
-use crate::args::Invocation;
 use crate::containerd::{ContainerImage, Containerd, LookupError};
 use crate::spec::SpecContext;
+
+/// The container to decide, as containerd names it.
+#[derive(Debug, Clone, Copy)]
+pub struct Container<'a> {
+    /// containerd's gRPC socket, to ask about the container's image.
+    pub address: Option<&'a str>,
+    pub namespace: Option<&'a str>,
+    pub id: &'a str,
+    /// The task bundle containerd wrote: the OCI spec, with the CRI's
+    /// annotations when the CRI made the container.
+    pub task_bundle: &'a Path,
+}
 
 /// Everything about the container that the decision and its record need.
 struct Subject {
@@ -26,16 +37,6 @@ struct Subject {
     pod: PodContext,
     pod_record: Option<PodRef>,
     container: Option<String>,
-}
-
-/// Why an image could not be decided.
-struct Undecidable {
-    message: String,
-    /// The container itself is the cause (it has no image, or a name that
-    /// cannot be read): refused whatever the fail mode, which is for the
-    /// node's own failures; otherwise fail mode open would run any
-    /// container created without an image (`ctr run --rootfs`).
-    refuse: bool,
 }
 
 /// A decision, and why no bundle was in force when that was the case.
@@ -57,146 +58,92 @@ impl Verdict {
     }
 }
 
-/// Decides the container `invocation` names, whose task bundle is
-/// `bundle_dir` (or `-bundle`), asking containerd through `client` (or a
-/// new connection). A decision that cannot be written to the audit log is
-/// settled by the fail mode.
+/// Decides `container` under the configuration `config` (as read, or why
+/// it could not be), asking containerd through `client` (or a new
+/// connection).
 pub fn decide(
-    invocation: &Invocation,
-    bundle_dir: &Path,
+    container: &Container<'_>,
     client: Option<Result<Containerd, LookupError>>,
+    config: Result<ConfigFile, ConfigError>,
 ) -> Verdict {
-    let loaded = ConfigFile::discover(None)
-        .and_then(|(file, _)| file.node_config().map(|node| (file, node)));
-    decide_with(invocation, bundle_dir, client, loaded)
-}
-
-pub fn decide_with(
-    invocation: &Invocation,
-    bundle_dir: &Path,
-    client: Option<Result<Containerd, LookupError>>,
-    loaded: Result<(ConfigFile, NodeConfig), attestgate_policy::config::ConfigError>,
-) -> Verdict {
-    let (config, node) = match loaded {
-        Ok(loaded) => loaded,
-        Err(e) => {
-            // Without a readable configuration we know neither the fail mode
-            // nor the bundle: refuse, and say why where it will be looked for.
-            let subject = ImageSubject {
-                reference: invocation.id.clone().unwrap_or_default(),
-                repository: None,
-                digest: None,
-            };
-            let decision =
-                Decision::error(subject, format!("configuration: {e}"), FailMode::Closed);
-            let _ = append(
-                &ConfigFile::default().audit_log_path(),
-                &record(&decision, None, None, &NodeConfig::default(), None),
-            );
-            return Verdict {
-                decision,
-                bundle_error: None,
-            };
-        }
+    let started = Instant::now();
+    let config = match config {
+        Ok(config) => config,
+        Err(e) => return unconfigured(container, &e),
     };
-    let bundle_dir = invocation
-        .bundle
-        .as_deref()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| bundle_dir.to_path_buf());
-
+    let settings = config.settings();
+    let store = Arc::new(BundleStore::new(settings.bundle.clone(), Arc::new(NoHooks)));
     // The bundle is read while containerd is asked about the image: the two
     // are independent and together are most of the time `start` adds.
-    let policy_dir = config.bundle_dir();
-    let (loaded, subject) = std::thread::scope(|scope| {
-        let loading = scope.spawn(|| {
-            let loaded_at = format_time(time::OffsetDateTime::now_utc());
-            Bundle::load(&policy_dir)
-                .map(|bundle| {
-                    let reference = BundleRef {
-                        digest: bundle.digest().to_string(),
-                        loaded_at,
-                    };
-                    (bundle, reference)
-                })
-                .map_err(|e| format!("bundle {}: {e}", policy_dir.display()))
-        });
-        let subject = subject(invocation, &bundle_dir, client);
-        let loaded = loading
-            .join()
-            .unwrap_or_else(|_| Err(format!("bundle {}: loading failed", policy_dir.display())));
-        (loaded, subject)
-    });
-
-    // No valid bundle is NO_POLICY, which the fail mode settles.
-    let (bundle, bundle_ref, bundle_error) = match loaded {
-        Ok((bundle, reference)) => (Some(bundle), Some(reference), None),
-        Err(e) => (None, None, Some(e)),
-    };
-
-    let mut decision = match &subject.image {
-        Ok(image) => evaluate(
-            bundle.as_ref(),
-            &node,
-            &subject.reference,
-            image,
-            &subject.pod,
-        ),
-        Err(undecidable) => {
-            let image = match ImageRef::parse(&subject.reference) {
-                Ok(parsed) => ImageSubject::from_ref(&subject.reference, &parsed),
-                Err(_) => ImageSubject {
-                    reference: subject.reference.clone(),
-                    repository: None,
-                    digest: None,
-                },
-            };
-            let fail_mode = if undecidable.refuse {
-                FailMode::Closed
-            } else {
-                node.fail_mode
-            };
-            let decision = Decision::error(image, undecidable.message.clone(), fail_mode);
-            if subject.pod.break_glass() {
-                decision.broken_glass()
-            } else {
-                decision
-            }
+    // The index (or, without one, the whole bundle) is read while
+    // containerd is asked about the image: the two are independent.
+    let subject = std::thread::scope(|scope| {
+        let preparing = scope.spawn(|| store.prepare());
+        let subject = subject(container, client);
+        // A load that panicked leaves no bundle: NO_POLICY, settled below.
+        if let Ok(Prepared::Indexed { index, stamp }) = preparing.join() {
+            let digest = subject.image.as_ref().ok().and_then(|i| i.digest.as_ref());
+            store.load_indexed(&index, &stamp, &digest.into_iter().collect::<Vec<_>>());
         }
-    };
-
-    let line = record(
-        &decision,
-        subject.pod_record.clone(),
-        subject.container.clone(),
-        &node,
-        bundle_ref,
+        subject
+    });
+    let decider = Decider::new(
+        store.clone(),
+        settings.evaluation,
+        settings.fail_mode,
+        AuditLog::at(&settings.audit_log),
+        Arc::new(NoHooks),
     );
-    let audit_log = config.audit_log_path();
-    if let Err(e) = append(&audit_log, &line)
-        && node.fail_mode == FailMode::Closed
-        && decision.allowed
-    {
-        decision = Decision::error(
-            decision.image.clone(),
-            format!("audit log {} cannot be written: {e}", audit_log.display()),
-            FailMode::Closed,
-        );
-    }
+    let request = Request {
+        operation: Operation::TaskCreate,
+        pod: &subject.pod,
+        pod_ref: subject.pod_record.as_ref(),
+        container: subject.container.as_deref(),
+    };
+    let decision = match subject.image {
+        Ok(image) => decider.decide(&request, &subject.reference, &image, started),
+        Err(why) => decider.undecidable(&request, &subject.reference, why, started),
+    };
     Verdict {
         decision,
-        bundle_error,
+        bundle_error: store.error(),
     }
 }
 
-fn subject(
-    invocation: &Invocation,
-    bundle_dir: &Path,
-    client: Option<Result<Containerd, LookupError>>,
-) -> Subject {
-    let id = invocation.id.clone().unwrap_or_default();
-    let spec = SpecContext::read(bundle_dir);
-    let (pod, pod_record, container) = match &spec {
+/// Without a readable configuration we know neither the fail mode nor the
+/// bundle: refused, and said why where it will be looked for.
+fn unconfigured(container: &Container<'_>, e: &ConfigError) -> Verdict {
+    let settings = ConfigFile::default().settings();
+    let decider = Decider::new(
+        Arc::new(BundleStore::new(settings.bundle, Arc::new(NoHooks))),
+        settings.evaluation,
+        attestgate_node::FailMode::Closed,
+        AuditLog::at(&settings.audit_log),
+        Arc::new(NoHooks),
+    );
+    let pod = PodContext::default();
+    let request = Request {
+        operation: Operation::TaskCreate,
+        pod: &pod,
+        pod_ref: None,
+        container: None,
+    };
+    let decision = decider.undecidable(
+        &request,
+        container.id,
+        Undecidable::Invalid(format!("configuration: {e}")),
+        Instant::now(),
+    );
+    Verdict {
+        decision,
+        bundle_error: None,
+    }
+}
+
+fn subject(container: &Container<'_>, client: Option<Result<Containerd, LookupError>>) -> Subject {
+    let id = container.id.to_string();
+    let spec = SpecContext::read(container.task_bundle);
+    let (pod, pod_record, container_name) = match &spec {
         Ok(spec) => match spec.pod() {
             // A sandbox is the pod itself, not one of its containers.
             Some((pod, record)) if spec.is_sandbox() => (pod, Some(record), None),
@@ -209,31 +156,33 @@ fn subject(
         },
         Err(_) => (PodContext::default(), None, Some(id.clone())),
     };
-    let fail = |reference: String, message: String, refuse: bool| Subject {
+    let fail = |reference: String, why: Undecidable| Subject {
         reference,
-        image: Err(Undecidable { message, refuse }),
+        image: Err(why),
         pod: pod.clone(),
         pod_record: pod_record.clone(),
-        container: container.clone(),
+        container: container_name.clone(),
     };
     let spec = match spec {
         Ok(spec) => spec,
         // A spec runc could not run either is the container's doing; one
         // that cannot be read at all is the node's.
         Err(e) => {
-            let refuse = matches!(e, crate::spec::SpecError::Parse { .. });
-            return fail(id, e.to_string(), refuse);
+            let why = match e {
+                crate::spec::SpecError::Parse { .. } => Undecidable::Invalid(e.to_string()),
+                crate::spec::SpecError::Read { .. } => Undecidable::Internal(e.to_string()),
+            };
+            return fail(id, why);
         }
     };
-    let (Some(address), Some(namespace), false) = (
-        invocation.address.as_deref(),
-        invocation.namespace.as_deref(),
-        id.is_empty(),
-    ) else {
+    let (Some(address), Some(namespace), false) =
+        (container.address, container.namespace, id.is_empty())
+    else {
         return fail(
             id,
-            "containerd did not say which container (-address, -namespace, -id)".into(),
-            true,
+            Undecidable::Invalid(
+                "containerd did not say which container (-address, -namespace, -id)".into(),
+            ),
         );
     };
     let client = client.unwrap_or_else(|| Containerd::connect(address));
@@ -242,15 +191,7 @@ fn subject(
             Ok(found) => found,
             Err(e) => {
                 let reference = spec.image_name().map_or_else(|| id.clone(), str::to_string);
-                // The container's own records: no image, an image record
-                // removed under it, or one with no content. containerd being
-                // unreachable or slow is the node's failure.
-                let refuse = match &e {
-                    LookupError::NoImage(_) | LookupError::NoDigest(_) => true,
-                    LookupError::Call { status, .. } => status.code() == tonic::Code::NotFound,
-                    _ => false,
-                };
-                return fail(reference, e.to_string(), refuse);
+                return fail(reference, failure(&e));
             }
         };
     let image = ImageRef::parse(&name)
@@ -260,46 +201,28 @@ fn subject(
                 .map(|d| image.with_digest(d))
                 .map_err(|e| format!("image {name}: {e}"))
         })
-        .map_err(|message| Undecidable {
-            message,
-            refuse: true,
-        });
+        .map_err(Undecidable::Invalid);
     Subject {
         reference: name,
         image,
         pod,
         pod_record,
-        container,
+        container: container_name,
     }
 }
 
-fn record(
-    decision: &Decision,
-    pod: Option<PodRef>,
-    container: Option<String>,
-    node: &NodeConfig,
-    bundle: Option<BundleRef>,
-) -> String {
-    decision.record_json(&RecordContext {
-        operation: Operation::TaskCreate,
-        time: time::OffsetDateTime::now_utc(),
-        pod,
-        container,
-        cluster: node.cluster.clone(),
-        bundle,
-    })
-}
-
-/// One `write` of the whole line on an `O_APPEND` file: the proxy and other
-/// shims append to the same log at the same time without interleaving.
-fn append(path: &Path, line: &str) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+/// Whose failure a lookup's error is. The container's own records (no
+/// image, an image record removed under it, one with no content) are the
+/// container's; containerd being unreachable or slow is the node's.
+fn failure(e: &LookupError) -> Undecidable {
+    let message = e.to_string();
+    match e {
+        LookupError::NoImage(_) | LookupError::NoDigest(_) => Undecidable::Invalid(message),
+        LookupError::Call { status, .. } if status.code() == tonic::Code::NotFound => {
+            Undecidable::Answered(message)
+        }
+        LookupError::Connect { .. } => Undecidable::Unreachable(message),
+        LookupError::Timeout(_) => Undecidable::TimedOut(message),
+        _ => Undecidable::Internal(message),
     }
-    let mut file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o640)
-        .open(path)?;
-    file.write_all(&audit_line(&file, line))
 }

@@ -25,8 +25,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use args::{Action, Invocation};
-use attestgate_policy::config::{ConfigFile, ShimMode};
+use attestgate_node::ConfigFile;
 use containerd::Containerd;
+use delegate::{ShimKeys, ShimMode};
 
 fn main() -> ExitCode {
     let argv: Vec<OsString> = std::env::args_os().skip(1).collect();
@@ -55,17 +56,18 @@ fn start(invocation: &Invocation, argv: &[OsString]) -> ExitCode {
             }
         },
     };
-    let loaded = ConfigFile::discover(None).and_then(|(file, _)| {
-        let node = file.node_config()?;
-        let mode = file.shim_mode()?;
-        Ok((file, node, mode))
+    let loaded = ConfigFile::discover(None).and_then(|file| {
+        let own: ShimKeys = file.keys_of(attestgate_node::config::SHIM)?;
+        Ok((file, own))
     });
     // A configuration that cannot be read is refused by the exec path.
-    let mode = loaded.as_ref().map_or(ShimMode::Exec, |(_, _, mode)| *mode);
+    let mode = loaded
+        .as_ref()
+        .map_or(ShimMode::Exec, |(_, own)| own.shim_mode.unwrap_or_default());
     let configured_shim = loaded
         .as_ref()
         .ok()
-        .and_then(|(file, _, _)| file.runc_shim.clone());
+        .and_then(|(_, own)| own.runc_shim.clone());
     // Forward mode decides later, in the forwarder: no containerd client here.
     let client = (mode != ShimMode::Forward)
         .then(|| invocation.address.as_deref().map(Containerd::connect))
@@ -103,12 +105,13 @@ fn start(invocation: &Invocation, argv: &[OsString]) -> ExitCode {
         };
     }
 
-    let verdict = gate::decide_with(
-        invocation,
-        &bundle_dir,
-        client,
-        loaded.map(|(file, node, _)| (file, node)),
-    );
+    let container = gate::Container {
+        address: invocation.address.as_deref(),
+        namespace: invocation.namespace.as_deref(),
+        id: invocation.id.as_deref().unwrap_or_default(),
+        task_bundle: &bundle_dir,
+    };
+    let verdict = gate::decide(&container, client, loaded.map(|(file, _)| file));
     if !verdict.decision.allowed {
         // containerd reports start's output as the error of the call.
         eprintln!("{}", verdict.deny_message());

@@ -442,10 +442,10 @@ impl<R: ImageRuntime> Gate<R> {
         match lookup {
             Ok(Some(found)) => Ok(found),
             Ok(None) => Err(Box::new(self.refuse(subject, asked, missing(), started))),
-            Err(e @ (ProxyError::Upstream(_) | ProxyError::Deadline)) => {
-                Err(Box::new(self.error(subject, asked, failed(e), started)))
+            Err(e) => {
+                let why = super::lookup_failure(&e)(failed(e));
+                Err(Box::new(self.undecidable(subject, asked, why, started)))
             }
-            Err(e) => Err(Box::new(self.refuse(subject, asked, failed(e), started))),
         }
     }
 
@@ -615,7 +615,7 @@ fn carried(info: &ImageInfo, name: &ImageRef) -> Option<ImageRef> {
 mod tests {
     use super::*;
     use crate::intercept::testing::{CONTAINER_ID, FakeRuntime, SANDBOX_ID, gate, sandbox};
-    use attestgate_policy::FailMode;
+    use attestgate_node::FailMode;
 
     fn digest(c: char) -> String {
         format!("sha256:{}", c.to_string().repeat(64))

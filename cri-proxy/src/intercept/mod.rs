@@ -13,17 +13,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use attestgate_policy::{
-    Decision, FailMode, ImageRef, ImageSubject, NodeConfig, Operation, PodContext, PodRef,
-    RecordContext, evaluate,
-};
+use attestgate_node::{Decider, Request, Undecidable};
+use attestgate_policy::{Decision, ImageRef, Operation, PodContext, PodRef};
 use bytes::Bytes;
 use http::HeaderMap;
 use http::request::Parts;
 use tokio::sync::{RwLock, RwLockWriteGuard, Semaphore, oneshot};
 
-use crate::audit::AuditLog;
-use crate::bundle::{BundleStore, LoadedBundle};
 use crate::grpc::ProxyError;
 use crate::metrics::Metrics;
 use crate::resolve::{Api, ImageRuntime};
@@ -32,9 +28,7 @@ use crate::upstream::Upstream;
 
 /// Everything a decision needs, shared by all connections.
 pub struct Gate<R> {
-    pub store: Arc<BundleStore>,
-    pub node: NodeConfig,
-    pub audit: AuditLog,
+    pub decider: Decider,
     pub metrics: Arc<Metrics>,
     pub runtime: R,
     pub upstream: Upstream,
@@ -254,20 +248,26 @@ impl<R: ImageRuntime> Gate<R> {
         image: &ImageRef,
         started: Instant,
     ) -> Decision {
-        // One load: the bundle that decides is the one the record names.
-        let current = self.store.current();
-        let pod = subject.pod.map(Pod::context).unwrap_or_default();
-        let decision = evaluate(
-            current.as_ref().map(|c| &c.bundle),
-            &self.node,
-            reference,
-            image,
-            &pod,
-        );
-        self.record(subject, decision, current.as_deref(), started)
+        subject.as_request(|request| {
+            off_the_runtime(|| self.decider.decide(request, reference, image, started))
+        })
     }
 
-    /// An internal failure, settled by the fail mode, recorded like any decision.
+    /// An image that could not be decided, recorded like any decision; the
+    /// decider settles it by whose failure it is.
+    pub fn undecidable(
+        &self,
+        subject: &Subject<'_>,
+        reference: &str,
+        why: Undecidable,
+        started: Instant,
+    ) -> Decision {
+        subject.as_request(|request| {
+            off_the_runtime(|| self.decider.undecidable(request, reference, why, started))
+        })
+    }
+
+    /// The node's own failure, settled by the fail mode.
     pub fn error(
         &self,
         subject: &Subject<'_>,
@@ -275,13 +275,17 @@ impl<R: ImageRuntime> Gate<R> {
         message: impl Into<String>,
         started: Instant,
     ) -> Decision {
-        self.failure(subject, reference, message, self.node.fail_mode, started)
+        self.undecidable(
+            subject,
+            reference,
+            Undecidable::Internal(message.into()),
+            started,
+        )
     }
 
     /// A request that cannot be decided because of what it says (a name that
     /// does not parse, an image that is not there): refused whatever the fail
-    /// mode, which is for the node's own failures. Otherwise fail mode open
-    /// would let a request admit anything by naming it badly (SPEC §9).
+    /// mode.
     pub fn refuse(
         &self,
         subject: &Subject<'_>,
@@ -289,87 +293,36 @@ impl<R: ImageRuntime> Gate<R> {
         message: impl Into<String>,
         started: Instant,
     ) -> Decision {
-        self.failure(subject, reference, message, FailMode::Closed, started)
+        self.undecidable(
+            subject,
+            reference,
+            Undecidable::Invalid(message.into()),
+            started,
+        )
     }
+}
 
-    fn failure(
-        &self,
-        subject: &Subject<'_>,
-        reference: &str,
-        message: impl Into<String>,
-        fail_mode: FailMode,
-        started: Instant,
-    ) -> Decision {
-        let image = match ImageRef::parse(reference) {
-            Ok(parsed) => ImageSubject::from_ref(reference, &parsed),
-            Err(_) => ImageSubject {
-                reference: reference.to_string(),
-                repository: None,
-                digest: None,
-            },
-        };
-        let mut decision = Decision::error(image, message, fail_mode);
-        let pod = subject.pod.map(Pod::context).unwrap_or_default();
-        if pod.break_glass() {
-            decision = decision.broken_glass();
-        }
-        self.record(subject, decision, self.store.current().as_deref(), started)
+/// Whose failure a lookup's error is: containerd out of reach or out of
+/// time is the node's; an error containerd answered (an id prefix two
+/// images share, say) is about what the request named.
+pub fn lookup_failure(error: &ProxyError) -> fn(String) -> Undecidable {
+    match error {
+        ProxyError::Upstream(_) => Undecidable::Unreachable,
+        ProxyError::Deadline => Undecidable::TimedOut,
+        _ => Undecidable::Answered,
     }
+}
 
-    /// Writes the record; when it cannot be written, the fail mode decides.
-    fn record(
-        &self,
-        subject: &Subject<'_>,
-        decision: Decision,
-        current: Option<&LoadedBundle>,
-        started: Instant,
-    ) -> Decision {
-        let ctx = RecordContext {
-            operation: subject.operation,
-            time: time::OffsetDateTime::now_utc(),
-            pod: subject.pod.map(Pod::record),
-            container: subject.container.map(str::to_string),
-            cluster: self.node.cluster.clone(),
-            bundle: current.map(|c| c.reference.clone()),
-        };
-        let line = decision.record_json(&ctx);
-        let decision = match off_the_runtime(|| self.audit.append(&line)) {
-            Ok(()) => decision,
-            Err(e) => {
-                self.metrics.audit_errors.inc();
-                tracing::error!(error = %e, path = %self.audit.path().display(), record = %line, "cannot write the audit log");
-                if self.node.fail_mode == FailMode::Closed && decision.allowed {
-                    Decision::error(
-                        decision.image.clone(),
-                        format!(
-                            "audit log {} cannot be written: {e}",
-                            self.audit.path().display()
-                        ),
-                        FailMode::Closed,
-                    )
-                } else {
-                    decision
-                }
-            }
-        };
-        let operation = match subject.operation {
-            Operation::PullImage => "PullImage",
-            Operation::CreateContainer => "CreateContainer",
-            Operation::TaskCreate => "TaskCreate",
-            Operation::Evaluate => "Evaluate",
-        };
-        self.metrics.observe_decision(
-            operation,
-            decision.allowed,
-            decision.reason.as_str(),
-            started.elapsed(),
-        );
-        if decision.allowed {
-            tracing::debug!(operation, reason = %decision.reason, "{}", decision.explanation());
-        } else {
-            tracing::info!(operation, reason = %decision.reason, "{}", decision.explanation());
-        }
-        decision
+impl Subject<'_> {
+    fn as_request<T>(&self, decide: impl FnOnce(&Request<'_>) -> T) -> T {
+        let pod = self.pod.map(Pod::context).unwrap_or_default();
+        let pod_ref = self.pod.map(Pod::record);
+        decide(&Request {
+            operation: self.operation,
+            pod: &pod,
+            pod_ref: pod_ref.as_ref(),
+            container: self.container,
+        })
     }
 }
 

@@ -123,15 +123,9 @@ impl<R: ImageRuntime> Gate<R> {
                 return Ok(Reply::Full(pulled));
             }
             Err(e) => {
-                // containerd out of reach is the node's failure; an error
-                // it answered is about the name the request gave.
-                let node_failure = matches!(e, ProxyError::Upstream(_) | ProxyError::Deadline);
-                let message = format!("cannot resolve the pulled image: {e}");
-                settle(&if node_failure {
-                    self.error(&subject, &request.image, message, started)
-                } else {
-                    self.refuse(&subject, &request.image, message, started)
-                })?;
+                let why =
+                    super::lookup_failure(&e)(format!("cannot resolve the pulled image: {e}"));
+                settle(&self.undecidable(&subject, &request.image, why, started))?;
                 return Ok(Reply::Full(pulled));
             }
         };
@@ -206,7 +200,7 @@ mod tests {
     use super::*;
     use crate::intercept::testing::gate;
     use crate::resolve::ImageInfo;
-    use attestgate_policy::FailMode;
+    use attestgate_node::FailMode;
 
     fn pull_request(image: &str) -> Bytes {
         let message = k8s_cri::v1::PullImageRequest {

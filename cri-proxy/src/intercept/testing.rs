@@ -4,7 +4,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use attestgate_policy::{FailMode, NodeConfig};
+use attestgate_node::{AuditLog, BundleStore, Decider, FailMode};
+use attestgate_policy::Settings;
 
 use super::{Gate, Pod};
 use crate::grpc::ProxyError;
@@ -134,16 +135,17 @@ pub fn gate(
     let bundle = dir.join("bundle");
     std::fs::create_dir_all(&bundle).unwrap();
     std::fs::write(bundle.join("policy.yaml"), policy).unwrap();
-    let store = Arc::new(crate::bundle::BundleStore::new(bundle, metrics.clone()));
+    let store = Arc::new(BundleStore::new(bundle, metrics.clone()));
     store.reload(true);
     assert!(store.current().is_some(), "the test policy loads");
     Gate {
-        store,
-        node: NodeConfig {
+        decider: Decider::new(
+            store,
+            Settings::default(),
             fail_mode,
-            ..NodeConfig::default()
-        },
-        audit: crate::audit::AuditLog::open(&dir.join("audit.jsonl")).unwrap(),
+            AuditLog::open(&dir.join("audit.jsonl")).unwrap(),
+            metrics.clone(),
+        ),
         metrics,
         runtime: FakeRuntime {
             images: vec![image],

@@ -7,11 +7,9 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
-use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::{FileExt as _, MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-
-use attestgate_policy::decision::audit_line;
 
 pub struct AuditLog {
     path: PathBuf,
@@ -37,6 +35,15 @@ impl AuditLog {
             path: path.to_path_buf(),
             file: Mutex::new(Some(file)),
         })
+    }
+
+    /// A log at `path` opened on the first append, for a program that
+    /// writes one record and must record even why it could not open it.
+    pub fn at(path: &Path) -> AuditLog {
+        AuditLog {
+            path: path.to_path_buf(),
+            file: Mutex::new(None),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -92,12 +99,62 @@ fn unlinked(file: &File) -> bool {
 }
 
 fn append_to(mut file: &File, record: &str) -> std::io::Result<()> {
-    file.write_all(&audit_line(file, record))
+    file.write_all(&line_after(last_byte(file), record))
+}
+
+/// What to write to append `record` (one JSON line, no newline) after a
+/// log whose last byte is `last_byte`. A write that ran out of space (ours,
+/// or that of another process appending to the same log) can leave the log
+/// mid-line; the record then starts on a line of its own instead of being
+/// glued to the fragment, where no reader could find it.
+fn line_after(last_byte: Option<u8>, record: &str) -> Vec<u8> {
+    let mut line = Vec::with_capacity(record.len() + 2);
+    if last_byte.is_some_and(|b| b != b'\n') {
+        line.push(b'\n');
+    }
+    line.extend_from_slice(record.as_bytes());
+    line.push(b'\n');
+    line
+}
+
+/// The log's last byte, if it is a regular file that has one. Read through
+/// a read-only open of the same file (`/proc/self/fd`), so the log itself
+/// stays open for appending only: a log the writer may append to but not
+/// read, or a FIFO, behaves as before. Best effort: a log truncated under
+/// us (`copytruncate`) or unreadable just gets no fresh line.
+fn last_byte(log: &File) -> Option<u8> {
+    use std::os::fd::AsRawFd as _;
+    let meta = log.metadata().ok()?;
+    let end = meta.len().checked_sub(1).filter(|_| meta.is_file())?;
+    let reader = File::open(format!("/proc/self/fd/{}", log.as_raw_fd())).ok()?;
+    let mut byte = [0u8];
+    reader.read_exact_at(&mut byte, end).ok()?;
+    Some(byte[0])
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn an_audit_line_starts_afresh_after_a_torn_one() {
+        assert_eq!(line_after(None, "{}"), b"{}\n");
+        assert_eq!(line_after(Some(b'\n'), "{}"), b"{}\n");
+        assert_eq!(line_after(Some(b'"'), "{}"), b"\n{}\n");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&path).unwrap();
+        log.append("{}").unwrap();
+        std::fs::write(&path, "{}\n{\"ti").unwrap();
+        log.append("{}").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{}\n{\"ti\n{}\n");
+        log.append("{}").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{}\n{\"ti\n{}\n{}\n"
+        );
+    }
 
     #[test]
     fn lines_are_appended_across_reopen_and_rotation() {
@@ -121,6 +178,7 @@ mod tests {
 
 #[cfg(test)]
 mod reopen_tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

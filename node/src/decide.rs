@@ -1,0 +1,415 @@
+//! The one decider: `attestgate_policy::evaluate` and the node's rules
+//! around it, for every program that decides on the node.
+//!
+//! - No valid bundle is `NO_POLICY`, and an image the node could not
+//!   resolve because of its own failure (containerd out of reach or out of
+//!   time) is `ERROR`: both are settled by the fail mode.
+//! - An image that cannot be decided because of what the request or the
+//!   container says, or because containerd answered with an error (not
+//!   found, ambiguous), is refused whatever the fail mode. Otherwise fail
+//!   mode open would admit anything named badly enough (SPEC §9).
+//! - Break-glass wins over both.
+//! - A record that cannot be written to the audit log turns an allow into
+//!   a refusal when the node fails closed: nothing runs unrecorded.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use attestgate_policy::{
+    Decision, ImageRef, ImageSubject, Operation, PodContext, PodRef, RecordContext, Settings,
+    evaluate,
+};
+
+use crate::audit::AuditLog;
+use crate::config::FailMode;
+use crate::hooks::Hooks;
+use crate::store::{BundleStore, LoadedBundle};
+
+/// Why an image could not be decided, by whose failure it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Undecidable {
+    /// containerd could not be reached: the node's failure.
+    #[error("{0}")]
+    Unreachable(String),
+    /// containerd did not answer in time: the node's failure.
+    #[error("{0}")]
+    TimedOut(String),
+    /// The node's own failure otherwise (an answer it cannot make sense
+    /// of, a task that died).
+    #[error("{0}")]
+    Internal(String),
+    /// containerd answered with an error: the name or id given is not
+    /// there, or names more than one thing.
+    #[error("{0}")]
+    Answered(String),
+    /// What the request or the container says cannot be decided: a name
+    /// that does not parse, no image, an image with nothing to decide by.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Undecidable {
+    /// Whether the fail mode settles it: only the node's own failures.
+    pub fn is_node_failure(&self) -> bool {
+        matches!(
+            self,
+            Undecidable::Unreachable(_) | Undecidable::TimedOut(_) | Undecidable::Internal(_)
+        )
+    }
+
+    /// The same failure, its message put in context.
+    pub fn map_message(self, f: impl FnOnce(String) -> String) -> Undecidable {
+        match self {
+            Undecidable::Unreachable(m) => Undecidable::Unreachable(f(m)),
+            Undecidable::TimedOut(m) => Undecidable::TimedOut(f(m)),
+            Undecidable::Internal(m) => Undecidable::Internal(f(m)),
+            Undecidable::Answered(m) => Undecidable::Answered(f(m)),
+            Undecidable::Invalid(m) => Undecidable::Invalid(f(m)),
+        }
+    }
+}
+
+/// What a decision is about, besides the image.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub operation: Operation,
+    /// The pod as far as it is known: what the policy's rules and
+    /// break-glass read.
+    pub pod: &'a PodContext,
+    /// The pod as recorded, when there is one.
+    pub pod_ref: Option<&'a PodRef>,
+    pub container: Option<&'a str>,
+}
+
+pub struct Decider {
+    pub store: Arc<BundleStore>,
+    pub evaluation: Settings,
+    pub fail_mode: FailMode,
+    pub audit: AuditLog,
+    hooks: Arc<dyn Hooks>,
+}
+
+impl Decider {
+    pub fn new(
+        store: Arc<BundleStore>,
+        evaluation: Settings,
+        fail_mode: FailMode,
+        audit: AuditLog,
+        hooks: Arc<dyn Hooks>,
+    ) -> Decider {
+        Decider {
+            store,
+            evaluation,
+            fail_mode,
+            audit,
+            hooks,
+        }
+    }
+
+    /// Decides `image` (`reference` as the request named it, for the
+    /// record) under the bundle in force, and records the decision.
+    pub fn decide(
+        &self,
+        request: &Request<'_>,
+        reference: &str,
+        image: &ImageRef,
+        started: Instant,
+    ) -> Decision {
+        // One load: the bundle that decides is the one the record names.
+        let current = self.store.current();
+        let decision = match &current {
+            Some(loaded) => evaluate(
+                &loaded.bundle,
+                &self.evaluation,
+                reference,
+                image,
+                request.pod,
+            ),
+            None => self.settle(
+                Decision::no_policy(ImageSubject::from_ref(reference, image)),
+                true,
+                request.pod,
+            ),
+        };
+        self.record(request, decision, current.as_deref(), started)
+    }
+
+    /// An image that could not be decided, settled by whose failure it is
+    /// and recorded like any decision.
+    pub fn undecidable(
+        &self,
+        request: &Request<'_>,
+        reference: &str,
+        why: Undecidable,
+        started: Instant,
+    ) -> Decision {
+        let image = match ImageRef::parse(reference) {
+            Ok(parsed) => ImageSubject::from_ref(reference, &parsed),
+            Err(_) => ImageSubject {
+                reference: reference.to_string(),
+                repository: None,
+                digest: None,
+            },
+        };
+        let node_failure = why.is_node_failure();
+        let decision = self.settle(
+            Decision::error(image, why.to_string()),
+            node_failure,
+            request.pod,
+        );
+        self.record(request, decision, self.store.current().as_deref(), started)
+    }
+
+    fn settle(&self, decision: Decision, node_failure: bool, pod: &PodContext) -> Decision {
+        let decision = if node_failure && self.fail_mode == FailMode::Open {
+            decision.failed_open()
+        } else {
+            decision
+        };
+        if pod.break_glass() {
+            decision.broken_glass()
+        } else {
+            decision
+        }
+    }
+
+    /// Writes the record; when it cannot be written, the fail mode decides.
+    fn record(
+        &self,
+        request: &Request<'_>,
+        decision: Decision,
+        current: Option<&LoadedBundle>,
+        started: Instant,
+    ) -> Decision {
+        let ctx = RecordContext {
+            operation: request.operation,
+            time: time::OffsetDateTime::now_utc(),
+            pod: request.pod_ref.cloned(),
+            container: request.container.map(str::to_string),
+            cluster: self.evaluation.cluster.clone(),
+            bundle: current.map(|c| c.reference.clone()),
+        };
+        let line = decision.record_json(&ctx);
+        let decision = match self.audit.append(&line) {
+            Ok(()) => decision,
+            Err(e) => {
+                self.hooks.audit_failed();
+                tracing::error!(error = %e, path = %self.audit.path().display(), record = %line, "cannot write the audit log");
+                if self.fail_mode == FailMode::Closed && decision.allowed {
+                    Decision::error(
+                        decision.image.clone(),
+                        format!(
+                            "audit log {} cannot be written: {e}",
+                            self.audit.path().display()
+                        ),
+                    )
+                } else {
+                    decision
+                }
+            }
+        };
+        self.hooks
+            .decided(request.operation, &decision, started.elapsed());
+        let operation = operation_name(request.operation);
+        if decision.allowed {
+            tracing::debug!(operation, reason = %decision.reason, "{}", decision.explanation());
+        } else {
+            tracing::info!(operation, reason = %decision.reason, "{}", decision.explanation());
+        }
+        decision
+    }
+
+    pub fn audit_path(&self) -> &Path {
+        self.audit.path()
+    }
+}
+
+pub fn operation_name(operation: Operation) -> &'static str {
+    match operation {
+        Operation::PullImage => "PullImage",
+        Operation::CreateContainer => "CreateContainer",
+        Operation::TaskCreate => "TaskCreate",
+        Operation::Evaluate => "Evaluate",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::hooks::NoHooks;
+    use attestgate_policy::Reason;
+
+    const GLASS: &str = "image-policy.k8s.io/break-glass";
+
+    fn decider(dir: &Path, policy: Option<&str>, fail_mode: FailMode) -> Decider {
+        let bundle = dir.join("bundle");
+        std::fs::create_dir_all(&bundle).unwrap();
+        if let Some(policy) = policy {
+            std::fs::write(bundle.join("policy.yaml"), policy).unwrap();
+        }
+        let store = Arc::new(BundleStore::new(bundle, Arc::new(NoHooks)));
+        store.reload(true);
+        Decider::new(
+            store,
+            Settings::default(),
+            fail_mode,
+            AuditLog::open(&dir.join("audit.jsonl")).unwrap(),
+            Arc::new(NoHooks),
+        )
+    }
+
+    const DENY: &str = "defaultAdmissionRule:\n  evaluationMode: ALWAYS_DENY\n  enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG\n";
+
+    fn glass() -> PodContext {
+        let mut pod = PodContext::default();
+        pod.labels.insert(GLASS.into(), "true".into());
+        pod
+    }
+
+    fn request(pod: &PodContext) -> Request<'_> {
+        Request {
+            operation: Operation::CreateContainer,
+            pod,
+            pod_ref: None,
+            container: Some("app"),
+        }
+    }
+
+    fn lines(dir: &Path) -> Vec<String> {
+        std::fs::read_to_string(dir.join("audit.jsonl"))
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn no_policy_follows_the_fail_mode_and_break_glass_wins() {
+        let image = ImageRef::parse("registry.test/app:1").unwrap();
+        let pod = PodContext::default();
+        for (mode, allowed) in [(FailMode::Closed, false), (FailMode::Open, true)] {
+            let dir = tempfile::tempdir().unwrap();
+            let d = decider(dir.path(), None, mode).decide(
+                &request(&pod),
+                "registry.test/app:1",
+                &image,
+                Instant::now(),
+            );
+            assert_eq!((d.allowed, d.reason), (allowed, Reason::NoPolicy));
+            assert_eq!(d.explanation().contains("fail mode open"), allowed);
+            assert_eq!(lines(dir.path()).len(), 1);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let glass = glass();
+        let d = decider(dir.path(), None, FailMode::Closed).decide(
+            &request(&glass),
+            "registry.test/app:1",
+            &image,
+            Instant::now(),
+        );
+        assert!(d.allowed);
+        assert_eq!(
+            (d.reason, d.overridden),
+            (Reason::BreakGlass, Some(Reason::NoPolicy))
+        );
+    }
+
+    #[test]
+    fn the_fail_mode_settles_the_node_s_failures_only() {
+        let pod = PodContext::default();
+        let node = [
+            Undecidable::Unreachable("containerd is not there".into()),
+            Undecidable::TimedOut("containerd is slow".into()),
+            Undecidable::Internal("lost".into()),
+        ];
+        let request_s = [
+            Undecidable::Answered("ambiguous digest".into()),
+            Undecidable::Invalid("no image".into()),
+        ];
+        for mode in [FailMode::Closed, FailMode::Open] {
+            let dir = tempfile::tempdir().unwrap();
+            let decider = decider(dir.path(), Some(DENY), mode);
+            for why in node.iter().chain(&request_s) {
+                let d = decider.undecidable(
+                    &request(&pod),
+                    "registry.test/app:1",
+                    why.clone(),
+                    Instant::now(),
+                );
+                let expected = mode == FailMode::Open && why.is_node_failure();
+                assert_eq!(d.allowed, expected, "{why:?} under {mode:?}");
+                assert_eq!(d.reason, Reason::Error);
+                assert!(d.explanation().contains(&why.to_string()));
+            }
+            assert_eq!(lines(dir.path()).len(), 5);
+        }
+    }
+
+    #[test]
+    fn break_glass_wins_over_errors_of_either_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let decider = decider(dir.path(), Some(DENY), FailMode::Closed);
+        let glass = glass();
+        for why in [
+            Undecidable::Invalid("bad name".into()),
+            Undecidable::Unreachable("x".into()),
+        ] {
+            let d =
+                decider.undecidable(&request(&glass), "registry.test/app:1", why, Instant::now());
+            assert!(d.allowed);
+            assert_eq!(
+                (d.reason, d.overridden),
+                (Reason::BreakGlass, Some(Reason::Error))
+            );
+        }
+    }
+
+    #[test]
+    fn an_allow_that_cannot_be_recorded_is_refused_when_failing_closed() {
+        const ALLOW: &str = "defaultAdmissionRule:\n  evaluationMode: ALWAYS_ALLOW\n";
+        let image = ImageRef::parse("registry.test/app:1").unwrap();
+        let pod = PodContext::default();
+        for (mode, allowed) in [(FailMode::Closed, false), (FailMode::Open, true)] {
+            let dir = tempfile::tempdir().unwrap();
+            let decider = decider(dir.path(), Some(ALLOW), mode);
+            let log = dir.path().join("audit.jsonl");
+            std::fs::rename(&log, dir.path().join("rotated")).unwrap();
+            std::fs::create_dir(&log).unwrap();
+            decider.audit.reopen().unwrap_err();
+            let d = decider.decide(
+                &request(&pod),
+                "registry.test/app:1",
+                &image,
+                Instant::now(),
+            );
+            assert_eq!(d.allowed, allowed, "{mode:?}");
+            if !allowed {
+                assert_eq!(d.reason, Reason::Error);
+                assert!(d.explanation().contains("cannot be written"));
+            }
+        }
+    }
+
+    #[test]
+    fn the_record_names_the_bundle_that_decided() {
+        let dir = tempfile::tempdir().unwrap();
+        let decider = decider(dir.path(), Some(DENY), FailMode::Closed);
+        let image = ImageRef::parse("registry.test/app:1").unwrap();
+        let pod = PodContext::default();
+        let d = decider.decide(
+            &request(&pod),
+            "registry.test/app:1",
+            &image,
+            Instant::now(),
+        );
+        assert_eq!(d.reason, Reason::AlwaysDeny);
+        let digest = decider.store.current().unwrap().reference.digest.clone();
+        let line = &lines(dir.path())[0];
+        assert!(
+            line.contains(&digest) && line.contains("\"container\":\"app\""),
+            "{line}"
+        );
+    }
+}

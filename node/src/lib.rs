@@ -1,0 +1,28 @@
+//! attestgate-node: what every attestgate program on the node shares, so
+//! that a container decided at CreateContainer by the proxy and again at
+//! Task.Create by the shim is decided by the same rules.
+//!
+//! - [`config`]: `/etc/attestgate/config.toml`, the keys every program
+//!   reads, typed; each program parses its own keys itself.
+//! - [`store`]: the bundle in force (load, atomic swap, last good kept,
+//!   and with the `watch` feature, reload on change and on SIGHUP).
+//! - [`audit`]: the one audit log writer.
+//! - [`decide`]: the one decider: `attestgate_policy::evaluate` plus the
+//!   node's rules around it (the fail mode applies to the node's own
+//!   failures only, break-glass wins over errors, a record that cannot be
+//!   written closes).
+//! - [`hooks`]: what a program may count (metrics) as the others work.
+
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod config;
+pub mod decide;
+pub mod hooks;
+pub mod store;
+
+pub use audit::AuditLog;
+pub use config::{ConfigError, ConfigFile, FailMode, NodeSettings};
+pub use decide::{Decider, Request, Undecidable};
+pub use hooks::Hooks;
+pub use store::{BundleStore, LoadedBundle, ReloadOutcome};
