@@ -28,6 +28,7 @@ use ttrpc::proto::{
 };
 
 use crate::args::Invocation;
+use crate::containerd::{Containerd, LookupError};
 use crate::gate;
 use crate::reply::StartReply;
 
@@ -153,10 +154,67 @@ fn spawn_forwarder(
     }
 }
 
-/// What the forwarder needs to decide a Create.
+/// What the forwarder needs to decide a Create: where its decisions are
+/// made.
 struct Context {
-    namespace: String,
-    grpc_address: String,
+    decisions: std::sync::mpsc::Sender<Held>,
+}
+
+/// A Create held for its decision, and where its frame goes either way.
+struct Held {
+    frame: Vec<u8>,
+    stream_id: u32,
+    create: CreateTask,
+    to_upstream: mpsc::UnboundedSender<Vec<u8>>,
+    to_client: mpsc::UnboundedSender<Vec<u8>>,
+}
+
+/// Decides the held Creates one after another, on one thread for the
+/// forwarder's life (the decision blocks on containerd and the disk, so
+/// not on the relay's runtime), through one connection to containerd,
+/// made at the first Create and kept while it answers.
+fn decide_creates(namespace: String, grpc_address: String) -> std::sync::mpsc::Sender<Held> {
+    let (decisions, held) = std::sync::mpsc::channel::<Held>();
+    std::thread::spawn(move || {
+        let mut client: Option<Containerd> = None;
+        for Held {
+            frame,
+            stream_id,
+            create,
+            to_upstream,
+            to_client,
+        } in held
+        {
+            let container = gate::Container {
+                address: Some(&grpc_address),
+                namespace: Some(&namespace),
+                id: &create.id,
+                task_bundle: Path::new(&create.bundle),
+            };
+            let mut lookup = |address: &str, namespace: &str, id: &str| {
+                let connected = match &client {
+                    Some(connected) => connected,
+                    None => client.insert(Containerd::connect(address)?),
+                };
+                let found = connected.container_image(namespace, id);
+                if matches!(
+                    found,
+                    Err(LookupError::Connect { .. } | LookupError::Timeout(_))
+                ) {
+                    client = None;
+                }
+                found
+            };
+            let config = attestgate_node::ConfigFile::discover(None);
+            let verdict = gate::decide(&container, &mut lookup, config);
+            if verdict.decision.allowed {
+                let _ = to_upstream.send(frame);
+            } else {
+                let _ = to_client.send(denial(stream_id, verdict.deny_message()));
+            }
+        }
+    });
+    decisions
 }
 
 /// The forwarder process: listens on its socket and relays to the runc
@@ -201,8 +259,10 @@ pub fn serve(invocation: &Invocation) -> ExitCode {
         }
     };
     let context = Arc::new(Context {
-        namespace: invocation.namespace.clone().unwrap_or_default(),
-        grpc_address: invocation.address.clone().unwrap_or_default(),
+        decisions: decide_creates(
+            invocation.namespace.clone().unwrap_or_default(),
+            invocation.address.clone().unwrap_or_default(),
+        ),
     });
     println!("ready");
     let _ = std::io::stdout().flush();
@@ -348,8 +408,9 @@ async fn relay(
     result
 }
 
-/// Decides on a thread of its own (the decision blocks on containerd and
-/// the disk), so other calls on the connection keep flowing meanwhile.
+/// Holds a Create for its decision; other calls on the connection keep
+/// flowing meanwhile. A Create that cannot be decided (the deciding thread
+/// is gone) is refused, never passed on.
 fn decide_then_forward(
     frame: Vec<u8>,
     stream_id: u32,
@@ -358,23 +419,20 @@ fn decide_then_forward(
     to_upstream: mpsc::UnboundedSender<Vec<u8>>,
     to_client: mpsc::UnboundedSender<Vec<u8>>,
 ) {
-    let namespace = context.namespace.clone();
-    let address = context.grpc_address.clone();
-    std::thread::spawn(move || {
-        let container = gate::Container {
-            address: Some(&address),
-            namespace: Some(&namespace),
-            id: &create.id,
-            task_bundle: Path::new(&create.bundle),
-        };
-        let config = attestgate_node::ConfigFile::discover(None);
-        let verdict = gate::decide(&container, None, config);
-        if verdict.decision.allowed {
-            let _ = to_upstream.send(frame);
-        } else {
-            let _ = to_client.send(denial(stream_id, verdict.deny_message()));
-        }
-    });
+    let held = Held {
+        frame,
+        stream_id,
+        create,
+        to_upstream,
+        to_client,
+    };
+    if let Err(std::sync::mpsc::SendError(held)) = context.decisions.send(held) {
+        let _ = held.to_client.send(denial(
+            held.stream_id,
+            "SignatureValidationFailed: the forwarder cannot decide: its deciding thread is gone"
+                .into(),
+        ));
+    }
 }
 
 fn denial(stream_id: u32, message: String) -> Vec<u8> {

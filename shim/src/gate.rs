@@ -58,12 +58,28 @@ impl Verdict {
     }
 }
 
+/// Asks containerd for a container's image: `(address, namespace, id)`.
+pub type Lookup<'l> = dyn FnMut(&str, &str, &str) -> Result<ContainerImage, LookupError> + 'l;
+
+/// A lookup through `client` when given (already connected, or why it
+/// could not be), else through a connection of its own.
+pub fn lookup_once(
+    client: Option<Result<Containerd, LookupError>>,
+) -> impl FnMut(&str, &str, &str) -> Result<ContainerImage, LookupError> {
+    let mut client = client;
+    move |address, namespace, id| {
+        client
+            .take()
+            .unwrap_or_else(|| Containerd::connect(address))?
+            .container_image(namespace, id)
+    }
+}
+
 /// Decides `container` under the configuration `config` (as read, or why
-/// it could not be), asking containerd through `client` (or a new
-/// connection).
+/// it could not be), asking containerd through `lookup`.
 pub fn decide(
     container: &Container<'_>,
-    client: Option<Result<Containerd, LookupError>>,
+    lookup: &mut Lookup<'_>,
     config: Result<ConfigFile, ConfigError>,
 ) -> Verdict {
     let started = Instant::now();
@@ -79,7 +95,7 @@ pub fn decide(
     // containerd is asked about the image: the two are independent.
     let subject = std::thread::scope(|scope| {
         let preparing = scope.spawn(|| store.prepare());
-        let subject = subject(container, client);
+        let subject = subject(container, lookup);
         // A load that panicked leaves no bundle: NO_POLICY, settled below.
         if let Ok(Prepared::Indexed { index, stamp }) = preparing.join() {
             let digest = subject.image.as_ref().ok().and_then(|i| i.digest.as_ref());
@@ -140,7 +156,7 @@ fn unconfigured(container: &Container<'_>, e: &ConfigError) -> Verdict {
     }
 }
 
-fn subject(container: &Container<'_>, client: Option<Result<Containerd, LookupError>>) -> Subject {
+fn subject(container: &Container<'_>, lookup: &mut Lookup<'_>) -> Subject {
     let id = container.id.to_string();
     let spec = SpecContext::read(container.task_bundle);
     let (pod, pod_record, container_name) = match &spec {
@@ -185,15 +201,13 @@ fn subject(container: &Container<'_>, client: Option<Result<Containerd, LookupEr
             ),
         );
     };
-    let client = client.unwrap_or_else(|| Containerd::connect(address));
-    let ContainerImage { name, digest } =
-        match client.and_then(|c| c.container_image(namespace, &id)) {
-            Ok(found) => found,
-            Err(e) => {
-                let reference = spec.image_name().map_or_else(|| id.clone(), str::to_string);
-                return fail(reference, failure(&e));
-            }
-        };
+    let ContainerImage { name, digest } = match lookup(address, namespace, &id) {
+        Ok(found) => found,
+        Err(e) => {
+            let reference = spec.image_name().map_or_else(|| id.clone(), str::to_string);
+            return fail(reference, failure(&e));
+        }
+    };
     let image = ImageRef::parse(&name)
         .map_err(|e| format!("cannot parse image name {name:?}: {e}"))
         .and_then(|image| {

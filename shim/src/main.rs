@@ -111,7 +111,11 @@ fn start(invocation: &Invocation, argv: &[OsString]) -> ExitCode {
         id: invocation.id.as_deref().unwrap_or_default(),
         task_bundle: &bundle_dir,
     };
-    let verdict = gate::decide(&container, client, loaded.map(|(file, _)| file));
+    let verdict = gate::decide(
+        &container,
+        &mut gate::lookup_once(client),
+        loaded.map(|(file, _)| file),
+    );
     if !verdict.decision.allowed {
         // containerd reports start's output as the error of the call.
         eprintln!("{}", verdict.deny_message());
