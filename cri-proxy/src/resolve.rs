@@ -10,15 +10,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+use crate::cri::{Api, Pod};
 use crate::grpc::ProxyError;
-use crate::intercept::Pod;
-
-/// Which CRI version a request came in on; the proxy asks back in the same.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Api {
-    V1,
-    V1alpha2,
-}
 
 /// What the runtime knows about an image on the node.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -12,64 +12,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use h2::RecvStream;
-use http::Response;
 use tokio::net::UnixListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::intercept::Gate;
-use crate::resolve::{Api, ImageRuntime};
-use crate::upstream::FullResponse;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
-    Pull(Api),
-    Create(Api),
-    /// Forwarded as it came, once no create by name is being checked (see
-    /// `intercept::Unconfirmed`); never decoded.
-    Start,
-    Forward,
-}
-
-pub fn route(path: &str) -> Route {
-    // gRPC servers route on "service/method" after dropping one leading
-    // slash (grpc-go before 1.79.3 even without it), so both spellings must
-    // be decided: otherwise "runtime.v1.ImageService/PullImage" would pull
-    // with no decision.
-    match path.strip_prefix('/').unwrap_or(path) {
-        "runtime.v1.ImageService/PullImage" => Route::Pull(Api::V1),
-        "runtime.v1alpha2.ImageService/PullImage" => Route::Pull(Api::V1alpha2),
-        "runtime.v1.RuntimeService/CreateContainer" => Route::Create(Api::V1),
-        "runtime.v1alpha2.RuntimeService/CreateContainer" => Route::Create(Api::V1alpha2),
-        "runtime.v1.RuntimeService/StartContainer"
-        | "runtime.v1alpha2.RuntimeService/StartContainer" => Route::Start,
-        _ => Route::Forward,
-    }
-}
-
-/// Whether a call is one this endpoint serves: the CRI, both versions,
-/// methods added to it later included, and the gRPC health check.
-///
-/// containerd serves its own API (images, content, containers, tasks) on
-/// the same socket as the CRI. Passed on from here, it would pull and run
-/// any image with no decision and no record, for whoever may use this
-/// socket. gRPC servers route by the service name before the last `/`
-/// (after one leading slash, dropped), and only the CRI's services have
-/// names under these prefixes.
-pub fn served(path: &str) -> bool {
-    let name = path.strip_prefix('/').unwrap_or(path);
-    ["runtime.v1.", "runtime.v1alpha2.", "grpc.health.v1.Health/"]
-        .iter()
-        .any(|service| name.starts_with(service))
-}
-
-/// What an intercepted call answers.
-pub enum Reply {
-    /// containerd's response to the forwarded call.
-    Stream(Response<RecvStream>),
-    /// A response read in full before the decision (PullImage by tag).
-    Full(FullResponse),
-}
+use crate::resolve::ImageRuntime;
 
 /// How often a refused connection is logged at most; the rest are counted.
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -166,73 +113,5 @@ impl Refusals {
         );
         self.since_logged = 0;
         self.logged_at = Some(now);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_pull_create_and_start_are_intercepted() {
-        assert_eq!(
-            route("/runtime.v1.ImageService/PullImage"),
-            Route::Pull(Api::V1)
-        );
-        assert_eq!(
-            route("/runtime.v1alpha2.RuntimeService/CreateContainer"),
-            Route::Create(Api::V1alpha2)
-        );
-        // What grpc-go routes without the leading slash is decided too.
-        assert_eq!(
-            route("runtime.v1.ImageService/PullImage"),
-            Route::Pull(Api::V1)
-        );
-        assert_eq!(
-            route("runtime.v1.RuntimeService/CreateContainer"),
-            Route::Create(Api::V1)
-        );
-        assert_eq!(route("//runtime.v1.ImageService/PullImage"), Route::Forward);
-        // Held while a create by name is being checked, never decoded.
-        for path in [
-            "/runtime.v1.RuntimeService/StartContainer",
-            "/runtime.v1alpha2.RuntimeService/StartContainer",
-            "runtime.v1.RuntimeService/StartContainer",
-        ] {
-            assert_eq!(route(path), Route::Start, "{path}");
-        }
-        for path in [
-            "/runtime.v1.RuntimeService/StopContainer",
-            "/runtime.v1.ImageService/ImageStatus",
-            "/runtime.v1.RuntimeService/GetContainerEvents",
-            "/runtime.v2.RuntimeService/CreateContainer",
-            "/grpc.health.v1.Health/Check",
-        ] {
-            assert_eq!(route(path), Route::Forward, "{path}");
-        }
-    }
-
-    #[test]
-    fn only_the_cri_is_served() {
-        for path in [
-            "/runtime.v1.RuntimeService/Version",
-            "runtime.v1.ImageService/PullImage",
-            "/runtime.v1alpha2.RuntimeService/ExecSync",
-            "/runtime.v1.RuntimeService/AMethodAddedLater",
-            "/grpc.health.v1.Health/Check",
-        ] {
-            assert!(served(path), "{path}");
-        }
-        for path in [
-            "/containerd.services.images.v1.Images/Create",
-            "/containerd.services.content.v1.Content/Write",
-            "/containerd.services.tasks.v1.Tasks/Create",
-            "/containerd.services.version.v1.Version/Version",
-            "//runtime.v1.ImageService/PullImage",
-            "/x/runtime.v1.RuntimeService/Version",
-            "",
-        ] {
-            assert!(!served(path), "{path}");
-        }
     }
 }

@@ -21,6 +21,14 @@ use tokio::sync::Mutex;
 
 use crate::grpc::ProxyError;
 
+/// What an intercepted call answers.
+pub enum Reply {
+    /// containerd's response to the forwarded call.
+    Stream(Response<RecvStream>),
+    /// A response read in full before the decision (PullImage by tag).
+    Full(FullResponse),
+}
+
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What goes upstream as the request body.

@@ -30,6 +30,9 @@ pub struct Invocation {
     pub rest: Vec<String>,
 }
 
+/// The action word the forwarder process is started with.
+pub const SERVE_ACTION: &str = "attestgate-forward";
+
 /// The runc shim's flags that take a value; every other flag is boolean.
 const VALUE_FLAGS: &[&str] = &[
     "namespace",
@@ -83,7 +86,7 @@ impl Invocation {
     pub fn action(&self) -> Action {
         match self.action.as_deref() {
             Some("start") => Action::Start,
-            Some(crate::forward::SERVE_ACTION) => Action::Forward,
+            Some(SERVE_ACTION) => Action::Forward,
             _ => Action::Other,
         }
     }

@@ -27,13 +27,10 @@ use ttrpc::proto::{
     Codec as _, MESSAGE_HEADER_LENGTH, MESSAGE_TYPE_REQUEST, MESSAGE_TYPE_RESPONSE,
 };
 
-use crate::args::Invocation;
+use crate::args::{Invocation, SERVE_ACTION};
 use crate::containerd::{Containerd, LookupError};
 use crate::gate;
 use crate::reply::StartReply;
-
-/// The action word the forwarder process is started with.
-pub const SERVE_ACTION: &str = "attestgate-forward";
 
 /// containerd's ttrpc limit is 4 MiB; a frame beyond this bound is not
 /// ttrpc, and the connection is dropped rather than buffered.

@@ -11,11 +11,11 @@ use http::request::Parts;
 use prost::Message as _;
 
 use super::pull::{pod_v1, pod_v1alpha2};
-use super::{CREATES, Gate, Pod, Subject, deadline, digest_for, is_image_id, to_the_end};
+use super::{CREATES, Gate, Subject, deadline, to_the_end};
+use crate::cri::{Api, Pod, digest_for, is_image_id};
 use crate::grpc::{self, ProxyError};
-use crate::resolve::{Api, ImageInfo, ImageRuntime};
-use crate::server::Reply;
-use crate::upstream::{FullResponse, RequestBody};
+use crate::resolve::{ImageInfo, ImageRuntime};
+use crate::upstream::{FullResponse, Reply, RequestBody};
 
 #[derive(Clone)]
 pub struct CreateRequest {

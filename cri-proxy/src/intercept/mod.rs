@@ -9,22 +9,21 @@ pub mod pull;
 #[cfg(test)]
 mod testing;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use attestgate_node::{Decider, Request, Undecidable};
-use attestgate_policy::{Decision, ImageRef, Operation, PodContext, PodRef};
+use attestgate_policy::{Decision, ImageRef, Operation};
 use bytes::Bytes;
 use http::HeaderMap;
 use http::request::Parts;
 use tokio::sync::{RwLock, RwLockWriteGuard, Semaphore, oneshot};
 
+use crate::cri::{Api, Pod};
 use crate::grpc::ProxyError;
 use crate::metrics::Metrics;
-use crate::resolve::{Api, ImageRuntime};
-use crate::server::Reply;
-use crate::upstream::Upstream;
+use crate::resolve::ImageRuntime;
+use crate::upstream::{Reply, Upstream};
 
 /// Everything a decision needs, shared by all connections.
 pub struct Gate<R> {
@@ -88,59 +87,6 @@ async fn to_the_end<T: Send + 'static>(
         .map_err(|_| ProxyError::Internal("the call ended without an answer".into()))?
 }
 
-/// Pod identity and metadata: from a PodSandboxConfig, or as the runtime
-/// recorded it for a sandbox.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Pod {
-    pub namespace: String,
-    pub name: String,
-    pub uid: String,
-    pub labels: BTreeMap<String, String>,
-    pub annotations: BTreeMap<String, String>,
-}
-
-impl Pod {
-    /// From a sandbox's metadata fields and its labels and annotations, as
-    /// either CRI version carries them (config or status).
-    pub fn new(
-        namespace: String,
-        name: String,
-        uid: String,
-        labels: impl IntoIterator<Item = (String, String)>,
-        annotations: impl IntoIterator<Item = (String, String)>,
-    ) -> Pod {
-        Pod {
-            namespace,
-            name,
-            uid,
-            labels: labels.into_iter().collect(),
-            annotations: annotations.into_iter().collect(),
-        }
-    }
-
-    fn context(&self) -> PodContext {
-        let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
-        PodContext {
-            namespace: non_empty(&self.namespace),
-            name: non_empty(&self.name),
-            uid: non_empty(&self.uid),
-            // The CRI does not carry the pod's service account.
-            service_account: None,
-            labels: self.labels.clone(),
-            annotations: self.annotations.clone(),
-        }
-    }
-
-    fn record(&self) -> PodRef {
-        let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
-        PodRef {
-            namespace: non_empty(&self.namespace),
-            name: non_empty(&self.name),
-            uid: non_empty(&self.uid),
-        }
-    }
-}
-
 /// What is being decided, for the record.
 pub struct Subject<'a> {
     pub operation: Operation,
@@ -188,25 +134,6 @@ fn off_the_runtime<T>(write: impl FnOnce() -> T) -> T {
         }
         _ => write(),
     }
-}
-
-/// A bare image id (`sha256:<64 hex>` or 64 hex), which names no repository.
-pub fn is_image_id(image: &str) -> bool {
-    let hex = image.strip_prefix("sha256:").unwrap_or(image);
-    // Lowercase only, as containerd parses digests: `sha256:<HEX>` is to it
-    // the tag of an image named `sha256`, which can be moved.
-    hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
-/// The repository digest of `image` among the runtime's repo digests
-/// (`repo@sha256:…`), for the same normalised repository.
-pub fn digest_for(image: &ImageRef, repo_digests: &[String]) -> Option<attestgate_policy::Digest> {
-    repo_digests.iter().find_map(|rd| {
-        let parsed = ImageRef::parse(rd).ok()?;
-        (parsed.repository == image.repository)
-            .then_some(parsed.digest)
-            .flatten()
-    })
 }
 
 impl<R: ImageRuntime> Gate<R> {
@@ -342,28 +269,5 @@ mod tests {
         assert_eq!(deadline(&h), Duration::from_secs(120));
         h.insert("grpc-timeout", "x".parse().unwrap());
         assert_eq!(deadline(&h), Duration::from_secs(120));
-    }
-
-    #[test]
-    fn image_ids_are_told_from_names() {
-        let hex = "a".repeat(64);
-        assert!(is_image_id(&format!("sha256:{hex}")));
-        assert!(is_image_id(&hex));
-        assert!(!is_image_id("registry.test/app:1"));
-        assert!(!is_image_id(&format!("sha256:{}", "A".repeat(64))));
-        assert!(!is_image_id(&format!("registry.test/app@sha256:{hex}")));
-    }
-
-    #[test]
-    fn repo_digest_must_be_for_the_same_repository() {
-        let d1 = format!("sha256:{}", "1".repeat(64));
-        let d2 = format!("sha256:{}", "2".repeat(64));
-        let digests = vec![
-            format!("mirror.test/app@{d1}"),
-            format!("docker.io/library/app@{d2}"),
-        ];
-        let image = ImageRef::parse("app:1").unwrap();
-        assert_eq!(digest_for(&image, &digests).unwrap().as_str(), d2);
-        assert!(digest_for(&ImageRef::parse("other.test/app:1").unwrap(), &digests).is_none());
     }
 }

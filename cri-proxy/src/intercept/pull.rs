@@ -9,11 +9,11 @@ use bytes::Bytes;
 use http::request::Parts;
 use prost::Message as _;
 
-use super::{Gate, Pod, Subject, deadline, digest_for};
+use super::{Gate, Subject, deadline};
+use crate::cri::{Api, Pod, digest_for};
 use crate::grpc::{self, ProxyError};
-use crate::resolve::{Api, ImageRuntime};
-use crate::server::Reply;
-use crate::upstream::{FullResponse, RequestBody};
+use crate::resolve::ImageRuntime;
+use crate::upstream::{FullResponse, Reply, RequestBody};
 
 pub struct PullRequest {
     pub image: String,

@@ -7,9 +7,11 @@ use std::time::Duration;
 use attestgate_node::{AuditLog, BundleStore, Decider, FailMode};
 use attestgate_policy::Settings;
 
-use super::{Gate, Pod};
+use super::Gate;
+use crate::cri::Api;
+use crate::cri::Pod;
 use crate::grpc::ProxyError;
-use crate::resolve::{Api, ImageInfo, ImageRuntime};
+use crate::resolve::{ImageInfo, ImageRuntime};
 
 /// Images on the node, the first being the one a test decides for;
 /// `image_status` finds one by anything containerd would (a name it

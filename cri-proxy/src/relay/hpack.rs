@@ -190,6 +190,8 @@ pub struct Decoder {
     allowed: usize,
     names: Vec<u8>,
     values: Vec<u8>,
+    /// A Huffman string re-encoded, to hold its padding to RFC 7541 §5.2.
+    huffman_check: Vec<u8>,
 }
 
 impl Default for Decoder {
@@ -207,6 +209,7 @@ impl Decoder {
             allowed: 4096,
             names: Vec::new(),
             values: Vec::new(),
+            huffman_check: Vec::new(),
         }
     }
 
@@ -233,22 +236,30 @@ impl Decoder {
         mut field: impl FnMut(&[u8], &[u8]),
     ) -> Result<(), DecodeError> {
         let mut pos = 0;
-        let mut fields_seen = false;
+        let mut first = true;
         while pos < block.len() {
             let b = block[pos];
+            let at_start = std::mem::replace(&mut first, false);
             if b & 0x80 != 0 {
                 let (index, used) = get_int(&block[pos..], 7)?;
                 pos += used;
                 let (name, value) = self.entry(index)?;
                 field(name, value);
-                fields_seen = true;
                 continue;
             }
             if b & 0xe0 == 0x20 {
-                // Dynamic table size update: only ahead of the first field,
-                // as containerd's decoder insists.
-                if fields_seen {
-                    return Err(DecodeError("table size update after a field"));
+                // Dynamic table size update. containerd's decoder (Go's
+                // x/net hpack) takes one past the block's first
+                // representation only while the table is empty: a second
+                // update ahead of any field is refused too, unless the
+                // first emptied the table. The proxy must take exactly
+                // the blocks containerd takes: one containerd refuses
+                // ends its connection, and a call read from it here would
+                // be decided all the same.
+                if !at_start && self.size > 0 {
+                    return Err(DecodeError(
+                        "table size update past the start of the block, with entries in the table",
+                    ));
                 }
                 let (size, used) = get_int(&block[pos..], 5)?;
                 pos += used;
@@ -264,21 +275,21 @@ impl Decoder {
             let indexing = b & 0xc0 == 0x40;
             let (index, used) = get_int(&block[pos..], if indexing { 6 } else { 4 })?;
             pos += used;
-            fields_seen = true;
             let Decoder {
                 table,
                 names,
                 values,
+                huffman_check,
                 ..
             } = self;
             let name: &[u8] = if index == 0 {
-                let (name, used) = get_string(&block[pos..], names)?;
+                let (name, used) = get_string(&block[pos..], names, huffman_check)?;
                 pos += used;
                 name
             } else {
                 entry_in(table, index)?.0
             };
-            let (value, used) = get_string(&block[pos..], values)?;
+            let (value, used) = get_string(&block[pos..], values, huffman_check)?;
             pos += used;
             field(name, value);
             if indexing {
@@ -319,10 +330,12 @@ fn entry_in(table: &VecDeque<Entry>, index: usize) -> Result<(&[u8], &[u8]), Dec
 }
 
 /// A string literal at the start of `buf`: its bytes (from `buf`, or
-/// Huffman-decoded into `scratch`) and the bytes it took.
+/// Huffman-decoded into `scratch`) and the bytes it took. `check` is
+/// scratch space of its own.
 fn get_string<'a>(
     buf: &'a [u8],
     scratch: &'a mut Vec<u8>,
+    check: &mut Vec<u8>,
 ) -> Result<(&'a [u8], usize), DecodeError> {
     let huffman = buf.first().is_some_and(|b| b & 0x80 != 0);
     let (len, used) = get_int(buf, 7)?;
@@ -335,6 +348,15 @@ fn get_string<'a>(
     scratch.clear();
     httlib_huffman::decode(data, scratch, httlib_huffman::DecoderSpeed::FiveBits)
         .map_err(|_| DecodeError("bad Huffman string"))?;
+    // httlib-huffman takes padding that is no prefix of EOS (zero bits,
+    // say), which RFC 7541 §5.2 makes a decoding error, and so does
+    // containerd. The one valid encoding of what was decoded is its codes
+    // padded with ones to the byte: anything else is such a padding.
+    check.clear();
+    httlib_huffman::encode(scratch, check).map_err(|_| DecodeError("bad Huffman string"))?;
+    if check[..] != data[..] {
+        return Err(DecodeError("bad Huffman padding"));
+    }
     Ok((&scratch[..], used + len))
 }
 
@@ -630,8 +652,7 @@ mod tests {
         assert!(d.decode(&update, |_, _| {}).is_err());
         d.allow_table_size(8192);
         assert!(d.decode(&update, |_, _| {}).is_ok());
-        // A size update after a field, an index past the table, index 0.
-        assert!(d.decode(&[0x82, 0x3f, 0x01], |_, _| {}).is_err());
+        // An index past the table, index 0.
         assert!(d.decode(&[0xbe], |_, _| {}).is_err());
         assert!(d.decode(&[0x80], |_, _| {}).is_err());
         // An entry larger than the table empties it, without an error.
@@ -643,5 +664,86 @@ mod tests {
         let mut seen = 0;
         assert!(d.decode(&big, |_, v| seen = v.len()).is_ok());
         assert_eq!((seen, d.table.len(), d.size), (4_224, 0, 0));
+    }
+
+    #[test]
+    fn huffman_padding_is_held_to_rfc7541() {
+        // `:path: a`; "a" is 00011, padded with ones to the byte (0x1f).
+        let mut got = Vec::new();
+        let ok = Decoder::new().decode(&[0x04, 0x81, 0x1f], |n, v| {
+            got.push((n.to_vec(), v.to_vec()));
+        });
+        assert!(ok.is_ok());
+        assert_eq!(got, fields(&[(":path", "a")]));
+        // Padded with bits that are no prefix of EOS (011, 000), or with a
+        // whole byte more: httlib-huffman reads "a" from the first two,
+        // containerd ends the connection over all three.
+        for bad in [
+            &[0x04, 0x81, 0x1b][..],
+            &[0x04, 0x81, 0x18],
+            &[0x04, 0x82, 0x1f, 0xff],
+        ] {
+            assert!(Decoder::new().decode(bad, |_, _| {}).is_err(), "{bad:02x?}");
+        }
+        // Before, the proxy read this call's :path, and decided the call,
+        // from a block containerd refuses.
+        let mut path = Vec::new();
+        httlib_huffman::encode(b"/runtime.v1.ImageService/PullImage", &mut path).unwrap();
+        let mut lenient = Vec::new();
+        httlib_huffman::decode(&path, &mut lenient, httlib_huffman::DecoderSpeed::FiveBits)
+            .unwrap();
+        assert_eq!(path.last(), Some(&0x17));
+        *path.last_mut().unwrap() = 0x15;
+        let mut misread = Vec::new();
+        httlib_huffman::decode(&path, &mut misread, httlib_huffman::DecoderSpeed::FiveBits)
+            .unwrap();
+        assert_eq!(misread, lenient);
+        let mut block = vec![0x04, 0x80 | path.len() as u8];
+        block.extend_from_slice(&path);
+        assert!(Decoder::new().decode(&block, |_, _| {}).is_err());
+    }
+
+    #[test]
+    fn table_size_updates_are_taken_where_containerd_takes_them() {
+        let to_4096 = [0x3f, 0xe1, 0x1f];
+        let with_entry = || {
+            let mut d = Decoder::new();
+            d.decode(&[0x40, 0x01, b'a', 0x01, b'b'], |_, _| {})
+                .unwrap();
+            assert_eq!(d.size, 34);
+            d
+        };
+        // Ahead of the block's first field: as RFC 7541 §4.2 wants.
+        assert!(
+            with_entry()
+                .decode(&[&to_4096[..], &[0x82]].concat(), |_, _| {})
+                .is_ok()
+        );
+        // A second update, or one after a field, while the table holds
+        // entries: containerd ends the connection, so the proxy must too
+        // (it took both before).
+        assert!(
+            with_entry()
+                .decode(&[to_4096, to_4096].concat(), |_, _| {})
+                .is_err()
+        );
+        assert!(
+            with_entry()
+                .decode(&[&[0x82][..], &to_4096].concat(), |_, _| {})
+                .is_err()
+        );
+        // With the table empty both are fine to containerd: the shrink to
+        // nothing and growth again that an encoder sends after a change of
+        // SETTINGS_HEADER_TABLE_SIZE, and an update after a field (which
+        // the proxy refused before).
+        let mut d = with_entry();
+        assert!(
+            d.decode(&[&[0x20][..], &to_4096, &[0x82]].concat(), |_, _| {})
+                .is_ok()
+        );
+        assert_eq!((d.size, d.max_size), (0, 4096));
+        let mut d = Decoder::new();
+        assert!(d.decode(&[0x82, 0x3f, 0x01], |_, _| {}).is_ok());
+        assert_eq!(d.max_size, 32);
     }
 }

@@ -19,11 +19,11 @@ use std::time::Duration;
 use tokio::net::UnixStream;
 use tokio::sync::{oneshot, watch};
 
+use crate::cri::{Route, route, served};
 use crate::grpc::ProxyError;
 use crate::intercept::Gate;
 use crate::resolve::ImageRuntime;
-use crate::server::{Reply as GateReply, Route, route, served};
-use crate::upstream::FullResponse;
+use crate::upstream::{FullResponse, Reply as GateReply};
 use driver::Mailbox;
 use state::{Call, Handling, Relay, Reply};
 

@@ -1,0 +1,204 @@
+//! The shape of the code: no two files of a crate import each other,
+//! directly or through others, so each can be read (and changed) with only
+//! what it imports in mind. The graph is read from `use crate::…`,
+//! `use super::…` and inline `crate::…` paths, file by file.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Module path (`["intercept", "create"]`) → its file, for every file
+/// under `src`.
+fn modules(src: &Path) -> BTreeMap<Vec<String>, PathBuf> {
+    fn walk(dir: &Path, prefix: &[String], out: &mut BTreeMap<Vec<String>, PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+            if path.is_dir() {
+                let mut next = prefix.to_vec();
+                next.push(name);
+                walk(&path, &next, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let mut module = prefix.to_vec();
+                if !matches!(name.as_str(), "mod" | "lib" | "main") {
+                    module.push(name);
+                }
+                out.insert(module, path);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(src, &[], &mut out);
+    out
+}
+
+/// The module a path like `relay::state::Call` names: the longest prefix
+/// that is a module.
+fn resolve(path: &[String], modules: &BTreeMap<Vec<String>, PathBuf>) -> Option<Vec<String>> {
+    (1..=path.len())
+        .rev()
+        .map(|n| path[..n].to_vec())
+        .find(|candidate| modules.contains_key(candidate))
+}
+
+/// Every module path `text` (the source of module `own`) refers to.
+fn references(text: &str, own: &[String]) -> Vec<Vec<String>> {
+    let mut found = Vec::new();
+    // Test modules may reach anywhere; they are not part of the shape.
+    let text = text.split("#[cfg(test)]").next().unwrap_or(text);
+    for (start, _) in text.match_indices("crate::") {
+        let before = text[..start].chars().next_back();
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+            continue;
+        }
+        found.extend(paths_at(&text[start + "crate::".len()..], Vec::new()));
+    }
+    for (start, _) in text.match_indices("super::") {
+        let before = text[..start].chars().next_back();
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
+            continue;
+        }
+        let mut rest = &text[start..];
+        let mut base = own.to_vec();
+        while let Some(next) = rest.strip_prefix("super::") {
+            base.pop();
+            rest = next;
+        }
+        found.extend(paths_at(rest, base));
+    }
+    found
+}
+
+/// The paths a `use` tree at `rest` names below `base`: `a::b::c` one,
+/// `a::{b, c::{d, e}}` each of `a::b`, `a::c::d`, `a::c::e`.
+fn paths_at(rest: &str, base: Vec<String>) -> Vec<Vec<String>> {
+    let mut base = base;
+    let mut rest = rest.trim_start();
+    loop {
+        if let Some(group) = rest.strip_prefix('{') {
+            let mut depth = 0;
+            let mut items = Vec::new();
+            let mut start = 0;
+            for (i, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => {
+                        items.push(&group[start..i]);
+                        break;
+                    }
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        items.push(&group[start..i]);
+                        start = i + 1;
+                    }
+                    _ => {}
+                }
+            }
+            return items
+                .into_iter()
+                .flat_map(|item| paths_at(item, base.clone()))
+                .collect();
+        }
+        let end = rest
+            .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len());
+        if end == 0 {
+            break;
+        }
+        base.push(rest[..end].to_string());
+        match rest[end..].strip_prefix("::") {
+            Some(next) => rest = next,
+            None => break,
+        }
+    }
+    vec![base]
+}
+
+/// The import graph of a crate's files, each file to the files it uses.
+fn graph(src: &Path) -> BTreeMap<Vec<String>, BTreeSet<Vec<String>>> {
+    let modules = modules(src);
+    let mut graph = BTreeMap::new();
+    for (module, file) in &modules {
+        let text = std::fs::read_to_string(file).unwrap();
+        let edges: BTreeSet<Vec<String>> = references(&text, module)
+            .iter()
+            .filter_map(|path| resolve(path, &modules))
+            .filter(|target| target != module)
+            .collect();
+        graph.insert(module.clone(), edges);
+    }
+    graph
+}
+
+/// A cycle in `graph`, if there is one.
+fn cycle(graph: &BTreeMap<Vec<String>, BTreeSet<Vec<String>>>) -> Option<Vec<String>> {
+    fn visit(
+        node: &Vec<String>,
+        graph: &BTreeMap<Vec<String>, BTreeSet<Vec<String>>>,
+        stack: &mut Vec<Vec<String>>,
+        done: &mut BTreeSet<Vec<String>>,
+    ) -> Option<Vec<String>> {
+        if let Some(at) = stack.iter().position(|n| n == node) {
+            let mut names: Vec<String> = stack[at..].iter().map(|m| m.join("::")).collect();
+            names.push(node.join("::"));
+            return Some(names);
+        }
+        if done.contains(node) {
+            return None;
+        }
+        stack.push(node.clone());
+        for next in graph.get(node).into_iter().flatten() {
+            if let Some(found) = visit(next, graph, stack, done) {
+                return Some(found);
+            }
+        }
+        stack.pop();
+        done.insert(node.clone());
+        None
+    }
+    let mut done = BTreeSet::new();
+    graph
+        .keys()
+        .find_map(|node| visit(node, graph, &mut Vec::new(), &mut done))
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+#[test]
+fn no_two_files_import_each_other() {
+    for krate in ["cri-proxy", "shim", "node", "policy"] {
+        let graph = graph(&workspace().join(krate).join("src"));
+        assert!(graph.len() > 3, "{krate}: the crate's files were found");
+        if let Some(cycle) = cycle(&graph) {
+            panic!("{krate}: files import each other: {}", cycle.join(" → "));
+        }
+    }
+}
+
+#[test]
+fn the_checker_finds_a_cycle_where_there_is_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path();
+    std::fs::create_dir(src.join("a")).unwrap();
+    std::fs::write(src.join("lib.rs"), "mod a; mod b;\n").unwrap();
+    std::fs::write(src.join("a/mod.rs"), "use crate::b::Thing;\n").unwrap();
+    std::fs::write(src.join("a/inner.rs"), "use super::Other;\n").unwrap();
+    std::fs::write(src.join("b.rs"), "fn f() {}\n").unwrap();
+    assert_eq!(cycle(&graph(src)), None, "a::inner → a → b is no loop");
+    std::fs::write(src.join("b.rs"), "fn f() { crate::a::inner::g() }\n").unwrap();
+    assert!(cycle(&graph(src)).is_some(), "a::inner → a → b → a::inner");
+    std::fs::write(src.join("a/inner.rs"), "").unwrap();
+    std::fs::write(
+        src.join("a/mod.rs"),
+        "use crate::{c, b::{Thing, more::Stuff}};\n",
+    )
+    .unwrap();
+    std::fs::write(src.join("b.rs"), "use crate::a::X;\n").unwrap();
+    assert!(cycle(&graph(src)).is_some(), "a ↔ b");
+}
