@@ -7,14 +7,16 @@
 //! give the same outcome: valid, malformed (ECDSA DER, r or s out of range) or
 //! bad.
 //!
-//! Messages, ECDSA keys and all signatures are made in-process. RSA keys come
-//! from openssl because generating them with the rsa crate takes minutes in a
-//! debug build. `VERIFY_FAST_CASES=n` runs n random messages per algorithm
-//! and key instead of the default few (use a release build for large n).
+//! Keys, messages and signatures are made in-process from one seed, which
+//! every test prints with the case count: `ATTESTGATE_VERIFY_SEED=<u64>`
+//! replays a run (a fresh seed otherwise), `ATTESTGATE_VERIFY_CASES=<n>`
+//! sets the number of random messages per algorithm (default
+//! `DEFAULT_CASES`; use a release build for large n). Each test draws from
+//! its own generator, derived from the seed and the test's name, so that a
+//! test replays the same whichever others run with it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 use attestgate_policy::verify::{
@@ -25,8 +27,9 @@ use p256::elliptic_curve::ff::{Field as _, PrimeField as _};
 use p256::elliptic_curve::point::DecompressPoint as _;
 use p256::elliptic_curve::subtle::Choice;
 use p256::elliptic_curve::{Curve as _, Group as _};
-use rand::{Rng as _, RngCore as _};
-use rsa::pkcs8::{DecodePrivateKey as _, DecodePublicKey as _, EncodePublicKey as _};
+use rand::rngs::StdRng;
+use rand::{Rng as _, RngCore as _, SeedableRng as _};
+use rsa::pkcs8::{DecodePublicKey as _, EncodePublicKey as _};
 use rsa::signature::hazmat::PrehashSigner as _;
 use rsa::signature::{RandomizedSigner as _, SignatureEncoding as _, Signer as _, Verifier as _};
 use sha2::{Digest as _, Sha256, Sha384, Sha512};
@@ -45,11 +48,55 @@ fn ec_algorithms() -> impl Iterator<Item = SignatureAlgorithm> {
         .filter(|a| !a.is_rsa())
 }
 
+/// Random messages per algorithm unless `ATTESTGATE_VERIFY_CASES` says
+/// otherwise: spread over three RSA keys of 2048 bits, one of 3072 and two
+/// of 4096, and over a fresh ECDSA key every `MESSAGES_PER_EC_KEY`.
+const DEFAULT_CASES: usize = 12;
+const MESSAGES_PER_EC_KEY: usize = 3;
+
+fn env_number(name: &str) -> Option<u64> {
+    let value = std::env::var(name).ok()?;
+    let value = value.trim();
+    let parsed = match value.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => value.parse(),
+    };
+    Some(parsed.unwrap_or_else(|e| panic!("{name}={value:?} is not a u64: {e}")))
+}
+
 fn cases() -> usize {
-    std::env::var("VERIFY_FAST_CASES")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(3)
+    env_number("ATTESTGATE_VERIFY_CASES").map_or(DEFAULT_CASES, |n| n as usize)
+}
+
+/// The run's seed: `ATTESTGATE_VERIFY_SEED`, or a fresh one.
+fn seed() -> u64 {
+    static SEED: OnceLock<u64> = OnceLock::new();
+    *SEED.get_or_init(|| env_number("ATTESTGATE_VERIFY_SEED").unwrap_or_else(rand::random))
+}
+
+/// A generator derived from the run's seed and `label`.
+fn rng_for(label: &str) -> StdRng {
+    let digest = Sha256::new()
+        .chain_update(seed().to_be_bytes())
+        .chain_update(label.as_bytes())
+        .finalize();
+    StdRng::from_seed(digest.into())
+}
+
+/// Prints what replays the test `name` (its keys, messages and signatures),
+/// which the harness shows when the test fails, and with `--nocapture`.
+fn announce(name: &str) {
+    println!(
+        "{name}: ATTESTGATE_VERIFY_SEED={} ATTESTGATE_VERIFY_CASES={}",
+        seed(),
+        cases()
+    );
+}
+
+/// The generator of the test `name`, announced.
+fn test_rng(name: &str) -> StdRng {
+    announce(name);
+    rng_for(name)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,19 +181,18 @@ fn agree(key: &PkixKey, payload: &[u8], sig: &[u8], what: &str) -> Outcome {
     fast
 }
 
-fn random_message() -> Vec<u8> {
-    let rng = &mut rand::thread_rng();
+fn random_message(rng: &mut StdRng) -> Vec<u8> {
     let mut message = vec![0u8; rng.gen_range(0..300)];
     rng.fill_bytes(&mut message);
     message
 }
 
-fn flip_random_bit(bytes: &[u8]) -> Vec<u8> {
+fn flip_random_bit(rng: &mut StdRng, bytes: &[u8]) -> Vec<u8> {
     let mut out = bytes.to_vec();
     if out.is_empty() {
         out.push(1);
     } else {
-        let i = rand::thread_rng().gen_range(0..out.len() * 8);
+        let i = rng.gen_range(0..out.len() * 8);
         out[i / 8] ^= 1 << (i % 8);
     }
     out
@@ -155,20 +201,14 @@ fn flip_random_bit(bytes: &[u8]) -> Vec<u8> {
 // ---------------------------------------------------------------------------
 // RSA
 
-/// RSA private keys by size, made once by openssl.
+/// RSA private keys by size, made once per run from the seed (each key
+/// from its own generator, so in parallel and whichever test asks first).
 fn rsa_keys(bits: usize) -> &'static [rsa::RsaPrivateKey] {
     static KEYS: OnceLock<Vec<(usize, Vec<rsa::RsaPrivateKey>)>> = OnceLock::new();
     let all = KEYS.get_or_init(|| {
-        let generate = |bits: usize| {
-            let output = Command::new("openssl")
-                .args(["genpkey", "-algorithm", "RSA", "-pkeyopt"])
-                .arg(format!("rsa_keygen_bits:{bits}"))
-                .stdin(Stdio::null())
-                .output()
-                .expect("cannot run openssl (is it installed?)");
-            assert!(output.status.success(), "openssl genpkey failed");
-            rsa::RsaPrivateKey::from_pkcs8_pem(std::str::from_utf8(&output.stdout).unwrap())
-                .unwrap()
+        let generate = |bits: usize, i: usize| {
+            let mut rng = rng_for(&format!("RSA-{bits} key {i}"));
+            rsa::RsaPrivateKey::new(&mut rng, bits).unwrap()
         };
         std::thread::scope(|s| {
             let jobs: Vec<_> = [(2048, 3), (3072, 1), (4096, 2)]
@@ -177,7 +217,7 @@ fn rsa_keys(bits: usize) -> &'static [rsa::RsaPrivateKey] {
                     (
                         bits,
                         (0..count)
-                            .map(|_| s.spawn(move || generate(bits)))
+                            .map(|i| s.spawn(move || generate(bits, i)))
                             .collect::<Vec<_>>(),
                     )
                 })
@@ -204,6 +244,7 @@ fn rsa_spki(key: &rsa::RsaPrivateKey) -> Vec<u8> {
 
 /// Signs `message` as `alg` prescribes, PSS with a salt of `salt_len` bytes.
 fn rsa_sign_with_salt(
+    rng: &mut StdRng,
     alg: SignatureAlgorithm,
     hash: HashAlgorithm,
     key: &rsa::RsaPrivateKey,
@@ -211,7 +252,6 @@ fn rsa_sign_with_salt(
     salt_len: usize,
 ) -> Vec<u8> {
     let key = key.clone();
-    let rng = &mut rand::thread_rng();
     match (alg.is_pss(), hash) {
         (true, HashAlgorithm::Sha512) => {
             rsa::pss::SigningKey::<Sha512>::new_with_salt_len(key, salt_len)
@@ -240,47 +280,58 @@ fn rsa_sign_with_salt(
     }
 }
 
-fn rsa_sign(alg: SignatureAlgorithm, key: &rsa::RsaPrivateKey, message: &[u8]) -> Vec<u8> {
-    rsa_sign_with_salt(alg, alg.hash(), key, message, alg.hash().digest_len())
+fn rsa_sign(
+    rng: &mut StdRng,
+    alg: SignatureAlgorithm,
+    key: &rsa::RsaPrivateKey,
+    message: &[u8],
+) -> Vec<u8> {
+    rsa_sign_with_salt(rng, alg, alg.hash(), key, message, alg.hash().digest_len())
 }
 
 #[test]
 fn rsa_random_keys_and_messages_agree_with_the_rsa_crate() {
+    let rng = &mut test_rng("rsa_random_keys_and_messages_agree_with_the_rsa_crate");
+    let mut checked = 0;
     for alg in rsa_algorithms() {
-        let bits = alg.rsa_bits().unwrap();
-        for private in rsa_keys(bits) {
-            let key = PkixKey::from_der(&rsa_spki(private), alg).unwrap();
-            for _ in 0..cases() {
-                let message = random_message();
-                let sig = rsa_sign(alg, private, &message);
-                assert_eq!(agree(&key, &message, &sig, "valid"), Outcome::Valid);
-                let tampered = flip_random_bit(&message);
+        let keys: Vec<(&rsa::RsaPrivateKey, PkixKey)> = rsa_keys(alg.rsa_bits().unwrap())
+            .iter()
+            .map(|private| (private, PkixKey::from_der(&rsa_spki(private), alg).unwrap()))
+            .collect();
+        for case in 0..cases() {
+            let (private, key) = &keys[case % keys.len()];
+            let message = random_message(rng);
+            let sig = rsa_sign(rng, alg, private, &message);
+            assert_eq!(agree(key, &message, &sig, "valid"), Outcome::Valid);
+            let tampered = flip_random_bit(rng, &message);
+            assert_eq!(
+                agree(key, &tampered, &sig, "tampered message"),
+                Outcome::Bad
+            );
+            for _ in 0..3 {
+                let tampered = flip_random_bit(rng, &sig);
                 assert_eq!(
-                    agree(&key, &tampered, &sig, "tampered message"),
+                    agree(key, &message, &tampered, "tampered sig"),
                     Outcome::Bad
                 );
-                for _ in 0..3 {
-                    let tampered = flip_random_bit(&sig);
-                    assert_eq!(
-                        agree(&key, &message, &tampered, "tampered sig"),
-                        Outcome::Bad
-                    );
-                }
-                let mut longer = sig.clone();
-                longer.push(0);
-                agree(&key, &message, &longer, "trailing byte");
-                agree(&key, &message, &[&[0], &sig[..]].concat(), "leading 00");
-                agree(&key, &message, &sig[1..], "first byte dropped");
-                agree(&key, &message, &sig[..sig.len() - 1], "last byte dropped");
-                agree(&key, &message, &[], "empty");
             }
+            let mut longer = sig.clone();
+            longer.push(0);
+            agree(key, &message, &longer, "trailing byte");
+            agree(key, &message, &[&[0], &sig[..]].concat(), "leading 00");
+            agree(key, &message, &sig[1..], "first byte dropped");
+            agree(key, &message, &sig[..sig.len() - 1], "last byte dropped");
+            agree(key, &message, &[], "empty");
+            checked += 1;
         }
     }
+    println!("{checked} random RSA messages, 10 signatures each, agree with the rsa crate");
+    assert_eq!(checked, cases() * rsa_algorithms().count());
 }
 
 #[test]
 fn rsa_every_signature_byte_flipped_agrees() {
-    let rng = &mut rand::thread_rng();
+    let rng = &mut test_rng("rsa_every_signature_byte_flipped_agrees");
     for alg in [
         SignatureAlgorithm::RsaSignPkcs1_2048Sha256,
         SignatureAlgorithm::RsaPss2048Sha256,
@@ -288,8 +339,8 @@ fn rsa_every_signature_byte_flipped_agrees() {
     ] {
         let private = &rsa_keys(alg.rsa_bits().unwrap())[0];
         let key = PkixKey::from_der(&rsa_spki(private), alg).unwrap();
-        let message = random_message();
-        let sig = rsa_sign(alg, private, &message);
+        let message = random_message(rng);
+        let sig = rsa_sign(rng, alg, private, &message);
         assert_eq!(agree(&key, &message, &sig, "valid"), Outcome::Valid);
         for i in 0..sig.len() {
             let mut flipped = sig.clone();
@@ -304,6 +355,7 @@ fn rsa_every_signature_byte_flipped_agrees() {
 
 #[test]
 fn rsa_signature_integer_at_or_above_the_modulus_agrees() {
+    announce("rsa_signature_integer_at_or_above_the_modulus_agrees");
     for alg in [
         SignatureAlgorithm::RsaSignPkcs1_2048Sha256,
         SignatureAlgorithm::RsaPss2048Sha256,
@@ -335,6 +387,7 @@ fn rsa_signature_integer_at_or_above_the_modulus_agrees() {
 
 #[test]
 fn rsa_wrong_hash_scheme_or_salt_agrees() {
+    let rng = &mut test_rng("rsa_wrong_hash_scheme_or_salt_agrees");
     let private = &rsa_keys(4096)[0];
     let message = b"the payload";
     let load = |alg| PkixKey::from_der(&rsa_spki(private), alg).unwrap();
@@ -356,10 +409,10 @@ fn rsa_wrong_hash_scheme_or_salt_agrees() {
             HashAlgorithm::Sha384,
         ),
     ] {
-        let sig = rsa_sign_with_salt(alg, other, private, message, other.digest_len());
+        let sig = rsa_sign_with_salt(rng, alg, other, private, message, other.digest_len());
         assert_eq!(agree(&load(alg), message, &sig, "other hash"), Outcome::Bad);
         // Salt of the algorithm's digest length but the wrong hash.
-        let sig = rsa_sign_with_salt(alg, other, private, message, alg.hash().digest_len());
+        let sig = rsa_sign_with_salt(rng, alg, other, private, message, alg.hash().digest_len());
         assert_eq!(agree(&load(alg), message, &sig, "other hash"), Outcome::Bad);
     }
     // Each scheme's signature under the other scheme.
@@ -373,7 +426,7 @@ fn rsa_wrong_hash_scheme_or_salt_agrees() {
             SignatureAlgorithm::RsaPss4096Sha256,
         ),
     ] {
-        let sig = rsa_sign(signed_as, private, message);
+        let sig = rsa_sign(rng, signed_as, private, message);
         assert_eq!(
             agree(&load(verified_as), message, &sig, "other scheme"),
             Outcome::Bad
@@ -385,7 +438,7 @@ fn rsa_wrong_hash_scheme_or_salt_agrees() {
     let alg = SignatureAlgorithm::RsaPss2048Sha256;
     let key = PkixKey::from_der(&rsa_spki(private), alg).unwrap();
     for salt_len in [0, 1, 20, 31, 32, 33, 48, 64, 256 - 32 - 2] {
-        let sig = rsa_sign_with_salt(alg, HashAlgorithm::Sha256, private, message, salt_len);
+        let sig = rsa_sign_with_salt(rng, alg, HashAlgorithm::Sha256, private, message, salt_len);
         let expected = if salt_len == 32 {
             Outcome::Valid
         } else {
@@ -421,6 +474,7 @@ fn mgf1_sha256(seed: &[u8], len: usize) -> Vec<u8> {
 
 #[test]
 fn rsa_crafted_pkcs1_encodings_agree() {
+    announce("rsa_crafted_pkcs1_encodings_agree");
     let private = &rsa_keys(2048)[0];
     let alg = SignatureAlgorithm::RsaSignPkcs1_2048Sha256;
     let key = PkixKey::from_der(&rsa_spki(private), alg).unwrap();
@@ -493,6 +547,7 @@ fn rsa_crafted_pkcs1_encodings_agree() {
 
 #[test]
 fn rsa_crafted_pss_encodings_agree() {
+    announce("rsa_crafted_pss_encodings_agree");
     use rsa::traits::PublicKeyParts as _;
     let private = &rsa_keys(2048)[0];
     let alg = SignatureAlgorithm::RsaPss2048Sha256;
@@ -732,6 +787,7 @@ const LEADING_ZERO_SIGNATURES: &[(usize, SignatureAlgorithm, &str, &str)] = &[
 
 #[test]
 fn rsa_signatures_with_leading_zero_bytes_verify() {
+    let rng = &mut test_rng("rsa_signatures_with_leading_zero_bytes_verify");
     let mut most_zeros = 0;
     for &(bits, alg, message, sig_hex) in LEADING_ZERO_SIGNATURES {
         let pem = if bits == 2048 {
@@ -756,7 +812,7 @@ fn rsa_signatures_with_leading_zero_bytes_verify() {
             Outcome::Bad
         );
         assert_eq!(
-            agree(&key, message, &flip_random_bit(&sig), "tampered"),
+            agree(&key, message, &flip_random_bit(rng, &sig), "tampered"),
             Outcome::Bad
         );
         // s + n is congruent to a valid signature and, s being small, still
@@ -791,8 +847,8 @@ struct EcKey {
 }
 
 macro_rules! ec_key {
-    ($alg:expr, $krate:ident, $curve:ty) => {{
-        let private = $krate::ecdsa::SigningKey::random(&mut rand::thread_rng());
+    ($rng:expr, $alg:expr, $krate:ident, $curve:ty) => {{
+        let private = $krate::ecdsa::SigningKey::random($rng);
         let public = $krate::PublicKey::from_secret_scalar(private.as_nonzero_scalar());
         let field_len = $krate::FieldBytes::default().len();
         let order = <$curve>::ORDER.to_be_byte_array();
@@ -813,11 +869,11 @@ macro_rules! ec_key {
     }};
 }
 
-fn ec_key(alg: SignatureAlgorithm) -> EcKey {
+fn ec_key(rng: &mut StdRng, alg: SignatureAlgorithm) -> EcKey {
     match alg.curve().unwrap() {
-        Curve::P256 => ec_key!(alg, p256, p256::NistP256),
-        Curve::P384 => ec_key!(alg, p384, p384::NistP384),
-        Curve::P521 => ec_key!(alg, p521, p521::NistP521),
+        Curve::P256 => ec_key!(rng, alg, p256, p256::NistP256),
+        Curve::P384 => ec_key!(rng, alg, p384, p384::NistP384),
+        Curve::P521 => ec_key!(rng, alg, p521, p521::NistP521),
     }
 }
 
@@ -837,43 +893,58 @@ fn digest(hash: HashAlgorithm, message: &[u8]) -> Vec<u8> {
 
 #[test]
 fn ecdsa_random_keys_and_messages_agree_with_the_ecdsa_crate() {
+    let rng = &mut test_rng("ecdsa_random_keys_and_messages_agree_with_the_ecdsa_crate");
+    let mut checked = 0;
+    let mut keys = 0;
     for alg in ec_algorithms() {
-        for _ in 0..cases() {
-            let signer = ec_key(alg);
-            let key = signer.load();
-            for _ in 0..cases() {
-                let message = random_message();
-                let sig = (signer.sign)(&message);
-                assert_eq!(agree(&key, &message, &sig, "valid"), Outcome::Valid);
-                let tampered = flip_random_bit(&message);
-                assert_eq!(
-                    agree(&key, &tampered, &sig, "tampered message"),
-                    Outcome::Bad
-                );
-                for _ in 0..3 {
-                    let tampered = flip_random_bit(&sig);
-                    assert_ne!(
-                        agree(&key, &message, &tampered, "tampered sig"),
-                        Outcome::Valid
-                    );
-                }
-                let mut longer = sig.clone();
-                longer.push(0);
-                agree(&key, &message, &longer, "trailing byte");
-                agree(&key, &message, &sig[..sig.len() - 1], "last byte dropped");
-                agree(&key, &message, &[], "empty");
+        let mut signer = None;
+        for case in 0..cases() {
+            if case % MESSAGES_PER_EC_KEY == 0 {
+                keys += 1;
+                let fresh = ec_key(rng, alg);
+                let key = fresh.load();
+                signer = Some((fresh, key));
             }
+            let (signer, key) = signer.as_ref().unwrap();
+            let message = random_message(rng);
+            let sig = (signer.sign)(&message);
+            assert_eq!(agree(key, &message, &sig, "valid"), Outcome::Valid);
+            let tampered = flip_random_bit(rng, &message);
+            assert_eq!(
+                agree(key, &tampered, &sig, "tampered message"),
+                Outcome::Bad
+            );
+            for _ in 0..3 {
+                let tampered = flip_random_bit(rng, &sig);
+                assert_ne!(
+                    agree(key, &message, &tampered, "tampered sig"),
+                    Outcome::Valid
+                );
+            }
+            let mut longer = sig.clone();
+            longer.push(0);
+            agree(key, &message, &longer, "trailing byte");
+            agree(key, &message, &sig[..sig.len() - 1], "last byte dropped");
+            agree(key, &message, &[], "empty");
+            checked += 1;
         }
     }
+    println!(
+        "{checked} random ECDSA messages under {keys} keys, 8 signatures each, agree with the \
+         ecdsa crate"
+    );
+    assert_eq!(checked, cases() * ec_algorithms().count());
 }
 
 #[test]
 fn ecdsa_every_signature_byte_flipped_agrees() {
+    let rng = &mut test_rng("ecdsa_every_signature_byte_flipped_agrees");
     for alg in ec_algorithms() {
-        let signer = ec_key(alg);
+        let signer = ec_key(rng, alg);
         let key = signer.load();
-        let message = random_message();
-        let rng = &mut rand::thread_rng();
+        // At least one byte, for the second signature over all but the first.
+        let mut message = random_message(rng);
+        message.push(rng.r#gen());
         for sig in [(signer.sign)(&message), (signer.sign)(&message[1..])] {
             for i in 0..sig.len() {
                 let mask = rng.gen_range(1..=255u8);
@@ -888,8 +959,9 @@ fn ecdsa_every_signature_byte_flipped_agrees() {
 
 #[test]
 fn ecdsa_r_and_s_out_of_range_agree() {
+    let rng = &mut test_rng("ecdsa_r_and_s_out_of_range_agree");
     for alg in ec_algorithms() {
-        let signer = ec_key(alg);
+        let signer = ec_key(rng, alg);
         let key = signer.load();
         let message = b"payload";
         let sig = (signer.sign)(message);
@@ -952,9 +1024,10 @@ fn ecdsa_r_and_s_out_of_range_agree() {
 
 #[test]
 fn ecdsa_wrong_hash_agrees() {
+    let rng = &mut test_rng("ecdsa_wrong_hash_agrees");
     let message = b"payload";
     for alg in ec_algorithms() {
-        let signer = ec_key(alg);
+        let signer = ec_key(rng, alg);
         let key = signer.load();
         // The right digest through the prehash path is the same signature.
         let right = (signer.sign_prehash)(&digest(alg.hash(), message)).unwrap();
@@ -985,7 +1058,7 @@ fn ecdsa_wrong_hash_agrees() {
 /// reduction (probability about 2^-128 for a random signature). The key is
 /// made to fit: for chosen R, r, s and z, Q = (R - u1·G) / u2 verifies.
 macro_rules! high_x_signature {
-    ($krate:ident, $curve:ty, $uint:ty, $hash:ty) => {{
+    ($rng:expr, $krate:ident, $curve:ty, $uint:ty, $hash:ty) => {{
         let order = <$curve>::ORDER.to_be_byte_array();
         let field_len = $krate::FieldBytes::default().len();
         let order = &order[order.len() - field_len..];
@@ -1002,7 +1075,7 @@ macro_rules! high_x_signature {
         field[field_len - hash.len()..].copy_from_slice(&hash);
         let z = <$krate::Scalar as p256::elliptic_curve::ops::Reduce<$uint>>::reduce_bytes(&field);
         let r = $krate::Scalar::from(u64::from(t));
-        let s = $krate::Scalar::random(&mut rand::thread_rng());
+        let s = $krate::Scalar::random(&mut *$rng);
         let s_inv = s.invert().unwrap();
         let (u1, u2) = (z * s_inv, r * s_inv);
         let q = ($krate::ProjectivePoint::from(point) - $krate::ProjectivePoint::generator() * u1)
@@ -1020,11 +1093,12 @@ macro_rules! high_x_signature {
 
 #[test]
 fn ecdsa_x_coordinate_above_the_order_verifies() {
+    let rng = &mut test_rng("ecdsa_x_coordinate_above_the_order_verifies");
     for alg in ec_algorithms() {
         let (spki, message, sig, x) = match alg.curve().unwrap() {
-            Curve::P256 => high_x_signature!(p256, p256::NistP256, p256::U256, Sha256),
-            Curve::P384 => high_x_signature!(p384, p384::NistP384, p384::U384, Sha384),
-            Curve::P521 => high_x_signature!(p521, p521::NistP521, p521::U576, Sha512),
+            Curve::P256 => high_x_signature!(rng, p256, p256::NistP256, p256::U256, Sha256),
+            Curve::P384 => high_x_signature!(rng, p384, p384::NistP384, p384::U384, Sha384),
+            Curve::P521 => high_x_signature!(rng, p521, p521::NistP521, p521::U576, Sha512),
         };
         let key = PkixKey::from_der(&spki, alg).unwrap();
         assert_eq!(agree(&key, &message, &sig, "x(R) ≥ n"), Outcome::Valid);
@@ -1036,7 +1110,7 @@ fn ecdsa_x_coordinate_above_the_order_verifies() {
             Outcome::Malformed
         );
         assert_eq!(
-            agree(&key, &flip_random_bit(&message), &sig, "tampered"),
+            agree(&key, &flip_random_bit(rng, &message), &sig, "tampered"),
             Outcome::Bad
         );
     }
@@ -1046,10 +1120,11 @@ fn ecdsa_x_coordinate_above_the_order_verifies() {
 fn keys_are_shared_between_clones_and_threads_before_first_use() {
     fn clone_send_sync<T: Clone + Send + Sync>() {}
     clone_send_sync::<PkixKey>();
+    let rng = &mut test_rng("keys_are_shared_between_clones_and_threads_before_first_use");
     for alg in ec_algorithms() {
-        let signer = ec_key(alg);
+        let signer = ec_key(rng, alg);
         let key = signer.load();
-        let message = random_message();
+        let message = random_message(rng);
         let sig = (signer.sign)(&message);
         // The per-key table is built by whichever thread gets there first.
         std::thread::scope(|s| {
@@ -1066,10 +1141,10 @@ fn keys_are_shared_between_clones_and_threads_before_first_use() {
 
 #[test]
 fn random_garbage_agrees_for_every_algorithm() {
-    let rng = &mut rand::thread_rng();
+    let rng = &mut test_rng("random_garbage_agrees_for_every_algorithm");
     for &alg in SignatureAlgorithm::ALL {
         let key = match alg.kind() {
-            KeyKind::Ecdsa(_) => ec_key(alg).load(),
+            KeyKind::Ecdsa(_) => ec_key(rng, alg).load(),
             _ => PkixKey::from_der(&rsa_spki(&rsa_keys(alg.rsa_bits().unwrap())[0]), alg).unwrap(),
         };
         let modulus_len = alg.rsa_bits().map_or(0, |bits| bits / 8);
