@@ -8,10 +8,11 @@ cd "$(dirname "$0")/.."
 # Interop (openssl, gpg), the CRI protos' compiler, and the real node the
 # end-to-end scenarios run: containerd, runc, CNI plugins, a registry, and
 # the tools that build and push images; systemd for systemd-analyze and
-# systemd-socket-activate (it need not be PID 1).
+# systemd-socket-activate (it need not be PID 1); Go and its x/net, for the
+# HPACK differential test's helper (scripts/build-go-hpack.sh).
 packages=(openssl gnupg ca-certificates protobuf-compiler containerd runc
   containernetworking-plugins docker-registry skopeo umoci busybox-static
-  iproute2 curl systemd)
+  iproute2 curl systemd golang-go golang-golang-x-net-dev)
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=()

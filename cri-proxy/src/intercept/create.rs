@@ -652,7 +652,7 @@ defaultAdmissionRule:
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_lookup_containerd_answered_with_an_error_is_refused_even_failing_open() {
         let signed = ImageInfo {
             id: format!("sha256:3f{}", "a".repeat(62)),
@@ -701,7 +701,7 @@ defaultAdmissionRule:
         assert!(admitted.allowed, "{}", admitted.explanation());
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn names_the_image_does_not_carry_admit_nothing() {
         let id = format!("sha256:3f5ab2{}", "c".repeat(58));
         let unsigned = ImageInfo {
@@ -782,7 +782,7 @@ defaultAdmissionRule:
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn the_pod_is_the_sandbox_s_not_the_request_s() {
         let unsigned = ImageInfo {
             id: format!("sha256:{}", "c".repeat(64)),
@@ -867,7 +867,7 @@ kubernetesNamespaceAdmissionRules:
         assert!(decision.allowed, "{}", decision.explanation());
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_container_created_from_another_image_than_the_one_decided_is_removed() {
         let (signed, policy) = allowlisted_app();
         // Where the tag points once a pull of the same name, racing the
@@ -964,7 +964,7 @@ kubernetesNamespaceAdmissionRules:
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_create_whose_reply_is_lost_is_checked_by_the_container_s_name() {
         let (signed, policy) = allowlisted_app();
         let dir = tempfile::tempdir().unwrap();
@@ -1004,7 +1004,7 @@ kubernetesNamespaceAdmissionRules:
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn starts_wait_for_a_create_being_checked_and_it_for_them() {
         use tokio::time::error::Elapsed;
         let dir = tempfile::tempdir().unwrap();

@@ -214,7 +214,7 @@ mod tests {
         grpc::frame(&message)
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_tag_beside_a_digest_is_not_what_is_pulled() {
         let d = format!("sha256:{}", "a".repeat(64));
         let dir = tempfile::tempdir().unwrap();

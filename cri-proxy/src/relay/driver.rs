@@ -906,16 +906,46 @@ mod tests {
         // not flow controlled), while the client does not read.
         const FRAMES: usize = 400;
         const PAYLOAD: usize = 16_000;
+        let mut frames = BytesMut::new();
+        for _ in 0..FRAMES {
+            put_header(&mut frames, PAYLOAD, HEADERS, END_HEADERS, 1);
+            frames.extend_from_slice(&[0x88; PAYLOAD]);
+        }
+        // Written until the relay stops taking more (every buffer on the
+        // way full), rather than for a while: then the rest, blocking.
         let mut runtime = h.runtime.try_clone().unwrap();
-        let writer = std::thread::spawn(move || {
-            let mut frame = BytesMut::new();
-            put_header(&mut frame, PAYLOAD, HEADERS, END_HEADERS, 1);
-            frame.extend_from_slice(&[0x88; PAYLOAD]);
-            for _ in 0..FRAMES {
-                runtime.write_all(&frame).unwrap();
+        runtime.set_nonblocking(true).unwrap();
+        let mut sent = 0;
+        let mut stalls = 0;
+        while sent < frames.len() && stalls < 3 {
+            match runtime.write(&frames[sent..]) {
+                Ok(n) => {
+                    sent += n;
+                    stalls = 0;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // The relay may still be draining the socket: it is full
+                    // once it stays full across a few of its wake-ups.
+                    stalls += 1;
+                    std::thread::yield_now();
+                    let mut poll = [rustix::event::PollFd::new(
+                        &runtime,
+                        rustix::event::PollFlags::OUT,
+                    )];
+                    let _ = rustix::event::poll(
+                        &mut poll,
+                        Some(&Timespec {
+                            tv_sec: 0,
+                            tv_nsec: 50_000_000,
+                        }),
+                    );
+                }
+                Err(e) => panic!("{e}"),
             }
-        });
-        std::thread::sleep(Duration::from_millis(300));
+        }
+        assert!(sent < frames.len(), "the client's backlog held everything");
+        runtime.set_nonblocking(false).unwrap();
+        let writer = std::thread::spawn(move || runtime.write_all(&frames[sent..]).unwrap());
         let mut got = 0;
         let mut buf = vec![0; 1 << 20];
         while got < FRAMES * (HEADER_LEN + PAYLOAD) {
