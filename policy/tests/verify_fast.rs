@@ -51,7 +51,7 @@ fn ec_algorithms() -> impl Iterator<Item = SignatureAlgorithm> {
 /// Random messages per algorithm unless `ATTESTGATE_VERIFY_CASES` says
 /// otherwise: spread over three RSA keys of 2048 bits, one of 3072 and two
 /// of 4096, and over a fresh ECDSA key every `MESSAGES_PER_EC_KEY`.
-const DEFAULT_CASES: usize = 12;
+const DEFAULT_CASES: usize = 16;
 const MESSAGES_PER_EC_KEY: usize = 3;
 
 fn env_number(name: &str) -> Option<u64> {
