@@ -965,7 +965,8 @@ fn a_bundle_read_through_its_index_decides_as_the_whole_bundle() {
         .collect();
     b.attestations("others.json", &json!(others));
     let whole = b.load();
-    let index_file = b.path().join("../index");
+    let index_dir = tempfile::tempdir().unwrap();
+    let index_file = index_dir.path().join("index");
     std::fs::write(&index_file, whole.index("stamp-1")).unwrap();
     let other = digest("other-7");
     let unsigned = digest("unsigned");
