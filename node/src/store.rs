@@ -354,9 +354,12 @@ mod tests {
 
     #[test]
     fn a_bad_bundle_never_replaces_a_good_one() {
-        let dir = tempfile::tempdir().unwrap();
+        // The bundle in a directory of its own: its index goes beside it.
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("bundle");
+        std::fs::create_dir(&dir).unwrap();
         let hooks = Arc::new(Counted::default());
-        let store = BundleStore::new(dir.path().to_path_buf(), hooks.clone());
+        let store = BundleStore::new(dir.clone(), hooks.clone());
         assert_eq!(store.reload(false), ReloadOutcome::Invalid(1));
         assert!(store.current().is_none());
         assert!(
@@ -364,11 +367,11 @@ mod tests {
             "{:?}",
             store.error()
         );
-        write_policy(dir.path(), "ALWAYS_DENY");
+        write_policy(&dir, "ALWAYS_DENY");
         assert_eq!(store.reload(false), ReloadOutcome::Loaded);
         let good = store.current().unwrap().reference.digest.clone();
         std::fs::write(
-            dir.path().join("policy.yaml"),
+            &dir.join("policy.yaml"),
             "defaultAdmissionRule: {evaluationMode: SOMETIMES}\n",
         )
         .unwrap();
@@ -376,7 +379,7 @@ mod tests {
         assert_eq!(store.current().unwrap().reference.digest, good);
         assert_eq!(hooks.rejected.load(std::sync::atomic::Ordering::Relaxed), 2);
         assert!(store.error().is_none(), "a good bundle is in force");
-        write_policy(dir.path(), "ALWAYS_ALLOW");
+        write_policy(&dir, "ALWAYS_ALLOW");
         assert_eq!(store.reload(false), ReloadOutcome::Loaded);
         assert_ne!(store.current().unwrap().reference.digest, good);
         assert_eq!(store.reload(false), ReloadOutcome::Unchanged);
