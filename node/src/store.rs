@@ -371,7 +371,7 @@ mod tests {
         assert_eq!(store.reload(false), ReloadOutcome::Loaded);
         let good = store.current().unwrap().reference.digest.clone();
         std::fs::write(
-            &dir.join("policy.yaml"),
+            dir.join("policy.yaml"),
             "defaultAdmissionRule: {evaluationMode: SOMETIMES}\n",
         )
         .unwrap();
