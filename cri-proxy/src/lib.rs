@@ -32,6 +32,28 @@ use crate::config::Config;
 
 /// Serves until SIGTERM or Ctrl-C, then drains.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    let shutdown = async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    };
+    serve_until(config, shutdown).await
+}
+
+/// The whole daemon, in this process, until `shutdown` resolves; then calls
+/// in flight finish (for 30 s at most). What `run` serves, and what the
+/// in-process tests start beside a CRI server of their own.
+pub async fn serve_until(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let metrics = Arc::new(metrics::Metrics::new());
     let store = Arc::new(BundleStore::new(
         config.node.bundle.clone(),
@@ -96,18 +118,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
-    let shutdown = async {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return std::future::pending().await,
-            };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    };
     let runtime: Arc<Path> = Arc::from(config.runtime_endpoint.as_path());
     let max_connections = connection_budget(config.max_connections);
     server::serve(
