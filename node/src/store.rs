@@ -11,6 +11,7 @@ use attestgate_policy::Bundle;
 use attestgate_policy::decision::{BundleRef, format_time};
 
 use attestgate_policy::Digest;
+use attestgate_policy::index::IndexError;
 use sha2::{Digest as _, Sha256};
 
 use crate::hooks::Hooks;
@@ -227,6 +228,17 @@ fn fingerprint(dir: &Path) -> String {
     let mut hasher = Sha256::new();
     visit(dir, 0, &mut hasher);
     hex::encode(hasher.finalize())
+}
+
+/// For a program that must change nothing on the node (the CLI, which may
+/// run as a user who cannot write beside the bundle): the bundle at `dir`
+/// for the images `digests` only, read through its index when one is there
+/// and made for the files as they are now. Only reads: on an error (no
+/// index, a stale or damaged one, an invalid bundle) the caller loads the
+/// whole bundle itself, and no index is written for next time.
+pub fn read_indexed(dir: &Path, digests: &[&Digest]) -> Result<Bundle, IndexError> {
+    let index = index_path(dir).ok_or(IndexError::Io(std::io::ErrorKind::NotFound.into()))?;
+    Bundle::load_indexed(dir, &index, &fingerprint(dir), digests)
 }
 
 /// Where the index of the bundle at `dir` is kept: beside the directory
@@ -493,5 +505,51 @@ mod tests {
             ReloadOutcome::Loaded
         );
         assert!(store.current().is_some());
+    }
+
+    #[test]
+    fn a_read_only_load_uses_a_current_index_and_never_writes_one() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("bundle");
+        std::fs::create_dir_all(dir.join("attestations")).unwrap();
+        write_policy(&dir, "ALWAYS_DENY");
+        let digests: Vec<String> = (0..3)
+            .map(|i| format!("sha256:{}", format!("{i:02}").repeat(32)))
+            .collect();
+        let all: Vec<String> = digests.iter().map(|d| occurrence(d)).collect();
+        std::fs::write(
+            dir.join("attestations/all.json"),
+            format!("[{}]", all.join(",")),
+        )
+        .unwrap();
+        let wanted = Digest::parse(&digests[1]).unwrap();
+        let index = index_path(&dir).unwrap();
+        assert!(read_indexed(&dir, &[&wanted]).is_err(), "no index yet");
+        assert!(!index.exists(), "and none written");
+
+        let store = BundleStore::new(dir.clone(), Arc::new(crate::hooks::NoHooks));
+        assert_eq!(store.reload(true), ReloadOutcome::Loaded);
+        let bundle = read_indexed(&dir, &[&wanted]).unwrap();
+        assert_eq!(bundle.occurrence_count(), 1);
+        assert_eq!(
+            bundle.digest(),
+            store.current().unwrap().bundle.digest(),
+            "the digest of the whole bundle"
+        );
+
+        std::fs::write(
+            dir.join("attestations/all.json"),
+            format!("[{}]", all[..2].join(",")),
+        )
+        .unwrap();
+        let written = std::fs::read(&index).unwrap();
+        assert!(
+            matches!(
+                read_indexed(&dir, &[&wanted]),
+                Err(IndexError::Stale { .. })
+            ),
+            "the files changed"
+        );
+        assert_eq!(std::fs::read(&index).unwrap(), written, "left as it was");
     }
 }
