@@ -1,10 +1,11 @@
 //! `attestgate evaluate`: one decision, exactly as the node makes it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use attestgate_policy::{
-    Bundle, ImageRef, NamePattern, Operation, PodContext, PodRef, RecordContext, Settings, evaluate,
+    Bundle, Digest, ImageRef, NamePattern, Operation, PodContext, PodRef, RecordContext, Settings,
+    evaluate,
 };
 use clap::{Args as ClapArgs, ValueEnum};
 
@@ -54,20 +55,31 @@ fn key_value(pair: &str, flag: &str) -> anyhow::Result<(String, String)> {
     }
 }
 
-pub fn run(args: Args) -> anyhow::Result<Outcome> {
-    let image =
-        ImageRef::parse(&args.image).with_context(|| format!("--image {:?}", args.image))?;
-    let bundle = Bundle::load(&args.bundle).map_err(|e| {
+/// The bundle at `dir` for deciding the image `digest`: through the index
+/// the node keeps beside the bundle when there is one made for its files as
+/// they are, so that only the image's attestations are read; else the whole
+/// bundle, as the index would have given the same decision. Never writes an
+/// index: evaluating changes nothing on the node.
+fn load(dir: &Path, digest: Option<&Digest>) -> anyhow::Result<Bundle> {
+    if let Some(digest) = digest
+        && let Ok(bundle) = attestgate_node::store::read_indexed(dir, &[digest])
+    {
+        return Ok(bundle);
+    }
+    let bundle = Bundle::load(dir).map_err(|e| {
         let all: Vec<String> = e.errors.iter().map(ToString::to_string).collect();
-        anyhow::anyhow!(
-            "invalid bundle {}:\n  {}",
-            args.bundle.display(),
-            all.join("\n  ")
-        )
+        anyhow::anyhow!("invalid bundle {}:\n  {}", dir.display(), all.join("\n  "))
     })?;
     for warning in bundle.warnings() {
         eprintln!("warning: skipped: {warning}");
     }
+    Ok(bundle)
+}
+
+pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    let image =
+        ImageRef::parse(&args.image).with_context(|| format!("--image {:?}", args.image))?;
+    let bundle = load(&args.bundle, image.digest.as_ref())?;
     let mut settings = Settings {
         cluster: args.cluster.clone(),
         strict_repository: args.strict_repository,

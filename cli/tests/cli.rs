@@ -470,3 +470,180 @@ fn attestor_create_takes_pgp_keys() {
     ]);
     assert_eq!(wrong.status.code(), Some(2));
 }
+
+/// `pipeline_bundle` plus attestations of five other images, so that an
+/// index of it has more than the one image to choose from.
+fn indexed_pipeline_bundle(dir: &Path) -> String {
+    let bundle = pipeline_bundle(dir);
+    let signed: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{bundle}/attestations/ci.json")).unwrap(),
+    )
+    .unwrap();
+    let others: Vec<serde_json::Value> = (0..5)
+        .map(|i| {
+            let mut o = signed.clone();
+            o["name"] = format!("projects/test/occurrences/other-{i}").into();
+            o["resourceUri"] =
+                format!("https://registry.test/other@{}", digest(&i.to_string())).into();
+            o
+        })
+        .collect();
+    std::fs::write(
+        format!("{bundle}/attestations/others.json"),
+        serde_json::to_string(&others).unwrap(),
+    )
+    .unwrap();
+    bundle
+}
+
+/// Loads the bundle as the proxy and the shim do, which writes its index.
+fn keep_index(bundle: &str) -> std::path::PathBuf {
+    use attestgate_node::store::{BundleStore, ReloadOutcome, index_path};
+    let store = BundleStore::new(
+        bundle.into(),
+        std::sync::Arc::new(attestgate_node::hooks::NoHooks),
+    );
+    assert_eq!(store.reload(true), ReloadOutcome::Loaded);
+    let index = index_path(Path::new(bundle)).unwrap();
+    assert!(index.exists(), "the store writes the index");
+    index
+}
+
+/// `evaluate --output json` for the pipeline's image: exit code and the
+/// record without the fields that say when it was made.
+fn evaluate_json(bundle: &str) -> (Option<i32>, serde_json::Value) {
+    let out = attestgate(&[
+        "evaluate",
+        "--bundle",
+        bundle,
+        "--image",
+        &format!("registry.test/app:1.0@{D}"),
+        "--namespace",
+        "prod",
+        "--output",
+        "json",
+    ]);
+    let mut v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}", String::from_utf8_lossy(&out.stderr));
+    });
+    let record = v.as_object_mut().unwrap();
+    record.remove("time").unwrap();
+    record["bundle"]
+        .as_object_mut()
+        .unwrap()
+        .remove("loaded_at")
+        .unwrap();
+    (out.status.code(), v)
+}
+
+/// An index's header (after its magic line): the stamp it was made for,
+/// and where its table begins.
+fn index_header(index: &[u8]) -> (String, usize) {
+    let at = b"attestgate-index 1\n".len();
+    let len = u32::from_be_bytes(index[at..at + 4].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&index[at + 4..at + 4 + len]).unwrap();
+    (header["stamp"].as_str().unwrap().to_string(), at + 4 + len)
+}
+
+#[test]
+fn evaluate_through_the_node_s_index_prints_the_same_record_as_without() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = indexed_pipeline_bundle(dir.path());
+    let whole = evaluate_json(&bundle);
+    assert_eq!(whole.0, Some(0), "{}", whole.1);
+    assert_eq!(whole.1["reason"], "ATTESTED");
+
+    let index = keep_index(&bundle);
+    assert_eq!(evaluate_json(&bundle), whole);
+
+    // And it is the index that was read: one planted with the bundle's
+    // stamp, made from the bundle without the image's attestation, decides.
+    let unsigned = dir.path().join("unsigned");
+    std::fs::create_dir_all(unsigned.join("attestors")).unwrap();
+    for file in ["policy.yaml", "attestors/ci.yaml"] {
+        std::fs::copy(Path::new(&bundle).join(file), unsigned.join(file)).unwrap();
+    }
+    let planted = attestgate_policy::Bundle::load(&unsigned)
+        .unwrap()
+        .index(&index_header(&std::fs::read(&index).unwrap()).0);
+    std::fs::write(&index, planted).unwrap();
+    let (code, record) = evaluate_json(&bundle);
+    assert_eq!(code, Some(1), "{record}");
+    assert_eq!(record["reason"], "MISSING_ATTESTATIONS");
+}
+
+#[test]
+fn evaluate_never_writes_an_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = indexed_pipeline_bundle(dir.path());
+    let index = attestgate_node::store::index_path(Path::new(&bundle)).unwrap();
+    let listing = || {
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = listing();
+    let (code, _) = evaluate_json(&bundle);
+    assert_eq!(code, Some(0));
+    ok(&[
+        "evaluate",
+        "--bundle",
+        &bundle,
+        "--image",
+        &format!("registry.test/app@{D}"),
+    ]);
+    assert!(!index.exists(), "{} written", index.display());
+    assert_eq!(listing(), before, "nothing written beside the bundle");
+}
+
+#[test]
+fn evaluate_does_not_trust_an_index_made_before_the_bundle_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = indexed_pipeline_bundle(dir.path());
+    // The index is made while the image has no attestation ...
+    let signed = dir.path().join("ci.json");
+    std::fs::rename(format!("{bundle}/attestations/ci.json"), &signed).unwrap();
+    let index = keep_index(&bundle);
+    let (code, record) = evaluate_json(&bundle);
+    assert_eq!(code, Some(1), "{record}");
+    assert_eq!(record["reason"], "MISSING_ATTESTATIONS");
+    let stale = std::fs::read(&index).unwrap();
+
+    // ... then the attestation arrives: the index is stale, not used.
+    std::fs::rename(&signed, format!("{bundle}/attestations/ci.json")).unwrap();
+    let (code, record) = evaluate_json(&bundle);
+    assert_eq!(code, Some(0), "{record}");
+    assert_eq!(record["reason"], "ATTESTED");
+    assert_eq!(std::fs::read(&index).unwrap(), stale, "and not rewritten");
+    std::fs::remove_file(&index).unwrap();
+    assert_eq!(
+        evaluate_json(&bundle).1,
+        record,
+        "the record of the whole new bundle"
+    );
+}
+
+#[test]
+fn evaluate_falls_back_to_the_whole_bundle_from_a_damaged_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = indexed_pipeline_bundle(dir.path());
+    let whole = evaluate_json(&bundle);
+    assert_eq!(whole.0, Some(0), "{}", whole.1);
+    let index = keep_index(&bundle);
+    let good = std::fs::read(&index).unwrap();
+    // Not an index at all, and the current one cut short: its stamp
+    // matches, its table is not there.
+    let table = index_header(&good).1;
+    for damaged in [
+        b"garbage".to_vec(),
+        good[..table].to_vec(),
+        good[..table + 10].to_vec(),
+    ] {
+        std::fs::write(&index, &damaged).unwrap();
+        assert_eq!(evaluate_json(&bundle), whole, "{} bytes", damaged.len());
+        assert_eq!(std::fs::read(&index).unwrap(), damaged, "left as it was");
+    }
+}
