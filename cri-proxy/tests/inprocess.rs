@@ -170,6 +170,39 @@ fn pull_request(image: &str) -> PullImageRequest {
     }
 }
 
+/// A CreateContainer of container `app` in `sandbox_id`: by `image` (an id,
+/// as kubelet gives it, or a name), naming `user_specified_image` (kubelet
+/// 1.28+, may be empty).
+fn create_request(
+    sandbox_id: &str,
+    pod: PodSandboxConfig,
+    image: &str,
+    user_specified_image: &str,
+) -> CreateContainerRequest {
+    CreateContainerRequest {
+        pod_sandbox_id: sandbox_id.into(),
+        config: Some(ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: "app".into(),
+                attempt: 0,
+            }),
+            image: Some(ImageSpec {
+                image: image.into(),
+                user_specified_image: user_specified_image.into(),
+                ..ImageSpec::default()
+            }),
+            command: vec!["/app".into()],
+            envs: vec![KeyValue {
+                key: "MODE".into(),
+                value: "serve".into(),
+            }],
+            log_path: "app/0.log".into(),
+            ..ContainerConfig::default()
+        }),
+        sandbox_config: Some(pod),
+    }
+}
+
 /// A refusal as SPEC §5 has it: PERMISSION_DENIED, the message kubelet
 /// knows, then the decision's explanation.
 fn assert_refused(status: &tonic::Status, explanation: &str) {
@@ -419,6 +452,136 @@ async fn a_denied_tag_that_was_on_the_node_before_is_left_there() {
     assert_eq!(served(&proxy.fake, "RemoveImage"), 0);
     assert_eq!(proxy.fake.node().images, node_with_images().images);
     drop(images);
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowed_create_reaches_the_runtime_once_as_it_was_sent() {
+    let proxy = Proxy::start(&policy(), node_with_images()).await;
+    let mut runtime = proxy.client().await.runtime;
+    let pod = || pod_config("web-0", &[("app", "web")]);
+
+    // As kubelet creates: by image id, naming the pod spec's image.
+    let by_id = create_request(PROD_SANDBOX, pod(), &digest('1'), &format!("{APP}:1"));
+    let created = runtime.create_container(by_id.clone()).await.unwrap();
+    let first = created.into_inner().container_id;
+    // By name, as other clients do.
+    let by_name = create_request(PROD_SANDBOX, pod(), &format!("{APP}:1"), "");
+    let created = runtime.create_container(by_name.clone()).await.unwrap();
+    let second = created.into_inner().container_id;
+
+    assert_eq!(
+        proxy
+            .fake
+            .requests::<CreateContainerRequest>("CreateContainer"),
+        [by_id, by_name]
+    );
+    let made: Vec<String> = proxy.fake.node().containers[1..]
+        .iter()
+        .map(|c| c.id.clone())
+        .collect();
+    assert_eq!(made, [first, second]);
+    // The pod is the sandbox's, as the runtime recorded it.
+    let asked: Vec<String> = proxy
+        .fake
+        .requests::<PodSandboxStatusRequest>("PodSandboxStatus")
+        .into_iter()
+        .map(|r| r.pod_sandbox_id)
+        .collect();
+    assert_eq!(asked, [PROD_SANDBOX, PROD_SANDBOX]);
+
+    let audit = proxy.audit();
+    assert_eq!(audit.len(), 2, "{audit:?}");
+    for record in &audit {
+        assert_eq!(record["operation"], "CreateContainer");
+        assert_eq!(record["decision"], "allow");
+        assert_eq!(record["reason"], "ALLOWLISTED");
+        assert_eq!(record["image"]["reference"], format!("{APP}:1").as_str());
+        assert_eq!(record["image"]["digest"], digest('a').as_str());
+        assert_eq!(record["pod"]["name"], "web-0");
+        assert_eq!(record["container"], "app");
+    }
+    drop(runtime);
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_create_never_reaches_the_runtime() {
+    let proxy = Proxy::start(&policy(), node_with_images()).await;
+    let mut runtime = proxy.client().await.runtime;
+
+    let request = create_request(
+        PROD_SANDBOX,
+        pod_config("web-0", &[("app", "web")]),
+        &digest('2'),
+        &format!("{UNSIGNED}:1"),
+    );
+    let refused = runtime.create_container(request).await.unwrap_err();
+    assert_refused(&refused, "denied by rule default: ALWAYS_DENY");
+    assert_eq!(served(&proxy.fake, "CreateContainer"), 0);
+    assert_eq!(proxy.fake.node().containers, empty_node().containers);
+
+    let audit = proxy.audit();
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    let record = &audit[0];
+    assert_eq!(record["operation"], "CreateContainer");
+    assert_eq!(record["decision"], "deny");
+    assert_eq!(record["reason"], "ALWAYS_DENY");
+    assert_eq!(
+        record["image"]["reference"],
+        format!("{UNSIGNED}:1").as_str()
+    );
+    assert_eq!(record["image"]["digest"], digest('b').as_str());
+    assert_eq!(record["pod"]["namespace"], "prod");
+    assert_eq!(record["pod"]["name"], "web-0");
+    assert_eq!(record["pod"]["uid"], "uid-web-0");
+    assert_eq!(record["container"], "app");
+    drop(runtime);
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn break_glass_counts_as_the_runtime_recorded_the_sandbox_not_as_the_request_claims() {
+    let proxy = Proxy::start(&policy(), node_with_images()).await;
+    let mut runtime = proxy.client().await.runtime;
+    let unsigned = format!("{UNSIGNED}:1");
+
+    // The request's copy of the sandbox config claims break-glass; the
+    // sandbox the runtime has has no such label.
+    let claimed = create_request(
+        PROD_SANDBOX,
+        pod_config("web-0", &[(BREAK_GLASS, "true")]),
+        &digest('2'),
+        &unsigned,
+    );
+    let refused = runtime.create_container(claimed).await.unwrap_err();
+    assert_refused(&refused, "ALWAYS_DENY");
+    assert_eq!(served(&proxy.fake, "CreateContainer"), 0);
+
+    // The sandbox the runtime recorded with the label: admitted, recorded.
+    let glass = create_request(
+        GLASS_SANDBOX,
+        pod_config("glass-0", &[]),
+        &digest('2'),
+        &unsigned,
+    );
+    runtime.create_container(glass.clone()).await.unwrap();
+    assert_eq!(
+        proxy
+            .fake
+            .requests::<CreateContainerRequest>("CreateContainer"),
+        [glass]
+    );
+
+    let audit = proxy.audit();
+    assert_eq!(audit.len(), 2, "{audit:?}");
+    assert_eq!(audit[0]["decision"], "deny");
+    assert_eq!(audit[1]["decision"], "allow");
+    assert_eq!(audit[1]["reason"], "BREAK_GLASS");
+    assert_eq!(audit[1]["overridden"], "ALWAYS_DENY");
+    assert_eq!(audit[1]["enforced"], false);
+    assert_eq!(audit[1]["pod"]["name"], "glass-0");
+    drop(runtime);
     proxy.stop().await;
 }
 
