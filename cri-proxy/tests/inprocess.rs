@@ -15,11 +15,12 @@ mod harness;
 
 use std::collections::HashMap;
 
+use attestgate_proxy::config::FailModeArg;
 use k8s_cri::v1::*;
 use tonic::Code;
 
 use fake::{Fake, Node};
-use harness::{Proxy, call_path, connect};
+use harness::{Proxy, call_path, connect, connect_lazily};
 
 fn digest(c: char) -> String {
     format!("sha256:{}", c.to_string().repeat(64))
@@ -625,6 +626,145 @@ async fn calls_outside_the_cri_are_refused_and_never_reach_the_runtime() {
         .await
         .unwrap();
     assert!(proxy.audit().is_empty());
+    drop(cri);
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1alpha2_pulls_are_decided_too() {
+    use k8s_cri::v1alpha2 as alpha;
+    let proxy = Proxy::start(&policy(), empty_node()).await;
+    let channel = connect(&proxy.socket).await.unwrap();
+    let mut images = alpha::image_service_client::ImageServiceClient::new(channel);
+    let pull = |image: String| alpha::PullImageRequest {
+        image: Some(alpha::ImageSpec {
+            image,
+            ..alpha::ImageSpec::default()
+        }),
+        auth: Some(alpha::AuthConfig {
+            username: "robot".into(),
+            password: "s3cret".into(),
+            ..alpha::AuthConfig::default()
+        }),
+        sandbox_config: None,
+    };
+
+    let allowed = pull(format!("{APP}:1"));
+    let pulled = images.pull_image(allowed.clone()).await.unwrap();
+    assert_eq!(pulled.into_inner().image_ref, digest('1'));
+    let refused = images
+        .pull_image(pull(unsigned_ref_by_digest()))
+        .await
+        .unwrap_err();
+    assert_refused(&refused, "ALWAYS_DENY");
+    assert_eq!(
+        proxy
+            .fake
+            .requests::<alpha::PullImageRequest>("v1alpha2.PullImage"),
+        [allowed]
+    );
+    // Resolved in the version the call came in.
+    assert!(proxy.fake.methods().contains(&"v1alpha2.ImageStatus"));
+    assert!(!proxy.fake.methods().contains(&"ImageStatus"));
+
+    let audit = proxy.audit();
+    assert_eq!(audit.len(), 2, "{audit:?}");
+    assert_eq!(audit[0]["decision"], "allow");
+    assert_eq!(audit[1]["decision"], "deny");
+    drop(images);
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_runtime_out_of_reach_fail_mode_closed_refuses_what_it_cannot_decide() {
+    let proxy = Proxy::start(&policy(), node_with_images()).await;
+    // A connection relayed while the runtime was there.
+    let cri = proxy.client().await;
+    cri.runtime
+        .clone()
+        .version(VersionRequest::default())
+        .await
+        .unwrap();
+    std::fs::remove_file(&proxy.runtime_socket).unwrap();
+
+    // An image the policy admits, but the runtime cannot say whose pod
+    // the sandbox is nor what the image is: the node's failure, refused.
+    let create = create_request(
+        PROD_SANDBOX,
+        pod_config("web-0", &[]),
+        &digest('1'),
+        &format!("{APP}:1"),
+    );
+    let refused = cri
+        .runtime
+        .clone()
+        .create_container(create)
+        .await
+        .unwrap_err();
+    assert_refused(&refused, "(denied: fail mode closed)");
+    let audit = proxy.audit();
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0]["decision"], "deny");
+    assert_eq!(audit[0]["reason"], "ERROR");
+
+    // A digest the allowlist admits needs no lookup, but cannot be sent on.
+    let pull = cri
+        .images
+        .clone()
+        .pull_image(pull_request(&app_ref_by_digest()))
+        .await
+        .unwrap_err();
+    assert_eq!(pull.code(), Code::Unavailable, "{pull:?}");
+
+    // A new connection has no runtime to be relayed to: the proxy ends it.
+    let lost = connect_lazily(&proxy.socket);
+    let status = runtime_service_client::RuntimeServiceClient::new(lost)
+        .version(VersionRequest::default())
+        .await
+        .unwrap_err();
+    // No status from any server: the connection ended under the client
+    // (which tonic reports as UNAVAILABLE, UNKNOWN or CANCELLED, by when
+    // it noticed).
+    let transport = std::error::Error::source(&status)
+        .is_some_and(|e| e.downcast_ref::<tonic::transport::Error>().is_some());
+    assert!(transport, "{status:?}");
+
+    // Nothing after the socket went reached the runtime.
+    assert_eq!(proxy.fake.methods(), ["Version"]);
+    drop(cri);
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_runtime_out_of_reach_fail_mode_open_admits_but_nothing_is_created() {
+    let proxy = Proxy::start_with(&policy(), node_with_images(), FailModeArg::Open).await;
+    let cri = proxy.client().await;
+    cri.runtime
+        .clone()
+        .version(VersionRequest::default())
+        .await
+        .unwrap();
+    std::fs::remove_file(&proxy.runtime_socket).unwrap();
+
+    let create = create_request(
+        PROD_SANDBOX,
+        pod_config("web-0", &[]),
+        &digest('2'),
+        &format!("{UNSIGNED}:1"),
+    );
+    let failed = cri
+        .runtime
+        .clone()
+        .create_container(create)
+        .await
+        .unwrap_err();
+    // Admitted by the fail mode, then the runtime is not there to create it.
+    assert_eq!(failed.code(), Code::Unavailable, "{failed:?}");
+    let audit = proxy.audit();
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0]["decision"], "allow");
+    assert_eq!(audit[0]["reason"], "ERROR");
+    assert_eq!(proxy.fake.methods(), ["Version"]);
     drop(cri);
     proxy.stop().await;
 }

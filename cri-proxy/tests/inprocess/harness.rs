@@ -164,6 +164,11 @@ pub async fn connect(socket: &Path) -> Result<Channel, tonic::transport::Error> 
         .await
 }
 
+/// A connection to the socket, made at the first call.
+pub fn connect_lazily(socket: &Path) -> Channel {
+    endpoint().connect_with_connector_lazy(tower::service_fn(dial(socket)))
+}
+
 /// A unary call to any path, with an empty message: what a client of
 /// another API on the same socket would send.
 pub async fn call_path(channel: Channel, path: &'static str) -> Result<(), tonic::Status> {
