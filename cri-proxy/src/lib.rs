@@ -9,6 +9,7 @@
 //! (the same bytes to containerd).
 
 pub mod config;
+pub mod connection;
 pub mod cri;
 pub mod grpc;
 pub mod intercept;

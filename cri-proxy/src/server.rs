@@ -61,7 +61,7 @@ pub async fn serve<R: ImageRuntime>(
                     drop(stream);
                     continue;
                 };
-                let connection = crate::relay::connection(stream, runtime.clone(), gate.clone(), stop_rx.clone());
+                let connection = crate::connection::connection(stream, runtime.clone(), gate.clone(), stop_rx.clone());
                 let alive = alive_tx.clone();
                 let open = gate.metrics.connections_open.clone();
                 open.inc();

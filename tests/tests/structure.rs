@@ -42,11 +42,61 @@ fn resolve(path: &[String], modules: &BTreeMap<Vec<String>, PathBuf>) -> Option<
         .find(|candidate| modules.contains_key(candidate))
 }
 
-/// Every module path `text` (the source of module `own`) refers to.
-fn references(text: &str, own: &[String]) -> Vec<Vec<String>> {
+/// `text` up to its test module: test modules may reach anywhere; they
+/// are not part of the shape. (By custom the test module ends the file.)
+fn without_tests(text: &str) -> &str {
+    let mut at = 0;
+    while let Some(found) = text[at..].find("#[cfg(test)]") {
+        let start = at + found;
+        let after = text[start + "#[cfg(test)]".len()..].trim_start();
+        let inline_module = after.starts_with("mod ")
+            && after
+                .find(['{', ';'])
+                .is_some_and(|i| after.as_bytes()[i] == b'{');
+        if inline_module {
+            return &text[..start];
+        }
+        at = start + 1;
+    }
+    text
+}
+
+/// The names of the modules `text` declares for tests alone
+/// (`#[cfg(test)] mod testing;`): test code, not part of the shape.
+fn test_only_children(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for (start, _) in text.match_indices("#[cfg(test)]") {
+        let after = text[start + "#[cfg(test)]".len()..].trim_start();
+        if let Some(rest) = after.strip_prefix("mod ")
+            && let Some((name, _)) = rest.split_once(';')
+            && name.chars().all(|c| c.is_alphanumeric() || c == '_')
+        {
+            names.insert(name.to_string());
+        }
+    }
+    names
+}
+
+/// Every module path `text` (the source of module `own`) refers to;
+/// `children` are the names of `own`'s child modules, which a `use` may
+/// name without a prefix.
+fn references(text: &str, own: &[String], children: &BTreeSet<String>) -> Vec<Vec<String>> {
     let mut found = Vec::new();
-    // Test modules may reach anywhere; they are not part of the shape.
-    let text = text.split("#[cfg(test)]").next().unwrap_or(text);
+    let text = without_tests(text);
+    for (start, _) in text.match_indices("use ") {
+        let before = text[..start].chars().next_back();
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+            continue;
+        }
+        let rest = text[start + "use ".len()..].trim_start();
+        let first = rest
+            .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .next()
+            .unwrap_or("");
+        if children.contains(first) {
+            found.extend(paths_at(rest, own.to_vec()));
+        }
+    }
     for (start, _) in text.match_indices("crate::") {
         let before = text[..start].chars().next_back();
         if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
@@ -117,11 +167,28 @@ fn paths_at(rest: &str, base: Vec<String>) -> Vec<Vec<String>> {
 
 /// The import graph of a crate's files, each file to the files it uses.
 fn graph(src: &Path) -> BTreeMap<Vec<String>, BTreeSet<Vec<String>>> {
-    let modules = modules(src);
+    let mut modules = modules(src);
+    let test_only: Vec<Vec<String>> = modules
+        .iter()
+        .flat_map(|(module, file)| {
+            let text = std::fs::read_to_string(file).unwrap();
+            test_only_children(&text).into_iter().map(|name| {
+                let mut child = module.clone();
+                child.push(name);
+                child
+            })
+        })
+        .collect();
+    modules.retain(|module, _| !test_only.iter().any(|t| module.starts_with(t)));
     let mut graph = BTreeMap::new();
     for (module, file) in &modules {
         let text = std::fs::read_to_string(file).unwrap();
-        let edges: BTreeSet<Vec<String>> = references(&text, module)
+        let children: BTreeSet<String> = modules
+            .keys()
+            .filter(|m| m.len() == module.len() + 1 && m.starts_with(module))
+            .map(|m| m[module.len()].clone())
+            .collect();
+        let edges: BTreeSet<Vec<String>> = references(&text, module, &children)
             .iter()
             .filter_map(|path| resolve(path, &modules))
             .filter(|target| target != module)
@@ -201,4 +268,55 @@ fn the_checker_finds_a_cycle_where_there_is_one() {
     .unwrap();
     std::fs::write(src.join("b.rs"), "use crate::a::X;\n").unwrap();
     assert!(cycle(&graph(src)).is_some(), "a ↔ b");
+}
+
+#[test]
+fn the_checker_sees_a_parent_and_a_child_importing_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path();
+    std::fs::create_dir(src.join("a")).unwrap();
+    std::fs::write(src.join("lib.rs"), "mod a;\n").unwrap();
+    std::fs::write(src.join("a/mod.rs"), "mod inner;\npub use inner::Thing;\n").unwrap();
+    std::fs::write(src.join("a/inner.rs"), "pub struct Thing;\n").unwrap();
+    assert_eq!(cycle(&graph(src)), None, "a → a::inner is no loop");
+    std::fs::write(src.join("a/inner.rs"), "use super::Other;\n").unwrap();
+    assert!(cycle(&graph(src)).is_some(), "a ↔ a::inner");
+}
+
+/// The proxy's modules the relay may not name: everything but itself.
+#[test]
+fn the_relay_knows_nothing_of_the_proxy_around_it() {
+    let src = workspace().join("cri-proxy").join("src");
+    let graph = graph(&src);
+    let relay = vec!["relay".to_string()];
+    let mut files = 0;
+    for (module, edges) in &graph {
+        if !module.starts_with(&relay) {
+            continue;
+        }
+        files += 1;
+        for target in edges {
+            assert!(
+                target.starts_with(&relay),
+                "{} uses {}: the relay must know nothing of the CRI or of policy",
+                module.join("::"),
+                target.join("::")
+            );
+        }
+        let text = std::fs::read_to_string(modules(&src)[module].clone()).unwrap();
+        let text = without_tests(&text);
+        for name in [
+            "attestgate_policy",
+            "attestgate_node",
+            "k8s_cri",
+            "prometheus_client",
+        ] {
+            assert!(
+                !text.contains(name),
+                "{} names {name}: the relay must know nothing of the CRI or of policy",
+                module.join("::")
+            );
+        }
+    }
+    assert!(files >= 8, "the relay's files were found ({files})");
 }

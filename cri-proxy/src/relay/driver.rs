@@ -22,20 +22,21 @@ use rustix::net::{RecvFlags, recv};
 use tokio::task::AbortHandle;
 
 use super::frame;
-use super::state::{Call, Relay, RelayError, Reply};
+use super::hooks::{Call, Hooks, RelayError, Reply};
+use super::state::Relay;
 
 /// Input we read ahead, per direction, before waiting for the other side
 /// to take what we already have.
 const BUFFER_LIMIT: usize = 1 << 20;
 /// What may wait for a client that does not read: past it, neither side is
-/// read (containerd's headers and our window updates are not flow
+/// read (the server's headers and our window updates are not flow
 /// controlled, so nothing else bounds them).
 const CLIENT_BACKLOG_LIMIT: usize = 4 << 20;
 const READ_CHUNK: usize = 64 << 10;
 /// How long a closing connection may take to hand over its last bytes.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long what a peer is owed but need not hear at once may wait for
-/// our next write to it to travel with: our answers to containerd's PINGs
+/// our next write to it to travel with: our answers to the server's PINGs
 /// (see `Relay::release_acks`; grpc-go times its window estimate by them
 /// and gives up on a keepalive answer only after seconds), and the room
 /// its input leaves once taken off our queue (see `Side::read_some`).
@@ -266,15 +267,15 @@ impl From<RelayError> for Failure {
 
 /// Relays between `client` and `upstream` until either side closes or a
 /// drain has finished, then hands over what the other side is still owed.
-/// `start_decision` starts deciding an intercepted call, whose reply comes
+/// `start_decision` starts deciding an taken-out call, whose reply comes
 /// back through `mailbox`; `hold` is [`HOLD`] but in tests.
-pub fn relay(
+pub fn relay<H: Hooks>(
     client: UnixStream,
     upstream: UnixStream,
-    mut relay: Relay,
+    mut relay: Relay<H>,
     mailbox: &Mailbox,
     hold: Duration,
-    mut start_decision: impl FnMut(Call) -> AbortHandle,
+    mut start_decision: impl FnMut(Call<H::Kind>) -> AbortHandle,
 ) {
     let (mut client, mut upstream) = match (Side::new(client), Side::new(upstream)) {
         (Ok(client), Ok(upstream)) => (client, upstream),
@@ -297,7 +298,7 @@ pub fn relay(
             let _ = upstream.write_all_until(&mut relay.to_upstream, deadline);
         }
         Ok(End::RuntimeClosed) => {
-            // Whatever containerd said last (GOAWAY) reaches the client.
+            // Whatever the server said last (GOAWAY) reaches the client.
             let _ = client.write_all_until(&mut relay.to_client, deadline);
             tracing::debug!("runtime closed the connection");
         }
@@ -320,7 +321,7 @@ pub fn relay(
 
 /// Which sides we read now: neither while the client does not take what
 /// waits for it, and each only while what it sends has room to go.
-fn wanted(relay: &Relay) -> [bool; 2] {
+fn wanted<H: Hooks>(relay: &Relay<H>) -> [bool; 2] {
     let backlog_ok = relay.to_client.len() < CLIENT_BACKLOG_LIMIT;
     [
         relay.to_upstream.len() < BUFFER_LIMIT && backlog_ok,
@@ -328,13 +329,13 @@ fn wanted(relay: &Relay) -> [bool; 2] {
     ]
 }
 
-fn run(
+fn run<H: Hooks>(
     client: &mut Side,
     upstream: &mut Side,
-    relay: &mut Relay,
+    relay: &mut Relay<H>,
     mailbox: &Mailbox,
     hold: Duration,
-    start_decision: &mut impl FnMut(Call) -> AbortHandle,
+    start_decision: &mut impl FnMut(Call<H::Kind>) -> AbortHandle,
 ) -> Result<End, Failure> {
     let mut scratch = vec![0; READ_CHUNK];
     let mut waiter = Waiter::new(mailbox)?;
@@ -372,7 +373,7 @@ fn run(
         if !relay.acks_held() {
             acks_held_since = None;
         }
-        // The client first: what we just read from containerd is what
+        // The client first: what we just read from the server is what
         // someone is waiting for.
         client.write_some(&mut relay.to_client, &mut scratch)?;
         upstream.write_some(&mut relay.to_upstream, &mut scratch)?;
@@ -548,14 +549,7 @@ mod tests {
     use std::sync::mpsc;
     use std::thread::JoinHandle;
 
-    fn intercept(path: &str) -> super::super::state::Handling {
-        use super::super::state::Handling;
-        if path.ends_with("/Intercepted") {
-            Handling::Intercept
-        } else {
-            Handling::Relay
-        }
-    }
+    use crate::relay::testing::TestHooks;
 
     /// A connection driven on its thread, with the test holding the far
     /// ends of both sockets: `client` plays kubelet, `runtime` containerd.
@@ -563,7 +557,7 @@ mod tests {
         client: UnixStream,
         runtime: UnixStream,
         mailbox: Arc<Mailbox>,
-        calls: mpsc::Receiver<Call>,
+        calls: mpsc::Receiver<Call<()>>,
         /// Disconnects when the connection's thread is done.
         ended: mpsc::Receiver<()>,
         thread: Option<JoinHandle<()>>,
@@ -590,7 +584,7 @@ mod tests {
                 relay(
                     client_far,
                     runtime_far,
-                    Relay::new(intercept, None),
+                    Relay::new(TestHooks::default()),
                     &thread_mailbox,
                     ack_delay,
                     |call| {
@@ -738,7 +732,7 @@ mod tests {
             .unwrap();
         let call = h.calls.recv_timeout(Duration::from_secs(5)).unwrap();
         assert_eq!(
-            (call.stream, call.path.as_str()),
+            (call.stream, call.path()),
             (1, "/runtime.v1.ImageService/Intercepted")
         );
         // containerd sees the call muted: its head without END_STREAM, a

@@ -1,13 +1,17 @@
 //! The client's connection-level receive window, shared by two senders:
-//! containerd, which knows nothing of us, and the relay, which injects the
-//! replies to intercepted calls.
+//! the server, which knows nothing of us, and the relay, which injects the
+//! replies to taken-out calls.
 //!
-//! containerd's idea of the window is always `window + debt`, where `debt`
+//! The server's idea of the window is always `window + debt`, where `debt`
 //! is what we injected and the client has not yet paid back in
 //! WINDOW_UPDATEs. Client updates repay the debt first and only the rest is
-//! passed on. containerd may therefore send up to `debt` bytes more than the
-//! client allows; the relay holds such data back until the window opens, so
-//! the client's window is never overrun.
+//! passed on. The server may therefore send up to `debt` bytes more than
+//! the client allows; such data is held back (`Held`) until the window
+//! opens, so the client's window is never overrun.
+
+use bytes::Bytes;
+
+use super::frame;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientWindow {
@@ -18,7 +22,7 @@ pub struct ClientWindow {
 impl Default for ClientWindow {
     fn default() -> Self {
         ClientWindow {
-            window: super::frame::DEFAULT_WINDOW,
+            window: frame::DEFAULT_WINDOW,
             debt: 0,
         }
     }
@@ -30,7 +34,7 @@ impl ClientWindow {
         usize::try_from(self.window.max(0)).unwrap_or(0)
     }
 
-    /// containerd's DATA went to the client.
+    /// The server's DATA went to the client.
     pub fn forwarded(&mut self, n: usize) {
         self.window -= n as i64;
     }
@@ -42,7 +46,7 @@ impl ClientWindow {
     }
 
     /// The client raised its window by `increment`; returns the part of
-    /// it containerd is to be told about.
+    /// it the server is to be told about.
     pub fn client_update(&mut self, increment: u32) -> u32 {
         let increment = i64::from(increment);
         self.window += increment;
@@ -56,6 +60,13 @@ impl ClientWindow {
     pub fn debt(&self) -> i64 {
         self.debt
     }
+}
+
+/// The server's DATA held back for want of client window.
+pub(super) struct Held {
+    pub(super) stream: u32,
+    pub(super) end_stream: bool,
+    pub(super) rest: Bytes,
 }
 
 #[cfg(test)]
