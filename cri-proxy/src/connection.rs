@@ -14,7 +14,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::net::UnixStream;
 use tokio::sync::{oneshot, watch};
 
-use crate::cri::{Route, route, served};
+use crate::cri::{Route, is_image_service, route, served};
 use crate::grpc::ProxyError;
 
 use crate::intercept::Gate;
@@ -30,14 +30,18 @@ const COUNTERS_KEPT: usize = 64;
 /// The CRI, as the relay asks after it: routes, what is served, counting.
 pub struct CriHooks {
     metrics: Arc<Metrics>,
+    /// `image_endpoint` is not the runtime's: ImageService calls are taken
+    /// out and forwarded there.
+    images_elsewhere: bool,
     /// Counters by method, kept so a call costs no lookup in the registry.
     counters: Vec<(Box<[u8]>, Counter)>,
 }
 
 impl CriHooks {
-    pub fn new(metrics: Arc<Metrics>) -> CriHooks {
+    pub fn new(metrics: Arc<Metrics>, images_elsewhere: bool) -> CriHooks {
         CriHooks {
             metrics,
+            images_elsewhere,
             counters: Vec::new(),
         }
     }
@@ -51,6 +55,9 @@ impl Hooks for CriHooks {
             return Handling::Refuse;
         }
         match route(path) {
+            Route::Forward if self.images_elsewhere && is_image_service(path) => {
+                Handling::TakeOut(Route::Image)
+            }
             Route::Forward => Handling::Relay,
             decided => Handling::TakeOut(decided),
         }
@@ -142,7 +149,8 @@ pub async fn connection<R: ImageRuntime>(
         .name("attestgate-conn".into())
         .stack_size(THREAD_STACK)
         .spawn(move || {
-            let relay = Relay::new(CriHooks::new(gate.metrics.clone()));
+            let images_elsewhere = gate.images.socket() != gate.upstream.socket();
+            let relay = Relay::new(CriHooks::new(gate.metrics.clone(), images_elsewhere));
             let mailbox = thread_mailbox;
             driver::relay(client, upstream, relay, &mailbox, driver::HOLD, |call| {
                 async_side
@@ -206,6 +214,7 @@ async fn answer<R: ImageRuntime>(
         Route::Pull(api) => gate.clone().pull_to_the_end(api, parts, body).await?,
         Route::Create(api) => gate.clone().create(api, parts, body).await?,
         Route::Start => gate.start(parts, body).await?,
+        Route::Image => gate.forward(parts, body).await?,
         Route::Forward => return Err(ProxyError::Internal("not an intercepted call".into())),
     };
     let full = match reply {
@@ -227,7 +236,7 @@ mod tests {
 
     #[test]
     fn calls_are_routed_once_by_the_hooks() {
-        let hooks = CriHooks::new(Arc::new(Metrics::new()));
+        let hooks = CriHooks::new(Arc::new(Metrics::new()), false);
         assert_eq!(
             hooks.handling("/runtime.v1.ImageService/PullImage"),
             Handling::TakeOut(Route::Pull(crate::cri::Api::V1))
@@ -248,7 +257,7 @@ mod tests {
 
     #[test]
     fn refusals_are_grpc_statuses() {
-        let hooks = CriHooks::new(Arc::new(Metrics::new()));
+        let hooks = CriHooks::new(Arc::new(Metrics::new()), false);
         for (refusal, code) in [
             (Refusal::NotServed("/x.Y/Z".into()), "12"),
             (Refusal::BadHead("request head: no :path".into()), "3"),

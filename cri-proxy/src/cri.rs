@@ -20,6 +20,10 @@ pub enum Route {
     /// Forwarded as it came, once no create by name is being checked (see
     /// `intercept::Unconfirmed`); never decoded.
     Start,
+    /// Any other ImageService call, when `image_endpoint` is not the
+    /// runtime's: forwarded there whole, since one relayed connection goes
+    /// to one endpoint. Never what `route` gives: the relay's hooks choose it.
+    Image,
     Forward,
 }
 
@@ -37,6 +41,14 @@ pub fn route(path: &str) -> Route {
         | "runtime.v1alpha2.RuntimeService/StartContainer" => Route::Start,
         _ => Route::Forward,
     }
+}
+
+/// Whether `path` is a call to the ImageService, either version.
+pub fn is_image_service(path: &str) -> bool {
+    let name = path.strip_prefix('/').unwrap_or(path);
+    ["runtime.v1.ImageService/", "runtime.v1alpha2.ImageService/"]
+        .iter()
+        .any(|service| name.starts_with(service))
 }
 
 /// Whether a call is one this endpoint serves: the CRI, both versions,

@@ -2,11 +2,13 @@
 //! if it were containerd; it forwards everything to containerd, deciding on
 //! PullImage and CreateContainer first.
 //!
-//! A call goes: `server.rs` (accept) → `relay` (frame by frame to
-//! containerd, or, for the two decided calls and StartContainer:) →
+//! A call goes: `server.rs` (accept) → `connection.rs` (a thread relaying
+//! the connection frame by frame to containerd through `relay`, which
+//! takes out what `CriHooks` says: the two decided calls, StartContainer,
+//! and ImageService calls when the image endpoint is apart) →
 //! `intercept/{pull,create}.rs` (resolve the image through containerd,
-//! decide with attestgate-policy, write the audit record) → `upstream.rs`
-//! (the same bytes to containerd).
+//! decide with attestgate-node, write the audit record) → `upstream.rs`
+//! (the same bytes to containerd, on the client the lookups use too).
 
 pub mod config;
 pub mod connection;
@@ -72,10 +74,14 @@ pub async fn serve_until(
             config.node.audit_log.display()
         )
     })?;
-    let runtime = resolve::ContainerdImages::new(
-        config.runtime_endpoint.clone(),
-        config.image_endpoint.clone(),
-    );
+    // One client per endpoint, for lookups and decided calls alike.
+    let runtime_client = upstream::Upstream::new(config.runtime_endpoint.clone());
+    let image_client = if config.image_endpoint == config.runtime_endpoint {
+        runtime_client.clone()
+    } else {
+        upstream::Upstream::new(config.image_endpoint.clone())
+    };
+    let runtime = resolve::ContainerdImages::new(runtime_client.clone(), image_client.clone());
     let gate = Arc::new(intercept::Gate {
         decider: Decider::new(
             store.clone(),
@@ -86,7 +92,8 @@ pub async fn serve_until(
         ),
         metrics: metrics.clone(),
         runtime,
-        upstream: upstream::Upstream::new(config.runtime_endpoint.clone()),
+        upstream: runtime_client,
+        images: image_client,
         unconfirmed: intercept::Unconfirmed::default(),
     });
     let reopen_gate = gate.clone();
@@ -102,11 +109,6 @@ pub async fn serve_until(
                 tracing::error!(error = %e, "metrics server stopped");
             }
         });
-    }
-    if config.image_endpoint != config.runtime_endpoint {
-        tracing::warn!(
-            "image_endpoint differs from runtime_endpoint: ImageService calls still go to runtime_endpoint"
-        );
     }
 
     let listener = listen(&config.listen)?;

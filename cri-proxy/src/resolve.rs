@@ -3,15 +3,11 @@
 //! is and whose pod a sandbox is rather than trusting the request.
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::time::Duration;
-
-use hyper_util::rt::TokioIo;
-use tokio::net::UnixStream;
-use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::cri::{Api, Pod};
 use crate::grpc::ProxyError;
+use crate::upstream::{NOT_FOUND, UnaryError, Upstream};
 
 /// What the runtime knows about an image on the node.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -72,65 +68,32 @@ pub trait ImageRuntime: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), ProxyError>> + Send;
 }
 
-/// containerd's ImageService and RuntimeService over their Unix sockets.
+/// containerd's ImageService and RuntimeService, asked over the same
+/// connections as the decided calls are forwarded on (one per endpoint).
 #[derive(Clone)]
 pub struct ContainerdImages {
-    channel: Channel,
-    runtime_channel: Channel,
-}
-
-fn lazy_channel(socket: PathBuf) -> Channel {
-    // The URI is required by the API but unused: the connector dials the socket.
-    Endpoint::from_static("http://localhost").connect_with_connector_lazy(tower::service_fn(
-        move |_: Uri| {
-            let socket = socket.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
-        },
-    ))
+    images: Upstream,
+    runtime: Upstream,
 }
 
 impl ContainerdImages {
-    pub fn new(runtime_socket: PathBuf, image_socket: PathBuf) -> ContainerdImages {
-        let channel = lazy_channel(image_socket.clone());
-        let runtime_channel = if runtime_socket == image_socket {
-            channel.clone()
-        } else {
-            lazy_channel(runtime_socket)
-        };
-        ContainerdImages {
-            channel,
-            runtime_channel,
-        }
+    pub fn new(runtime: Upstream, images: Upstream) -> ContainerdImages {
+        ContainerdImages { images, runtime }
     }
 }
 
-fn status_error(operation: &str, status: tonic::Status) -> ProxyError {
-    match status.code() {
-        tonic::Code::Unavailable => {
-            ProxyError::Upstream(format!("{operation}: {}", status.message()))
-        }
-        tonic::Code::DeadlineExceeded => ProxyError::Deadline,
-        _ => ProxyError::Internal(format!(
-            "{operation}: {} ({:?})",
-            status.message(),
-            status.code()
-        )),
-    }
-}
-
-fn with_timeout<T>(message: T, timeout: Duration) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.set_timeout(timeout);
-    request
+/// The gRPC path of `method` of `service` in CRI version `$api`.
+macro_rules! path_in {
+    ($api:ident, $service:literal, $method:literal) => {
+        concat!("/runtime.", stringify!($api), ".", $service, "/", $method)
+    };
 }
 
 /// The same call in either CRI version: the generated types differ only in
 /// their module.
 macro_rules! image_status_in {
-    ($api:ident, $channel:expr, $image:expr, $timeout:expr) => {{
-        use k8s_cri::$api::{
-            ImageSpec, ImageStatusRequest, image_service_client::ImageServiceClient,
-        };
+    ($api:ident, $upstream:expr, $image:expr, $timeout:expr) => {{
+        use k8s_cri::$api::{ImageSpec, ImageStatusRequest, ImageStatusResponse};
         let request = ImageStatusRequest {
             image: Some(ImageSpec {
                 image: $image.to_string(),
@@ -138,11 +101,15 @@ macro_rules! image_status_in {
             }),
             verbose: false,
         };
-        let response = ImageServiceClient::new($channel)
-            .image_status(with_timeout(request, $timeout))
+        let response: ImageStatusResponse = $upstream
+            .unary(
+                path_in!($api, "ImageService", "ImageStatus"),
+                &request,
+                $timeout,
+            )
             .await
-            .map_err(|s| status_error("ImageStatus", s))?;
-        response.into_inner().image.map(|i| ImageInfo {
+            .map_err(|e| e.into_proxy_error("ImageStatus"))?;
+        response.image.map(|i| ImageInfo {
             id: i.id,
             repo_tags: i.repo_tags,
             repo_digests: i.repo_digests,
@@ -151,37 +118,41 @@ macro_rules! image_status_in {
 }
 
 macro_rules! remove_image_in {
-    ($api:ident, $channel:expr, $image:expr, $timeout:expr) => {{
-        use k8s_cri::$api::{
-            ImageSpec, RemoveImageRequest, image_service_client::ImageServiceClient,
-        };
+    ($api:ident, $upstream:expr, $image:expr, $timeout:expr) => {{
+        use k8s_cri::$api::{ImageSpec, RemoveImageRequest, RemoveImageResponse};
         let request = RemoveImageRequest {
             image: Some(ImageSpec {
                 image: $image.to_string(),
                 ..ImageSpec::default()
             }),
         };
-        ImageServiceClient::new($channel)
-            .remove_image(with_timeout(request, $timeout))
+        let _: RemoveImageResponse = $upstream
+            .unary(
+                path_in!($api, "ImageService", "RemoveImage"),
+                &request,
+                $timeout,
+            )
             .await
-            .map_err(|s| status_error("RemoveImage", s))?;
+            .map_err(|e| e.into_proxy_error("RemoveImage"))?;
     }};
 }
 
 macro_rules! pod_sandbox_in {
-    ($api:ident, $channel:expr, $id:expr, $timeout:expr) => {{
-        use k8s_cri::$api::{
-            PodSandboxStatusRequest, runtime_service_client::RuntimeServiceClient,
-        };
+    ($api:ident, $upstream:expr, $id:expr, $timeout:expr) => {{
+        use k8s_cri::$api::{PodSandboxStatusRequest, PodSandboxStatusResponse};
         let request = PodSandboxStatusRequest {
             pod_sandbox_id: $id.to_string(),
             verbose: false,
         };
-        match RuntimeServiceClient::new($channel)
-            .pod_sandbox_status(with_timeout(request, $timeout))
-            .await
-        {
-            Ok(response) => response.into_inner().status.map(|status| {
+        let answer: Result<PodSandboxStatusResponse, _> = $upstream
+            .unary(
+                path_in!($api, "RuntimeService", "PodSandboxStatus"),
+                &request,
+                $timeout,
+            )
+            .await;
+        match answer {
+            Ok(response) => response.status.map(|status| {
                 let m = status.metadata.unwrap_or_default();
                 Pod::new(
                     m.namespace,
@@ -191,17 +162,17 @@ macro_rules! pod_sandbox_in {
                     status.annotations,
                 )
             }),
-            Err(status) if status.code() == tonic::Code::NotFound => None,
-            Err(status) => return Err(status_error("PodSandboxStatus", status)),
+            Err(UnaryError::Status {
+                code: NOT_FOUND, ..
+            }) => None,
+            Err(e) => return Err(e.into_proxy_error("PodSandboxStatus")),
         }
     }};
 }
 
 macro_rules! container_image_in {
-    ($api:ident, $channel:expr, $id:expr, $timeout:expr) => {{
-        use k8s_cri::$api::{
-            ContainerFilter, ListContainersRequest, runtime_service_client::RuntimeServiceClient,
-        };
+    ($api:ident, $upstream:expr, $id:expr, $timeout:expr) => {{
+        use k8s_cri::$api::{ContainerFilter, ListContainersRequest, ListContainersResponse};
         // ListContainers rather than ContainerStatus: its image_ref is the
         // id recorded at the create, where ContainerStatus looks the image
         // up again and gives one of its repo digests when it has any.
@@ -211,12 +182,15 @@ macro_rules! container_image_in {
                 ..ContainerFilter::default()
             }),
         };
-        let response = RuntimeServiceClient::new($channel)
-            .list_containers(with_timeout(request, $timeout))
+        let response: ListContainersResponse = $upstream
+            .unary(
+                path_in!($api, "RuntimeService", "ListContainers"),
+                &request,
+                $timeout,
+            )
             .await
-            .map_err(|s| status_error("ListContainers", s))?;
+            .map_err(|e| e.into_proxy_error("ListContainers"))?;
         response
-            .into_inner()
             .containers
             .into_iter()
             .find(|c| c.id == $id)
@@ -225,17 +199,20 @@ macro_rules! container_image_in {
 }
 
 macro_rules! containers_named_in {
-    ($api:ident, $channel:expr, $sandbox:expr, $name:expr, $attempt:expr, $timeout:expr) => {{
-        use k8s_cri::$api::{ListContainersRequest, runtime_service_client::RuntimeServiceClient};
+    ($api:ident, $upstream:expr, $sandbox:expr, $name:expr, $attempt:expr, $timeout:expr) => {{
+        use k8s_cri::$api::{ListContainersRequest, ListContainersResponse};
         // Unfiltered: containerd filters by a sandbox id prefix only when
         // it names one sandbox alone, and a create accepts any unique one.
         let request = ListContainersRequest { filter: None };
-        let response = RuntimeServiceClient::new($channel)
-            .list_containers(with_timeout(request, $timeout))
+        let response: ListContainersResponse = $upstream
+            .unary(
+                path_in!($api, "RuntimeService", "ListContainers"),
+                &request,
+                $timeout,
+            )
             .await
-            .map_err(|s| status_error("ListContainers", s))?;
+            .map_err(|e| e.into_proxy_error("ListContainers"))?;
         response
-            .into_inner()
             .containers
             .into_iter()
             .filter(|c| {
@@ -250,15 +227,19 @@ macro_rules! containers_named_in {
 }
 
 macro_rules! remove_container_in {
-    ($api:ident, $channel:expr, $id:expr, $timeout:expr) => {{
-        use k8s_cri::$api::{RemoveContainerRequest, runtime_service_client::RuntimeServiceClient};
+    ($api:ident, $upstream:expr, $id:expr, $timeout:expr) => {{
+        use k8s_cri::$api::{RemoveContainerRequest, RemoveContainerResponse};
         let request = RemoveContainerRequest {
             container_id: $id.to_string(),
         };
-        RuntimeServiceClient::new($channel)
-            .remove_container(with_timeout(request, $timeout))
+        let _: RemoveContainerResponse = $upstream
+            .unary(
+                path_in!($api, "RuntimeService", "RemoveContainer"),
+                &request,
+                $timeout,
+            )
             .await
-            .map_err(|s| status_error("RemoveContainer", s))?;
+            .map_err(|e| e.into_proxy_error("RemoveContainer"))?;
     }};
 }
 
@@ -280,13 +261,7 @@ impl ImageRuntime for ContainerdImages {
         image: &str,
         timeout: Duration,
     ) -> Result<Option<ImageInfo>, ProxyError> {
-        Ok(in_api!(
-            api,
-            image_status_in,
-            self.channel.clone(),
-            image,
-            timeout
-        ))
+        Ok(in_api!(api, image_status_in, self.images, image, timeout))
     }
 
     async fn remove_image(
@@ -295,7 +270,7 @@ impl ImageRuntime for ContainerdImages {
         image: &str,
         timeout: Duration,
     ) -> Result<(), ProxyError> {
-        in_api!(api, remove_image_in, self.channel.clone(), image, timeout);
+        in_api!(api, remove_image_in, self.images, image, timeout);
         Ok(())
     }
 
@@ -305,8 +280,8 @@ impl ImageRuntime for ContainerdImages {
         sandbox_id: &str,
         timeout: Duration,
     ) -> Result<Option<Pod>, ProxyError> {
-        let channel = self.runtime_channel.clone();
-        Ok(in_api!(api, pod_sandbox_in, channel, sandbox_id, timeout))
+        let runtime = &self.runtime;
+        Ok(in_api!(api, pod_sandbox_in, runtime, sandbox_id, timeout))
     }
 
     async fn container_image(
@@ -315,11 +290,11 @@ impl ImageRuntime for ContainerdImages {
         container_id: &str,
         timeout: Duration,
     ) -> Result<Option<String>, ProxyError> {
-        let channel = self.runtime_channel.clone();
+        let runtime = &self.runtime;
         Ok(in_api!(
             api,
             container_image_in,
-            channel,
+            runtime,
             container_id,
             timeout
         ))
@@ -336,11 +311,11 @@ impl ImageRuntime for ContainerdImages {
         if sandbox_id.is_empty() {
             return Ok(Vec::new());
         }
-        let channel = self.runtime_channel.clone();
+        let runtime = &self.runtime;
         Ok(in_api!(
             api,
             containers_named_in,
-            channel,
+            runtime,
             sandbox_id,
             name,
             attempt,
@@ -354,8 +329,8 @@ impl ImageRuntime for ContainerdImages {
         container_id: &str,
         timeout: Duration,
     ) -> Result<(), ProxyError> {
-        let channel = self.runtime_channel.clone();
-        in_api!(api, remove_container_in, channel, container_id, timeout);
+        let runtime = &self.runtime;
+        in_api!(api, remove_container_in, runtime, container_id, timeout);
         Ok(())
     }
 }

@@ -1,6 +1,8 @@
-//! One multiplexed HTTP/2 connection to containerd, re-established when
-//! containerd restarts. Requests are forwarded as they came: same path,
-//! headers (metadata, grpc-timeout) and body frames.
+//! The proxy's one client to containerd: a multiplexed HTTP/2 connection
+//! per endpoint, re-established when containerd restarts, that carries
+//! both the decided calls, forwarded as they came (same path, headers,
+//! metadata, grpc-timeout and body), and the proxy's own lookups
+//! (`unary`). The relay's connections are the client's own, not this.
 //!
 //! The `h2` crate is driven directly rather than through an HTTP client so
 //! that the frames of a call are queued back to back and leave in one
@@ -63,6 +65,11 @@ impl Upstream {
                 connecting: Mutex::new(()),
             }),
         }
+    }
+
+    /// The socket this client connects to.
+    pub fn socket(&self) -> &std::path::Path {
+        &self.inner.socket
     }
 
     fn live(&self) -> Option<SendRequest<Bytes>> {
@@ -146,6 +153,113 @@ impl Upstream {
                 self.sender().await?.ready().await.map_err(upstream_error)
             }
         }
+    }
+}
+
+/// A gRPC call's failure, as the caller of [`Upstream::unary`] sees it.
+#[derive(Debug)]
+pub enum UnaryError {
+    /// The call did not reach the runtime, or got no answer in time.
+    Proxy(ProxyError),
+    /// The runtime answered with this gRPC status (never OK).
+    Status { code: u32, message: String },
+}
+
+/// gRPC's NOT_FOUND.
+pub const NOT_FOUND: u32 = 5;
+const UNKNOWN: u32 = 2;
+const DEADLINE_EXCEEDED: u32 = 4;
+const INTERNAL: u32 = 13;
+const UNAVAILABLE: u32 = 14;
+
+impl UnaryError {
+    /// As the decision code counts it: not reached (UNAVAILABLE included),
+    /// out of time, or answered.
+    pub fn into_proxy_error(self, operation: &str) -> ProxyError {
+        match self {
+            UnaryError::Proxy(e) => e,
+            UnaryError::Status {
+                code: UNAVAILABLE,
+                message,
+            } => ProxyError::Upstream(format!("{operation}: {message}")),
+            UnaryError::Status {
+                code: DEADLINE_EXCEEDED,
+                ..
+            } => ProxyError::Deadline,
+            UnaryError::Status { code, message } => {
+                ProxyError::Internal(format!("{operation}: {message} (gRPC status {code})"))
+            }
+        }
+    }
+}
+
+impl Upstream {
+    /// One unary gRPC call of the proxy's own (a lookup), on the same
+    /// connection as the calls it forwards, bounded by `timeout` from
+    /// connecting to the last byte of the answer.
+    pub async fn unary<Response: prost::Message + Default>(
+        &self,
+        path: &str,
+        request: &impl prost::Message,
+        timeout: Duration,
+    ) -> Result<Response, UnaryError> {
+        let message = request.encode_to_vec();
+        let mut body = Vec::with_capacity(message.len() + 5);
+        body.push(0);
+        body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        body.extend_from_slice(&message);
+        let head = Request::builder()
+            .method(http::Method::POST)
+            .uri(path)
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header(http::header::TE, "trailers")
+            // gRPC's timeout units: milliseconds, at most eight digits.
+            .header(
+                "grpc-timeout",
+                format!("{}m", timeout.as_millis().clamp(1, 99_999_999)),
+            )
+            .body(())
+            .map_err(|e| UnaryError::Proxy(ProxyError::Internal(e.to_string())))?;
+        let call = async {
+            let response = self
+                .call(head, RequestBody::Full(Bytes::from(body)))
+                .await?;
+            FullResponse::read(response).await
+        };
+        let full = tokio::time::timeout(timeout, call)
+            .await
+            .map_err(|_| UnaryError::Proxy(ProxyError::Deadline))?
+            .map_err(UnaryError::Proxy)?;
+        // With no status, as gRPC's HTTP/2 mapping says: a gateway or
+        // overload HTTP status is UNAVAILABLE, anything else UNKNOWN.
+        let code = full
+            .grpc_status()
+            .unwrap_or(match full.head.status.as_u16() {
+                429 | 502 | 503 | 504 => UNAVAILABLE,
+                _ => UNKNOWN,
+            });
+        if code != 0 {
+            let message = full
+                .trailers
+                .as_ref()
+                .and_then(|t| t.get("grpc-message"))
+                .or_else(|| full.head.headers.get("grpc-message"))
+                .map(|v| {
+                    percent_encoding::percent_decode(v.as_bytes())
+                        .decode_utf8_lossy()
+                        .into_owned()
+                })
+                .unwrap_or_default();
+            return Err(UnaryError::Status { code, message });
+        }
+        let message = crate::grpc::single_message(full.data).map_err(|e| UnaryError::Status {
+            code: INTERNAL,
+            message: format!("{path}: the answer is not one gRPC message: {e}"),
+        })?;
+        Response::decode(message).map_err(|e| UnaryError::Status {
+            code: INTERNAL,
+            message: format!("{path}: the answer does not decode: {e}"),
+        })
     }
 }
 

@@ -768,3 +768,50 @@ async fn with_the_runtime_out_of_reach_fail_mode_open_admits_but_nothing_is_crea
     drop(cri);
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_image_endpoint_of_its_own_every_image_call_goes_there() {
+    let proxy = Proxy::start_with_images_apart(&policy(), empty_node()).await;
+    let cri = proxy.client().await;
+    let (mut runtime, mut images) = (cri.runtime, cri.images);
+
+    // Relayed and decided calls alike, on one client connection.
+    runtime.version(VersionRequest::default()).await.unwrap();
+    let listed = images
+        .list_images(ListImagesRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.into_inner().images.len(),
+        empty_node().images.len(),
+        "the image endpoint's images"
+    );
+    let by_tag = pull_request(&format!("{APP}:1"));
+    let pulled = images.pull_image(by_tag.clone()).await.unwrap();
+    assert_eq!(pulled.into_inner().image_ref, digest('1'));
+    images
+        .image_fs_info(ImageFsInfoRequest::default())
+        .await
+        .unwrap();
+
+    let image_methods = proxy.image_fake.methods();
+    for method in ["ListImages", "PullImage", "ImageStatus", "ImageFsInfo"] {
+        assert!(
+            image_methods.contains(&method),
+            "{method}: {image_methods:?}"
+        );
+    }
+    assert!(!image_methods.contains(&"Version"), "{image_methods:?}");
+    assert_eq!(
+        proxy.image_fake.requests::<PullImageRequest>("PullImage"),
+        [by_tag]
+    );
+    let runtime_methods = proxy.fake.methods();
+    assert_eq!(runtime_methods, ["Version"], "nothing of the images there");
+    let audit = proxy.audit();
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0]["decision"], "allow");
+    assert_eq!(audit[0]["image"]["digest"], digest('a').as_str());
+    drop((runtime, images));
+    proxy.stop().await;
+}

@@ -30,8 +30,24 @@ pub struct Gate<R> {
     pub decider: Decider,
     pub metrics: Arc<Metrics>,
     pub runtime: R,
+    /// containerd's runtime endpoint, for decided RuntimeService calls.
     pub upstream: Upstream,
+    /// Its image endpoint (the same one unless `image_endpoint` differs),
+    /// for every ImageService call the proxy forwards.
+    pub images: Upstream,
     pub unconfirmed: Unconfirmed,
+}
+
+impl<R> Gate<R> {
+    /// Where a call to `path` goes: the image endpoint for the
+    /// ImageService, the runtime endpoint for the rest.
+    pub fn upstream_for(&self, path: &str) -> &Upstream {
+        if crate::cri::is_image_service(path) {
+            &self.images
+        } else {
+            &self.upstream
+        }
+    }
 }
 
 /// Creates by name being checked for the image their container was really

@@ -95,7 +95,7 @@ impl<R: ImageRuntime> Gate<R> {
             .await
             .map(|found| found.map(|i| i.id));
         let response = self
-            .upstream
+            .images
             .call(
                 http::Request::from_parts(parts, ()),
                 RequestBody::Full(body),
@@ -157,9 +157,10 @@ impl<R: ImageRuntime> Gate<R> {
         Err(ProxyError::Denied(decision.explanation()))
     }
 
-    /// Sends the call on, as the bytes it came in.
+    /// Sends the call on, as the bytes it came in, to the endpoint that
+    /// serves it.
     pub async fn forward(&self, parts: Parts, body: Bytes) -> Result<Reply, ProxyError> {
-        self.upstream
+        self.upstream_for(parts.uri.path())
             .call(
                 http::Request::from_parts(parts, ()),
                 RequestBody::Full(body),

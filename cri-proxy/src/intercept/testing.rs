@@ -155,6 +155,7 @@ pub fn gate(
             removed_containers: Mutex::new(Vec::new()),
         },
         upstream: crate::upstream::Upstream::new(dir.join("no-containerd.sock")),
+        images: crate::upstream::Upstream::new(dir.join("no-containerd.sock")),
         unconfirmed: super::Unconfirmed::default(),
     }
 }

@@ -24,6 +24,9 @@ const PATIENCE: Duration = Duration::from_secs(10);
 pub struct Proxy {
     pub dir: tempfile::TempDir,
     pub fake: Arc<Fake>,
+    /// The image endpoint's fake: `fake` itself unless the proxy was
+    /// started with an image endpoint of its own.
+    pub image_fake: Arc<Fake>,
     pub socket: PathBuf,
     pub runtime_socket: PathBuf,
     stop: Option<oneshot::Sender<()>>,
@@ -37,6 +40,32 @@ impl Proxy {
     }
 
     pub async fn start_with(policy: &str, node: Node, fail_mode: FailModeArg) -> Proxy {
+        Proxy::launch(policy, node, fail_mode, None).await
+    }
+
+    /// The proxy with `image_endpoint` apart from `runtime_endpoint`: the
+    /// runtime's fake knows `node` without its images, which a fake of
+    /// their own holds.
+    pub async fn start_with_images_apart(policy: &str, node: Node) -> Proxy {
+        let images = Node {
+            images: node.images.clone(),
+            registry: node.registry.clone(),
+            ..Node::default()
+        };
+        let runtime = Node {
+            images: Vec::new(),
+            registry: Vec::new(),
+            ..node
+        };
+        Proxy::launch(policy, runtime, FailModeArg::Closed, Some(images)).await
+    }
+
+    async fn launch(
+        policy: &str,
+        node: Node,
+        fail_mode: FailModeArg,
+        images_apart: Option<Node>,
+    ) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         // In a directory of its own: its index is written beside it.
         let bundle = dir.path().join("store").join("bundle");
@@ -50,12 +79,25 @@ impl Proxy {
         let runtime_socket = dir.path().join("containerd.sock");
         let fake = Fake::new(node);
         fake.serve(&runtime_socket);
+        let (image_fake, image_endpoint) = match images_apart {
+            Some(images) => {
+                let image_socket = dir.path().join("images.sock");
+                let image_fake = Fake::new(images);
+                image_fake.serve(&image_socket);
+                (
+                    image_fake,
+                    Some(format!("unix://{}", image_socket.display())),
+                )
+            }
+            None => (fake.clone(), None),
+        };
 
         let socket = dir.path().join("attestgate.sock");
         let config = Config::load(Flags {
             config: Some(config_file),
             listen: Some(socket.clone()),
             runtime_endpoint: Some(format!("unix://{}", runtime_socket.display())),
+            image_endpoint,
             bundle: Some(bundle),
             audit_log: Some(dir.path().join("audit.jsonl")),
             cluster: Some("us-east1-b.test".into()),
@@ -70,6 +112,7 @@ impl Proxy {
         let mut proxy = Proxy {
             dir,
             fake,
+            image_fake,
             socket,
             runtime_socket,
             stop: Some(stop),
