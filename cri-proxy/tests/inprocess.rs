@@ -675,10 +675,9 @@ async fn v1alpha2_pulls_are_decided_too() {
     proxy.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_runtime_out_of_reach_fail_mode_closed_refuses_what_it_cannot_decide() {
-    let proxy = Proxy::start(&policy(), node_with_images()).await;
-    // A connection relayed while the runtime was there.
+/// A client connection relayed while the runtime was there; then its
+/// socket goes.
+async fn connected_then_runtime_gone(proxy: &Proxy) -> harness::Cri {
     let cri = proxy.client().await;
     cri.runtime
         .clone()
@@ -686,6 +685,13 @@ async fn with_the_runtime_out_of_reach_fail_mode_closed_refuses_what_it_cannot_d
         .await
         .unwrap();
     std::fs::remove_file(&proxy.runtime_socket).unwrap();
+    cri
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_runtime_out_of_reach_fail_mode_closed_refuses_what_it_cannot_decide() {
+    let proxy = Proxy::start(&policy(), node_with_images()).await;
+    let cri = connected_then_runtime_gone(&proxy).await;
 
     // An image the policy admits, but the runtime cannot say whose pod
     // the sandbox is nor what the image is: the node's failure, refused.
@@ -738,13 +744,7 @@ async fn with_the_runtime_out_of_reach_fail_mode_closed_refuses_what_it_cannot_d
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_runtime_out_of_reach_fail_mode_open_admits_but_nothing_is_created() {
     let proxy = Proxy::start_with(&policy(), node_with_images(), FailModeArg::Open).await;
-    let cri = proxy.client().await;
-    cri.runtime
-        .clone()
-        .version(VersionRequest::default())
-        .await
-        .unwrap();
-    std::fs::remove_file(&proxy.runtime_socket).unwrap();
+    let cri = connected_then_runtime_gone(&proxy).await;
 
     let create = create_request(
         PROD_SANDBOX,
@@ -771,7 +771,7 @@ async fn with_the_runtime_out_of_reach_fail_mode_open_admits_but_nothing_is_crea
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_an_image_endpoint_of_its_own_every_image_call_goes_there() {
-    let proxy = Proxy::start_with_images_apart(&policy(), empty_node()).await;
+    let proxy = Proxy::start_with_images_apart(&policy(), node_with_images()).await;
     let cri = proxy.client().await;
     let (mut runtime, mut images) = (cri.runtime, cri.images);
 
@@ -782,8 +782,8 @@ async fn with_an_image_endpoint_of_its_own_every_image_call_goes_there() {
         .await
         .unwrap();
     assert_eq!(
-        listed.into_inner().images.len(),
-        empty_node().images.len(),
+        listed.into_inner().images,
+        node_with_images().images,
         "the image endpoint's images"
     );
     let by_tag = pull_request(&format!("{APP}:1"));

@@ -410,13 +410,14 @@ mod tests {
         )
     }
 
-    #[test]
-    fn one_shot_loads_read_only_the_image_s_attestations_through_the_index() {
+    /// A bundle (in a directory of its own, for the index beside it) with
+    /// one attestation for each of `n` digests.
+    fn attested_bundle(n: usize) -> (tempfile::TempDir, PathBuf, Vec<String>) {
         let parent = tempfile::tempdir().unwrap();
         let dir = parent.path().join("bundle");
         std::fs::create_dir_all(dir.join("attestations")).unwrap();
         write_policy(&dir, "ALWAYS_DENY");
-        let digests: Vec<String> = (0..20)
+        let digests: Vec<String> = (0..n)
             .map(|i| format!("sha256:{}", format!("{i:02}").repeat(32)))
             .collect();
         let all: Vec<String> = digests.iter().map(|d| occurrence(d)).collect();
@@ -425,6 +426,12 @@ mod tests {
             format!("[{}]", all.join(",")),
         )
         .unwrap();
+        (parent, dir, digests)
+    }
+
+    #[test]
+    fn one_shot_loads_read_only_the_image_s_attestations_through_the_index() {
+        let (_parent, dir, digests) = attested_bundle(20);
         let full = BundleStore::new(dir.clone(), Arc::new(crate::hooks::NoHooks));
         assert_eq!(full.reload(true), ReloadOutcome::Loaded);
         let whole = full.current().unwrap();
@@ -448,7 +455,14 @@ mod tests {
         // The files change: the index no longer applies and is not used.
         std::fs::write(
             dir.join("attestations/all.json"),
-            format!("[{}]", all[..5].join(",")),
+            format!(
+                "[{}]",
+                digests[..5]
+                    .iter()
+                    .map(|d| occurrence(d))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
         )
         .unwrap();
         let after = BundleStore::new(dir.clone(), Arc::new(crate::hooks::NoHooks));
@@ -509,19 +523,7 @@ mod tests {
 
     #[test]
     fn a_read_only_load_uses_a_current_index_and_never_writes_one() {
-        let parent = tempfile::tempdir().unwrap();
-        let dir = parent.path().join("bundle");
-        std::fs::create_dir_all(dir.join("attestations")).unwrap();
-        write_policy(&dir, "ALWAYS_DENY");
-        let digests: Vec<String> = (0..3)
-            .map(|i| format!("sha256:{}", format!("{i:02}").repeat(32)))
-            .collect();
-        let all: Vec<String> = digests.iter().map(|d| occurrence(d)).collect();
-        std::fs::write(
-            dir.join("attestations/all.json"),
-            format!("[{}]", all.join(",")),
-        )
-        .unwrap();
+        let (_parent, dir, digests) = attested_bundle(3);
         let wanted = Digest::parse(&digests[1]).unwrap();
         let index = index_path(&dir).unwrap();
         assert!(read_indexed(&dir, &[&wanted]).is_err(), "no index yet");
@@ -539,7 +541,14 @@ mod tests {
 
         std::fs::write(
             dir.join("attestations/all.json"),
-            format!("[{}]", all[..2].join(",")),
+            format!(
+                "[{}]",
+                digests[..2]
+                    .iter()
+                    .map(|d| occurrence(d))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
         )
         .unwrap();
         let written = std::fs::read(&index).unwrap();
