@@ -11,7 +11,7 @@
 //!
 //! An input is one client connection: header blocks decoded in one
 //! compression context, and the SETTINGS_HEADER_TABLE_SIZE values
-//! containerd's SETTINGS may carry (state.rs hands those to
+//! containerd's SETTINGS may carry (relay/upstream.rs hands those to
 //! `Decoder::allow_table_size`). Records, until the input ends:
 //!
 //! ```text

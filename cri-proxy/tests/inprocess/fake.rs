@@ -7,7 +7,7 @@
 //! containerd, it serves an API of its own on the same socket: any call
 //! outside the CRI is answered OK and recorded.
 //!
-//! A call the proxy decides is muted toward the runtime (relay/state.rs):
+//! A call the proxy decides is muted toward the runtime (relay/mod.rs):
 //! its header block arrives, then a reset, never its message. So its path
 //! is among [`Fake::paths`], but no served call is recorded for it, as no
 //! runtime acts on a request it never received.
