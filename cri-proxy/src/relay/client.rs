@@ -106,7 +106,7 @@ impl<H: Hooks> Relay<H> {
             frame::WINDOW_UPDATE => self.client_window_update(&h)?,
             frame::RST_STREAM => match self.streams.get(h.stream) {
                 Some(Stream::Muted(_)) => {
-                    tracing::debug!(stream = h.stream, "the client reset a muted call");
+                    tracing::debug!(stream = h.stream, "the client reset an intercepted call");
                     self.close_muted(h.stream);
                     self.from_client.advance(h.total());
                 }
