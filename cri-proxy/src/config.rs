@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use attestgate_node::config::{self, ConfigFile, FailMode, NodeSettings};
+use attestgate_node::config::{self, ConfigFile, FailMode, NodeSettings, Span};
 use clap::Parser;
 use serde::Deserialize;
 
@@ -57,6 +57,10 @@ pub struct Flags {
     /// [default: 1024].
     #[arg(long)]
     pub max_connections: Option<usize>,
+    /// How long a new client connection may take to send the HTTP/2
+    /// preface and its first SETTINGS before it is closed [default: 10s].
+    #[arg(long)]
+    pub handshake_timeout: Option<Span>,
     /// Validate the configuration and exit.
     #[arg(long)]
     pub check_config: bool,
@@ -89,6 +93,7 @@ struct ProxyKeys {
     /// The most client connections the proxy serves at once (each is a
     /// thread and a connection to containerd); past it, new ones are closed.
     max_connections: Option<usize>,
+    handshake_timeout: Option<Span>,
 }
 
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -109,6 +114,7 @@ pub struct Config {
     pub node: NodeSettings,
     pub log_json: bool,
     pub max_connections: usize,
+    pub handshake_timeout: std::time::Duration,
 }
 
 /// kubelet keeps two connections open and crictl one per command; a
@@ -117,6 +123,10 @@ pub struct Config {
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// Each connection is a thread: beyond this the node runs out first.
 const MAX_MAX_CONNECTIONS: usize = 65_536;
+/// kubelet and crictl send the preface and SETTINGS with the connection;
+/// grpc-go's own server allows 120 s, far more than a client on the same
+/// node needs, and every second of it is a slot an idle attacker holds.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// `unix:///run/x.sock`, `unix:/run/x.sock` or a plain path.
 fn socket_path(endpoint: &str) -> anyhow::Result<PathBuf> {
@@ -175,8 +185,16 @@ impl Config {
         if !(1..=MAX_MAX_CONNECTIONS).contains(&max_connections) {
             bail!("max_connections {max_connections}: expected 1 to {MAX_MAX_CONNECTIONS}");
         }
+        let handshake_timeout = flags
+            .handshake_timeout
+            .or(own.handshake_timeout)
+            .map_or(DEFAULT_HANDSHAKE_TIMEOUT, |span| span.0);
+        if handshake_timeout.is_zero() {
+            bail!("handshake_timeout 0s: a connection needs some time to say hello");
+        }
         Ok(Config {
             max_connections,
+            handshake_timeout,
             listen: flags
                 .listen
                 .or(own.listen)
@@ -193,6 +211,37 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_handshake_timeout_is_a_duration_from_the_file_or_a_flag() {
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        let load = |text: &str, flag: Option<&str>| {
+            std::fs::write(&file, text).unwrap();
+            Config::load(Flags {
+                config: Some(file.clone()),
+                handshake_timeout: flag.map(|f| f.parse().unwrap()),
+                ..Flags::default()
+            })
+        };
+        assert_eq!(
+            load("", None).unwrap().handshake_timeout,
+            DEFAULT_HANDSHAKE_TIMEOUT
+        );
+        let from_file = load("handshake_timeout = \"30s\"\n", None).unwrap();
+        assert_eq!(from_file.handshake_timeout, Duration::from_secs(30));
+        let from_flag = load("handshake_timeout = \"30s\"\n", Some("2s")).unwrap();
+        assert_eq!(from_flag.handshake_timeout, Duration::from_secs(2));
+        for wrong in ["\"0s\"", "\"10\"", "10"] {
+            let error = load(&format!("handshake_timeout = {wrong}\n"), None).unwrap_err();
+            assert!(
+                format!("{error:#}").contains("handshake_timeout")
+                    || format!("{error:#}").contains("expected"),
+                "{error:#}"
+            );
+        }
+    }
 
     #[test]
     fn flags_override_the_file() {

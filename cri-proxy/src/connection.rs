@@ -114,37 +114,36 @@ pub async fn connection<R: ImageRuntime>(
     client: UnixStream,
     runtime: Arc<Path>,
     gate: Arc<Gate<R>>,
+    mailbox: Arc<Mailbox>,
+    handshake: Duration,
     mut shutdown: watch::Receiver<bool>,
-) {
+) -> &'static str {
     let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(&*runtime)).await
     {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             tracing::warn!(runtime = %runtime.display(), error = %e, "cannot connect to the runtime; closing the client connection");
-            return;
+            return "runtime_unreachable";
         }
         Err(_) => {
             tracing::warn!(runtime = %runtime.display(), "connecting to the runtime timed out; closing the client connection");
-            return;
+            return "runtime_unreachable";
         }
     };
     let (client, upstream) = match (client.into_std(), upstream.into_std()) {
         (Ok(client), Ok(upstream)) => (client, upstream),
         (Err(e), _) | (_, Err(e)) => {
             tracing::warn!(error = %e, "cannot take over the connection's sockets; closing it");
-            return;
-        }
-    };
-    let mailbox = match Mailbox::new() {
-        Ok(mailbox) => Arc::new(mailbox),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot make the connection's eventfd; closing it");
-            return;
+            return driver::End::SetupFailed.label();
         }
     };
     let async_side = tokio::runtime::Handle::current();
-    let (finished, mut done) = oneshot::channel::<()>();
+    let (finished, mut done) = oneshot::channel::<driver::End>();
     let thread_mailbox = mailbox.clone();
+    let timing = driver::Timing {
+        hold: driver::HOLD,
+        handshake,
+    };
     let spawned = std::thread::Builder::new()
         .name("attestgate-conn".into())
         .stack_size(THREAD_STACK)
@@ -152,29 +151,29 @@ pub async fn connection<R: ImageRuntime>(
             let images_elsewhere = gate.images.socket() != gate.upstream.socket();
             let relay = Relay::new(CriHooks::new(gate.metrics.clone(), images_elsewhere));
             let mailbox = thread_mailbox;
-            driver::relay(client, upstream, relay, &mailbox, driver::HOLD, |call| {
+            let end = driver::relay(client, upstream, relay, &mailbox, timing, |call| {
                 async_side
                     .spawn(decide(gate.clone(), call, mailbox.clone()))
                     .abort_handle()
             });
-            let _ = finished.send(());
+            let _ = finished.send(end);
         });
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "cannot start the connection's thread; closing it");
-        return;
+        return driver::End::SetupFailed.label();
     }
     if *shutdown.borrow_and_update() {
         mailbox.drain();
     }
+    // Sent, or dropped by a thread that panicked: the connection is over.
+    let ended = |end: Result<driver::End, _>| end.map_or("io_error", driver::End::label);
     loop {
         tokio::select! {
-            // Sent, or dropped by a thread that panicked: the connection is over.
-            _ = &mut done => return,
+            end = &mut done => return ended(end),
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow_and_update() {
                     mailbox.drain();
-                    let _ = (&mut done).await;
-                    return;
+                    return ended((&mut done).await);
                 }
             }
         }

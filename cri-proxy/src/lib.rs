@@ -129,7 +129,10 @@ pub async fn serve_until(
         gate,
         shutdown,
         Duration::from_secs(30),
-        max_connections,
+        server::Limits {
+            max_connections,
+            handshake: config.handshake_timeout,
+        },
     )
     .await;
     Ok(())

@@ -24,6 +24,11 @@ pub struct OperationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabels {
     pub method: String,
 }
@@ -70,6 +75,7 @@ pub struct Metrics {
     pub cleanup_errors: Counter,
     pub connections_open: Gauge,
     pub connections_refused: Counter,
+    pub connections_closed: Family<ReasonLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -102,6 +108,12 @@ impl Metrics {
         let cleanup_errors = Counter::default();
         let connections_open = Gauge::default();
         let connections_refused = Counter::default();
+        let connections_closed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "Client connections ended, by why: client_closed, runtime_closed, drained, handshake_timeout, evicted (to make room at max_connections), refused (no room), protocol_error, io_error, runtime_unreachable, setup_failed",
+            connections_closed.clone(),
+        );
         registry.register(
             "connections_open",
             "Client connections being served",
@@ -176,6 +188,7 @@ impl Metrics {
             cleanup_errors,
             connections_open,
             connections_refused,
+            connections_closed,
         }
     }
 
@@ -211,6 +224,12 @@ impl Metrics {
                 method: method_label(path),
             })
             .clone()
+    }
+
+    pub fn connection_closed(&self, reason: &'static str) {
+        self.connections_closed
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     pub fn encode(&self) -> String {

@@ -12,10 +12,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::sync::Mutex;
 use tokio::net::UnixListener;
+
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::intercept::Gate;
+use crate::relay::driver::Mailbox;
 use crate::resolve::ImageRuntime;
 
 /// How often a refused connection is logged at most; the rest are counted.
@@ -24,21 +27,31 @@ const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Serves kubelet on `listener` until `shutdown` resolves, then lets calls in
 /// flight finish (bounded by `grace`).
 ///
-/// At most `max_connections` are served at once. One more is accepted and
-/// closed at once rather than left in the listen backlog: its client sees
-/// the connection end and retries, where a backlogged one would hang until
-/// its own timeout with no sign of why. Connections already served are
-/// never closed for it, but a kubelet reconnecting while the cap is full is
-/// refused like any other client.
+/// At most `max_connections` are served at once. When all are taken, a new
+/// connection makes room: the oldest connection whose client has not yet
+/// sent its preface and SETTINGS is closed, or else the one idle longest
+/// (nothing in flight) is drained with a GOAWAY, as grpc-go's server ends
+/// an idle connection, and its client reconnects when it next needs to.
+/// Connections that never say hello or only sit idle therefore cannot
+/// lock kubelet out, which calls every second or so. Only when every
+/// connection has a call in flight is the new one closed at once rather
+/// than left in the listen backlog: its client sees the connection end and
+/// retries, where a backlogged one would hang until its own timeout with no
+/// sign of why. A client gets `handshake` for its preface and SETTINGS.
 pub async fn serve<R: ImageRuntime>(
     listener: UnixListener,
     runtime: Arc<Path>,
     gate: Arc<Gate<R>>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
-    max_connections: usize,
+    limits: Limits,
 ) {
+    let Limits {
+        max_connections,
+        handshake,
+    } = limits;
     let slots = Arc::new(Semaphore::new(max_connections));
+    let live = Arc::new(Live::default());
     let mut refusals = Refusals::default();
     let (stop_tx, stop_rx) = watch::channel(false);
     // Every connection holds a sender; when all are gone, all calls are done.
@@ -55,19 +68,54 @@ pub async fn serve<R: ImageRuntime>(
                         continue;
                     }
                 };
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    gate.metrics.connections_refused.inc();
-                    refusals.note(max_connections);
-                    drop(stream);
-                    continue;
+                let slot = match slots.clone().try_acquire_owned() {
+                    Ok(slot) => Some(slot),
+                    Err(_) if live.make_room() => None,
+                    Err(_) => {
+                        gate.metrics.connections_refused.inc();
+                        gate.metrics.connection_closed("refused");
+                        refusals.note(max_connections);
+                        drop(stream);
+                        continue;
+                    }
                 };
-                let connection = crate::connection::connection(stream, runtime.clone(), gate.clone(), stop_rx.clone());
+                let mailbox = match Mailbox::new() {
+                    Ok(mailbox) => Arc::new(mailbox),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot make the connection's eventfd; closing it");
+                        gate.metrics.connection_closed("setup_failed");
+                        continue;
+                    }
+                };
+                let connection = crate::connection::connection(
+                    stream,
+                    runtime.clone(),
+                    gate.clone(),
+                    mailbox.clone(),
+                    handshake,
+                    stop_rx.clone(),
+                );
                 let alive = alive_tx.clone();
-                let open = gate.metrics.connections_open.clone();
-                open.inc();
+                let (slots, live, gate) = (slots.clone(), live.clone(), gate.clone());
                 tokio::spawn(async move {
-                    connection.await;
-                    open.dec();
+                    // Room made: the slot frees as the connection chosen ends.
+                    let slot = match slot {
+                        Some(slot) => slot,
+                        None => match tokio::time::timeout(ROOM_WAIT, slots.acquire_owned()).await {
+                            Ok(Ok(slot)) => slot,
+                            _ => {
+                                gate.metrics.connections_refused.inc();
+                                gate.metrics.connection_closed("refused");
+                                return;
+                            }
+                        },
+                    };
+                    live.add(&mailbox);
+                    gate.metrics.connections_open.inc();
+                    let reason = connection.await;
+                    gate.metrics.connections_open.dec();
+                    gate.metrics.connection_closed(reason);
+                    live.remove(&mailbox);
                     drop(slot);
                     drop(alive);
                 });
@@ -86,6 +134,68 @@ pub async fn serve<R: ImageRuntime>(
     tokio::select! {
         () = finished => tracing::info!("all calls finished"),
         () = tokio::time::sleep(grace) => tracing::warn!("calls still in flight after {grace:?}; exiting"),
+    }
+}
+
+/// How long a connection that made room waits for the slot it freed.
+const ROOM_WAIT: Duration = Duration::from_secs(5);
+
+/// What bounds the connections served.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_connections: usize,
+    /// How long a client has for its preface and first SETTINGS.
+    pub handshake: Duration,
+}
+
+/// The connections being served, oldest first.
+#[derive(Default)]
+struct Live {
+    connections: Mutex<Vec<Arc<Mailbox>>>,
+}
+
+impl Live {
+    fn add(&self, mailbox: &Arc<Mailbox>) {
+        self.lock().push(mailbox.clone());
+    }
+
+    fn remove(&self, mailbox: &Arc<Mailbox>) {
+        self.lock().retain(|m| !Arc::ptr_eq(m, mailbox));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Mailbox>>> {
+        self.connections
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Asks one connection to go for a new one (see `serve`); false when
+    /// every connection has a call in flight.
+    fn make_room(&self) -> bool {
+        let mut connections = self.lock();
+        let standing: Vec<(bool, Option<Instant>)> =
+            connections.iter().map(|m| m.standing()).collect();
+        let victim = standing
+            .iter()
+            .position(|(handshaken, _)| !handshaken)
+            .or_else(|| {
+                standing
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, (_, idle_since))| idle_since.map(|since| (since, i)))
+                    .min()
+                    .map(|(_, i)| i)
+            });
+        match victim {
+            Some(i) => {
+                // Out of the list at once: the next new connection picks
+                // another.
+                let mailbox = connections.remove(i);
+                mailbox.evict();
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -113,5 +223,59 @@ impl Refusals {
         );
         self.since_logged = 0;
         self.logged_at = Some(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(standings: &[(bool, Option<u64>)]) -> (Live, Vec<Arc<Mailbox>>) {
+        let live = Live::default();
+        let mailboxes: Vec<Arc<Mailbox>> = standings
+            .iter()
+            .map(|&(handshaken, idle_ms)| {
+                let m = Arc::new(Mailbox::new().unwrap());
+                m.pretend(handshaken, idle_ms.map(Duration::from_millis));
+                live.add(&m);
+                m
+            })
+            .collect();
+        (live, mailboxes)
+    }
+
+    fn evicted(mailboxes: &[Arc<Mailbox>]) -> Vec<bool> {
+        mailboxes.iter().map(|m| m.evicted()).collect()
+    }
+
+    #[test]
+    fn room_is_made_by_the_silent_first_then_the_idle_longest() {
+        // Busy, idle since 50 ms, silent, silent, idle since 10 ms.
+        let (live, m) = live(&[
+            (true, None),
+            (true, Some(50)),
+            (false, Some(0)),
+            (false, Some(0)),
+            (true, Some(10)),
+        ]);
+        assert!(live.make_room());
+        assert_eq!(
+            evicted(&m),
+            [false, false, true, false, false],
+            "the oldest silent one"
+        );
+        assert!(live.make_room());
+        assert_eq!(evicted(&m), [false, false, true, true, false]);
+        assert!(live.make_room());
+        assert_eq!(
+            evicted(&m),
+            [false, false, true, true, true],
+            "then the idle longest"
+        );
+        assert!(live.make_room());
+        assert_eq!(evicted(&m), [false, true, true, true, true]);
+        // Only calls in flight are left: no room, the new one is refused.
+        assert!(!live.make_room());
+        assert_eq!(evicted(&m), [false, true, true, true, true]);
     }
 }

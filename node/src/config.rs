@@ -36,6 +36,7 @@ pub const PROGRAM_KEYS: &[(&str, &[&str])] = &[
             "metrics_listen",
             "log_format",
             "max_connections",
+            "handshake_timeout",
         ],
     ),
     (SHIM, &["runc_shim", "shim_mode"]),
@@ -93,6 +94,42 @@ impl FromStr for FailMode {
                 expected: "expected closed or open".into(),
             }),
         }
+    }
+}
+
+/// A duration as the configuration file and flags write it (SPEC §8): a
+/// whole number and a unit, `30s`, `5m`, `1h`, `7d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span(pub std::time::Duration);
+
+impl FromStr for Span {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Span, String> {
+        let expected = || format!("{value:?}: expected a whole number and s, m, h or d (30s, 5m)");
+        let split = value
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(expected)?;
+        let (number, unit) = value.split_at(split);
+        let number: u64 = number.parse().map_err(|_| expected())?;
+        let seconds = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            _ => return Err(expected()),
+        };
+        number
+            .checked_mul(seconds)
+            .map(|s| Span(std::time::Duration::from_secs(s)))
+            .ok_or_else(expected)
+    }
+}
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Span, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -336,5 +373,27 @@ mod tests {
         assert_eq!(node.bundle, PathBuf::from(DEFAULT_BUNDLE));
         assert_eq!(node.fail_mode, FailMode::Closed);
         assert_eq!(node.evaluation.system_images.len(), 1);
+    }
+
+    #[test]
+    fn durations_are_written_as_the_spec_says() {
+        use std::time::Duration;
+        assert_eq!("30s".parse(), Ok(Span(Duration::from_secs(30))));
+        assert_eq!("5m".parse(), Ok(Span(Duration::from_secs(300))));
+        assert_eq!("1h".parse(), Ok(Span(Duration::from_secs(3600))));
+        assert_eq!("7d".parse(), Ok(Span(Duration::from_secs(7 * 86_400))));
+        assert_eq!("0s".parse(), Ok(Span(Duration::ZERO)));
+        for wrong in [
+            "",
+            "30",
+            "s",
+            "1.5s",
+            "-1s",
+            "10ms",
+            "1 s",
+            "99999999999999999999d",
+        ] {
+            assert!(wrong.parse::<Span>().is_err(), "{wrong:?}");
+        }
     }
 }

@@ -249,9 +249,23 @@ async fn await_metric(addr: &str, line: &str) -> Result<(), String> {
     Err(text)
 }
 
+/// Whether the proxy ends `socket` (within its read timeout), after what
+/// it relayed of containerd's preface.
+fn closed_by_the_proxy(socket: &mut std::os::unix::net::UnixStream) -> bool {
+    use std::io::Read;
+    let mut buf = [0u8; 256];
+    loop {
+        match socket.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_past_the_cap_are_closed_and_slots_come_back() {
-    use std::io::{Read, Write};
+async fn connections_past_the_cap_make_room_and_silent_ones_go_first() {
     let Some(mut node) = Node::up(&agcri()) else {
         return;
     };
@@ -261,7 +275,14 @@ async fn connections_past_the_cap_are_closed_and_slots_come_back() {
     node.start_proxy_with(
         &["prlimit", "--nofile=256:4096", "--"],
         &[],
-        &["--metrics-listen", &addr, "--max-connections", "2"],
+        &[
+            "--metrics-listen",
+            &addr,
+            "--max-connections",
+            "2",
+            "--handshake-timeout",
+            "2s",
+        ],
     );
     // The connection that checked the proxy was up may still hold a slot.
     await_metric(&addr, "attestgate_connections_open 0")
@@ -275,41 +296,66 @@ async fn connections_past_the_cap_are_closed_and_slots_come_back() {
         .await
         .unwrap_or_else(|text| panic!("{text}"));
 
-    // A third client is closed at once, not left waiting in the backlog.
-    let mut third = std::os::unix::net::UnixStream::connect(&node.proxy_sock).unwrap();
-    third
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let _ = third.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
-    let mut buf = [0u8; 64];
-    match third.read(&mut buf) {
-        Ok(0) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-        other => panic!("a connection past the cap was served: {other:?}"),
-    }
-    await_metric(&addr, "attestgate_connections_refused_total 1")
-        .await
-        .unwrap_or_else(|text| panic!("{text}"));
+    // All slots taken by idle clients: a new connection makes room, and
+    // the one idle longest is drained (GOAWAY), not the new one refused.
+    let silent = std::os::unix::net::UnixStream::connect(&node.proxy_sock).unwrap();
+    await_metric(
+        &addr,
+        r#"attestgate_connections_closed_total{reason="evicted"} 1"#,
+    )
+    .await
+    .unwrap_or_else(|text| panic!("{text}"));
     second
         .version()
         .await
-        .expect("connections within the cap keep working");
+        .expect("the connection used last keeps working");
 
-    // A closed connection frees its slot.
-    drop(first);
-    await_metric(&addr, "attestgate_connections_open 1")
+    // A connection that has not said hello is the first to go for the next.
+    let mut silent = silent;
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let next = node.via_proxy().await;
+    next.version()
+        .await
+        .expect("a new client is served at the cap");
+    assert!(
+        closed_by_the_proxy(&mut silent),
+        "a connection that never said hello kept its slot"
+    );
+    await_metric(
+        &addr,
+        r#"attestgate_connections_closed_total{reason="evicted"} 2"#,
+    )
+    .await
+    .unwrap_or_else(|text| panic!("{text}"));
+    // The client drained first comes back, making room again.
+    first.version().await.expect("a drained client reconnects");
+
+    // One that never says hello is closed once its time is up, room or not.
+    drop((first, second, next));
+    await_metric(&addr, "attestgate_connections_open 0")
         .await
         .unwrap_or_else(|text| panic!("{text}"));
-    node.via_proxy()
-        .await
-        .version()
-        .await
-        .expect("a freed slot serves a new client");
+    let mut late = std::os::unix::net::UnixStream::connect(&node.proxy_sock).unwrap();
+    late.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let asked = std::time::Instant::now();
     assert!(
-        node.proxy_log().contains("max_connections are open"),
-        "{}",
-        node.proxy_log()
+        closed_by_the_proxy(&mut late),
+        "a connection that never said hello was kept"
     );
+    assert!(
+        asked.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        asked.elapsed()
+    );
+    await_metric(
+        &addr,
+        r#"attestgate_connections_closed_total{reason="handshake_timeout"} 1"#,
+    )
+    .await
+    .unwrap_or_else(|text| panic!("{text}"));
 
     // The soft open-file limit is raised so the cap, not EMFILE, bounds clients.
     let limits =

@@ -12,7 +12,7 @@ use std::io::{self, Write as _};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
@@ -43,12 +43,23 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 pub const HOLD: Duration = Duration::from_millis(1);
 
 /// What the async side hands the connection's thread: replies to inject
-/// and the request to drain, each followed by a ring of the eventfd.
+/// and the requests to drain or to make room, each followed by a ring of
+/// the eventfd; and what the thread tells of the connection, for choosing
+/// which one makes room when all slots are taken.
 pub struct Mailbox {
     bell: OwnedFd,
     replies: Mutex<Vec<(u32, Reply)>>,
     drain: AtomicBool,
+    evict: AtomicBool,
+    /// The client sent the preface and its first SETTINGS.
+    handshaken: AtomicBool,
+    /// Since when nothing has been in flight, in ms since `born`; `BUSY`
+    /// while a call is.
+    idle_since: AtomicU64,
+    born: Instant,
 }
+
+const BUSY: u64 = u64::MAX;
 
 impl Mailbox {
     pub fn new() -> io::Result<Mailbox> {
@@ -56,7 +67,56 @@ impl Mailbox {
             bell: eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?,
             replies: Mutex::new(Vec::new()),
             drain: AtomicBool::new(false),
+            evict: AtomicBool::new(false),
+            handshaken: AtomicBool::new(false),
+            idle_since: AtomicU64::new(0),
+            born: Instant::now(),
         })
+    }
+
+    /// Asks the connection to make room: closed at once if its client has
+    /// not finished its handshake, else drained (GOAWAY, the calls in
+    /// flight answered), as grpc-go's server ends an idle connection.
+    pub fn evict(&self) {
+        self.evict.store(true, Ordering::Release);
+        self.ring();
+    }
+
+    /// How the connection stands, for choosing one to make room:
+    /// handshaken or not, and since when it has been idle (`None`: a call
+    /// is in flight).
+    pub fn standing(&self) -> (bool, Option<Instant>) {
+        let since = self.idle_since.load(Ordering::Relaxed);
+        (
+            self.handshaken.load(Ordering::Relaxed),
+            (since != BUSY).then(|| self.born + Duration::from_millis(since)),
+        )
+    }
+
+    /// How a connection stands, made up for tests of who makes room.
+    #[cfg(test)]
+    pub fn pretend(&self, handshaken: bool, idle_after: Option<Duration>) {
+        self.handshaken.store(handshaken, Ordering::Relaxed);
+        let since = idle_after.map_or(BUSY, |d| d.as_millis() as u64);
+        self.idle_since.store(since, Ordering::Relaxed);
+    }
+
+    /// Asked to make room.
+    #[cfg(test)]
+    pub fn evicted(&self) -> bool {
+        self.evict.load(Ordering::Acquire)
+    }
+
+    fn note_idle(&self, idle: bool, now: Instant) {
+        let value = if idle {
+            match self.idle_since.load(Ordering::Relaxed) {
+                BUSY => u64::try_from(now.duration_since(self.born).as_millis()).unwrap_or(0),
+                since => since,
+            }
+        } else {
+            BUSY
+        };
+        self.idle_since.store(value, Ordering::Relaxed);
     }
 
     pub fn reply(&self, stream: u32, reply: Reply) {
@@ -242,10 +302,37 @@ impl Side {
 }
 
 /// Why a connection ended.
-enum End {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
     ClientClosed,
     RuntimeClosed,
     Drained,
+    /// No preface and first SETTINGS within the handshake deadline.
+    HandshakeTimeout,
+    /// Closed or drained to make room for a new connection.
+    Evicted,
+    /// The client broke HTTP/2.
+    ProtocolError,
+    /// A socket failed.
+    IoError,
+    /// The sockets could not be set up.
+    SetupFailed,
+}
+
+impl End {
+    /// As metrics label it.
+    pub fn label(self) -> &'static str {
+        match self {
+            End::ClientClosed => "client_closed",
+            End::RuntimeClosed => "runtime_closed",
+            End::Drained => "drained",
+            End::HandshakeTimeout => "handshake_timeout",
+            End::Evicted => "evicted",
+            End::ProtocolError => "protocol_error",
+            End::IoError => "io_error",
+            End::SetupFailed => "setup_failed",
+        }
+    }
 }
 
 enum Failure {
@@ -267,21 +354,23 @@ impl From<RelayError> for Failure {
 
 /// Relays between `client` and `upstream` until either side closes or a
 /// drain has finished, then hands over what the other side is still owed.
-/// `start_decision` starts deciding an taken-out call, whose reply comes
-/// back through `mailbox`; `hold` is [`HOLD`] but in tests.
+/// `start_decision` starts deciding a taken-out call, whose reply comes
+/// back through `mailbox`; `hold` is [`HOLD`] but in tests; a client that
+/// has not sent its preface and first SETTINGS within `handshake` is
+/// closed.
 pub fn relay<H: Hooks>(
     client: UnixStream,
     upstream: UnixStream,
     mut relay: Relay<H>,
     mailbox: &Mailbox,
-    hold: Duration,
+    timing: Timing,
     mut start_decision: impl FnMut(Call<H::Kind>) -> AbortHandle,
-) {
+) -> End {
     let (mut client, mut upstream) = match (Side::new(client), Side::new(upstream)) {
         (Ok(client), Ok(upstream)) => (client, upstream),
         (Err(e), _) | (_, Err(e)) => {
             tracing::warn!(error = %e, "cannot set up the connection's sockets; closing it");
-            return;
+            return End::SetupFailed;
         }
     };
     let end = run(
@@ -289,10 +378,15 @@ pub fn relay<H: Hooks>(
         &mut upstream,
         &mut relay,
         mailbox,
-        hold,
+        timing,
         &mut start_decision,
     );
     let deadline = Instant::now() + FLUSH_TIMEOUT;
+    let reason = match &end {
+        Ok(end) => *end,
+        Err(Failure::Io(_)) => End::IoError,
+        Err(Failure::Protocol(_)) => End::ProtocolError,
+    };
     match end {
         Ok(End::ClientClosed) => {
             let _ = upstream.write_all_until(&mut relay.to_upstream, deadline);
@@ -302,7 +396,12 @@ pub fn relay<H: Hooks>(
             let _ = client.write_all_until(&mut relay.to_client, deadline);
             tracing::debug!("runtime closed the connection");
         }
-        Ok(End::Drained) => {}
+        Ok(End::HandshakeTimeout) => {
+            tracing::info!(
+                "closing a client connection that did not send the HTTP/2 preface and SETTINGS in time"
+            );
+        }
+        Ok(_) => {}
         Err(Failure::Io(e)) => tracing::debug!(error = %e, "connection ended"),
         Err(Failure::Protocol(e)) => {
             tracing::info!(error = %e, "ending a client connection that broke HTTP/2");
@@ -317,6 +416,16 @@ pub fn relay<H: Hooks>(
     let mut scratch = [0u8; 4096];
     let _ = client.take_peeked(&mut scratch);
     let _ = upstream.take_peeked(&mut scratch);
+    reason
+}
+
+/// The connection's clocks.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// How long what may wait for company waits ([`HOLD`] but in tests).
+    pub hold: Duration,
+    /// How long the client has for its preface and first SETTINGS.
+    pub handshake: Duration,
 }
 
 /// Which sides we read now: neither while the client does not take what
@@ -334,9 +443,13 @@ fn run<H: Hooks>(
     upstream: &mut Side,
     relay: &mut Relay<H>,
     mailbox: &Mailbox,
-    hold: Duration,
+    timing: Timing,
     start_decision: &mut impl FnMut(Call<H::Kind>) -> AbortHandle,
 ) -> Result<End, Failure> {
+    let hold = timing.hold;
+    let handshake_deadline = Instant::now() + timing.handshake;
+    let mut handshaken = false;
+    let mut evicted = false;
     let mut scratch = vec![0; READ_CHUNK];
     let mut waiter = Waiter::new(mailbox)?;
     let mut draining = false;
@@ -352,6 +465,10 @@ fn run<H: Hooks>(
             || upstream.read_some(&mut scratch, &mut relay.from_upstream)?;
         relay.client_frames()?;
         relay.upstream_frames()?;
+        if !handshaken && relay.client_handshaken() {
+            handshaken = true;
+            mailbox.handshaken.store(true, Ordering::Relaxed);
+        }
         for call in std::mem::take(&mut relay.calls) {
             let stream = call.stream;
             let task = start_decision(call);
@@ -361,12 +478,22 @@ fn run<H: Hooks>(
             for (stream, reply) in mailbox.take_replies() {
                 relay.reply(stream, reply);
             }
-            if !draining && mailbox.drain.load(Ordering::Acquire) {
+            if mailbox.evict.load(Ordering::Acquire) && !evicted {
+                evicted = true;
+                if !handshaken {
+                    return Ok(End::Evicted);
+                }
+            }
+            if !draining && (evicted || mailbox.drain.load(Ordering::Acquire)) {
                 draining = true;
                 relay.drain();
             }
         }
         let now = Instant::now();
+        if !handshaken && now >= handshake_deadline {
+            return Ok(End::HandshakeTimeout);
+        }
+        mailbox.note_idle(relay.idle(), now);
         if relay.acks_held() && *acks_held_since.get_or_insert(now) + hold <= now {
             relay.release_acks();
         }
@@ -384,7 +511,7 @@ fn run<H: Hooks>(
             return Ok(End::RuntimeClosed);
         }
         if draining && relay.idle() && relay.to_client.is_empty() {
-            return Ok(End::Drained);
+            return Ok(if evicted { End::Evicted } else { End::Drained });
         }
         for side in [&mut *client, &mut *upstream] {
             if side.peeked_since.is_some_and(|since| since + hold <= now) {
@@ -403,8 +530,10 @@ fn run<H: Hooks>(
         let timeout = [acks_held_since, client.peeked_since, upstream.peeked_since]
             .into_iter()
             .flatten()
+            .map(|since| since + hold)
+            .chain((!handshaken).then_some(handshake_deadline))
             .min()
-            .map(|since| (since + hold).saturating_duration_since(now));
+            .map(|at| at.saturating_duration_since(now));
         mail = waiter.wait(
             client,
             upstream,
@@ -560,12 +689,28 @@ mod tests {
         calls: mpsc::Receiver<Call<()>>,
         /// Disconnects when the connection's thread is done.
         ended: mpsc::Receiver<()>,
-        thread: Option<JoinHandle<()>>,
+        thread: Option<JoinHandle<End>>,
         _async_side: tokio::runtime::Runtime,
     }
 
     impl Harness {
         fn start(ack_delay: Duration) -> Harness {
+            let mut h = Harness::spawn(ack_delay, Duration::from_secs(60));
+            // Past the preface: the client's SETTINGS reach containerd as sent.
+            let mut hello = BytesMut::from(&PREFACE[..]);
+            put_header(&mut hello, 0, SETTINGS, 0, 0);
+            h.client.write_all(&hello).unwrap();
+            assert_eq!(read_exactly(&mut h.runtime, hello.len()), hello);
+            // containerd acknowledges them, and the client hears it.
+            let mut ack = BytesMut::new();
+            put_header(&mut ack, 0, SETTINGS, ACK, 0);
+            h.runtime.write_all(&ack).unwrap();
+            assert_eq!(read_exactly(&mut h.client, ack.len()), ack);
+            h
+        }
+
+        /// The connection's thread started, before the client's hello.
+        fn spawn(ack_delay: Duration, handshake: Duration) -> Harness {
             let async_side = tokio::runtime::Builder::new_current_thread()
                 .build()
                 .unwrap();
@@ -586,14 +731,17 @@ mod tests {
                     runtime_far,
                     Relay::new(TestHooks::default()),
                     &thread_mailbox,
-                    ack_delay,
+                    Timing {
+                        hold: ack_delay,
+                        handshake,
+                    },
                     |call| {
                         calls_tx.send(call).unwrap();
                         handle.spawn(std::future::pending::<()>()).abort_handle()
                     },
                 )
             });
-            let mut h = Harness {
+            Harness {
                 client,
                 runtime,
                 mailbox,
@@ -601,30 +749,18 @@ mod tests {
                 ended,
                 thread: Some(thread),
                 _async_side: async_side,
-            };
-            // Past the preface: the client's SETTINGS reach containerd as sent.
-            let mut hello = BytesMut::from(&PREFACE[..]);
-            put_header(&mut hello, 0, SETTINGS, 0, 0);
-            h.client.write_all(&hello).unwrap();
-            assert_eq!(read_exactly(&mut h.runtime, hello.len()), hello);
-            // containerd acknowledges them, and the client hears it.
-            let mut ack = BytesMut::new();
-            put_header(&mut ack, 0, SETTINGS, ACK, 0);
-            h.runtime.write_all(&ack).unwrap();
-            assert_eq!(read_exactly(&mut h.client, ack.len()), ack);
-            h
+            }
         }
 
-        /// Waits (a bounded time) for the connection's thread to end.
-        fn join(&mut self) {
+        /// Waits (a bounded time) for the connection's thread to end, and
+        /// says why it did.
+        fn join(&mut self) -> End {
             assert_eq!(
                 self.ended.recv_timeout(Duration::from_secs(5)),
                 Err(mpsc::RecvTimeoutError::Disconnected),
                 "the connection's thread did not end"
             );
-            if let Some(thread) = self.thread.take() {
-                thread.join().unwrap();
-            }
+            self.thread.take().unwrap().join().unwrap()
         }
 
         /// The client calls Version on `stream`; containerd gets its two frames.
@@ -948,5 +1084,40 @@ mod tests {
             got += n;
         }
         writer.join().unwrap();
+    }
+
+    #[test]
+    fn a_client_silent_past_the_handshake_deadline_is_closed() {
+        let mut h = Harness::spawn(HOLD, Duration::from_millis(200));
+        // The preface alone is no hello: SETTINGS must follow it.
+        h.client.write_all(PREFACE).unwrap();
+        assert_eq!(h.join(), End::HandshakeTimeout);
+        assert_eq!(read_exactly(&mut h.runtime, PREFACE.len()), PREFACE);
+        assert_eq!(h.client.read(&mut [0u8; 16]).unwrap(), 0, "closed");
+    }
+
+    #[test]
+    fn a_client_that_said_hello_has_no_deadline() {
+        let mut h = Harness::spawn(HOLD, Duration::from_millis(100));
+        let mut hello = BytesMut::from(&PREFACE[..]);
+        put_header(&mut hello, 0, SETTINGS, 0, 0);
+        h.client.write_all(&hello).unwrap();
+        assert_eq!(read_exactly(&mut h.runtime, hello.len()), hello);
+        assert!(h.mailbox.standing().0, "handshaken");
+        assert!(nothing_arrives(&mut h.client, Duration::from_millis(300)));
+        h.version_call(1);
+    }
+
+    #[test]
+    fn making_room_closes_a_silent_connection_and_drains_one_that_said_hello() {
+        let mut silent = Harness::spawn(HOLD, Duration::from_secs(60));
+        silent.mailbox.evict();
+        assert_eq!(silent.join(), End::Evicted);
+
+        let mut idle = Harness::start(HOLD);
+        idle.mailbox.evict();
+        let goaway = read_frames(&mut idle.client, 1);
+        assert_eq!((goaway[0].0, goaway[0].1), (GOAWAY, 0));
+        assert_eq!(idle.join(), End::Evicted);
     }
 }

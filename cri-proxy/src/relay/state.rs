@@ -130,6 +130,11 @@ impl<H: Hooks> Relay<H> {
         }
     }
 
+    /// The client sent the preface and its first SETTINGS.
+    pub fn client_handshaken(&self) -> bool {
+        self.client_settings_seen
+    }
+
     /// No call is in flight.
     pub fn idle(&self) -> bool {
         self.streams.is_empty() && self.held.is_none()
