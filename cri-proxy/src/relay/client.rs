@@ -265,7 +265,6 @@ impl<H: Hooks> Relay<H> {
         } else {
             0
         };
-        let closed = self.streams.forgotten(h.stream, self.last_client_stream);
         match self.streams.get_mut(h.stream) {
             Some(Stream::Muted(s)) => {
                 let raw = self.from_client.split_to(h.total());
@@ -299,11 +298,14 @@ impl<H: Hooks> Relay<H> {
                     self.pass_client_frame(h);
                 }
             }
-            None if closed => {
-                self.owed += h.len as u64;
-                self.from_client.advance(h.total());
+            None => {
+                if self.streams.forgotten(h.stream, self.last_client_stream) {
+                    self.owed += h.len as u64;
+                    self.from_client.advance(h.total());
+                } else {
+                    self.pass_client_frame(h);
+                }
             }
-            None => self.pass_client_frame(h),
         }
         Ok(())
     }
@@ -318,14 +320,19 @@ impl<H: Hooks> Relay<H> {
             }
             return Ok(());
         }
-        let closed = self.streams.was_closed(h.stream);
         match self.streams.get_mut(h.stream) {
             Some(Stream::Muted(s)) => {
                 s.window = (s.window + i64::from(increment)).min(frame::MAX_WINDOW);
                 self.from_client.advance(h.total());
             }
-            None if closed => self.from_client.advance(h.total()),
-            _ => self.pass_client_frame(h),
+            Some(Stream::Forward { .. }) => self.pass_client_frame(h),
+            None => {
+                if self.streams.was_closed(h.stream) {
+                    self.from_client.advance(h.total());
+                } else {
+                    self.pass_client_frame(h);
+                }
+            }
         }
         Ok(())
     }
