@@ -19,3 +19,25 @@ defaultAdmissionRule:
   requireAttestationsBy: [projects/bench/attestors/ci, projects/bench/attestors/qa]
 POLICY
 }
+
+# bench_other_attestations FILE N: N attestations of other images in FILE,
+# shaped as gcloud exports them (their signatures are never checked: no
+# decision here is for their images).
+bench_other_attestations() {
+  python3 - "$1" "$2" <<'PY'
+import base64, hashlib, json, os, sys
+path, n = sys.argv[1], int(sys.argv[2])
+with open(path, "w") as out:
+    out.write("[")
+    for i in range(n):
+        digest = "sha256:" + hashlib.sha256(b"other-%d" % i).hexdigest()
+        payload = base64.b64encode(json.dumps({"critical": {"identity": {"docker-reference": "reg.test/other"},
+            "image": {"docker-manifest-digest": digest}, "type": "Google cloud binauthz container signature"}}).encode()).decode()
+        out.write(("," if i else "") + json.dumps({
+            "name": "projects/bench/occurrences/%d" % i, "kind": "ATTESTATION",
+            "noteName": "projects/bench/notes/ci", "resourceUri": "https://reg.test/other@" + digest,
+            "attestation": {"serializedPayload": payload, "signatures": [{"publicKeyId": "ni:///sha-256;x",
+                "signature": base64.b64encode(os.urandom(72)).decode()}]}}))
+    out.write("]")
+PY
+}

@@ -37,24 +37,7 @@ bench_two_attestor_bundle "$BIN" "$DIR" "$APP_REPO" "$AG_APP_DIGEST"
 B="$DIR/bundle"
 BIG="$DIR/big"
 cp -r "$B" "$BIG"
-# Attestations of other images, shaped as gcloud exports them (their
-# signatures are never checked: no decision here is for their images).
-python3 - "$BIG/attestations/others.json" "${AG_BENCH_ATTESTATIONS:-100000}" <<'PY'
-import base64, hashlib, json, os, sys
-path, n = sys.argv[1], int(sys.argv[2])
-with open(path, "w") as out:
-    out.write("[")
-    for i in range(n):
-        digest = "sha256:" + hashlib.sha256(b"other-%d" % i).hexdigest()
-        payload = base64.b64encode(json.dumps({"critical": {"identity": {"docker-reference": "reg.test/other"},
-            "image": {"docker-manifest-digest": digest}, "type": "Google cloud binauthz container signature"}}).encode()).decode()
-        out.write(("," if i else "") + json.dumps({
-            "name": "projects/bench/occurrences/%d" % i, "kind": "ATTESTATION",
-            "noteName": "projects/bench/notes/ci", "resourceUri": "https://reg.test/other@" + digest,
-            "attestation": {"serializedPayload": payload, "signatures": [{"publicKeyId": "ni:///sha-256;x",
-                "signature": base64.b64encode(os.urandom(72)).decode()}]}}))
-    out.write("]")
-PY
+bench_other_attestations "$BIG/attestations/others.json" "${AG_BENCH_ATTESTATIONS:-100000}"
 echo "big bundle: $(du -sh "$BIG" | cut -f1), $(grep -o '"kind"' "$BIG/attestations/others.json" | wc -l) extra attestations"
 config() { printf 'bundle = "%s"\naudit_log = "%s"\nshim_mode = "%s"\n' "${2:-$B}" "$DIR/audit.jsonl" "$1" > "$ATTESTGATE_CONFIG"; }
 config exec
