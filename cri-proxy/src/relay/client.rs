@@ -529,7 +529,7 @@ mod tests {
 
     #[test]
     fn client_pings_reach_containerd_only_after_it_wrote_something() {
-        let mut r = relay();
+        let mut r = relay_before_server_settings();
         let ping = ping_frame();
         // Nothing containerd could count against the client yet: passed.
         r.from_client.extend_from_slice(&ping);

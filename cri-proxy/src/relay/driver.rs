@@ -701,8 +701,10 @@ mod tests {
             put_header(&mut hello, 0, SETTINGS, 0, 0);
             h.client.write_all(&hello).unwrap();
             assert_eq!(read_exactly(&mut h.runtime, hello.len()), hello);
-            // containerd acknowledges them, and the client hears it.
+            // containerd sends its own and acknowledges them, and the
+            // client hears both.
             let mut ack = BytesMut::new();
+            put_header(&mut ack, 0, SETTINGS, 0, 0);
             put_header(&mut ack, 0, SETTINGS, ACK, 0);
             h.runtime.write_all(&ack).unwrap();
             assert_eq!(read_exactly(&mut h.client, ack.len()), ack);

@@ -29,7 +29,10 @@ impl<H: Hooks> Relay<H> {
     /// Sends what it can of the replies to muted calls, between the
     /// server's frames (never inside one of its header blocks).
     pub fn pump(&mut self) {
-        if self.upstream_in_block {
+        // Nothing of ours may come inside one of the server's header
+        // blocks, nor ahead of its SETTINGS, which open every server's
+        // side of a connection (RFC 9113 §3.4).
+        if self.upstream_in_block || !self.upstream_preface_relayed {
             return;
         }
         if !self.control.is_empty() {
@@ -40,6 +43,8 @@ impl<H: Hooks> Relay<H> {
             self.goaway_pending = false;
             let ours = self.draining.unwrap_or(self.last_client_stream);
             let last = self.upstream_goaway.map_or(ours, |theirs| theirs.min(ours));
+            let last = self.goaway_told.map_or(last, |told| told.min(last));
+            self.goaway_told = Some(last);
             frame::put_goaway(&mut self.to_client, last, frame::NO_ERROR);
         }
         let mut i = 0;

@@ -17,8 +17,9 @@ const CLIENT_WINDOW_LOW: i64 = 32 << 10;
 
 impl<H: Hooks> Relay<H> {
     /// Answers to the server's PINGs are waiting (for `release_acks`).
+    /// Only once they may go: after the client's preface and SETTINGS.
     pub fn acks_held(&self) -> bool {
-        !self.held_acks.is_empty()
+        !self.held_acks.is_empty() && self.client_settings_seen
     }
 
     /// Queues the held PING answers for the server.
@@ -32,7 +33,9 @@ impl<H: Hooks> Relay<H> {
     /// Whole client header blocks are all `to_upstream` ever holds, so the
     /// answers never land inside one.
     pub fn release_acks(&mut self) {
-        if !self.held_acks.is_empty() {
+        // Never ahead of the client's preface and SETTINGS, which open
+        // every client's side of a connection.
+        if self.acks_held() {
             self.to_upstream.unsplit(self.held_acks.split());
         }
     }

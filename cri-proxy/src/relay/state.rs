@@ -60,6 +60,8 @@ pub struct Relay<H: Hooks> {
     /// The last stream id of a GOAWAY the server sent: a later GOAWAY of
     /// ours must not name a higher one (clients close on an increase).
     pub(super) upstream_goaway: Option<u32>,
+    /// The lowest last stream id a GOAWAY to the client has named.
+    pub(super) goaway_told: Option<u32>,
     /// SETTINGS frames the server has yet to acknowledge, in order: the
     /// client's (None) and our markers (their number).
     pub(super) settings_unacked: VecDeque<Option<u64>>,
@@ -118,6 +120,7 @@ impl<H: Hooks> Relay<H> {
             draining: None,
             goaway_pending: false,
             upstream_goaway: None,
+            goaway_told: None,
             settings_unacked: VecDeque::new(),
             fence_sent: 0,
             fence_acked: 0,

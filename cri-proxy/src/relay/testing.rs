@@ -51,14 +51,30 @@ impl Hooks for TestHooks {
 
 pub(crate) type TestRelay = Relay<TestHooks>;
 
-/// A relay past the connection preface, containerd having acknowledged
-/// the client's first SETTINGS.
+/// A relay past the client's preface, containerd having acknowledged its
+/// SETTINGS but not yet sent its own.
+pub(crate) fn relay_before_server_settings() -> TestRelay {
+    let mut r = Relay::new(TestHooks::default());
+    r.from_client.extend_from_slice(PREFACE);
+    put_header(&mut r.from_client, 0, SETTINGS, 0, 0);
+    r.client_frames().unwrap();
+    r.to_upstream.clear();
+    put_header(&mut r.from_upstream, 0, SETTINGS, ACK, 0);
+    r.upstream_frames().unwrap();
+    r.to_client.clear();
+    r
+}
+
+/// A relay past the connection preface of both sides, containerd having
+/// acknowledged the client's first SETTINGS.
 pub(crate) fn relay() -> TestRelay {
     let mut r = Relay::new(TestHooks::default());
     r.from_client.extend_from_slice(PREFACE);
     put_header(&mut r.from_client, 0, SETTINGS, 0, 0);
     r.client_frames().unwrap();
     r.to_upstream.clear();
+    // containerd's own SETTINGS, then its acknowledgement of the client's.
+    put_header(&mut r.from_upstream, 0, SETTINGS, 0, 0);
     put_header(&mut r.from_upstream, 0, SETTINGS, ACK, 0);
     r.upstream_frames().unwrap();
     r.to_client.clear();

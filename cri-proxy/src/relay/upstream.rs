@@ -70,6 +70,12 @@ impl<H: Hooks> Relay<H> {
                         break;
                     }
                 }
+                frame::PUSH_PROMISE => {
+                    // A header block too: nothing of ours may come between
+                    // its frames.
+                    self.upstream_in_block = !h.has(frame::END_HEADERS);
+                    self.pass_upstream_frame(&h);
+                }
                 frame::HEADERS => {
                     // Passed on whatever the stream: the client's decoder
                     // must see every block the server encoded.
@@ -154,8 +160,21 @@ impl<H: Hooks> Relay<H> {
                         // muted ones are not answered either.
                         self.streams.keep_up_to(last);
                         self.replying.retain(|&id| id <= last);
+                        // A client closes the connection when a GOAWAY names
+                        // a higher stream than one before it: after ours
+                        // (a drain), the server's says no more than ours did.
+                        let told = self.goaway_told.map_or(last, |told| told.min(last));
+                        self.goaway_told = Some(told);
+                        let at = self.to_client.len() + frame::HEADER_LEN;
+                        self.pass_upstream_frame(&h);
+                        if told < last {
+                            let reserved = self.to_client[at] & 0x80;
+                            self.to_client[at..at + 4].copy_from_slice(&told.to_be_bytes());
+                            self.to_client[at] |= reserved;
+                        }
+                    } else {
+                        self.pass_upstream_frame(&h);
                     }
-                    self.pass_upstream_frame(&h);
                 }
                 _ => self.pass_upstream_frame(&h),
             }
