@@ -61,6 +61,10 @@ pub struct Flags {
     /// preface and its first SETTINGS before it is closed [default: 10s].
     #[arg(long)]
     pub handshake_timeout: Option<Span>,
+    /// The deadline a pull that names none (kubelet's) is sent to
+    /// containerd with [default: 30m].
+    #[arg(long)]
+    pub pull_timeout: Option<Span>,
     /// Validate the configuration and exit.
     #[arg(long)]
     pub check_config: bool,
@@ -94,6 +98,7 @@ struct ProxyKeys {
     /// thread and a connection to containerd); past it, new ones are closed.
     max_connections: Option<usize>,
     handshake_timeout: Option<Span>,
+    pull_timeout: Option<Span>,
 }
 
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -115,6 +120,7 @@ pub struct Config {
     pub log_json: bool,
     pub max_connections: usize,
     pub handshake_timeout: std::time::Duration,
+    pub pull_timeout: std::time::Duration,
 }
 
 /// kubelet keeps two connections open and crictl one per command; a
@@ -192,9 +198,17 @@ impl Config {
         if handshake_timeout.is_zero() {
             bail!("handshake_timeout 0s: a connection needs some time to say hello");
         }
+        let pull_timeout = flags
+            .pull_timeout
+            .or(own.pull_timeout)
+            .map_or(crate::intercept::DEFAULT_PULL_TIMEOUT, |span| span.0);
+        if pull_timeout.is_zero() {
+            bail!("pull_timeout 0s: no pull could finish");
+        }
         Ok(Config {
             max_connections,
             handshake_timeout,
+            pull_timeout,
             listen: flags
                 .listen
                 .or(own.listen)
@@ -233,6 +247,11 @@ mod tests {
         assert_eq!(from_file.handshake_timeout, Duration::from_secs(30));
         let from_flag = load("handshake_timeout = \"30s\"\n", Some("2s")).unwrap();
         assert_eq!(from_flag.handshake_timeout, Duration::from_secs(2));
+        assert_eq!(
+            load("pull_timeout = \"1h\"\n", None).unwrap().pull_timeout,
+            Duration::from_secs(3600)
+        );
+        assert!(load("pull_timeout = \"0s\"\n", None).is_err());
         for wrong in ["\"0s\"", "\"10\"", "10"] {
             let error = load(&format!("handshake_timeout = {wrong}\n"), None).unwrap_err();
             assert!(

@@ -95,6 +95,7 @@ pub async fn serve_until(
         upstream: runtime_client,
         images: image_client,
         unconfirmed: intercept::Unconfirmed::default(),
+        pull_timeout: config.pull_timeout,
     });
     let reopen_gate = gate.clone();
     attestgate_node::store::spawn_watcher(store, move || {

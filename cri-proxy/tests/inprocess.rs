@@ -815,3 +815,35 @@ async fn with_an_image_endpoint_of_its_own_every_image_call_goes_there() {
     drop((runtime, images));
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_with_no_deadline_goes_to_the_runtime_with_one() {
+    let proxy = Proxy::start(&policy(), empty_node()).await;
+    let mut images = proxy.client().await.images;
+    // As kubelet pulls: no grpc-timeout.
+    images
+        .pull_image(pull_request(&app_ref_by_digest()))
+        .await
+        .unwrap();
+    let mut with_own = tonic::Request::new(pull_request(&format!("{APP}:1")));
+    with_own.set_timeout(std::time::Duration::from_secs(20));
+    images.pull_image(with_own).await.unwrap();
+    let timeouts: Vec<String> = proxy
+        .fake
+        .metadata("PullImage")
+        .iter()
+        .map(|m| {
+            m.get("grpc-timeout")
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(
+        timeouts[0], "1800S",
+        "the proxy's pull_timeout: {timeouts:?}"
+    );
+    assert_ne!(timeouts[1], "1800S", "the client's own: {timeouts:?}");
+    assert!(!timeouts[1].is_empty(), "{timeouts:?}");
+    drop(images);
+    proxy.stop().await;
+}

@@ -37,6 +37,7 @@ pub const PROGRAM_KEYS: &[(&str, &[&str])] = &[
             "log_format",
             "max_connections",
             "handshake_timeout",
+            "pull_timeout",
         ],
     ),
     (SHIM, &["runc_shim", "shim_mode"]),

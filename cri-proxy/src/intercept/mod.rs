@@ -36,6 +36,8 @@ pub struct Gate<R> {
     /// for every ImageService call the proxy forwards.
     pub images: Upstream,
     pub unconfirmed: Unconfirmed,
+    /// The deadline a pull that names none goes to containerd with.
+    pub pull_timeout: Duration,
 }
 
 impl<R> Gate<R> {
@@ -114,6 +116,27 @@ pub struct Subject<'a> {
 /// is left of it, bounded so a missing header cannot make us wait forever,
 /// and given a floor so a client cannot make them fail (and, under fail
 /// mode open, admit) by asking for a deadline nothing could meet.
+/// kubelet's pulls carry no deadline, and one from a registry that accepts
+/// connections and never answers would otherwise hold its slot for good.
+pub const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// A pull's request head, with `timeout` as its `grpc-timeout` when it
+/// names none, so that containerd ends the pull (and answers
+/// DEADLINE_EXCEEDED) once it passes.
+pub fn with_pull_deadline(
+    mut parts: http::request::Parts,
+    timeout: Duration,
+) -> http::request::Parts {
+    if !parts.headers.contains_key("grpc-timeout") {
+        // gRPC's timeout: at most eight digits of a unit.
+        let seconds = timeout.as_secs().clamp(1, 99_999_999);
+        if let Ok(value) = http::HeaderValue::from_str(&format!("{seconds}S")) {
+            parts.headers.insert("grpc-timeout", value);
+        }
+    }
+    parts
+}
+
 pub fn deadline(headers: &HeaderMap) -> Duration {
     const DEFAULT: Duration = Duration::from_secs(120);
     const FLOOR: Duration = Duration::from_secs(2);
@@ -285,5 +308,19 @@ mod tests {
         assert_eq!(deadline(&h), Duration::from_secs(120));
         h.insert("grpc-timeout", "x".parse().unwrap());
         assert_eq!(deadline(&h), Duration::from_secs(120));
+    }
+
+    #[test]
+    fn a_pull_without_a_deadline_gets_one_and_one_with_keeps_its_own() {
+        let (parts, ()) = http::Request::new(()).into_parts();
+        let given = with_pull_deadline(parts, Duration::from_secs(1800));
+        assert_eq!(given.headers["grpc-timeout"], "1800S");
+        let (mut parts, ()) = http::Request::new(()).into_parts();
+        parts
+            .headers
+            .insert("grpc-timeout", http::HeaderValue::from_static("20S"));
+        let kept = with_pull_deadline(parts, Duration::from_secs(1800));
+        assert_eq!(kept.headers["grpc-timeout"], "20S");
+        assert_eq!(kept.headers.get_all("grpc-timeout").iter().count(), 1);
     }
 }

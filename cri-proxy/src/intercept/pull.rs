@@ -56,6 +56,7 @@ pod_from!(pod_v1alpha2, v1alpha2);
 impl<R: ImageRuntime> Gate<R> {
     pub async fn pull(&self, api: Api, parts: Parts, body: Bytes) -> Result<Reply, ProxyError> {
         let started = Instant::now();
+        let parts = super::with_pull_deadline(parts, self.pull_timeout);
         let request = decode(api, &grpc::single_message(body.clone())?)?;
         let subject = Subject {
             operation: Operation::PullImage,

@@ -157,5 +157,6 @@ pub fn gate(
         upstream: crate::upstream::Upstream::new(dir.join("no-containerd.sock")),
         images: crate::upstream::Upstream::new(dir.join("no-containerd.sock")),
         unconfirmed: super::Unconfirmed::default(),
+        pull_timeout: super::DEFAULT_PULL_TIMEOUT,
     }
 }
