@@ -9,12 +9,10 @@
 
 use std::future::Future;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use std::sync::Mutex;
 use tokio::net::UnixListener;
-
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::intercept::Gate;
