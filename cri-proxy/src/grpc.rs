@@ -106,8 +106,7 @@ pub fn single_message(mut body: Bytes) -> Result<Bytes, ProxyError> {
     Ok(body)
 }
 
-/// Frames one message.
-#[cfg(test)]
+/// Frames one message, uncompressed.
 pub fn frame(message: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(message.len() + 5);
     out.push(0);

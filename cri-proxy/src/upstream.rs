@@ -203,11 +203,7 @@ impl Upstream {
         request: &impl prost::Message,
         timeout: Duration,
     ) -> Result<Response, UnaryError> {
-        let message = request.encode_to_vec();
-        let mut body = Vec::with_capacity(message.len() + 5);
-        body.push(0);
-        body.extend_from_slice(&(message.len() as u32).to_be_bytes());
-        body.extend_from_slice(&message);
+        let body = crate::grpc::frame(&request.encode_to_vec());
         let head = Request::builder()
             .method(http::Method::POST)
             .uri(path)
@@ -221,9 +217,7 @@ impl Upstream {
             .body(())
             .map_err(|e| UnaryError::Proxy(ProxyError::Internal(e.to_string())))?;
         let call = async {
-            let response = self
-                .call(head, RequestBody::Full(Bytes::from(body)))
-                .await?;
+            let response = self.call(head, RequestBody::Full(body)).await?;
             FullResponse::read(response).await
         };
         let full = tokio::time::timeout(timeout, call)

@@ -107,12 +107,10 @@ impl Mailbox {
         self.evict.load(Ordering::Acquire)
     }
 
+    /// The connection went idle (`now`) or busy; called on changes only.
     fn note_idle(&self, idle: bool, now: Instant) {
         let value = if idle {
-            match self.idle_since.load(Ordering::Relaxed) {
-                BUSY => u64::try_from(now.duration_since(self.born).as_millis()).unwrap_or(0),
-                since => since,
-            }
+            u64::try_from(now.duration_since(self.born).as_millis()).unwrap_or(0)
         } else {
             BUSY
         };
@@ -450,6 +448,8 @@ fn run<H: Hooks>(
     let handshake_deadline = Instant::now() + timing.handshake;
     let mut handshaken = false;
     let mut evicted = false;
+    // As the mailbox was made: idle since its birth.
+    let mut was_idle = true;
     let mut scratch = vec![0; READ_CHUNK];
     let mut waiter = Waiter::new(mailbox)?;
     let mut draining = false;
@@ -493,7 +493,11 @@ fn run<H: Hooks>(
         if !handshaken && now >= handshake_deadline {
             return Ok(End::HandshakeTimeout);
         }
-        mailbox.note_idle(relay.idle(), now);
+        let idle = relay.idle();
+        if idle != was_idle {
+            was_idle = idle;
+            mailbox.note_idle(idle, now);
+        }
         if relay.acks_held() && *acks_held_since.get_or_insert(now) + hold <= now {
             relay.release_acks();
         }
