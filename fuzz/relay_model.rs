@@ -80,6 +80,9 @@
 //! 21 release held PING answers
 //! 22 split                side (1 server), u16: its next write is cut there
 //! 23 flush                side: what is left of a cut write goes
+//! 24 stall passes         calls held back for want of memory budget have
+//!                         waited out their time (the relay's budget is
+//!                         small, `MODEL_BUDGET`)
 //! ```
 //!
 //! A `stream` byte picks, modulo their number plus two, stream 0, a stream
@@ -97,9 +100,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::time::{Duration, Instant};
 
 use attestgate_proxy::relay::frame::{self, Header};
-use attestgate_proxy::relay::{Handling, Hooks, Refusal, Relay, RelayError, Reply, hpack};
+use attestgate_proxy::relay::{Budget, Handling, Hooks, Refusal, Relay, RelayError, Reply, hpack};
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// Paths the client's well-formed HEADERS name.
@@ -147,7 +151,7 @@ impl Hooks for ModelHooks {
         let (code, message) = match &refusal {
             Refusal::NotServed(path) => ("12", path.clone()),
             Refusal::BadHead(e) => ("3", e.clone()),
-            Refusal::TooLarge(n) => ("8", n.to_string()),
+            Refusal::TooLarge(n) | Refusal::OverBudget(n) => ("8", n.to_string()),
         };
         if let Refusal::BadHead(_) = refusal {
             let mut trailers = BytesMut::new();
@@ -252,6 +256,8 @@ pub enum Op {
     Flush {
         server: bool,
     },
+    /// Calls stalled for want of memory budget wait out their time.
+    StallPasses,
 }
 
 struct Input<'a>(&'a [u8]);
@@ -285,7 +291,7 @@ pub fn parse(input: &[u8]) -> Vec<Op> {
     let mut r = Input(input);
     let mut ops = Vec::new();
     while !r.0.is_empty() {
-        let op = match r.u8() % 24 {
+        let op = match r.u8() % 25 {
             0 => Op::ClientHeaders {
                 path: r.u8(),
                 flags: r.u8(),
@@ -363,6 +369,7 @@ pub fn parse(input: &[u8]) -> Vec<Op> {
                 server: r.u8() & 1 == 1,
                 at: r.u16(),
             },
+            24 => Op::StallPasses,
             _ => Op::Flush {
                 server: r.u8() & 1 == 1,
             },
@@ -444,6 +451,7 @@ pub fn serialize(ops: &[Op]) -> Vec<u8> {
                 out.extend(at.to_be_bytes());
             }
             Op::Flush { server } => out.extend([23, u8::from(*server)]),
+            Op::StallPasses => out.push(24),
         }
     }
     out
@@ -1723,6 +1731,8 @@ struct Driver {
     acks_sent: u64,
     counter: u32,
     misbehaved: Option<&'static str>,
+    /// The client's connection window as the client counts it.
+    client_window: i64,
     ended: bool,
     /// ATTESTGATE_RELAY_TRACE: each op and the frames it made, on stderr.
     trace: bool,
@@ -1731,6 +1741,10 @@ struct Driver {
 
 /// The longest DATA payload or reply body the ops make.
 const PATTERN_LEN: usize = 300_000;
+
+/// The memory budget the model's relay has: small, so that calls stall
+/// and are refused.
+const MODEL_BUDGET: usize = 256 << 10;
 
 /// What a run that broke no rule reached.
 pub struct Run {
@@ -1744,7 +1758,8 @@ pub struct Run {
 /// recorded in the checker, not violations.
 pub fn run(ops: &[Op], tolerate: bool) -> Result<Run, Failure> {
     let mut d = Driver {
-        relay: Relay::new(ModelHooks),
+        // Small, so that calls stall for want of it and are refused.
+        relay: Relay::with_budget(ModelHooks, Budget::new(MODEL_BUDGET)),
         checker: Checker::new(tolerate),
         client_wire: Vec::new(),
         server_wire: Vec::new(),
@@ -1762,6 +1777,7 @@ pub fn run(ops: &[Op], tolerate: bool) -> Result<Run, Failure> {
         acks_sent: 0,
         counter: 0,
         misbehaved: None,
+        client_window: frame::DEFAULT_WINDOW,
         ended: false,
         trace: std::env::var_os("ATTESTGATE_RELAY_TRACE").is_some_and(|v| v != "0"),
         pattern: (0..PATTERN_LEN + 251)
@@ -1878,6 +1894,10 @@ impl Driver {
                 payload.extend_from_slice(&data);
                 payload.resize(payload.len() + pad, 0);
                 let f = (flags & 1) | if padded { frame::PADDED } else { 0 };
+                self.client_window -= payload.len() as i64;
+                if self.client_window < 0 {
+                    self.misbehave("client DATA beyond its connection window");
+                }
                 self.put(false, frame::DATA, f, s, &payload);
                 self.deliver(false)
             }
@@ -2142,6 +2162,11 @@ impl Driver {
                 }
                 self.deliver(server)
             }
+            Op::StallPasses => {
+                self.relay
+                    .settle_stalled(Instant::now() + Duration::from_secs(2));
+                self.after(Ok(()))
+            }
         }
     }
 
@@ -2279,6 +2304,8 @@ impl Driver {
             .relay
             .client_frames()
             .and_then(|()| self.relay.upstream_frames());
+        // As the driver does on every wake-up.
+        self.relay.settle_stalled(Instant::now());
         self.after(result)
     }
 
@@ -2315,6 +2342,19 @@ impl Driver {
         let down = self.relay.to_client.split();
         if self.trace {
             eprintln!("  to client: {}", shapes(&down));
+        }
+        let mut rest = &down[..];
+        while let Some(h) = Header::parse(rest) {
+            if rest.len() < h.total() {
+                break;
+            }
+            if h.kind == frame::WINDOW_UPDATE
+                && h.stream == 0
+                && let Ok(increment) = frame::window_increment(&rest[frame::HEADER_LEN..h.total()])
+            {
+                self.client_window += i64::from(increment);
+            }
+            rest = &rest[h.total()..];
         }
         self.checker.wrote_to_client(&down)?;
         self.checker

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use attestgate_node::config::{self, ConfigFile, FailMode, NodeSettings, Span};
+use attestgate_node::config::{self, ConfigFile, FailMode, NodeSettings, Size, Span};
 use clap::Parser;
 use serde::Deserialize;
 
@@ -65,6 +65,12 @@ pub struct Flags {
     /// containerd with [default: 30m].
     #[arg(long)]
     pub pull_timeout: Option<Span>,
+    /// Memory every connection's intercepted calls may hold together
+    /// (request heads and bodies until answered, replies until read);
+    /// past it senders are held back, then refused with RESOURCE_EXHAUSTED
+    /// [default: 64MiB].
+    #[arg(long)]
+    pub memory_budget: Option<Size>,
     /// Validate the configuration and exit.
     #[arg(long)]
     pub check_config: bool,
@@ -99,6 +105,7 @@ struct ProxyKeys {
     max_connections: Option<usize>,
     handshake_timeout: Option<Span>,
     pull_timeout: Option<Span>,
+    memory_budget: Option<Size>,
 }
 
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -121,7 +128,16 @@ pub struct Config {
     pub max_connections: usize,
     pub handshake_timeout: std::time::Duration,
     pub pull_timeout: std::time::Duration,
+    pub memory_budget: usize,
 }
+
+/// What intercepted calls may hold together unless configured: four of
+/// the largest requests a call may carry (16 MiB), a small share of a
+/// small node's memory.
+pub const DEFAULT_MEMORY_BUDGET: u64 = 64 << 20;
+/// Calls still arriving get three quarters of the budget (see
+/// `relay::budget`); below this, the largest request could never arrive.
+pub const MIN_MEMORY_BUDGET: u64 = 32 << 20;
 
 /// kubelet keeps two connections open and crictl one per command; a
 /// thousand leaves room for tools and test suites running in parallel while
@@ -205,8 +221,20 @@ impl Config {
         if pull_timeout.is_zero() {
             bail!("pull_timeout 0s: no pull could finish");
         }
+        let memory_budget = flags
+            .memory_budget
+            .or(own.memory_budget)
+            .map_or(DEFAULT_MEMORY_BUDGET, |size| size.0);
+        if memory_budget < MIN_MEMORY_BUDGET {
+            bail!(
+                "memory_budget {memory_budget} bytes: expected at least 32MiB, or a 16 MiB request could never be taken"
+            );
+        }
+        let memory_budget = usize::try_from(memory_budget)
+            .with_context(|| format!("memory_budget {memory_budget} bytes: too large"))?;
         Ok(Config {
             max_connections,
+            memory_budget,
             handshake_timeout,
             pull_timeout,
             listen: flags
@@ -260,6 +288,36 @@ mod tests {
                 "{error:#}"
             );
         }
+    }
+
+    #[test]
+    fn the_memory_budget_is_a_size_with_a_floor() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        let load = |text: &str, flag: Option<&str>| {
+            std::fs::write(&file, text).unwrap();
+            Config::load(Flags {
+                config: Some(file.clone()),
+                memory_budget: flag.map(|f| f.parse().unwrap()),
+                ..Flags::default()
+            })
+        };
+        assert_eq!(load("", None).unwrap().memory_budget, 64 << 20);
+        assert_eq!(
+            load("memory_budget = \"1GiB\"\n", None)
+                .unwrap()
+                .memory_budget,
+            1 << 30
+        );
+        assert_eq!(
+            load("memory_budget = \"1GiB\"\n", Some("48MiB"))
+                .unwrap()
+                .memory_budget,
+            48 << 20
+        );
+        let small = load("memory_budget = \"16MiB\"\n", None).unwrap_err();
+        assert!(format!("{small:#}").contains("at least 32MiB"), "{small:#}");
+        assert!(load("memory_budget = \"64MB\"\n", None).is_err());
     }
 
     #[test]

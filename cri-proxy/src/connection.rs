@@ -20,7 +20,7 @@ use crate::grpc::ProxyError;
 use crate::intercept::Gate;
 use crate::metrics::Metrics;
 use crate::relay::driver::{self, Mailbox};
-use crate::relay::{Call, Handling, Hooks, Refusal, Relay, Reply, hpack};
+use crate::relay::{Budget, Call, Handling, Hooks, Refusal, Relay, Reply, hpack};
 use crate::resolve::ImageRuntime;
 use crate::upstream::{FullResponse, Reply as GateReply};
 
@@ -82,6 +82,10 @@ impl Hooks for CriHooks {
             Refusal::NotServed(path) => ProxyError::NotServed(path),
             Refusal::BadHead(e) => ProxyError::BadRequest(e),
             Refusal::TooLarge(n) => ProxyError::TooLarge(n),
+            Refusal::OverBudget(n) => {
+                self.metrics.over_budget.inc();
+                ProxyError::OverBudget(n)
+            }
         })
     }
 }
@@ -116,6 +120,7 @@ pub async fn connection<R: ImageRuntime>(
     gate: Arc<Gate<R>>,
     mailbox: Arc<Mailbox>,
     handshake: Duration,
+    budget: Arc<Budget>,
     mut shutdown: watch::Receiver<bool>,
 ) -> &'static str {
     let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(&*runtime)).await
@@ -149,7 +154,10 @@ pub async fn connection<R: ImageRuntime>(
         .stack_size(THREAD_STACK)
         .spawn(move || {
             let images_elsewhere = gate.images.socket() != gate.upstream.socket();
-            let relay = Relay::new(CriHooks::new(gate.metrics.clone(), images_elsewhere));
+            let relay = Relay::with_budget(
+                CriHooks::new(gate.metrics.clone(), images_elsewhere),
+                budget,
+            );
             let mailbox = thread_mailbox;
             let end = driver::relay(client, upstream, relay, &mailbox, timing, |call| {
                 async_side
@@ -261,6 +269,7 @@ mod tests {
             (Refusal::NotServed("/x.Y/Z".into()), "12"),
             (Refusal::BadHead("request head: no :path".into()), "3"),
             (Refusal::TooLarge(16 << 20), "8"),
+            (Refusal::OverBudget(64 << 20), "8"),
         ] {
             let reply = hooks.refusal(refusal);
             let fields = hpack::fields_of_own(&reply.head).unwrap();

@@ -27,6 +27,12 @@ pub enum ProxyError {
     BadRequest(String),
     #[error("request message larger than {0} bytes")]
     TooLarge(usize),
+    /// The calls in progress hold all the memory the proxy may use for
+    /// them (`memory_budget`, in bytes).
+    #[error(
+        "the proxy is holding its whole memory budget ({0} bytes) for calls in progress; try again"
+    )]
+    OverBudget(usize),
     /// containerd could not be reached.
     #[error("runtime unavailable: {0}")]
     Upstream(String),
@@ -44,7 +50,7 @@ impl ProxyError {
         match self {
             ProxyError::Denied(_) => Code::PermissionDenied,
             ProxyError::BadRequest(_) => Code::InvalidArgument,
-            ProxyError::TooLarge(_) => Code::ResourceExhausted,
+            ProxyError::TooLarge(_) | ProxyError::OverBudget(_) => Code::ResourceExhausted,
             ProxyError::Upstream(_) => Code::Unavailable,
             ProxyError::Deadline => Code::DeadlineExceeded,
             ProxyError::Internal(_) => Code::Internal,

@@ -133,6 +133,7 @@ pub async fn serve_until(
         server::Limits {
             max_connections,
             handshake: config.handshake_timeout,
+            budget: relay::Budget::new(config.memory_budget),
         },
     )
     .await;

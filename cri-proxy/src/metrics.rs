@@ -1,6 +1,7 @@
 //! Prometheus metrics: decisions by reason, decision latency, forwarded
 //! calls by method, bundle age and load errors.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::time::Duration;
 
@@ -10,6 +11,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use crate::relay::Budget;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabels {
@@ -76,6 +79,11 @@ pub struct Metrics {
     pub connections_open: Gauge,
     pub connections_refused: Counter,
     pub connections_closed: Family<ReasonLabels, Counter>,
+    /// Intercepted calls refused for want of room in the memory budget.
+    pub over_budget: Counter,
+    memory_budget: Gauge,
+    memory_held: Gauge,
+    budget: std::sync::OnceLock<Arc<Budget>>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -109,6 +117,24 @@ impl Metrics {
         let connections_open = Gauge::default();
         let connections_refused = Counter::default();
         let connections_closed = Family::<ReasonLabels, Counter>::default();
+        let over_budget = Counter::default();
+        let memory_budget = Gauge::default();
+        let memory_held = Gauge::default();
+        registry.register(
+            "calls_over_budget",
+            "Intercepted calls refused with RESOURCE_EXHAUSTED because the memory budget was in use",
+            over_budget.clone(),
+        );
+        registry.register(
+            "memory_budget_bytes",
+            "What intercepted calls may hold together (memory_budget)",
+            memory_budget.clone(),
+        );
+        registry.register(
+            "memory_held_bytes",
+            "What intercepted calls hold now: request heads and bodies until answered, replies until read",
+            memory_held.clone(),
+        );
         registry.register(
             "connections_closed",
             "Client connections ended, by why: client_closed, runtime_closed, drained, handshake_timeout, evicted (to make room at max_connections), refused (no room), protocol_error, io_error, runtime_unreachable, setup_failed",
@@ -189,7 +215,18 @@ impl Metrics {
             connections_open,
             connections_refused,
             connections_closed,
+            over_budget,
+            memory_budget,
+            memory_held,
+            budget: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The budget whose use the metrics report.
+    pub fn watch_budget(&self, budget: Arc<Budget>) {
+        self.memory_budget
+            .set(i64::try_from(budget.limit()).unwrap_or(i64::MAX));
+        let _ = self.budget.set(budget);
     }
 
     pub fn observe_decision(
@@ -237,6 +274,10 @@ impl Metrics {
         if loaded_at > 0 {
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
             self.bundle_age.set((now - loaded_at).max(0) as f64);
+        }
+        if let Some(budget) = self.budget.get() {
+            self.memory_held
+                .set(i64::try_from(budget.used()).unwrap_or(i64::MAX));
         }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {

@@ -16,6 +16,7 @@ use tokio::net::UnixListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::intercept::Gate;
+use crate::relay::Budget;
 use crate::relay::driver::Mailbox;
 use crate::resolve::ImageRuntime;
 
@@ -47,7 +48,9 @@ pub async fn serve<R: ImageRuntime>(
     let Limits {
         max_connections,
         handshake,
+        budget,
     } = limits;
+    gate.metrics.watch_budget(budget.clone());
     let slots = Arc::new(Semaphore::new(max_connections));
     let live = Arc::new(Live::default());
     let mut refusals = Refusals::default();
@@ -91,6 +94,7 @@ pub async fn serve<R: ImageRuntime>(
                     gate.clone(),
                     mailbox.clone(),
                     handshake,
+                    budget.clone(),
                     stop_rx.clone(),
                 );
                 let alive = alive_tx.clone();
@@ -139,11 +143,13 @@ pub async fn serve<R: ImageRuntime>(
 const ROOM_WAIT: Duration = Duration::from_secs(5);
 
 /// What bounds the connections served.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     pub max_connections: usize,
     /// How long a client has for its preface and first SETTINGS.
     pub handshake: Duration,
+    /// What all connections' intercepted calls may hold together.
+    pub budget: Arc<Budget>,
 }
 
 /// The connections being served, oldest first.

@@ -37,6 +37,7 @@ pub const PROGRAM_KEYS: &[(&str, &[&str])] = &[
             "log_format",
             "max_connections",
             "handshake_timeout",
+            "memory_budget",
             "pull_timeout",
         ],
     ),
@@ -129,6 +130,38 @@ impl FromStr for Span {
 
 impl<'de> Deserialize<'de> for Span {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Span, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// An amount of memory as the configuration file and flags write it: a
+/// whole number and a binary unit, `512KiB`, `64MiB`, `1GiB`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl FromStr for Size {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Size, String> {
+        let expected = || format!("{value:?}: expected a whole number and KiB, MiB or GiB (64MiB)");
+        let split = value
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(expected)?;
+        let (number, unit) = value.split_at(split);
+        let number: u64 = number.parse().map_err(|_| expected())?;
+        let unit: u64 = match unit {
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            _ => return Err(expected()),
+        };
+        number.checked_mul(unit).map(Size).ok_or_else(expected)
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Size, D::Error> {
         let text = String::deserialize(d)?;
         text.parse().map_err(serde::de::Error::custom)
     }
@@ -377,7 +410,7 @@ mod tests {
     }
 
     #[test]
-    fn durations_are_written_as_the_spec_says() {
+    fn durations_and_sizes_parse_as_the_file_writes_them() {
         use std::time::Duration;
         assert_eq!("30s".parse(), Ok(Span(Duration::from_secs(30))));
         assert_eq!("5m".parse(), Ok(Span(Duration::from_secs(300))));
@@ -395,6 +428,12 @@ mod tests {
             "99999999999999999999d",
         ] {
             assert!(wrong.parse::<Span>().is_err(), "{wrong:?}");
+        }
+        assert_eq!("64MiB".parse(), Ok(Size(64 << 20)));
+        assert_eq!("512KiB".parse(), Ok(Size(512 << 10)));
+        assert_eq!("2GiB".parse(), Ok(Size(2 << 30)));
+        for wrong in ["64", "64MB", "MiB", "-1MiB", "1.5GiB", "99999999999999GiB"] {
+            assert!(wrong.parse::<Size>().is_err(), "{wrong:?}");
         }
     }
 }

@@ -1,15 +1,26 @@
 //! The client's side: its frames, read and passed toward the server, or
 //! kept back when they belong to a muted call.
 
+use std::time::{Duration, Instant};
+
 use bytes::{Buf, BytesMut};
 
+use super::budget::{Charge, STREAM_OVERHEAD, Share};
 use super::frame::{self, Header};
 use super::hooks::{Handling, Hooks, MAX_REQUEST, Refusal, RelayError};
 use super::state::{PartialBlock, Relay, move_frame};
 use super::streams::{Muted, Stream};
 
-/// All undecided request bodies of one connection together.
-const CONNECTION_BUFFER_LIMIT: usize = 64 << 20;
+/// How long a call whose DATA did not fit in the memory budget is held
+/// back, waiting for room, before it is refused. Long enough for calls
+/// being decided to finish and give theirs back; short enough that a
+/// client held back hears why soon.
+pub(super) const STALL_WAIT: Duration = Duration::from_secs(1);
+/// What one connection's stalled calls may hold beyond the budget (what
+/// arrived within the window the client already had): the most the budget
+/// can be overrun by per connection. Past it, the call that would add more
+/// is refused at once.
+const UNFIT_LIMIT: usize = 128 << 10;
 /// A header block from the client larger than this ends the connection.
 const MAX_HEADER_BLOCK: usize = 1 << 20;
 
@@ -39,18 +50,22 @@ impl<H: Hooks> Relay<H> {
             self.fence_sent += 1;
             self.settings_unacked.push_back(Some(self.fence_sent));
         }
-        if self.owed > 0 {
-            // Window for what we swallowed, in one update per batch.
-            let owed = u32::try_from(self.owed.min(frame::MAX_WINDOW as u64)).unwrap_or(0);
-            frame::put_window_update(&mut self.control, 0, owed);
-            self.owed -= u64::from(owed);
-            self.client_send_window += i64::from(owed);
-        }
+        self.give_back_owed();
         self.pump();
         if !self.to_upstream.is_empty() {
             self.release_acks();
         }
         Ok(())
+    }
+
+    /// Window for what we swallowed, in one update per batch.
+    pub(super) fn give_back_owed(&mut self) {
+        while self.owed > 0 {
+            let owed = u32::try_from(self.owed.min(frame::MAX_WINDOW as u64)).unwrap_or(0);
+            frame::put_window_update(&mut self.control, 0, owed);
+            self.owed -= u64::from(owed);
+            self.client_send_window += i64::from(owed);
+        }
     }
 
     fn pass_client_frame(&mut self, h: &Header) {
@@ -230,6 +245,35 @@ impl<H: Hooks> Relay<H> {
             }
             _ => None,
         };
+        // Every muted stream is counted; only a call to hand out holds its
+        // head until answered, and must find room for it. One that finds
+        // none waits for room like DATA that does not fit (its DATA is
+        // held back behind it), unless it is whole already.
+        let mut charge = Charge::new(&self.budget);
+        let mut stalled_since = None;
+        let mut over_budget = false;
+        let mut unfit = 0;
+        if call.is_some() {
+            let cost = STREAM_OVERHEAD + self.head.size();
+            let share = if end_stream {
+                Share::Whole
+            } else {
+                Share::Arriving
+            };
+            if !charge.try_add(cost, share) {
+                if end_stream {
+                    charge.force(STREAM_OVERHEAD);
+                    over_budget = true;
+                } else {
+                    charge.force(cost);
+                    stalled_since = Some(Instant::now());
+                    unfit = cost;
+                    self.stalled.push(stream);
+                }
+            }
+        } else {
+            charge.force(STREAM_OVERHEAD);
+        }
         let muted = Muted {
             call,
             fence: self.fence_sent + 1,
@@ -241,6 +285,10 @@ impl<H: Hooks> Relay<H> {
             window: self.client_initial_window,
             reply: None,
             task: None,
+            charge,
+            withheld: 0,
+            unfit,
+            stalled_since,
         };
         self.streams.insert(stream, Stream::Muted(Box::new(muted)));
         if refused {
@@ -249,45 +297,104 @@ impl<H: Hooks> Relay<H> {
             self.reject(stream, Refusal::NotServed(path));
         } else if let Some(e) = bad_head {
             self.reject(stream, Refusal::BadHead(format!("request head: {e}")));
+        } else if over_budget || self.unfit_held() > UNFIT_LIMIT {
+            self.over_budget(stream);
         } else if end_stream {
             self.dispatch(stream);
         }
         Ok(())
     }
 
+    /// What this connection's stalled calls hold beyond the budget.
+    fn unfit_held(&self) -> usize {
+        self.stalled
+            .iter()
+            .filter_map(|&stream| match self.streams.get(stream) {
+                Some(Stream::Muted(s)) => Some(s.unfit),
+                _ => None,
+            })
+            .sum()
+    }
+
     fn client_data(&mut self, h: &Header) -> Result<(), RelayError> {
         self.client_send_window -= h.len as i64;
-        // Request bodies of taken-out calls are held in memory until
-        // decided, and their window is given back at once: bound what one
-        // connection can make us hold.
-        let buffered = if self.streams.is_muted_open(h.stream) {
-            self.streams.bodies_held()
-        } else {
-            0
-        };
+        if self.client_send_window < 0 && self.streams.is_muted_open(h.stream) {
+            // Held here, never seen by the server: only we can tell the
+            // client it overran the window, and what it sends beyond it
+            // would be held beyond any budget.
+            return Err(RelayError::Protocol(
+                "DATA beyond the connection's flow-control window",
+            ));
+        }
         match self.streams.get_mut(h.stream) {
             Some(Stream::Muted(s)) => {
                 let raw = self.from_client.split_to(h.total());
                 let data = frame::unpad(h, &raw[frame::HEADER_LEN..])?;
-                self.owed += h.len as u64;
-                if !s.dispatched {
-                    if s.body.len() + data.len() > MAX_REQUEST
-                        || buffered + data.len() > CONNECTION_BUFFER_LIMIT
-                    {
-                        s.too_large = true;
-                    } else {
-                        s.body.extend_from_slice(data);
+                let window = h.len as u64;
+                let end = h.has(frame::END_STREAM);
+                if end {
+                    s.client_done = true;
+                }
+                let collecting = !s.dispatched && !s.too_large;
+                if collecting && s.body.len() + data.len() > MAX_REQUEST {
+                    s.too_large = true;
+                }
+                if !collecting || s.too_large {
+                    // Not kept: its window goes back at once, and so does
+                    // what was held back.
+                    self.owed += window + std::mem::take(&mut s.withheld);
+                    if !end && h.len > 0 {
+                        frame::put_window_update(&mut self.control, h.stream, h.len as u32);
+                    }
+                    if s.too_large {
+                        self.dispatch(h.stream);
+                    }
+                    return Ok(());
+                }
+                s.body.extend_from_slice(data);
+                // The last frame makes the call whole: it may use all of
+                // the budget. Bytes behind a stall wait their turn.
+                let share = if end { Share::Whole } else { Share::Arriving };
+                if s.stalled_since.is_none() && s.charge.try_add(data.len(), share) {
+                    self.owed += window;
+                    if !end && h.len > 0 {
+                        // The stream's window is ours to give back.
+                        frame::put_window_update(&mut self.control, h.stream, h.len as u32);
+                    }
+                } else {
+                    // Already here, within the window the client had: held,
+                    // but the window is not given back, so the client can
+                    // send no more than it has until there is room.
+                    s.charge.force(data.len());
+                    s.unfit += data.len();
+                    s.withheld += window;
+                    if s.stalled_since.is_none() {
+                        s.stalled_since = Some(Instant::now());
+                        self.stalled.push(h.stream);
+                    }
+                    if self.unfit_held() > UNFIT_LIMIT {
+                        self.over_budget(h.stream);
+                        return Ok(());
                     }
                 }
-                if h.has(frame::END_STREAM) {
-                    s.client_done = true;
-                } else if h.len > 0 {
-                    // The stream's window is ours to give back.
-                    frame::put_window_update(&mut self.control, h.stream, h.len as u32);
+                if !end {
+                    return Ok(());
                 }
-                if s.client_done || s.too_large {
-                    self.dispatch(h.stream);
+                let Some(s) = self.streams.muted_mut(h.stream) else {
+                    return Ok(());
+                };
+                if s.stalled_since.is_some() {
+                    if !s.charge.fits(Share::Whole) {
+                        self.over_budget(h.stream);
+                        return Ok(());
+                    }
+                    // Whole, and it fits after all.
+                    self.owed += std::mem::take(&mut s.withheld);
+                    s.stalled_since = None;
+                    s.unfit = 0;
+                    self.stalled.retain(|&id| id != h.stream);
                 }
+                self.dispatch(h.stream);
             }
             Some(Stream::Forward { client_done, .. }) => {
                 if h.has(frame::END_STREAM) {

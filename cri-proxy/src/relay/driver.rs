@@ -490,6 +490,7 @@ fn run<H: Hooks>(
             }
         }
         let now = Instant::now();
+        relay.settle_stalled(now);
         if !handshaken && now >= handshake_deadline {
             return Ok(End::HandshakeTimeout);
         }
@@ -536,6 +537,7 @@ fn run<H: Hooks>(
             .flatten()
             .map(|since| since + hold)
             .chain((!handshaken).then_some(handshake_deadline))
+            .chain(relay.stall_deadline())
             .min()
             .map(|at| at.saturating_duration_since(now));
         mail = waiter.wait(

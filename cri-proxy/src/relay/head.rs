@@ -35,6 +35,11 @@ impl HeadFields {
             .push((start, start + name.len(), self.bytes.len()));
     }
 
+    /// What the kept fields take, as the head made of them will.
+    pub(super) fn size(&self) -> usize {
+        self.bytes.len() + self.fields.len() * 32
+    }
+
     fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.fields
             .iter()

@@ -49,6 +49,9 @@ pub enum Refusal {
     BadHead(String),
     /// A taken-out call's request body is larger than this.
     TooLarge(usize),
+    /// A taken-out call did not fit in the memory budget (of this many
+    /// bytes) that all connections share.
+    OverBudget(usize),
 }
 
 #[derive(Debug, thiserror::Error)]

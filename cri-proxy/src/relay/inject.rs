@@ -3,19 +3,40 @@
 //! within the client's windows and frame size, never inside one of the
 //! server's header blocks.
 
+use std::time::Instant;
+
 use bytes::{Buf, BytesMut};
 
+use super::budget::{STREAM_OVERHEAD, Share};
+use super::client::STALL_WAIT;
 use super::frame;
 use super::hooks::{Call, Hooks, MAX_REQUEST, Refusal, Reply};
 use super::state::Relay;
 use super::streams::{Outgoing, Stream};
 
+/// Replies this small are kept whatever the budget says: a decided call's
+/// answer (a pull's, a create's) is a few hundred bytes, and one that
+/// was acted on must be heard as it is.
+const SMALL_REPLY: usize = 64 << 10;
+
 impl<H: Hooks> Relay<H> {
     /// The answer to a call taken out.
     pub fn reply(&mut self, stream: u32, reply: Reply) {
+        let mut reply = reply;
         if let Some(s) = self.streams.muted_mut(stream)
             && s.reply.is_none()
         {
+            let size = reply.head.len()
+                + reply.data.len()
+                + reply.trailers.as_ref().map_or(0, |t| t.len());
+            if size <= SMALL_REPLY {
+                s.charge.force(size);
+            } else if !s.charge.try_add(size, Share::Whole) {
+                // Forwarded, not decided (an image list, say): the client
+                // may ask again.
+                reply = self.hooks.refusal(Refusal::OverBudget(self.budget.limit()));
+                s.charge.force(reply.head.len());
+            }
             s.reply = Some(Outgoing {
                 head: Some(reply.head),
                 data: reply.data,
@@ -65,7 +86,7 @@ impl<H: Hooks> Relay<H> {
                     // Answered before the request ended: the rest is not wanted.
                     frame::put_rst_stream(&mut self.to_client, stream, frame::NO_ERROR);
                 }
-                self.streams.close(stream);
+                self.close_stream(stream);
             } else {
                 i += 1;
             }
@@ -154,8 +175,89 @@ impl<H: Hooks> Relay<H> {
     /// A muted stream that ends here without our reply (reset by the
     /// client, or answered by the server first).
     pub(super) fn close_muted(&mut self, stream: u32) {
-        self.streams.close(stream);
+        self.close_stream(stream);
         self.replying.retain(|&s| s != stream);
+    }
+
+    /// Closes a muted stream; the connection window held back for it goes
+    /// back to the client, or the connection would lose it for good.
+    fn close_stream(&mut self, stream: u32) {
+        if let Some(s) = self.streams.muted_mut(stream) {
+            let withheld = std::mem::take(&mut s.withheld);
+            if withheld > 0 {
+                self.owed += withheld;
+                self.give_back_owed();
+            }
+        }
+        self.stalled.retain(|&s| s != stream);
+        self.streams.close(stream);
+    }
+
+    /// A call that found no room in the memory budget: refused before it
+    /// is decided, its bytes let go, the window held back for it given
+    /// back.
+    pub(super) fn over_budget(&mut self, stream: u32) {
+        if let Some(s) = self.streams.muted_mut(stream) {
+            s.body = BytesMut::new();
+            s.charge.release_all();
+            s.charge.force(STREAM_OVERHEAD);
+            s.stalled_since = None;
+            s.unfit = 0;
+            self.owed += std::mem::take(&mut s.withheld);
+        }
+        self.stalled.retain(|&s| s != stream);
+        self.give_back_owed();
+        self.reject(stream, Refusal::OverBudget(self.budget.limit()));
+    }
+
+    /// When the calls held back for want of budget are next to be looked
+    /// at (see `settle_stalled`).
+    pub fn stall_deadline(&self) -> Option<Instant> {
+        self.stalled
+            .iter()
+            .filter_map(|&stream| self.streams.get(stream))
+            .filter_map(|s| match s {
+                Stream::Muted(m) => m.stalled_since,
+                Stream::Forward { .. } => None,
+            })
+            .min()
+            .map(|since| since + STALL_WAIT)
+    }
+
+    /// Calls held back for want of budget: given their window once there
+    /// is room, refused once they have waited `STALL_WAIT`. Another
+    /// connection giving room back does not wake this one, so the deadline
+    /// is when they are looked at last.
+    pub fn settle_stalled(&mut self, now: Instant) {
+        if self.stalled.is_empty() {
+            return;
+        }
+        for stream in std::mem::take(&mut self.stalled) {
+            let Some(s) = self.streams.muted_mut(stream) else {
+                continue;
+            };
+            let Some(since) = s.stalled_since else {
+                continue;
+            };
+            if s.charge.fits(Share::Arriving) {
+                let withheld = std::mem::take(&mut s.withheld);
+                s.stalled_since = None;
+                s.unfit = 0;
+                self.owed += withheld;
+                let mut left = withheld;
+                while left > 0 {
+                    let increment = left.min(frame::MAX_WINDOW as u64);
+                    frame::put_window_update(&mut self.control, stream, increment as u32);
+                    left -= increment;
+                }
+            } else if since + STALL_WAIT <= now {
+                self.over_budget(stream);
+            } else {
+                self.stalled.push(stream);
+            }
+        }
+        self.give_back_owed();
+        self.pump();
     }
 }
 

@@ -32,6 +32,7 @@
 //! - `inject.rs`: handing calls out and injecting their replies;
 //! - `flow.rs`, `pacing.rs`: the client's window shared by two senders,
 //!   and what is held back to travel with the next write;
+//! - `budget.rs`: the memory all connections' muted calls may hold;
 //! - `frame.rs`, `hpack.rs`: the wire;
 //! - `driver.rs`: the sockets, on a thread of the connection's own.
 
@@ -39,6 +40,7 @@ pub mod driver;
 pub mod frame;
 pub mod hpack;
 
+mod budget;
 mod client;
 mod flow;
 mod head;
@@ -51,6 +53,7 @@ mod streams;
 mod testing;
 mod upstream;
 
+pub use budget::Budget;
 pub use flow::ClientWindow;
 pub use hooks::{Call, Handling, Hooks, MAX_REQUEST, Refusal, RelayError, Reply};
 pub use state::Relay;

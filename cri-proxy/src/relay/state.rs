@@ -4,9 +4,12 @@
 //! `inject.rs`, the timing of what may wait by `pacing.rs`.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
 use tokio::task::AbortHandle;
+
+use super::budget::Budget;
 
 use super::flow::{ClientWindow, Held};
 use super::frame::{self, Header};
@@ -90,10 +93,22 @@ pub struct Relay<H: Hooks> {
     /// The server's SETTINGS (its preface) have gone to the client; before
     /// that, nothing of ours may (RFC 9113 §3.4).
     pub(super) upstream_preface_relayed: bool,
+    /// What every connection's muted calls may hold together.
+    pub(super) budget: Arc<Budget>,
+    /// Muted streams whose DATA did not fit in the budget (see
+    /// `settle_stalled`).
+    pub(super) stalled: Vec<u32>,
 }
 
 impl<H: Hooks> Relay<H> {
+    /// A relay on its own, with no bound on what its muted calls hold.
     pub fn new(hooks: H) -> Relay<H> {
+        Relay::with_budget(hooks, Budget::unbounded())
+    }
+
+    /// A relay whose muted calls hold at most what `budget`, shared with
+    /// the other connections, has room for.
+    pub fn with_budget(hooks: H, budget: Arc<Budget>) -> Relay<H> {
         Relay {
             from_client: BytesMut::with_capacity(64 << 10),
             from_upstream: BytesMut::with_capacity(64 << 10),
@@ -130,6 +145,8 @@ impl<H: Hooks> Relay<H> {
             held_acks: BytesMut::new(),
             upstream_wrote: true,
             upstream_preface_relayed: false,
+            budget,
+            stalled: Vec::new(),
         }
     }
 

@@ -2,9 +2,12 @@
 //! either side, relayed or muted, and the muted ones closed here lately.
 
 use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use tokio::task::AbortHandle;
+
+use super::budget::Charge;
 
 /// Muted streams answered and closed on our side, remembered so that
 /// frames the server still sends for them are not passed on.
@@ -38,6 +41,16 @@ pub(super) struct Muted<K> {
     pub(super) window: i64,
     pub(super) reply: Option<Outgoing>,
     pub(super) task: Option<AbortHandle>,
+    /// What the stream holds of the memory budget: head, body, reply.
+    pub(super) charge: Charge,
+    /// Window for DATA that did not fit in the budget, not given back yet:
+    /// the client is held to what it had.
+    pub(super) withheld: u64,
+    /// Bytes held while stalled that did not fit in the budget.
+    pub(super) unfit: usize,
+    /// Since when the call has waited for room; past `STALL_WAIT` it is
+    /// refused.
+    pub(super) stalled_since: Option<Instant>,
 }
 
 impl<K> Drop for Muted<K> {
@@ -147,17 +160,6 @@ impl<K> Streams<K> {
             Some(Stream::Forward { .. }) => false,
             None => self.was_closed(stream),
         }
-    }
-
-    /// The bodies of muted calls not yet handed out, together.
-    pub(super) fn bodies_held(&self) -> usize {
-        self.open
-            .values()
-            .filter_map(|s| match s {
-                Stream::Muted(m) if !m.dispatched => Some(m.body.len()),
-                _ => None,
-            })
-            .sum()
     }
 
     pub(super) fn maybe_done(&mut self, stream: u32) {

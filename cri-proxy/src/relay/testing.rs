@@ -36,6 +36,7 @@ impl Hooks for TestHooks {
             Refusal::NotServed(path) => ("12", format!("{path} is not served")),
             Refusal::BadHead(e) => ("3", e),
             Refusal::TooLarge(n) => ("8", format!("larger than {n}")),
+            Refusal::OverBudget(n) => ("8", format!("over a budget of {n}")),
         };
         let mut head = BytesMut::new();
         hpack::encode_field(&mut head, b":status", b"200");
@@ -68,7 +69,12 @@ pub(crate) fn relay_before_server_settings() -> TestRelay {
 /// A relay past the connection preface of both sides, containerd having
 /// acknowledged the client's first SETTINGS.
 pub(crate) fn relay() -> TestRelay {
-    let mut r = Relay::new(TestHooks::default());
+    relay_within(super::Budget::unbounded())
+}
+
+/// As [`relay`], its muted calls held to `budget`.
+pub(crate) fn relay_within(budget: std::sync::Arc<super::Budget>) -> TestRelay {
+    let mut r = Relay::with_budget(TestHooks::default(), budget);
     r.from_client.extend_from_slice(PREFACE);
     put_header(&mut r.from_client, 0, SETTINGS, 0, 0);
     r.client_frames().unwrap();
