@@ -6,5 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod cri;
+pub mod flood;
+pub mod metrics;
 pub mod node;
 pub mod raw_h2;

@@ -7,6 +7,7 @@ use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use attestgate_e2e::metrics::{await_metric, free_local_addr, scrape};
 use attestgate_e2e::node::Node;
 
 fn agcri() -> PathBuf {
@@ -159,29 +160,6 @@ async fn sigterm_lets_calls_in_flight_finish() {
 }
 
 /// A 127.0.0.1 address with a port nothing listens on, for the metrics server.
-fn free_local_addr() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    format!("127.0.0.1:{port}")
-}
-
-async fn scrape(addr: &str) -> String {
-    let output = std::process::Command::new("curl")
-        .arg("-fsS")
-        .arg(format!("http://{addr}/metrics"))
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_decisions_calls_and_bundle_errors() {
     let Some(mut node) = Node::up(&agcri()) else {
@@ -237,18 +215,6 @@ async fn metrics_count_decisions_calls_and_bundle_errors() {
 }
 
 /// Polls the metrics until `line` shows up; the text scraped last otherwise.
-async fn await_metric(addr: &str, line: &str) -> Result<(), String> {
-    let mut text = String::new();
-    for _ in 0..100 {
-        text = scrape(addr).await;
-        if text.lines().any(|l| l == line) {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Err(text)
-}
-
 /// Whether the proxy ends `socket` (within its read timeout), after what
 /// it relayed of containerd's preface.
 fn closed_by_the_proxy(socket: &mut std::os::unix::net::UnixStream) -> bool {

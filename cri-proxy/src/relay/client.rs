@@ -20,7 +20,7 @@ pub(super) const STALL_WAIT: Duration = Duration::from_secs(1);
 /// arrived within the window the client already had): the most the budget
 /// can be overrun by per connection. Past it, the call that would add more
 /// is refused at once.
-const UNFIT_LIMIT: usize = 128 << 10;
+const UNFIT_LIMIT: usize = 32 << 10;
 /// A header block from the client larger than this ends the connection.
 const MAX_HEADER_BLOCK: usize = 1 << 20;
 
