@@ -17,7 +17,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::intercept::Gate;
 use crate::relay::Budget;
-use crate::relay::driver::Mailbox;
+use crate::relay::driver::{Mailbox, Standing};
 use crate::resolve::ImageRuntime;
 
 /// How often a refused connection is logged at most; the rest are counted.
@@ -173,22 +173,32 @@ impl Live {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Asks one connection to go for a new one (see `serve`); false when
-    /// every connection has a call in flight.
+    /// Asks one connection to go for a new one (see `serve`): one that has
+    /// not said hello, else the one idle longest, else one whose request
+    /// has been arriving longest (longer than any of kubelet's does); false
+    /// when every connection has calls in flight that arrived whole.
     fn make_room(&self) -> bool {
         let mut connections = self.lock();
-        let standing: Vec<(bool, Option<Instant>)> =
-            connections.iter().map(|m| m.standing()).collect();
+        let now = Instant::now();
+        let standing: Vec<Standing> = connections.iter().map(|m| m.standing()).collect();
+        let oldest = |since: fn(&Standing) -> Option<Instant>| {
+            standing
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| since(s).map(|at| (at, i)))
+                .min()
+                .map(|(_, i)| i)
+        };
         let victim = standing
             .iter()
-            .position(|(handshaken, _)| !handshaken)
+            .position(|s| !s.handshaken)
+            .or_else(|| oldest(|s| s.idle_since))
             .or_else(|| {
                 standing
                     .iter()
-                    .enumerate()
-                    .filter_map(|(i, (_, idle_since))| idle_since.map(|since| (since, i)))
-                    .min()
-                    .map(|(_, i)| i)
+                    .any(|s| s.stuck(now))
+                    .then(|| oldest(|s| s.arriving_since))
+                    .flatten()
             });
         match victim {
             Some(i) => {
@@ -235,12 +245,22 @@ mod tests {
     use super::*;
 
     fn live(standings: &[(bool, Option<u64>)]) -> (Live, Vec<Arc<Mailbox>>) {
+        let with_nothing_arriving: Vec<_> = standings.iter().map(|&(h, i)| (h, i, None)).collect();
+        live_arriving(&with_nothing_arriving)
+    }
+
+    /// Connections: handshaken, idle since (ms after birth), arriving since.
+    fn live_arriving(standings: &[(bool, Option<u64>, Option<u64>)]) -> (Live, Vec<Arc<Mailbox>>) {
         let live = Live::default();
         let mailboxes: Vec<Arc<Mailbox>> = standings
             .iter()
-            .map(|&(handshaken, idle_ms)| {
+            .map(|&(handshaken, idle_ms, arriving_ms)| {
                 let m = Arc::new(Mailbox::new().unwrap());
-                m.pretend(handshaken, idle_ms.map(Duration::from_millis));
+                m.pretend(
+                    handshaken,
+                    idle_ms.map(Duration::from_millis),
+                    arriving_ms.map(Duration::from_millis),
+                );
                 live.add(&m);
                 m
             })
@@ -281,5 +301,24 @@ mod tests {
         // Only calls in flight are left: no room, the new one is refused.
         assert!(!live.make_room());
         assert_eq!(evicted(&m), [false, true, true, true, true]);
+    }
+
+    #[test]
+    fn a_request_arriving_for_long_gives_up_its_slot_when_nothing_is_idle() {
+        // Made 2 s ago: busy with whole calls; a request arriving for 2 s;
+        // one arriving for 1.5 s; one that just began.
+        let (live, m) = live_arriving(&[
+            (true, None, None),
+            (true, None, Some(0)),
+            (true, None, Some(500)),
+            (true, None, Some(1_990)),
+        ]);
+        std::thread::sleep(Duration::from_millis(2_000));
+        assert!(live.make_room());
+        assert_eq!(evicted(&m), [false, true, false, false], "the longest");
+        assert!(live.make_room());
+        assert_eq!(evicted(&m), [false, true, true, false]);
+        // What is left arrives no longer than kubelet's might, or came whole.
+        assert!(!live.make_room());
     }
 }

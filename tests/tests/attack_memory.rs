@@ -149,6 +149,7 @@ async fn never_ending_request_bodies_at_the_connection_cap_stay_within_the_budge
     };
     raise_open_files();
     node.policy(ALLOW);
+    // As many as the cap: kubelet's connections must make room.
     const ATTACKERS: usize = 1000;
     const BUDGET: f64 = 64.0 * MIB;
     let addr = free_local_addr();
@@ -161,7 +162,7 @@ async fn never_ending_request_bodies_at_the_connection_cap_stay_within_the_budge
             "--metrics-listen",
             &addr,
             "--max-connections",
-            "1024",
+            &ATTACKERS.to_string(),
             "--memory-budget",
             "64MiB",
         ],
@@ -233,13 +234,21 @@ async fn never_ending_request_bodies_at_the_connection_cap_stay_within_the_budge
     }
     let (during, peak) = rss(pid);
     let refused = metric(&addr, "attestgate_calls_over_budget_total").await;
+    let evicted = metric(
+        &addr,
+        r#"attestgate_connections_closed_total{reason="evicted"}"#,
+    )
+    .await;
+    let turned_away = metric(&addr, "attestgate_connections_refused_total").await;
     let tally = flood.stop();
     eprintln!(
         "never-ending bodies: {ATTACKERS} connections x 4 calls declaring 16 MiB each; \
          proxy RSS alone {:.1} MiB, with the connections idle {:.1} MiB ({:.0} KiB each), \
          under attack {:.1} MiB (peak {:.1} MiB); held at most {:.1} MiB of a {:.0} MiB budget; \
          {refused} calls refused RESOURCE_EXHAUSTED; attackers sent {:.1} MiB of body in {} calls \
-         ({} answered RESOURCE_EXHAUSTED, {} reset, {} connections lost); kubelet served in {:?}",
+         ({} answered RESOURCE_EXHAUSTED, {} reset, {} connections lost); at the cap, \
+         {evicted} connections evicted to make room for kubelet's and {turned_away} refused; \
+         kubelet served in {:?}",
         alone as f64 / MIB,
         idle as f64 / MIB,
         per_connection / 1024.0,
@@ -271,6 +280,10 @@ async fn never_ending_request_bodies_at_the_connection_cap_stay_within_the_budge
         over_idle / MIB
     );
     assert!(tally.exhausted > 0, "{tally:?}");
+    // kubelet's idle connection made room for the last attacker; its new
+    // ones made room by closing attackers whose requests never end.
+    assert!(tally.connections_lost >= 1, "{tally:?}");
+    assert!(evicted >= 2.0, "{evicted} evicted");
     for took in served {
         assert!(took < Duration::from_secs(20), "kubelet waited {took:?}");
     }

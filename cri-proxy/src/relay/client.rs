@@ -289,6 +289,7 @@ impl<H: Hooks> Relay<H> {
             withheld: 0,
             unfit,
             stalled_since,
+            opened: Instant::now(),
         };
         self.streams.insert(stream, Stream::Muted(Box::new(muted)));
         if refused {

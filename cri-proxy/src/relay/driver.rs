@@ -56,10 +56,38 @@ pub struct Mailbox {
     /// Since when nothing has been in flight, in ms since `born`; `BUSY`
     /// while a call is.
     idle_since: AtomicU64,
+    /// Since when the oldest call taken out whose request has not all come
+    /// has been arriving, in ms since `born`; `NONE` when there is none.
+    arriving_since: AtomicU64,
     born: Instant,
 }
 
 const BUSY: u64 = u64::MAX;
+const NONE: u64 = u64::MAX;
+
+/// A request still arriving after this long is not kubelet's, which sends
+/// each call whole, in one write: its connection may be closed at once to
+/// make room at `max_connections`.
+pub const STUCK_AFTER: Duration = Duration::from_secs(1);
+
+/// How a connection stands, for choosing one to make room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Standing {
+    /// The client sent the preface and its first SETTINGS.
+    pub handshaken: bool,
+    /// Since when nothing has been in flight; `None` while a call is.
+    pub idle_since: Option<Instant>,
+    /// Since when the oldest request still arriving has been.
+    pub arriving_since: Option<Instant>,
+}
+
+impl Standing {
+    /// A request has been arriving for longer than any of kubelet's does.
+    pub fn stuck(&self, now: Instant) -> bool {
+        self.arriving_since
+            .is_some_and(|since| since + STUCK_AFTER <= now)
+    }
+}
 
 impl Mailbox {
     pub fn new() -> io::Result<Mailbox> {
@@ -70,35 +98,48 @@ impl Mailbox {
             evict: AtomicBool::new(false),
             handshaken: AtomicBool::new(false),
             idle_since: AtomicU64::new(0),
+            arriving_since: AtomicU64::new(NONE),
             born: Instant::now(),
         })
     }
 
     /// Asks the connection to make room: closed at once if its client has
-    /// not finished its handshake, else drained (GOAWAY, the calls in
+    /// not finished its handshake or a request of its has been arriving
+    /// for longer than `STUCK_AFTER`, else drained (GOAWAY, the calls in
     /// flight answered), as grpc-go's server ends an idle connection.
     pub fn evict(&self) {
         self.evict.store(true, Ordering::Release);
         self.ring();
     }
 
-    /// How the connection stands, for choosing one to make room:
-    /// handshaken or not, and since when it has been idle (`None`: a call
-    /// is in flight).
-    pub fn standing(&self) -> (bool, Option<Instant>) {
-        let since = self.idle_since.load(Ordering::Relaxed);
-        (
-            self.handshaken.load(Ordering::Relaxed),
-            (since != BUSY).then(|| self.born + Duration::from_millis(since)),
-        )
+    /// How the connection stands, for choosing one to make room.
+    pub fn standing(&self) -> Standing {
+        let at = |ms: u64| (ms != NONE).then(|| self.born + Duration::from_millis(ms));
+        Standing {
+            handshaken: self.handshaken.load(Ordering::Relaxed),
+            idle_since: at(self.idle_since.load(Ordering::Relaxed)),
+            arriving_since: at(self.arriving_since.load(Ordering::Relaxed)),
+        }
     }
 
     /// How a connection stands, made up for tests of who makes room.
     #[cfg(test)]
-    pub fn pretend(&self, handshaken: bool, idle_after: Option<Duration>) {
+    pub fn pretend(
+        &self,
+        handshaken: bool,
+        idle_after: Option<Duration>,
+        arriving_after: Option<Duration>,
+    ) {
+        let ms = |d: Option<Duration>| d.map_or(NONE, |d| d.as_millis() as u64);
         self.handshaken.store(handshaken, Ordering::Relaxed);
-        let since = idle_after.map_or(BUSY, |d| d.as_millis() as u64);
-        self.idle_since.store(since, Ordering::Relaxed);
+        self.idle_since.store(ms(idle_after), Ordering::Relaxed);
+        self.arriving_since
+            .store(ms(arriving_after), Ordering::Relaxed);
+    }
+
+    /// The time since `born` of `at`, as kept.
+    fn since_born(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.born).as_millis()).unwrap_or(0)
     }
 
     /// Asked to make room.
@@ -109,12 +150,15 @@ impl Mailbox {
 
     /// The connection went idle (`now`) or busy; called on changes only.
     fn note_idle(&self, idle: bool, now: Instant) {
-        let value = if idle {
-            u64::try_from(now.duration_since(self.born).as_millis()).unwrap_or(0)
-        } else {
-            BUSY
-        };
+        let value = if idle { self.since_born(now) } else { BUSY };
         self.idle_since.store(value, Ordering::Relaxed);
+    }
+
+    /// Since when its oldest request still arriving has been; called on
+    /// changes only.
+    fn note_arriving(&self, since: Option<Instant>) {
+        let value = since.map_or(NONE, |at| self.since_born(at));
+        self.arriving_since.store(value, Ordering::Relaxed);
     }
 
     pub fn reply(&self, stream: u32, reply: Reply) {
@@ -448,8 +492,9 @@ fn run<H: Hooks>(
     let handshake_deadline = Instant::now() + timing.handshake;
     let mut handshaken = false;
     let mut evicted = false;
-    // As the mailbox was made: idle since its birth.
+    // As the mailbox was made: idle since its birth, nothing arriving.
     let mut was_idle = true;
+    let mut was_arriving = None;
     let mut scratch = vec![0; READ_CHUNK];
     let mut waiter = Waiter::new(mailbox)?;
     let mut draining = false;
@@ -480,7 +525,10 @@ fn run<H: Hooks>(
             }
             if mailbox.evict.load(Ordering::Acquire) && !evicted {
                 evicted = true;
-                if !handshaken {
+                let stuck = relay
+                    .arriving_since()
+                    .is_some_and(|since| since + STUCK_AFTER <= Instant::now());
+                if !handshaken || stuck {
                     return Ok(End::Evicted);
                 }
             }
@@ -498,6 +546,11 @@ fn run<H: Hooks>(
         if idle != was_idle {
             was_idle = idle;
             mailbox.note_idle(idle, now);
+        }
+        let arriving = if idle { None } else { relay.arriving_since() };
+        if arriving != was_arriving {
+            was_arriving = arriving;
+            mailbox.note_arriving(arriving);
         }
         if relay.acks_held() && *acks_held_since.get_or_insert(now) + hold <= now {
             relay.release_acks();
@@ -1111,7 +1164,7 @@ mod tests {
         put_header(&mut hello, 0, SETTINGS, 0, 0);
         h.client.write_all(&hello).unwrap();
         assert_eq!(read_exactly(&mut h.runtime, hello.len()), hello);
-        assert!(h.mailbox.standing().0, "handshaken");
+        assert!(h.mailbox.standing().handshaken);
         assert!(nothing_arrives(&mut h.client, Duration::from_millis(300)));
         h.version_call(1);
     }

@@ -155,6 +155,12 @@ impl<H: Hooks> Relay<H> {
         self.client_settings_seen
     }
 
+    /// Since when the oldest call taken out whose request has not all
+    /// come yet has been arriving.
+    pub fn arriving_since(&self) -> Option<std::time::Instant> {
+        self.streams.arriving_since()
+    }
+
     /// No call is in flight.
     pub fn idle(&self) -> bool {
         self.streams.is_empty() && self.held.is_none()

@@ -51,6 +51,8 @@ pub(super) struct Muted<K> {
     /// Since when the call has waited for room; past `STALL_WAIT` it is
     /// refused.
     pub(super) stalled_since: Option<Instant>,
+    /// When its HEADERS came.
+    pub(super) opened: Instant,
 }
 
 impl<K> Drop for Muted<K> {
@@ -74,6 +76,9 @@ pub(super) struct Outgoing {
 pub(super) struct Streams<K> {
     open: HashMap<u32, Stream<K>>,
     closed: VecDeque<u32>,
+    /// How many of `open` are muted: none, as a rule, and then nothing
+    /// needs looking through for them.
+    muted: usize,
 }
 
 impl<K> Default for Streams<K> {
@@ -81,8 +86,13 @@ impl<K> Default for Streams<K> {
         Streams {
             open: HashMap::new(),
             closed: VecDeque::new(),
+            muted: 0,
         }
     }
+}
+
+fn is_muted<K>(stream: &Stream<K>) -> bool {
+    matches!(stream, Stream::Muted(_))
 }
 
 impl<K> Streams<K> {
@@ -95,11 +105,31 @@ impl<K> Streams<K> {
     }
 
     pub(super) fn insert(&mut self, stream: u32, state: Stream<K>) {
-        self.open.insert(stream, state);
+        self.muted += usize::from(is_muted(&state));
+        if let Some(old) = self.open.insert(stream, state) {
+            self.muted -= usize::from(is_muted(&old));
+        }
     }
 
     pub(super) fn remove(&mut self, stream: u32) {
-        self.open.remove(&stream);
+        if let Some(old) = self.open.remove(&stream) {
+            self.muted -= usize::from(is_muted(&old));
+        }
+    }
+
+    /// Since when the oldest call taken out whose request is still
+    /// arriving has been.
+    pub(super) fn arriving_since(&self) -> Option<std::time::Instant> {
+        if self.muted == 0 {
+            return None;
+        }
+        self.open
+            .values()
+            .filter_map(|s| match s {
+                Stream::Muted(m) if m.call.is_some() && !m.dispatched => Some(m.opened),
+                _ => None,
+            })
+            .min()
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -124,6 +154,7 @@ impl<K> Streams<K> {
     /// processed and never will be.
     pub(super) fn keep_up_to(&mut self, last: u32) {
         self.open.retain(|&id, _| id <= last);
+        self.muted = self.open.values().filter(|s| is_muted(s)).count();
     }
 
     pub(super) fn is_muted_open(&self, stream: u32) -> bool {
@@ -168,7 +199,7 @@ impl<K> Streams<K> {
             server_done: true,
         }) = self.open.get(&stream)
         {
-            self.open.remove(&stream);
+            self.remove(stream);
         }
     }
 
@@ -181,7 +212,7 @@ impl<K> Streams<K> {
 
     /// A muted stream closed here: removed, and remembered for a while.
     pub(super) fn close(&mut self, stream: u32) {
-        self.open.remove(&stream);
+        self.remove(stream);
         self.remember_closed(stream);
     }
 
