@@ -77,8 +77,9 @@ pub async fn decided_calls_finished() {
 }
 
 /// Runs `work` to its end even when whoever waits for it goes (a client's
-/// reset aborts the task answering it): stopping half-way could leave an
-/// image or a container on the node that nothing decided.
+/// reset aborts the task answering it): stopping half-way could leave a
+/// container on the node that nothing decided. Pulls have their own
+/// ([`Gate::pull_to_the_end`]).
 async fn to_the_end<T: Send + 'static>(
     slots: &'static Semaphore,
     work: impl Future<Output = Result<T, ProxyError>> + Send + 'static,
@@ -138,16 +139,6 @@ impl Client {
             Presence::Left(at) => *at,
             Presence::Staying => std::future::pending().await,
         }
-    }
-
-    /// Whether the client has left by now.
-    pub fn has_left(&mut self) -> bool {
-        if let Presence::Waiting(gone) = &mut self.0
-            && matches!(gone.try_recv(), Err(oneshot::error::TryRecvError::Closed))
-        {
-            self.0 = Presence::Left(tokio::time::Instant::now());
-        }
-        matches!(self.0, Presence::Left(_))
     }
 }
 

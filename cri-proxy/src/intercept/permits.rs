@@ -112,7 +112,8 @@ impl Registries {
     }
 
     /// Hosts with a pull holding or waiting for a permit.
-    pub fn hosts(&self) -> usize {
+    #[cfg(test)]
+    fn hosts(&self) -> usize {
         self.lock().len()
     }
 }
