@@ -419,6 +419,47 @@ defaultAdmissionRule:
         );
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn what_a_pull_must_do_after_its_client_left_is_bounded() {
+        let (waiting, mut client) = Client::new();
+        // While the client waits, the work takes as long as it takes.
+        let slow = after_the_pull(&mut client, async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            "decided"
+        });
+        assert_eq!(slow.await, Some("decided"));
+        drop(waiting);
+        let left = tokio::time::Instant::now();
+        let stuck = after_the_pull(&mut client, std::future::pending::<()>()).await;
+        assert_eq!(stuck, None);
+        assert_eq!(left.elapsed(), AFTER_THE_CLIENT_LEFT);
+        // What can be done in time is done.
+        let quick = after_the_pull(&mut client, async {});
+        assert_eq!(quick.await, Some(()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn work_is_dropped_as_soon_as_the_client_leaves() {
+        let (waiting, mut client) = Client::new();
+        let dropped = std::sync::Arc::new(());
+        let held = dropped.clone();
+        let work = async move {
+            let _held = held;
+            std::future::pending::<()>().await
+        };
+        let gone = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            drop(waiting);
+        });
+        assert_eq!(until_left(&mut client, work).await, None);
+        assert_eq!(
+            std::sync::Arc::strong_count(&dropped),
+            1,
+            "the work was dropped"
+        );
+        gone.await.unwrap();
+    }
+
     #[test]
     fn only_an_image_known_by_the_pulled_name_alone_is_removed() {
         let d = format!("sha256:{}", "a".repeat(64));
