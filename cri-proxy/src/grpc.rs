@@ -7,6 +7,7 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode};
 /// gRPC status codes we produce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Code {
+    Cancelled = 1,
     InvalidArgument = 3,
     DeadlineExceeded = 4,
     PermissionDenied = 7,
@@ -38,6 +39,9 @@ pub enum ProxyError {
     Upstream(String),
     #[error("deadline exceeded")]
     Deadline,
+    /// The client went before the answer: nobody hears this one.
+    #[error("the client cancelled the call")]
+    Cancelled,
     #[error("{0}")]
     Internal(String),
     /// A call outside the CRI (containerd's own API, say): never forwarded.
@@ -53,6 +57,7 @@ impl ProxyError {
             ProxyError::TooLarge(_) | ProxyError::OverBudget(_) => Code::ResourceExhausted,
             ProxyError::Upstream(_) => Code::Unavailable,
             ProxyError::Deadline => Code::DeadlineExceeded,
+            ProxyError::Cancelled => Code::Cancelled,
             ProxyError::Internal(_) => Code::Internal,
             ProxyError::NotServed(_) => Code::Unimplemented,
         }

@@ -76,6 +76,11 @@ pub struct Metrics {
     pub audit_errors: Counter,
     /// Refused images or containers containerd would not remove.
     pub cleanup_errors: Counter,
+    /// Pulls cancelled upstream because their client left first.
+    pub pulls_cancelled: Counter,
+    /// Pulls whose client left and whose outcome could not be decided
+    /// within `intercept::pull::AFTER_THE_CLIENT_LEFT`.
+    pub pulls_left_undecided: Counter,
     pub connections_open: Gauge,
     pub connections_refused: Counter,
     pub connections_closed: Family<ReasonLabels, Counter>,
@@ -114,6 +119,8 @@ impl Metrics {
         let bundle_age = Gauge::<f64, AtomicU64>::default();
         let audit_errors = Counter::default();
         let cleanup_errors = Counter::default();
+        let pulls_cancelled = Counter::default();
+        let pulls_left_undecided = Counter::default();
         let connections_open = Gauge::default();
         let connections_refused = Counter::default();
         let connections_closed = Family::<ReasonLabels, Counter>::default();
@@ -154,6 +161,16 @@ impl Metrics {
             "cleanup_errors",
             "Refused images or containers the runtime could not remove",
             cleanup_errors.clone(),
+        );
+        registry.register(
+            "pulls_cancelled",
+            "Pulls cancelled at the runtime because their client left before the answer",
+            pulls_cancelled.clone(),
+        );
+        registry.register(
+            "pulls_left_undecided",
+            "Pulls whose client left and whose image could not be decided (and, if denied, removed) in time",
+            pulls_left_undecided.clone(),
         );
         registry.register(
             "decisions",
@@ -212,6 +229,8 @@ impl Metrics {
             bundle_age,
             audit_errors,
             cleanup_errors,
+            pulls_cancelled,
+            pulls_left_undecided,
             connections_open,
             connections_refused,
             connections_closed,

@@ -311,3 +311,67 @@ impl FullResponse {
         crate::grpc::response_status(&self.head.headers, self.trailers.as_ref())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server that takes one call at a time and reports how each ended:
+    /// containerd (grpc-go) cancels a call's context on RST_STREAM, so a
+    /// pull the proxy gives up on stops there only if the reset is sent.
+    async fn resets_seen(
+        listener: tokio::net::UnixListener,
+        answer_head: bool,
+    ) -> tokio::sync::mpsc::Receiver<h2::Reason> {
+        let (seen, resets) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let (io, _) = listener.accept().await.unwrap();
+            let mut connection = h2::server::handshake(io).await.unwrap();
+            while let Some(Ok((_request, mut respond))) = connection.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let reason = if answer_head {
+                        let mut body = respond.send_response(Response::new(()), false).unwrap();
+                        std::future::poll_fn(|cx| body.poll_reset(cx)).await
+                    } else {
+                        std::future::poll_fn(|cx| respond.poll_reset(cx)).await
+                    };
+                    let _ = seen.send(reason.unwrap()).await;
+                });
+            }
+        });
+        resets
+    }
+
+    fn call_head() -> Request<()> {
+        Request::builder()
+            .method(http::Method::POST)
+            .uri("/runtime.v1.ImageService/PullImage")
+            .body(())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_call_given_up_on_is_reset_upstream_before_and_after_its_head() {
+        for answer_head in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let socket = dir.path().join("runtime.sock");
+            let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+            let mut resets = resets_seen(listener, answer_head).await;
+            let upstream = Upstream::new(socket);
+            let call = async {
+                let response = upstream
+                    .call(call_head(), RequestBody::Full(Bytes::from_static(b"x")))
+                    .await?;
+                FullResponse::read(response).await
+            };
+            // Given up on while it waits: for its head, or for its body.
+            let given_up = tokio::time::timeout(Duration::from_millis(200), call).await;
+            assert!(given_up.is_err(), "the server never answers in full");
+            let reason = tokio::time::timeout(Duration::from_secs(5), resets.recv())
+                .await
+                .expect("no reset reached the server");
+            assert_eq!(reason, Some(h2::Reason::CANCEL), "head sent: {answer_head}");
+        }
+    }
+}

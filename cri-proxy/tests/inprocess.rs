@@ -112,6 +112,7 @@ fn empty_node() -> Node {
             (format!("{UNSIGNED}:1"), unsigned_image()),
             (unsigned_ref_by_digest(), image(UNSIGNED, '2', 'b', false)),
         ],
+        hung: Vec::new(),
         sandboxes: vec![
             sandbox(PROD_SANDBOX, "web-0", &[("app", "web")]),
             sandbox(GLASS_SANDBOX, "glass-0", &[(BREAK_GLASS, "true")]),
@@ -844,6 +845,116 @@ async fn a_pull_with_no_deadline_goes_to_the_runtime_with_one() {
     );
     assert_ne!(timeouts[1], "1800S", "the client's own: {timeouts:?}");
     assert!(!timeouts[1].is_empty(), "{timeouts:?}");
+    drop(images);
+    proxy.stop().await;
+}
+
+/// A registry that accepts pulls and never answers them.
+const HUNG: &str = "hung.test";
+
+/// Until `done` holds, or the test fails after `PATIENCE`-like seconds.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_whose_client_leaves_is_cancelled_at_the_runtime_and_what_it_brought_is_decided() {
+    let denied = format!("{HUNG}/unsigned:1");
+    let node = Node {
+        hung: vec![HUNG.into()],
+        registry: vec![(
+            denied.clone(),
+            image(&format!("{HUNG}/unsigned"), '3', 'c', true),
+        )],
+        ..empty_node()
+    };
+    let proxy = Proxy::start(&policy(), node).await;
+    let mut images = proxy.client().await.images;
+    let pulling = tokio::spawn(async move { images.pull_image(pull_request(&denied)).await });
+    eventually("the pull reached the runtime", || {
+        proxy.fake.hung_pulls().0 == 1
+    })
+    .await;
+    assert_eq!(
+        proxy.fake.node().images.len(),
+        1,
+        "what the registry had arrived"
+    );
+    // kubelet gives up on the pull (its pod went): the stream is reset.
+    pulling.abort();
+
+    eventually("the pull was cancelled at the runtime", || {
+        proxy.fake.hung_pulls().1 == 1
+    })
+    .await;
+    // What arrived is decided all the same, and removed, being denied.
+    eventually("the denied image was removed", || {
+        proxy.fake.node().images.is_empty()
+    })
+    .await;
+    assert_eq!(served(&proxy.fake, "RemoveImage"), 1);
+    let audit = proxy.audit();
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0]["decision"], "deny");
+    assert_eq!(audit[0]["image"]["digest"], digest('c').as_str());
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_that_never_answers_holds_up_its_own_pulls_only() {
+    let node = Node {
+        hung: vec![HUNG.into()],
+        ..empty_node()
+    };
+    let proxy = Proxy::start(&policy(), node).await;
+    // More than the proxy ever allowed pulls at once, from clients that
+    // stay: each pulls an image of its own from the hung registry.
+    let mut hung = Vec::new();
+    for i in 0..80 {
+        let mut images = proxy.client().await.images;
+        hung.push(tokio::spawn(async move {
+            images
+                .pull_image(pull_request(&format!("{HUNG}/app:{i}")))
+                .await
+        }));
+    }
+    let per_registry = attestgate_proxy::intercept::permits::PER_REGISTRY;
+    eventually("the hung registry's pulls reached the runtime", || {
+        proxy.fake.hung_pulls().0 == per_registry
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let mut images = proxy.client().await.images;
+    let pulled = images
+        .pull_image(pull_request(&format!("{APP}:1")))
+        .await
+        .unwrap();
+    assert_eq!(pulled.into_inner().image_ref, digest('1'));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "a pull from another registry waited {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        proxy.fake.hung_pulls().0,
+        per_registry,
+        "the rest wait for the registry's permits"
+    );
+
+    // Their clients go: every pull the runtime had is cancelled there,
+    // and shutdown has nothing left to wait for (Proxy::stop allows 10 s
+    // of its 30 s grace).
+    for pull in &hung {
+        pull.abort();
+    }
+    eventually("the hung pulls were cancelled", || {
+        proxy.fake.hung_pulls().1 == per_registry
+    })
+    .await;
     drop(images);
     proxy.stop().await;
 }

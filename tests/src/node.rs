@@ -266,6 +266,22 @@ impl Node {
         )
     }
 
+    /// Makes containerd reach `host` (`127.0.0.1:<port>`) over plain HTTP,
+    /// as it reaches the node's own registry: a hosts.toml of its own
+    /// under the `config_path` env.sh gives containerd, read at every pull,
+    /// so containerd need not restart.
+    pub fn plain_http_registry(&self, host: &str) {
+        let dir = self.dir().join("containerd/certs.d").join(host);
+        std::fs::create_dir_all(&dir).expect("certs.d dir");
+        std::fs::write(
+            dir.join("hosts.toml"),
+            format!(
+                "server = \"http://{host}\"\n\n[host.\"http://{host}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+            ),
+        )
+        .expect("hosts.toml");
+    }
+
     /// Starts attestgate-proxy in front of containerd with `args` added, and
     /// waits until it serves.
     pub fn start_proxy(&mut self, args: &[&str]) {

@@ -5,6 +5,7 @@
 //! being checked (see [`Unconfirmed`]).
 
 pub mod create;
+pub mod permits;
 pub mod pull;
 #[cfg(test)]
 mod testing;
@@ -63,26 +64,22 @@ impl<R> Gate<R> {
 #[derive(Default)]
 pub struct Unconfirmed(RwLock<()>);
 
-/// Decided calls in progress that outlive their client if need be (see
+/// Decided creates in progress that outlive their client if need be (see
 /// [`to_the_end`]): bounded, so resets cannot pile them up, and waited for
-/// at shutdown. Pulls and creates apart, so slow pulls never hold up a
-/// create.
-const MAX_PULLS: u32 = 64;
-static PULLS: Semaphore = Semaphore::const_new(MAX_PULLS as usize);
+/// at shutdown. Pulls are bounded apart ([`permits`]), so slow pulls never
+/// hold up a create.
 const MAX_CREATES: u32 = 256;
 static CREATES: Semaphore = Semaphore::const_new(MAX_CREATES as usize);
 
 /// Resolves once no decided call is in progress.
 pub async fn decided_calls_finished() {
-    let _ = tokio::join!(
-        PULLS.acquire_many(MAX_PULLS),
-        CREATES.acquire_many(MAX_CREATES)
-    );
+    let _ = tokio::join!(permits::all_finished(), CREATES.acquire_many(MAX_CREATES));
 }
 
 /// Runs `work` to its end even when whoever waits for it goes (a client's
-/// reset aborts the task answering it): stopping half-way could leave an
-/// image or a container on the node that nothing decided.
+/// reset aborts the task answering it): stopping half-way could leave a
+/// container on the node that nothing decided. Pulls have their own
+/// ([`Gate::pull_to_the_end`]).
 async fn to_the_end<T: Send + 'static>(
     slots: &'static Semaphore,
     work: impl Future<Output = Result<T, ProxyError>> + Send + 'static,
@@ -103,6 +100,46 @@ async fn to_the_end<T: Send + 'static>(
     answer
         .await
         .map_err(|_| ProxyError::Internal("the call ended without an answer".into()))?
+}
+
+/// Whether the client of a call run in a task of its own still waits for
+/// the answer: its waiter holds the other end, and drops it when the
+/// client resets the call or its connection ends.
+pub struct Client(Presence);
+
+enum Presence {
+    Waiting(oneshot::Receiver<std::convert::Infallible>),
+    Left(tokio::time::Instant),
+    /// Nobody to leave (the unit tests call the gate directly).
+    Staying,
+}
+
+impl Client {
+    /// The waiter's end, to hold while it waits, and the client as the
+    /// work sees it.
+    pub fn new() -> (oneshot::Sender<std::convert::Infallible>, Client) {
+        let (waiting, gone) = oneshot::channel();
+        (waiting, Client(Presence::Waiting(gone)))
+    }
+
+    pub fn staying() -> Client {
+        Client(Presence::Staying)
+    }
+
+    /// Resolves once the client has left (at once if it had), with when.
+    pub async fn left(&mut self) -> tokio::time::Instant {
+        match &mut self.0 {
+            Presence::Waiting(gone) => {
+                // Nothing is ever sent: only the end being dropped arrives.
+                let _ = gone.await;
+                let at = tokio::time::Instant::now();
+                self.0 = Presence::Left(at);
+                at
+            }
+            Presence::Left(at) => *at,
+            Presence::Staying => std::future::pending().await,
+        }
+    }
 }
 
 /// What is being decided, for the record.
@@ -140,26 +177,27 @@ pub fn with_pull_deadline(
 pub fn deadline(headers: &HeaderMap) -> Duration {
     const DEFAULT: Duration = Duration::from_secs(120);
     const FLOOR: Duration = Duration::from_secs(2);
-    let Some(value) = headers.get("grpc-timeout").and_then(|v| v.to_str().ok()) else {
-        return DEFAULT;
-    };
+    grpc_timeout(headers).map_or(DEFAULT, |t| t.clamp(FLOOR, DEFAULT))
+}
+
+/// The call's `grpc-timeout`, as it says; none when it is missing or
+/// unreadable.
+pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
     if value.len() < 2 {
-        return DEFAULT;
+        return None;
     }
     let (amount, unit) = value.split_at(value.len() - 1);
-    let Ok(amount) = amount.parse::<u64>() else {
-        return DEFAULT;
-    };
-    let duration = match unit {
+    let amount = amount.parse::<u64>().ok()?;
+    Some(match unit {
         "H" => Duration::from_secs(amount.saturating_mul(3600)),
         "M" => Duration::from_secs(amount.saturating_mul(60)),
         "S" => Duration::from_secs(amount),
         "m" => Duration::from_millis(amount),
         "u" => Duration::from_micros(amount),
         "n" => Duration::from_nanos(amount),
-        _ => return DEFAULT,
-    };
-    duration.clamp(FLOOR, DEFAULT)
+        _ => return None,
+    })
 }
 
 /// Runs `write`, which may block for long (a log on a slow or full disk,
@@ -177,14 +215,30 @@ fn off_the_runtime<T>(write: impl FnOnce() -> T) -> T {
 
 impl<R: ImageRuntime> Gate<R> {
     /// PullImage, run to its decision and to the removal of an image it
-    /// denies whatever the client does.
+    /// denies even when the client leaves: the pull itself is then
+    /// cancelled upstream, and what it brought is decided within
+    /// [`pull::AFTER_THE_CLIENT_LEFT`] (see [`Gate::pull`]).
     pub async fn pull_to_the_end(
         self: Arc<Self>,
         api: Api,
         parts: Parts,
         body: Bytes,
     ) -> Result<Reply, ProxyError> {
-        to_the_end(&PULLS, async move { self.pull(api, parts, body).await }).await
+        let in_progress = permits::InProgress::enter();
+        let (waiting, mut client) = Client::new();
+        let (answered, answer) = oneshot::channel();
+        tokio::spawn(async move {
+            let _in_progress = in_progress;
+            let pulled = self.pull(api, parts, body, &mut client).await;
+            if let Err(Err(e)) = answered.send(pulled)
+                && !matches!(e, ProxyError::Denied(_) | ProxyError::Cancelled)
+            {
+                tracing::warn!(error = %e, "a pull whose client left failed");
+            }
+        });
+        let answer = answer.await;
+        drop(waiting);
+        answer.map_err(|_| ProxyError::Internal("the call ended without an answer".into()))?
     }
 
     /// StartContainer, forwarded as it came once no create by name is

@@ -2,14 +2,15 @@
 //! is pulled, resolved to its repository digest, then decided, and removed
 //! again when denied unless it was on the node before.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use attestgate_policy::{ImageRef, Operation};
 use bytes::Bytes;
 use http::request::Parts;
 use prost::Message as _;
 
-use super::{Gate, Subject, deadline};
+use super::permits::{self, REGISTRIES, RegistryPermit, registry_of};
+use super::{Client, Gate, Subject, deadline};
 use crate::cri::{Api, Pod, digest_for};
 use crate::grpc::{self, ProxyError};
 use crate::resolve::ImageRuntime;
@@ -53,10 +54,28 @@ macro_rules! pod_from {
 pod_from!(pod_v1, v1);
 pod_from!(pod_v1alpha2, v1alpha2);
 
+/// How long a pull whose client has left may go on with what it must
+/// still do: look at what the node now holds, decide it, remove a denied
+/// image the pull brought. Counted from the moment the client left; the
+/// pull itself is cancelled then. containerd answers those lookups in
+/// milliseconds, so the bound is met unless containerd is stuck, and it
+/// keeps work from outliving its client for long: shutdown waits for it.
+pub const AFTER_THE_CLIENT_LEFT: Duration = Duration::from_secs(30);
+
 impl<R: ImageRuntime> Gate<R> {
-    pub async fn pull(&self, api: Api, parts: Parts, body: Bytes) -> Result<Reply, ProxyError> {
+    /// One pull, while `client` waits or after it left: its registry's
+    /// permit, the pull upstream (cancelled there when the client leaves),
+    /// then the decision, which is made whether or not anyone is left to
+    /// hear it, since what arrived must not stay undecided.
+    pub async fn pull(
+        &self,
+        api: Api,
+        parts: Parts,
+        body: Bytes,
+        client: &mut Client,
+    ) -> Result<Reply, ProxyError> {
         let started = Instant::now();
-        let parts = super::with_pull_deadline(parts, self.pull_timeout);
+        let mut parts = super::with_pull_deadline(parts, self.pull_timeout);
         let request = decode(api, &grpc::single_message(body.clone())?)?;
         let subject = Subject {
             operation: Operation::PullImage,
@@ -84,17 +103,85 @@ impl<R: ImageRuntime> Gate<R> {
             // the tag must not match an allowlist entry pinned to a tag.
             let pulled = ImageRef { tag: None, ..image };
             settle(&self.decide(&subject, &request.image, &pulled, started))?;
-            return self.forward(parts, body).await;
+            let _permit = self.registry_permit(&pulled, &mut parts, client).await?;
+            return match until_left(client, self.pull_upstream(parts, body)).await {
+                Some(pulled) => pulled.map(Reply::Full),
+                // Decided already: nothing is left to do.
+                None => Err(self.cancelled(&request.image)),
+            };
         }
 
         // A tag: what it resolves to is only known after the pull.
+        let _permit = self.registry_permit(&image, &mut parts, client).await?;
         // What the tag named before the pull; unknown when containerd could
         // not say, and then nothing is removed.
-        let before = self
-            .runtime
-            .image_status(api, &request.image, timeout)
+        let before = until_left(
+            client,
+            self.runtime.image_status(api, &request.image, timeout),
+        )
+        .await
+        .ok_or(ProxyError::Cancelled)?
+        .map(|found| found.map(|i| i.id));
+        let pulled = match until_left(client, self.pull_upstream(parts, body)).await {
+            Some(pulled) => Some(pulled?),
+            None => {
+                let _ = self.cancelled(&request.image);
+                None
+            }
+        };
+        let pulled = Pulled {
+            api,
+            reference: &request.image,
+            image: &image,
+            subject: &subject,
+            before,
+            answer: pulled,
+            timeout,
+            started,
+        };
+        match after_the_pull(client, self.what_arrived(pulled)).await {
+            Some(answer) => answer,
+            None => {
+                self.metrics.pulls_left_undecided.inc();
+                tracing::error!(
+                    image = %request.image,
+                    bound = ?AFTER_THE_CLIENT_LEFT,
+                    "a pull whose client left could not be decided in time; what it brought \
+                     stays on the node undecided (CreateContainer still decides it)"
+                );
+                Err(ProxyError::Deadline)
+            }
+        }
+    }
+
+    /// A permit of the registry `image` is pulled from, waited for within
+    /// the pull's own deadline, of which what is left goes upstream; none
+    /// once the client has left.
+    async fn registry_permit(
+        &self,
+        image: &ImageRef,
+        parts: &mut Parts,
+        client: &mut Client,
+    ) -> Result<RegistryPermit<'static>, ProxyError> {
+        let whole = super::grpc_timeout(&parts.headers).unwrap_or(self.pull_timeout);
+        let asked = tokio::time::Instant::now();
+        let permit = until_left(client, REGISTRIES.permit(&registry_of(image), whole))
             .await
-            .map(|found| found.map(|i| i.id));
+            .ok_or(ProxyError::Cancelled)??;
+        let waited = asked.elapsed();
+        if waited >= Duration::from_secs(1) {
+            let left = whole.saturating_sub(waited);
+            // gRPC's timeout: at most eight digits of a unit.
+            let value = format!("{}m", left.as_millis().clamp(1, 99_999_999));
+            if let Ok(value) = http::HeaderValue::from_str(&value) {
+                parts.headers.insert("grpc-timeout", value);
+            }
+        }
+        Ok(permit)
+    }
+
+    /// The pull itself, read to its end.
+    async fn pull_upstream(&self, parts: Parts, body: Bytes) -> Result<FullResponse, ProxyError> {
         let response = self
             .images
             .call(
@@ -102,58 +189,74 @@ impl<R: ImageRuntime> Gate<R> {
                 RequestBody::Full(body),
             )
             .await?;
-        let pulled = FullResponse::read(response).await?;
-        let succeeded = pulled.grpc_status() == Some(0);
-        let after = match self
-            .runtime
-            .image_status(api, &request.image, timeout)
-            .await
-        {
+        FullResponse::read(response).await
+    }
+
+    /// Counts a pull given up on upstream because its client left.
+    fn cancelled(&self, reference: &str) -> ProxyError {
+        self.metrics.pulls_cancelled.inc();
+        tracing::info!(image = %reference, "the pull's client left; the pull is cancelled");
+        ProxyError::Cancelled
+    }
+
+    /// Decides what a pull by tag brought, and removes it again when it is
+    /// denied and new to the node.
+    async fn what_arrived(&self, pulled: Pulled<'_>) -> Result<Reply, ProxyError> {
+        let Pulled {
+            api,
+            reference,
+            image,
+            subject,
+            before,
+            answer,
+            timeout,
+            started,
+        } = pulled;
+        let succeeded = answer.as_ref().is_some_and(|a| a.grpc_status() == Some(0));
+        // The pull's own answer, for its client if it is still there.
+        let answered = || answer.map(Reply::Full).ok_or(ProxyError::Cancelled);
+        let after = match self.runtime.image_status(api, reference, timeout).await {
             Ok(Some(info)) => info,
             // The pull failed and nothing reached the node, or containerd
             // cannot say (it is likely why the pull failed): the client
             // hears the pull's own failure.
-            Ok(None) | Err(_) if !succeeded => return Ok(Reply::Full(pulled)),
+            Ok(None) | Err(_) if !succeeded => return answered(),
             Ok(None) => {
-                settle(&self.error(
-                    &subject,
-                    &request.image,
-                    "image not found after pull",
-                    started,
-                ))?;
-                return Ok(Reply::Full(pulled));
+                settle(&self.error(subject, reference, "image not found after pull", started))?;
+                return answered();
             }
             Err(e) => {
                 let why =
                     super::lookup_failure(&e)(format!("cannot resolve the pulled image: {e}"));
-                settle(&self.undecidable(&subject, &request.image, why, started))?;
-                return Ok(Reply::Full(pulled));
+                settle(&self.undecidable(subject, reference, why, started))?;
+                return answered();
             }
         };
         let new_to_the_node = before
             .as_ref()
             .is_ok_and(|before| before.as_deref() != Some(after.id.as_str()));
         if !succeeded && !new_to_the_node {
-            return Ok(Reply::Full(pulled));
+            return answered();
         }
-        // A failed pull (its deadline passing, say) may still have stored the
-        // image: it is decided like any other.
-        let resolved = match digest_for(&image, &after.repo_digests) {
+        // A failed or cancelled pull (its deadline passing, its client
+        // leaving) may still have stored the image: it is decided like any
+        // other.
+        let resolved = match digest_for(image, &after.repo_digests) {
             Some(digest) => image.with_digest(digest),
             None => image.clone(),
         };
-        let decision = self.decide(&subject, &request.image, &resolved, started);
+        let decision = self.decide(subject, reference, &resolved, started);
         if decision.allowed {
-            return Ok(Reply::Full(pulled));
+            return answered();
         }
         // Removing an image removes every name it has: only an image that
         // is new to the node and known by nothing but this name goes.
         if new_to_the_node
-            && known_only_as(&after, &image)
+            && known_only_as(&after, image)
             && let Err(e) = self.runtime.remove_image(api, &after.id, timeout).await
         {
             self.metrics.cleanup_errors.inc();
-            tracing::error!(image = %request.image, id = %after.id, error = %e, "denied image could not be removed");
+            tracing::error!(image = %reference, id = %after.id, error = %e, "denied image could not be removed");
         }
         Err(ProxyError::Denied(decision.explanation()))
     }
@@ -169,6 +272,49 @@ impl<R: ImageRuntime> Gate<R> {
             .await
             .map(Reply::Stream)
     }
+}
+
+/// A pull by tag as it came back, for [`Gate::what_arrived`].
+struct Pulled<'a> {
+    api: Api,
+    reference: &'a str,
+    image: &'a ImageRef,
+    subject: &'a Subject<'a>,
+    /// The id the tag named before the pull.
+    before: Result<Option<String>, ProxyError>,
+    /// The pull's answer; none when it was cancelled.
+    answer: Option<FullResponse>,
+    timeout: Duration,
+    started: Instant,
+}
+
+/// `work`, unless the client leaves first: then it is dropped, which for
+/// a call upstream resets its stream, and containerd cancels it.
+async fn until_left<T>(client: &mut Client, work: impl Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        done = work => Some(done),
+        _ = client.left() => None,
+    }
+}
+
+/// `work`, to its end while the client waits; once it has left, within
+/// [`AFTER_THE_CLIENT_LEFT`] of that, holding one of the few slots for
+/// such work (see [`super::permits::LEFT_BEHIND`]). None when the bound
+/// passed first.
+async fn after_the_pull<T>(client: &mut Client, work: impl Future<Output = T>) -> Option<T> {
+    tokio::pin!(work);
+    let left_at = tokio::select! {
+        // A client that has already left does nothing without its slot.
+        biased;
+        at = client.left() => at,
+        done = &mut work => return Some(done),
+    };
+    tokio::time::timeout_at(left_at + AFTER_THE_CLIENT_LEFT, async {
+        let _slot = permits::left_behind_slot().await;
+        work.await
+    })
+    .await
+    .ok()
 }
 
 /// A refusal becomes the call's error; an admission lets it go on.
@@ -239,6 +385,7 @@ defaultAdmissionRule:
                 Api::V1,
                 parts(),
                 pull_request(&format!("registry.test/app:1.0@{d}")),
+                &mut Client::staying(),
             )
             .await;
         assert!(
@@ -258,13 +405,59 @@ defaultAdmissionRule:
             },
         );
         let garbage = open
-            .pull(Api::V1, parts(), pull_request("Not/A Name"))
+            .pull(
+                Api::V1,
+                parts(),
+                pull_request("Not/A Name"),
+                &mut Client::staying(),
+            )
             .await;
         assert!(
             matches!(garbage, Err(ProxyError::Denied(_))),
             "{:?}",
             garbage.err()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_a_pull_must_do_after_its_client_left_is_bounded() {
+        let (waiting, mut client) = Client::new();
+        // While the client waits, the work takes as long as it takes.
+        let slow = after_the_pull(&mut client, async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            "decided"
+        });
+        assert_eq!(slow.await, Some("decided"));
+        drop(waiting);
+        let left = tokio::time::Instant::now();
+        let stuck = after_the_pull(&mut client, std::future::pending::<()>()).await;
+        assert_eq!(stuck, None);
+        assert_eq!(left.elapsed(), AFTER_THE_CLIENT_LEFT);
+        // What can be done in time is done.
+        let quick = after_the_pull(&mut client, async {});
+        assert_eq!(quick.await, Some(()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn work_is_dropped_as_soon_as_the_client_leaves() {
+        let (waiting, mut client) = Client::new();
+        let dropped = std::sync::Arc::new(());
+        let held = dropped.clone();
+        let work = async move {
+            let _held = held;
+            std::future::pending::<()>().await
+        };
+        let gone = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            drop(waiting);
+        });
+        assert_eq!(until_left(&mut client, work).await, None);
+        assert_eq!(
+            std::sync::Arc::strong_count(&dropped),
+            1,
+            "the work was dropped"
+        );
+        gone.await.unwrap();
     }
 
     #[test]

@@ -27,6 +27,10 @@ pub struct Node {
     pub images: Vec<Image>,
     /// What pulling a reference brings onto the node.
     pub registry: Vec<(String, Image)>,
+    /// Registry hosts that accept a pull and never answer it: what the
+    /// registry has of the image lands at once, and the pull hangs until
+    /// it is cancelled.
+    pub hung: Vec<String>,
     pub sandboxes: Vec<PodSandboxStatus>,
     pub containers: Vec<Container>,
 }
@@ -46,6 +50,18 @@ pub struct Fake {
     calls: Mutex<Vec<Call>>,
     /// The paths of the calls outside the CRI it served, in order.
     own_api: Mutex<Vec<String>>,
+    /// Pulls from a hung registry that started, and that were cancelled
+    /// (their handler dropped: the caller reset the stream).
+    hung_pulls: Mutex<(usize, usize)>,
+}
+
+/// A hung pull in progress; counted as cancelled when dropped.
+struct Hanging<'a>(&'a Fake);
+
+impl Drop for Hanging<'_> {
+    fn drop(&mut self) {
+        self.0.hung_pulls.lock().unwrap().1 += 1;
+    }
 }
 
 /// The fake's answer to Version.
@@ -174,6 +190,12 @@ impl Fake {
             .filter(|c| c.method == method)
             .map(|c| c.metadata.clone())
             .collect()
+    }
+
+    /// Pulls from hung registries: how many started, how many were
+    /// cancelled.
+    pub fn hung_pulls(&self) -> (usize, usize) {
+        *self.hung_pulls.lock().unwrap()
     }
 
     /// The node as it is now.
@@ -509,17 +531,35 @@ fake_service! {
 }
 
 fake_service! {
-    image_service_server::ImageService {}
+    image_service_server::ImageService {
+        async fn pull_image(
+            &self,
+            request: Request<PullImageRequest>,
+        ) -> Result<Response<PullImageResponse>, Status> {
+            let reference = image_name(request.get_ref().image.as_ref()).to_string();
+            let hung = self.node().hung.iter().any(|host| {
+                reference
+                    .split_once('/')
+                    .is_some_and(|(first, _)| first == host)
+            });
+            if hung {
+                let _ = self.pull(&reference);
+                self.hung_pulls.lock().unwrap().0 += 1;
+                self.record("PullImage", request);
+                let _hanging = Hanging(self);
+                return std::future::pending().await;
+            }
+            let reply = self.pull(&reference);
+            self.record("PullImage", request);
+            Ok(Response::new(PullImageResponse { image_ref: reply? }))
+        }
+    }
     "ListImages" list_images(ListImagesRequest) -> ListImagesResponse =
         |fake, _| Ok(Response::new(ListImagesResponse { images: fake.node().images }));
     "ImageStatus" image_status(ImageStatusRequest) -> ImageStatusResponse =
         |fake, r| Ok(Response::new(ImageStatusResponse {
             image: fake.image_status_of(image_name(r.image.as_ref()))?,
             ..ImageStatusResponse::default()
-        }));
-    "PullImage" pull_image(PullImageRequest) -> PullImageResponse =
-        |fake, r| Ok(Response::new(PullImageResponse {
-            image_ref: fake.pull(image_name(r.image.as_ref()))?,
         }));
     "RemoveImage" remove_image(RemoveImageRequest) -> RemoveImageResponse =
         |fake, r| {
