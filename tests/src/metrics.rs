@@ -13,6 +13,32 @@ pub fn free_local_addr() -> String {
     format!("127.0.0.1:{port}")
 }
 
+/// One metric sample, scraped now; `None` if the proxy does not answer or
+/// has no such sample.
+pub fn sample(addr: &str, name: &str) -> Option<f64> {
+    let output = std::process::Command::new("curl")
+        .arg("-fsS")
+        .arg(format!("http://{addr}/metrics"))
+        .output()
+        .ok()?;
+    value(&String::from_utf8_lossy(&output.stdout), name)
+}
+
+/// A process's resident memory now and at its peak, in bytes.
+pub fn rss(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
 pub async fn scrape(addr: &str) -> String {
     let output = std::process::Command::new("curl")
         .arg("-fsS")

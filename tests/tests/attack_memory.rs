@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use attestgate_e2e::flood::{Flooder, Tally};
-use attestgate_e2e::metrics::{free_local_addr, scrape, value};
+use attestgate_e2e::metrics::{free_local_addr, rss, scrape, value};
 use attestgate_e2e::node::Node;
 
 fn agcri() -> PathBuf {
@@ -24,21 +24,6 @@ fn agcri() -> PathBuf {
 
 const ALLOW: &str = "defaultAdmissionRule:\n  evaluationMode: ALWAYS_ALLOW\n";
 const MIB: f64 = (1 << 20) as f64;
-
-/// The proxy's resident memory now and at its peak, in bytes.
-fn rss(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|kb| kb.parse::<u64>().ok())
-            .map(|kb| kb * 1024)
-            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
 
 /// Room for a thousand sockets of our own, whatever the shell left.
 fn raise_open_files() {

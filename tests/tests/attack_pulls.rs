@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use attestgate_e2e::cri::Cri;
+use attestgate_e2e::metrics::{free_local_addr, rss, sample};
 use attestgate_e2e::node::Node;
 
 fn agcri() -> PathBuf {
@@ -78,27 +79,6 @@ impl Silent {
     }
 }
 
-fn free_local_addr() -> String {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    format!("127.0.0.1:{port}")
-}
-
-/// The value of the metric line named `name` (no labels), once scraped.
-fn metric(addr: &str, name: &str) -> Option<f64> {
-    let output = std::process::Command::new("curl")
-        .arg("-fsS")
-        .arg(format!("http://{addr}/metrics"))
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
-
 /// Waits until `done` holds, for `within` at most; whether it did.
 async fn eventually(within: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
@@ -113,12 +93,7 @@ async fn eventually(within: Duration, mut done: impl FnMut() -> bool) -> bool {
 
 /// The proxy's resident memory, in KiB.
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status")
+    rss(pid).0 / 1024
 }
 
 /// How long `cri` takes to pull `image`, which is removed first so that
@@ -195,7 +170,7 @@ async fn attack(clients: Clients) {
         // containerd cancels the pulls the proxy cancels, and closes their
         // connections to the registry.
         let let_go = eventually(Duration::from_secs(20), || silent.closed() >= reached).await;
-        let cancelled = metric(&metrics, "attestgate_pulls_cancelled_total").unwrap_or(0.0);
+        let cancelled = sample(&metrics, "attestgate_pulls_cancelled_total").unwrap_or(0.0);
         eprintln!(
             "clients left: containerd closed {}/{} registry connections, pulls_cancelled_total {cancelled}",
             silent.closed(),
