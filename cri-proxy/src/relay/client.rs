@@ -344,10 +344,13 @@ impl<H: Hooks> Relay<H> {
                     // Not kept: its window goes back at once, and so does
                     // what was held back.
                     self.owed += window + std::mem::take(&mut s.withheld);
+                    s.stalled_since = None;
+                    s.unfit = 0;
                     if !end && h.len > 0 {
                         frame::put_window_update(&mut self.control, h.stream, h.len as u32);
                     }
                     if s.too_large {
+                        self.stalled.retain(|&id| id != h.stream);
                         self.dispatch(h.stream);
                     }
                     return Ok(());

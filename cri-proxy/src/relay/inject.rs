@@ -148,6 +148,8 @@ impl<H: Hooks> Relay<H> {
         s.dispatched = true;
         if s.too_large {
             s.body = BytesMut::new();
+            s.charge.release_all();
+            s.charge.force(STREAM_OVERHEAD);
             self.reject(stream, Refusal::TooLarge(MAX_REQUEST - 5));
             return;
         }
