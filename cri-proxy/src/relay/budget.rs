@@ -355,6 +355,27 @@ mod relay_tests {
     }
 
     #[test]
+    fn a_request_too_large_to_take_lets_go_of_what_it_held() {
+        let budget = Budget::new(64 << 20);
+        let mut r = relay_within(budget.clone());
+        client_headers(&mut r, 1, "/svc/Intercepted", false);
+        // Within the window each time, as a client must be.
+        let mut sent = 0;
+        while sent <= super::super::MAX_REQUEST {
+            for _ in 0..3 {
+                put_data(&mut r.from_client, 1, &[0; 16_384], false);
+            }
+            sent += 3 * 16_384;
+            r.client_frames().unwrap();
+        }
+        // Let go at once, before the refusal can even be sent.
+        assert!(budget.used() < 4 << 10, "{} still held", budget.used());
+        ack_fence(&mut r);
+        assert_eq!(grpc_status(&mut r.to_client, 1).as_deref(), Some("8"));
+        assert!(r.calls.is_empty());
+    }
+
+    #[test]
     fn a_large_reply_that_cannot_fit_becomes_resource_exhausted() {
         let budget = Budget::new(64 << 10);
         let mut r = relay_within(budget.clone());
