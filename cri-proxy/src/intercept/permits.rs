@@ -24,7 +24,7 @@ pub const PER_REGISTRY: usize = 16;
 /// each costs the runtime a lookup and perhaps a removal, and clients
 /// that reset their pulls as fast as they can send them must not make
 /// that pile up. The rest wait for one of these, within
-/// [`super::pull::AFTER_THE_CLIENT_LEFT`].
+/// `AFTER_THE_CLIENT_LEFT` in `pull.rs`.
 pub const LEFT_BEHIND: usize = 64;
 pub static LEFT_BEHIND_SLOTS: Semaphore = Semaphore::const_new(LEFT_BEHIND);
 
