@@ -3,9 +3,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use attestgate_node::freshness::Freshness;
 use attestgate_policy::{
-    Bundle, Digest, ImageRef, NamePattern, Operation, PodContext, PodRef, RecordContext, Settings,
-    evaluate,
+    Bundle, Decision, Digest, ImageRef, ImageSubject, NamePattern, Operation, PodContext, PodRef,
+    RecordContext, Settings, evaluate,
 };
 use clap::{Args as ClapArgs, ValueEnum};
 
@@ -105,7 +106,14 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         let (k, v) = key_value(a, "annotation")?;
         pod.annotations.insert(k, v);
     }
-    let decision = evaluate(&bundle, &settings, &args.image, &image, &pod);
+    // As the node decides: a synced bundle past its expiry decides nothing.
+    let freshness = Freshness::of(&args.bundle)
+        .map_err(|e| anyhow::anyhow!("invalid bundle {}:\n  {e}", args.bundle.display()))?;
+    let now = time::OffsetDateTime::now_utc();
+    let decision = match freshness.and_then(|f| f.lapsed(now)) {
+        Some(why) => Decision::no_policy_because(ImageSubject::from_ref(&args.image, &image), why),
+        None => evaluate(&bundle, &settings, &args.image, &image, &pod),
+    };
     match args.output {
         Output::Text => {
             let verdict = if decision.allowed { "ALLOW" } else { "DENY" };
@@ -128,9 +136,9 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
                 cluster: args.cluster.clone(),
                 bundle: Some(attestgate_policy::decision::BundleRef {
                     digest: bundle.digest().to_string(),
-                    loaded_at: attestgate_policy::decision::format_time(
-                        time::OffsetDateTime::now_utc(),
-                    ),
+                    loaded_at: attestgate_policy::decision::format_time(now),
+                    version: freshness.map(|f| f.version),
+                    expires: freshness.map(|f| attestgate_policy::decision::format_time(f.expires)),
                 }),
             };
             println!("{}", decision.record_json(&ctx));

@@ -647,3 +647,36 @@ fn evaluate_falls_back_to_the_whole_bundle_from_a_damaged_index() {
         assert_eq!(std::fs::read(&index).unwrap(), damaged, "left as it was");
     }
 }
+
+#[test]
+fn evaluate_decides_nothing_by_a_synced_bundle_past_its_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = pipeline_bundle(dir.path());
+    let sync = |text: &str| std::fs::write(Path::new(&bundle).join("sync.json"), text).unwrap();
+    sync(r#"{"version": 9, "expires": "2999-01-01T00:00:00Z"}"#);
+    let (code, record) = evaluate_json(&bundle);
+    assert_eq!(code, Some(0), "{record}");
+    assert_eq!(record["bundle"]["version"], 9);
+    assert_eq!(record["bundle"]["expires"], "2999-01-01T00:00:00.000000Z");
+    sync(r#"{"version": 9, "expires": "2020-01-01T00:00:00Z"}"#);
+    let (code, record) = evaluate_json(&bundle);
+    assert_eq!(code, Some(1), "{record}");
+    assert_eq!(record["reason"], "NO_POLICY");
+    assert!(
+        record["message"]
+            .as_str()
+            .unwrap()
+            .contains("synced bundle version 9 expired at 2020-01-01T00:00:00.000000Z"),
+        "{record}"
+    );
+    sync("{}");
+    let out = attestgate(&[
+        "evaluate",
+        "--bundle",
+        &bundle,
+        "--image",
+        "registry.test/app:1.0",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sync.json"));
+}

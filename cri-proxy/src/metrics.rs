@@ -73,6 +73,9 @@ pub struct Metrics {
     /// Unix time of the bundle in force; its age is computed at scrape time.
     pub bundle_loaded_at: Gauge<i64, AtomicI64>,
     bundle_age: Gauge<f64, AtomicU64>,
+    /// Unix time a synced bundle in force expires; 0 for one not synced.
+    bundle_expires_at: Gauge<i64, AtomicI64>,
+    bundle_expires_in: Gauge<f64, AtomicU64>,
     pub audit_errors: Counter,
     /// Refused images or containers containerd would not remove.
     pub cleanup_errors: Counter,
@@ -117,6 +120,8 @@ impl Metrics {
         let bundle_valid = Gauge::default();
         let bundle_loaded_at = Gauge::<i64, AtomicI64>::default();
         let bundle_age = Gauge::<f64, AtomicU64>::default();
+        let bundle_expires_at = Gauge::<i64, AtomicI64>::default();
+        let bundle_expires_in = Gauge::<f64, AtomicU64>::default();
         let audit_errors = Counter::default();
         let cleanup_errors = Counter::default();
         let pulls_cancelled = Counter::default();
@@ -213,6 +218,16 @@ impl Metrics {
             bundle_age.clone(),
         );
         registry.register(
+            "bundle_expiry_timestamp_seconds",
+            "When the synced bundle in force expires (its TUF metadata's earliest expiry); 0 for a bundle that was not synced",
+            bundle_expires_at.clone(),
+        );
+        registry.register(
+            "bundle_expires_in_seconds",
+            "Time left until the synced bundle in force expires and NO_POLICY applies (negative once it has); 0 for a bundle that was not synced",
+            bundle_expires_in.clone(),
+        );
+        registry.register(
             "audit_write_errors",
             "Audit records that could not be written",
             audit_errors.clone(),
@@ -227,6 +242,8 @@ impl Metrics {
             bundle_valid,
             bundle_loaded_at,
             bundle_age,
+            bundle_expires_at,
+            bundle_expires_in,
             audit_errors,
             cleanup_errors,
             pulls_cancelled,
@@ -289,10 +306,14 @@ impl Metrics {
     }
 
     pub fn encode(&self) -> String {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let loaded_at = self.bundle_loaded_at.get();
         if loaded_at > 0 {
-            let now = time::OffsetDateTime::now_utc().unix_timestamp();
             self.bundle_age.set((now - loaded_at).max(0) as f64);
+        }
+        let expires_at = self.bundle_expires_at.get();
+        if expires_at > 0 {
+            self.bundle_expires_in.set((expires_at - now) as f64);
         }
         if let Some(budget) = self.budget.get() {
             self.memory_held
@@ -387,10 +408,43 @@ impl attestgate_node::Hooks for Metrics {
     fn bundle_valid(&self, valid: bool) {
         self.bundle_valid.set(i64::from(valid));
     }
+
+    fn bundle_expires(&self, unix_time: Option<i64>) {
+        self.bundle_expires_at.set(unix_time.unwrap_or(0));
+        if unix_time.is_none() {
+            self.bundle_expires_in.set(0.0);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_synced_bundle_s_time_left_is_exported() {
+        use attestgate_node::Hooks as _;
+        let metrics = super::Metrics::new();
+        let at = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
+        metrics.bundle_expires(Some(at));
+        let text = metrics.encode();
+        assert!(
+            text.contains(&format!("attestgate_bundle_expiry_timestamp_seconds {at}")),
+            "{text}"
+        );
+        let left: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("attestgate_bundle_expires_in_seconds "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((3590.0..=3600.0).contains(&left), "{left}");
+        metrics.bundle_expires(None);
+        assert!(
+            metrics
+                .encode()
+                .contains("attestgate_bundle_expiry_timestamp_seconds 0")
+        );
+    }
+
     #[test]
     fn method_labels_are_bounded_to_cri_services() {
         use super::method_label;

@@ -118,7 +118,13 @@ impl Decider {
     ) -> Decision {
         // One load: the bundle that decides is the one the record names.
         let current = self.store.current();
+        let now = time::OffsetDateTime::now_utc();
         let decision = match &current {
+            Some(loaded) if let Some(why) = loaded.lapsed(now) => self.settle(
+                Decision::no_policy_because(ImageSubject::from_ref(reference, image), why),
+                true,
+                request.pod,
+            ),
             Some(loaded) => evaluate(
                 &loaded.bundle,
                 &self.evaluation,
@@ -314,6 +320,69 @@ mod tests {
             (d.reason, d.overridden),
             (Reason::BreakGlass, Some(Reason::NoPolicy))
         );
+    }
+
+    const ALLOW: &str = "defaultAdmissionRule:\n  evaluationMode: ALWAYS_ALLOW\n  enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG\n";
+
+    /// A decider over a synced bundle that allows everything, version 4,
+    /// expiring `expires`.
+    fn synced(dir: &Path, expires: &str, fail_mode: FailMode) -> Decider {
+        let bundle = dir.join("bundle");
+        std::fs::create_dir_all(&bundle).unwrap();
+        std::fs::write(
+            bundle.join(crate::freshness::FILE),
+            format!(r#"{{"version": 4, "expires": "{expires}"}}"#),
+        )
+        .unwrap();
+        decider(dir, Some(ALLOW), fail_mode)
+    }
+
+    #[test]
+    fn a_synced_bundle_past_its_expiry_decides_nothing() {
+        let image = ImageRef::parse("registry.test/app:1").unwrap();
+        let pod = PodContext::default();
+        let decide = |d: &Decider| {
+            d.decide(
+                &request(&pod),
+                "registry.test/app:1",
+                &image,
+                Instant::now(),
+            )
+        };
+
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = synced(dir.path(), "2999-01-01T00:00:00Z", FailMode::Closed);
+        let d = decide(&fresh);
+        assert_eq!((d.allowed, d.reason), (true, Reason::AlwaysAllow));
+        let record: serde_json::Value = serde_json::from_str(&lines(dir.path())[0]).unwrap();
+        assert_eq!(record["bundle"]["version"], 4);
+        assert_eq!(record["bundle"]["expires"], "2999-01-01T00:00:00.000000Z");
+
+        for (mode, allowed) in [(FailMode::Closed, false), (FailMode::Open, true)] {
+            let dir = tempfile::tempdir().unwrap();
+            let lapsed = synced(dir.path(), "2020-01-01T00:00:00Z", mode);
+            assert!(
+                lapsed.store.current().is_some(),
+                "loaded, but not to decide"
+            );
+            let d = decide(&lapsed);
+            assert_eq!((d.allowed, d.reason), (allowed, Reason::NoPolicy));
+            assert!(
+                d.explanation()
+                    .contains("synced bundle version 4 expired at 2020-01-01T00:00:00.000000Z"),
+                "{}",
+                d.explanation()
+            );
+            let record: serde_json::Value = serde_json::from_str(&lines(dir.path())[0]).unwrap();
+            assert_eq!(record["reason"], "NO_POLICY");
+            assert_eq!(record["bundle"]["version"], 4);
+        }
+        // A bundle not synced has neither.
+        let dir = tempfile::tempdir().unwrap();
+        decide(&decider(dir.path(), Some(ALLOW), FailMode::Closed));
+        let record: serde_json::Value = serde_json::from_str(&lines(dir.path())[0]).unwrap();
+        assert!(record["bundle"].get("version").is_none(), "{record}");
+        assert!(record["bundle"].get("expires").is_none(), "{record}");
     }
 
     #[test]

@@ -17,6 +17,9 @@ pub trait Hooks: Send + Sync {
     fn bundle_rejected(&self) {}
     /// Whether a valid bundle is in force, after every load attempt.
     fn bundle_valid(&self, _valid: bool) {}
+    /// Until when (Unix time) the bundle coming into force may decide:
+    /// a synced bundle's expiry; none for one that was not synced.
+    fn bundle_expires(&self, _unix_time: Option<i64>) {}
 }
 
 /// Counts nothing.

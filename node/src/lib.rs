@@ -11,6 +11,7 @@
 //!   node's rules around it (the fail mode applies to the node's own
 //!   failures only, break-glass wins over errors, a record that cannot be
 //!   written closes).
+//! - [`freshness`]: until when a synced bundle may decide.
 //! - [`hooks`]: what a program may count (metrics) as the others work.
 
 #![forbid(unsafe_code)]
@@ -18,6 +19,7 @@
 pub mod audit;
 pub mod config;
 pub mod decide;
+pub mod freshness;
 pub mod hooks;
 pub mod store;
 

@@ -7,18 +7,48 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
-use attestgate_policy::Bundle;
 use attestgate_policy::decision::{BundleRef, format_time};
+use attestgate_policy::{Bundle, BundleError};
 
 use attestgate_policy::Digest;
 use attestgate_policy::index::IndexError;
 use sha2::{Digest as _, Sha256};
 
+use crate::freshness::Freshness;
 use crate::hooks::Hooks;
 
 pub struct LoadedBundle {
     pub bundle: Bundle,
     pub reference: BundleRef,
+    /// Until when a synced bundle may decide; none for one that was not
+    /// synced.
+    pub freshness: Option<Freshness>,
+}
+
+impl LoadedBundle {
+    fn new(
+        bundle: Bundle,
+        freshness: Option<Freshness>,
+        now: time::OffsetDateTime,
+    ) -> LoadedBundle {
+        let reference = BundleRef {
+            digest: bundle.digest().to_string(),
+            loaded_at: format_time(now),
+            version: freshness.map(|f| f.version),
+            expires: freshness.map(|f| format_time(f.expires)),
+        };
+        LoadedBundle {
+            bundle,
+            reference,
+            freshness,
+        }
+    }
+
+    /// Why the bundle may not decide at `now`: a synced one past its
+    /// expiry.
+    pub fn lapsed(&self, now: time::OffsetDateTime) -> Option<String> {
+        self.freshness?.lapsed(now)
+    }
 }
 
 pub struct BundleStore {
@@ -72,34 +102,39 @@ impl BundleStore {
             }
         }
         let started = std::time::Instant::now();
-        let outcome = match Bundle::load(&self.dir) {
-            Ok(bundle) => {
+        let loaded = Bundle::load(&self.dir).and_then(|bundle| {
+            Freshness::of(&self.dir)
+                .map(|freshness| (bundle, freshness))
+                .map_err(|e| BundleError { errors: vec![e] })
+        });
+        let outcome = match loaded {
+            Ok((bundle, freshness)) => {
                 for warning in bundle.warnings() {
                     tracing::warn!(%warning, "attestation skipped");
                 }
-                let unchanged = self
-                    .current()
-                    .is_some_and(|c| c.bundle.digest() == bundle.digest());
+                let unchanged = self.current().is_some_and(|c| {
+                    c.bundle.digest() == bundle.digest() && c.freshness == freshness
+                });
                 if unchanged {
                     ReloadOutcome::Unchanged
                 } else {
                     let now = time::OffsetDateTime::now_utc();
-                    let reference = BundleRef {
-                        digest: bundle.digest().to_string(),
-                        loaded_at: format_time(now),
-                    };
+                    let loaded = LoadedBundle::new(bundle, freshness, now);
                     tracing::info!(
                         dir = %self.dir.display(),
-                        digest = %reference.digest,
-                        attestors = bundle.attestors().count(),
-                        attestations = bundle.occurrence_count(),
-                        skipped = bundle.warnings().len(),
+                        digest = %loaded.reference.digest,
+                        version = ?loaded.reference.version,
+                        expires = ?loaded.reference.expires,
+                        attestors = loaded.bundle.attestors().count(),
+                        attestations = loaded.bundle.occurrence_count(),
+                        skipped = loaded.bundle.warnings().len(),
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         "bundle loaded"
                     );
-                    self.keep_index(&bundle, &fingerprint);
-                    self.current
-                        .store(Some(Arc::new(LoadedBundle { bundle, reference })));
+                    self.keep_index(&loaded.bundle, &fingerprint);
+                    self.hooks
+                        .bundle_expires(freshness.map(|f| f.expires.unix_timestamp()));
+                    self.current.store(Some(Arc::new(loaded)));
                     self.hooks.bundle_loaded(now.unix_timestamp());
                     ReloadOutcome::Loaded
                 }
@@ -143,15 +178,19 @@ impl BundleStore {
     /// the index [`BundleStore::prepare`] found; when the index turns out
     /// unusable (stale, damaged), the whole bundle instead.
     pub fn load_indexed(&self, index: &Path, stamp: &str, digests: &[&Digest]) -> ReloadOutcome {
-        match attestgate_policy::Bundle::load_indexed(&self.dir, index, stamp, digests) {
-            Ok(bundle) => {
+        let loaded = attestgate_policy::Bundle::load_indexed(&self.dir, index, stamp, digests)
+            .and_then(|bundle| {
+                Freshness::of(&self.dir)
+                    .map(|freshness| (bundle, freshness))
+                    .map_err(|_| IndexError::Io(std::io::ErrorKind::InvalidData.into()))
+            });
+        match loaded {
+            Ok((bundle, freshness)) => {
                 let now = time::OffsetDateTime::now_utc();
-                let reference = BundleRef {
-                    digest: bundle.digest().to_string(),
-                    loaded_at: format_time(now),
-                };
+                self.hooks
+                    .bundle_expires(freshness.map(|f| f.expires.unix_timestamp()));
                 self.current
-                    .store(Some(Arc::new(LoadedBundle { bundle, reference })));
+                    .store(Some(Arc::new(LoadedBundle::new(bundle, freshness, now))));
                 self.hooks.bundle_loaded(now.unix_timestamp());
                 self.hooks.bundle_valid(true);
                 ReloadOutcome::Loaded
@@ -427,6 +466,45 @@ mod tests {
         )
         .unwrap();
         (parent, dir, digests)
+    }
+
+    #[test]
+    fn a_new_sync_of_the_same_files_is_a_new_version_and_a_bad_one_is_refused() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("bundle");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(
+            dir.join("policy.yaml"),
+            "defaultAdmissionRule:\n  evaluationMode: ALWAYS_ALLOW\n  enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG\n",
+        )
+        .unwrap();
+        let sync = |text: &str| std::fs::write(dir.join(crate::freshness::FILE), text).unwrap();
+        sync(r#"{"version": 1, "expires": "2999-01-01T00:00:00Z"}"#);
+        let store = BundleStore::new(dir.clone(), Arc::new(crate::hooks::NoHooks));
+        assert_eq!(store.reload(false), ReloadOutcome::Loaded);
+        assert_eq!(store.current().unwrap().reference.version, Some(1));
+        // Only the metadata was renewed: the same files, a new version.
+        sync(r#"{"version": 2, "expires": "2999-02-01T00:00:00Z"}"#);
+        assert_eq!(store.reload(true), ReloadOutcome::Loaded);
+        let current = store.current().unwrap();
+        assert_eq!(current.reference.version, Some(2));
+        assert_eq!(
+            current.reference.expires.as_deref(),
+            Some("2999-02-01T00:00:00.000000Z")
+        );
+        // One that cannot say until when is refused; version 2 stays.
+        sync(r#"{"version": 3}"#);
+        assert_eq!(store.reload(true), ReloadOutcome::Invalid(1));
+        assert_eq!(store.current().unwrap().reference.version, Some(2));
+        // The one-shot path (the shim's) reads it too.
+        sync(r#"{"version": 3, "expires": "2999-03-01T00:00:00Z"}"#);
+        let one_shot = BundleStore::new(dir.clone(), Arc::new(crate::hooks::NoHooks));
+        let outcome = match one_shot.prepare() {
+            Prepared::Indexed { index, stamp } => one_shot.load_indexed(&index, &stamp, &[]),
+            Prepared::Loaded(outcome) => outcome,
+        };
+        assert_eq!(outcome, ReloadOutcome::Loaded);
+        assert_eq!(one_shot.current().unwrap().reference.version, Some(3));
     }
 
     #[test]

@@ -138,7 +138,11 @@ pub enum Outcome {
         enforcement_mode: EnforcementMode,
         reason: Reason,
     },
-    NoPolicy,
+    /// No valid bundle; `why`, when the node knows more than that (a
+    /// synced bundle past its expiry).
+    NoPolicy {
+        why: Option<String>,
+    },
     Error {
         message: String,
     },
@@ -198,7 +202,10 @@ impl Decision {
                     format!("image {image} denied by rule {rule}: {}", failed.join("; "))
                 }
             },
-            Outcome::NoPolicy => format!("no valid policy loaded for image {image}"),
+            Outcome::NoPolicy { why: None } => format!("no valid policy loaded for image {image}"),
+            Outcome::NoPolicy { why: Some(why) } => {
+                format!("no valid policy loaded for image {image}: {why}")
+            }
             Outcome::Error { message } => format!("error deciding image {image}: {message}"),
         };
         match self.reason {
@@ -263,6 +270,12 @@ pub struct PodRef {
 pub struct BundleRef {
     pub digest: String,
     pub loaded_at: String,
+    /// A synced bundle's version and the earliest expiry of the metadata
+    /// it was verified with (SPEC §10).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
 }
 
 /// Everything around a decision that the audit record carries.

@@ -100,7 +100,7 @@ pub fn evaluate(
             )
         }
         // evaluate_policy never yields these.
-        Outcome::NoPolicy | Outcome::Error { .. } => (false, Reason::Error, false),
+        Outcome::NoPolicy { .. } | Outcome::Error { .. } => (false, Reason::Error, false),
     };
     let mut decision = Decision {
         allowed: policy_allowed,
@@ -156,7 +156,18 @@ impl Decision {
 
     /// No valid policy is in force: denied, as the policy cannot speak.
     pub fn no_policy(image: ImageSubject) -> Decision {
-        Decision::unsettled(image, Outcome::NoPolicy, Reason::NoPolicy)
+        Decision::unsettled(image, Outcome::NoPolicy { why: None }, Reason::NoPolicy)
+    }
+
+    /// No valid policy is in force, for the reason given: denied.
+    pub fn no_policy_because(image: ImageSubject, why: impl Into<String>) -> Decision {
+        Decision::unsettled(
+            image,
+            Outcome::NoPolicy {
+                why: Some(why.into()),
+            },
+            Reason::NoPolicy,
+        )
     }
 
     /// The image could not be decided (e.g. the runtime could not tell the

@@ -919,6 +919,8 @@ fn decision_record_has_the_documented_shape() {
         bundle: Some(attestgate_policy::decision::BundleRef {
             digest: bundle.digest().into(),
             loaded_at: "2026-01-02T03:00:00.000000Z".into(),
+            version: None,
+            expires: None,
         }),
     };
     let line = decision.record_json(&ctx);

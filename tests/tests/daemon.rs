@@ -545,3 +545,63 @@ async fn a_line_torn_by_a_full_disk_does_not_swallow_the_next_record() {
     assert_eq!(record["decision"], "allow");
     node.stop_proxy();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_synced_bundle_past_its_expiry_decides_nothing_without_any_reload() {
+    let Some(mut node) = Node::up(&agcri()) else {
+        return;
+    };
+    node.policy(ALLOW);
+    // What attestgate-sync writes beside the bundle's files: expiring soon.
+    let expires_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 6;
+    let expires = node.sh(&format!("date -u -d @{expires_at} +%Y-%m-%dT%H:%M:%SZ"));
+    std::fs::write(
+        node.bundle.join("sync.json"),
+        format!(r#"{{"version": 5, "expires": "{}"}}"#, expires.trim()),
+    )
+    .unwrap();
+    let addr = free_local_addr();
+    node.start_proxy(&["--metrics-listen", &addr]);
+    let cri = node.via_proxy().await;
+    cri.pull(&node.app_image, None)
+        .await
+        .expect("allowed while the bundle is fresh");
+    let text = scrape(&addr).await;
+    assert!(
+        text.contains(&format!(
+            "attestgate_bundle_expiry_timestamp_seconds {expires_at}"
+        )),
+        "{text}"
+    );
+    let record = node.audit().pop().unwrap();
+    assert_eq!(record["bundle"]["version"], 5, "{record}");
+
+    // Nothing changes on disk: the time passes, and the bundle lapses.
+    let wait = expires_at.saturating_sub(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    ) + 1;
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    let refused = cri
+        .pull(&node.app_image, None)
+        .await
+        .expect_err("a lapsed bundle admits nothing when the node fails closed");
+    assert!(
+        refused
+            .message()
+            .contains("synced bundle version 5 expired"),
+        "{refused:?}"
+    );
+    let record = node.audit().pop().unwrap();
+    assert_eq!(record["reason"], "NO_POLICY", "{record}");
+    assert_eq!(record["bundle"]["version"], 5, "{record}");
+    let text = scrape(&addr).await;
+    let left = attestgate_e2e::metrics::value(&text, "attestgate_bundle_expires_in_seconds");
+    assert!(left.is_some_and(|s| s <= 0.0), "{left:?}");
+}
