@@ -30,13 +30,16 @@ const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// connection makes room: the oldest connection whose client has not yet
 /// sent its preface and SETTINGS is closed, or else the one idle longest
 /// (nothing in flight) is drained with a GOAWAY, as grpc-go's server ends
-/// an idle connection, and its client reconnects when it next needs to.
-/// Connections that never say hello or only sit idle therefore cannot
-/// lock kubelet out, which calls every second or so. Only when every
-/// connection has a call in flight is the new one closed at once rather
-/// than left in the listen backlog: its client sees the connection end and
-/// retries, where a backlogged one would hang until its own timeout with no
-/// sign of why. A client gets `handshake` for its preface and SETTINGS.
+/// an idle connection, and its client reconnects when it next needs to;
+/// or else one with a request that has been arriving for longer than
+/// kubelet's ever do (`STUCK_AFTER`) is closed, nothing on it decided yet.
+/// Connections that never say hello, only sit idle or never finish a
+/// request therefore cannot lock kubelet out, which calls every second or
+/// so. Only when every connection has calls in flight that arrived whole is
+/// the new one closed at once rather than left in the listen backlog: its
+/// client sees the connection end and retries, where a backlogged one
+/// would hang until its own timeout with no sign of why. A client gets
+/// `handshake` for its preface and SETTINGS.
 pub async fn serve<R: ImageRuntime>(
     listener: UnixListener,
     runtime: Arc<Path>,
