@@ -119,20 +119,21 @@ impl Decider {
         // One load: the bundle that decides is the one the record names.
         let current = self.store.current();
         let now = time::OffsetDateTime::now_utc();
-        let decision = match &current {
-            Some(loaded) if let Some(why) = loaded.lapsed(now) => self.settle(
+        let lapsed = current.as_ref().and_then(|loaded| loaded.lapsed(now));
+        let decision = match (&current, lapsed) {
+            (Some(_), Some(why)) => self.settle(
                 Decision::no_policy_because(ImageSubject::from_ref(reference, image), why),
                 true,
                 request.pod,
             ),
-            Some(loaded) => evaluate(
+            (Some(loaded), None) => evaluate(
                 &loaded.bundle,
                 &self.evaluation,
                 reference,
                 image,
                 request.pod,
             ),
-            None => self.settle(
+            (None, _) => self.settle(
                 Decision::no_policy(ImageSubject::from_ref(reference, image)),
                 true,
                 request.pod,
