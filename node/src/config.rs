@@ -108,24 +108,22 @@ impl FromStr for Span {
     type Err = String;
 
     fn from_str(value: &str) -> Result<Span, String> {
-        let expected = || format!("{value:?}: expected a whole number and s, m, h or d (30s, 5m)");
-        let split = value
-            .find(|c: char| !c.is_ascii_digit())
-            .ok_or_else(expected)?;
-        let (number, unit) = value.split_at(split);
-        let number: u64 = number.parse().map_err(|_| expected())?;
-        let seconds = match unit {
-            "s" => 1,
-            "m" => 60,
-            "h" => 3600,
-            "d" => 86_400,
-            _ => return Err(expected()),
-        };
-        number
-            .checked_mul(seconds)
-            .map(|s| Span(std::time::Duration::from_secs(s)))
-            .ok_or_else(expected)
+        let seconds = scaled(value, &[("s", 1), ("m", 60), ("h", 3600), ("d", 86_400)])
+            .ok_or_else(|| {
+                format!("{value:?}: expected a whole number and s, m, h or d (30s, 5m)")
+            })?;
+        Ok(Span(std::time::Duration::from_secs(seconds)))
     }
+}
+
+/// A whole number and one of `units` after it, as the number times the
+/// unit's scale; none for anything else, or past `u64`.
+fn scaled(value: &str, units: &[(&str, u64)]) -> Option<u64> {
+    let split = value.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = value.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let (_, scale) = units.iter().find(|(name, _)| *name == unit)?;
+    number.checked_mul(*scale)
 }
 
 impl<'de> Deserialize<'de> for Span {
@@ -144,19 +142,12 @@ impl FromStr for Size {
     type Err = String;
 
     fn from_str(value: &str) -> Result<Size, String> {
-        let expected = || format!("{value:?}: expected a whole number and KiB, MiB or GiB (64MiB)");
-        let split = value
-            .find(|c: char| !c.is_ascii_digit())
-            .ok_or_else(expected)?;
-        let (number, unit) = value.split_at(split);
-        let number: u64 = number.parse().map_err(|_| expected())?;
-        let unit: u64 = match unit {
-            "KiB" => 1 << 10,
-            "MiB" => 1 << 20,
-            "GiB" => 1 << 30,
-            _ => return Err(expected()),
-        };
-        number.checked_mul(unit).map(Size).ok_or_else(expected)
+        scaled(
+            value,
+            &[("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30)],
+        )
+        .map(Size)
+        .ok_or_else(|| format!("{value:?}: expected a whole number and KiB, MiB or GiB (64MiB)"))
     }
 }
 

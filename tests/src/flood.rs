@@ -10,33 +10,18 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const DATA: u8 = 0;
-const HEADERS: u8 = 1;
-const RST_STREAM: u8 = 3;
-const SETTINGS: u8 = 4;
-const PING: u8 = 6;
-const GOAWAY: u8 = 7;
+use crate::raw_h2::{
+    ACK, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PING, PREFACE, RST_STREAM, SETTINGS,
+    frame, word,
+};
+
 const WINDOW_UPDATE: u8 = 8;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-const ACK: u8 = 0x1;
 const DEFAULT_WINDOW: i64 = 65_535;
 const MAX_FRAME: usize = 16_384;
 
-fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
-    let len = payload.len() as u32;
-    out.extend_from_slice(&len.to_be_bytes()[1..]);
-    out.push(kind);
-    out.push(flags);
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-}
-
-fn word(payload: &[u8], at: usize) -> u32 {
-    payload.get(at..at + 4).map_or(0, |b| {
-        u32::from_be_bytes([b[0], b[1], b[2], b[3]]) & 0x7fff_ffff
-    })
+/// A WINDOW_UPDATE's increment, its reserved bit left out.
+fn increment(payload: &[u8]) -> i64 {
+    i64::from(word(payload, 0) & 0x7fff_ffff)
 }
 
 /// What the whole flood has seen so far.
@@ -232,10 +217,10 @@ impl Flooder {
                     frame(&mut self.outbox, SETTINGS, ACK, 0, &[]);
                 }
                 PING if flags & ACK == 0 => frame(&mut self.outbox, PING, ACK, 0, &payload),
-                WINDOW_UPDATE if id == 0 => self.window += i64::from(word(&payload, 0)),
+                WINDOW_UPDATE if id == 0 => self.window += increment(&payload),
                 WINDOW_UPDATE => {
                     if let Some(open) = self.streams.get_mut(&id) {
-                        open.window += i64::from(word(&payload, 0));
+                        open.window += increment(&payload);
                     }
                 }
                 HEADERS if flags & END_STREAM != 0 => {

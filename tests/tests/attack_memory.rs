@@ -91,6 +91,30 @@ impl Flood {
     }
 }
 
+/// The proxy at a cap of `cap` connections, with `args` besides, and a
+/// kubelet-like client connected before any attack: the metrics' address,
+/// the proxy's pid, the client, and the proxy's RSS with it alone.
+async fn proxy_at_the_cap(
+    node: &mut Node,
+    cap: usize,
+    args: &[&str],
+) -> (String, u32, attestgate_e2e::cri::Cri, u64) {
+    raise_open_files();
+    node.policy(ALLOW);
+    let addr = free_local_addr();
+    let cap = cap.to_string();
+    let mut all = vec!["--metrics-listen", &addr, "--max-connections", &cap];
+    all.extend_from_slice(args);
+    // The proxy's own open-file limit must hold the cap: four descriptors
+    // a connection. prlimit execs the proxy: the pid is the proxy's.
+    node.start_proxy_with(&["prlimit", "--nofile=8192:8192", "--"], &[], &all);
+    let pid = node.proxy_pid().expect("the proxy runs");
+    let kubelet = node.via_proxy().await;
+    kubelet.version().await.unwrap();
+    let (alone, _) = rss(pid);
+    (addr, pid, kubelet, alone)
+}
+
 async fn metric(addr: &str, name: &str) -> f64 {
     value(&scrape(addr).await, name).unwrap_or(0.0)
 }
@@ -132,31 +156,11 @@ async fn never_ending_request_bodies_at_the_connection_cap_stay_within_the_budge
     let Some(mut node) = Node::up(&agcri()) else {
         return;
     };
-    raise_open_files();
-    node.policy(ALLOW);
     // As many as the cap: kubelet's connections must make room.
     const ATTACKERS: usize = 1000;
     const BUDGET: f64 = 64.0 * MIB;
-    let addr = free_local_addr();
-    // The proxy's own open-file limit must hold the cap: four descriptors
-    // a connection.
-    node.start_proxy_with(
-        &["prlimit", "--nofile=8192:8192", "--"],
-        &[],
-        &[
-            "--metrics-listen",
-            &addr,
-            "--max-connections",
-            &ATTACKERS.to_string(),
-            "--memory-budget",
-            "64MiB",
-        ],
-    );
-    let pid = node.proxy_pid().expect("the proxy runs");
-    // prlimit execs the proxy: the pid is the proxy's.
-    let kubelet = node.via_proxy().await;
-    kubelet.version().await.unwrap();
-    let (alone, _) = rss(pid);
+    let (addr, pid, kubelet, alone) =
+        proxy_at_the_cap(&mut node, ATTACKERS, &["--memory-budget", "64MiB"]).await;
 
     // The attack's connections, first only said hello.
     let mut flood = Flood::start(
@@ -291,27 +295,10 @@ async fn connections_that_never_say_hello_cannot_fill_the_cap() {
     let Some(mut node) = Node::up(&agcri()) else {
         return;
     };
-    raise_open_files();
-    node.policy(ALLOW);
     const CAP: usize = 1024;
     const SILENT: usize = 1100;
-    let addr = free_local_addr();
-    node.start_proxy_with(
-        &["prlimit", "--nofile=8192:8192", "--"],
-        &[],
-        &[
-            "--metrics-listen",
-            &addr,
-            "--max-connections",
-            &CAP.to_string(),
-            "--handshake-timeout",
-            "5s",
-        ],
-    );
-    let pid = node.proxy_pid().expect("the proxy runs");
-    let kubelet = node.via_proxy().await;
-    kubelet.version().await.unwrap();
-    let (alone, _) = rss(pid);
+    let (addr, pid, kubelet, alone) =
+        proxy_at_the_cap(&mut node, CAP, &["--handshake-timeout", "5s"]).await;
     // More connections than the cap, none of which ever sends a byte.
     let started = Instant::now();
     let mut silent = Vec::new();
