@@ -8,6 +8,7 @@ mod attestor;
 mod check;
 mod evaluate;
 mod keys;
+mod repo;
 mod sign;
 
 use std::process::ExitCode;
@@ -45,6 +46,11 @@ enum Command {
         #[command(subcommand)]
         command: AttestorCommand,
     },
+    /// Bundle repositories: publish signed bundles and carry them to nodes.
+    Repo {
+        #[command(subcommand)]
+        command: repo::Command,
+    },
 }
 
 #[derive(Subcommand)]
@@ -78,6 +84,7 @@ fn main() -> ExitCode {
         Command::Attestor {
             command: AttestorCommand::Create(args),
         } => attestor::create(args),
+        Command::Repo { command } => repo::run(command),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
