@@ -42,9 +42,23 @@ pub const PROGRAM_KEYS: &[(&str, &[&str])] = &[
         ],
     ),
     (SHIM, &["runc_shim", "shim_mode"]),
+    (
+        SYNC,
+        &[
+            "bundle_source",
+            "trust_root",
+            "sync_state",
+            "sync_interval",
+            "sync_metrics_listen",
+            "registries",
+            "registry_timeout",
+            "log_format",
+        ],
+    ),
 ];
 pub const PROXY: &str = "attestgate-proxy";
 pub const SHIM: &str = "containerd-shim-attestgate-v2";
+pub const SYNC: &str = "attestgate-sync";
 
 /// The keys in the file every program reads.
 const NODE_KEYS: &[&str] = &[

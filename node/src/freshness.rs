@@ -63,6 +63,19 @@ impl Freshness {
         }))
     }
 
+    /// `sync.json` as attestgate-sync writes it, with where the bundle came
+    /// from for the operator who looks (readers ignore it).
+    pub fn render(&self, source: &str) -> String {
+        let expires = self
+            .expires
+            .format(&Rfc3339)
+            .unwrap_or_else(|_| self.expires.unix_timestamp().to_string());
+        format!(
+            "{}\n",
+            serde_json::json!({"version": self.version, "expires": expires, "source": source})
+        )
+    }
+
     pub fn expired(&self, now: OffsetDateTime) -> bool {
         self.expires <= now
     }
@@ -98,6 +111,12 @@ mod tests {
         assert_eq!(f.expires, time::macros::datetime!(2026-12-09 0:00 UTC));
         assert!(!f.expired(time::macros::datetime!(2026-12-08 23:59:59 UTC)));
         assert!(f.expired(time::macros::datetime!(2026-12-09 0:00 UTC)));
+        let rendered = Freshness {
+            version: 9,
+            expires: time::macros::datetime!(2027-01-02 3:04:05 UTC),
+        };
+        std::fs::write(dir.path().join(FILE), rendered.render("file:///m")).unwrap();
+        assert_eq!(Freshness::of(dir.path()), Ok(Some(rendered)));
         for wrong in [
             r#"{"version": 7}"#,
             r#"{"version": -1, "expires": "2026-12-09T00:00:00Z"}"#,

@@ -13,6 +13,8 @@
 //!   written closes).
 //! - [`freshness`]: until when a synced bundle may decide.
 //! - [`hooks`]: what a program may count (metrics) as the others work.
+//! - `metrics_http` (feature `metrics`): the Prometheus endpoint the
+//!   daemons serve.
 
 #![forbid(unsafe_code)]
 
@@ -21,6 +23,8 @@ pub mod config;
 pub mod decide;
 pub mod freshness;
 pub mod hooks;
+#[cfg(feature = "metrics")]
+pub mod metrics_http;
 pub mod store;
 
 pub use audit::AuditLog;

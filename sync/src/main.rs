@@ -1,1 +1,194 @@
-fn main() {}
+//! attestgate-sync: brings signed bundles (SPEC §10) from a registry, a
+//! directory or a web server into the node's bundle store. The proxy and
+//! the shim pick a new version up as they do any bundle change; nothing
+//! they decide waits on this program or on the network.
+//!
+//! Exit codes with `--once`: 0 updated or current, 1 refused, 2
+//! unreachable (or the node could not write); a daemon that cannot start
+//! exits 2.
+
+#![forbid(unsafe_code)]
+
+mod config;
+mod metrics;
+mod pass;
+mod versions;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use attestgate_registry::oci::RegistryOptions;
+use clap::Parser as _;
+use rand::Rng as _;
+
+use crate::config::{Config, Flags};
+use crate::metrics::{Metrics, ResultLabels};
+use crate::pass::{Outcome, Syncer};
+
+fn main() -> ExitCode {
+    let flags = Flags::parse();
+    let json = flags.log_format == Some(config::LogFormat::Json);
+    init_logging(json);
+    let config = match Config::load(flags) {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!("cannot start: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn registry_options(config: &Config) -> anyhow::Result<RegistryOptions> {
+    let mut extra_ca_pem = Vec::new();
+    for path in &config.extra_ca {
+        extra_ca_pem
+            .push(std::fs::read(path).with_context(|| format!("registries ca {}", path.display()))?);
+    }
+    Ok(RegistryOptions {
+        plain_http: config.plain_http.clone(),
+        timeout: config.registry_timeout,
+        extra_ca_pem,
+        ..RegistryOptions::default()
+    })
+}
+
+async fn run(config: Config) -> anyhow::Result<u8> {
+    let mut syncer = Syncer::new(
+        &config.source,
+        &config.state,
+        &config.trust_root,
+        &config.bundle,
+        registry_options(&config)?,
+    )?;
+    let metrics = Arc::new(Metrics::new());
+    if let Some(addr) = config.metrics_listen {
+        let served = metrics.clone();
+        // Bound before the first pass, so a wrong address fails at start.
+        let listener = attestgate_node::metrics_http::bind(addr).await?;
+        tokio::spawn(async move {
+            attestgate_node::metrics_http::serve_on(listener, move || served.encode()).await;
+        });
+    }
+    if let Some((_, Some(freshness))) = versions::current(syncer.bundle()) {
+        metrics.version.set(freshness.version as i64);
+        metrics.expires_at.set(freshness.expires.unix_timestamp());
+    }
+    if config.once {
+        let outcome = syncer.pass().await;
+        report(&syncer, &metrics, &outcome);
+        return Ok(outcome.exit_code());
+    }
+    tracing::info!(
+        source = %config.source,
+        bundle = %config.bundle.display(),
+        interval = ?config.interval,
+        "syncing"
+    );
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        let outcome = syncer.pass().await;
+        report(&syncer, &metrics, &outcome);
+        let wait = jittered(config.interval);
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = terminate.recv() => {
+                tracing::info!("stopping");
+                return Ok(0);
+            }
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("stopping");
+                return Ok(0);
+            }
+        }
+    }
+}
+
+/// A thousand nodes started together must not poll the registry together:
+/// each waits a tenth of the interval more or less, at random.
+fn jittered(interval: Duration) -> Duration {
+    let tenth = interval.as_secs_f64() / 10.0;
+    let offset = rand::thread_rng().gen_range(-tenth..=tenth);
+    Duration::from_secs_f64((interval.as_secs_f64() + offset).max(0.1))
+}
+
+fn report(syncer: &Syncer, metrics: &Metrics, outcome: &Outcome) {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    metrics
+        .polls
+        .get_or_create(&ResultLabels {
+            result: outcome.result(),
+        })
+        .inc();
+    metrics.requests.inc_by(u64::from(syncer.traffic.requests));
+    metrics.bytes.inc_by(syncer.traffic.bytes);
+    match outcome {
+        Outcome::Updated { version, expires } => {
+            tracing::info!(
+                source = %syncer.source_text,
+                version,
+                expires = %attestgate_policy::decision::format_time(*expires),
+                "new bundle version in force"
+            );
+            metrics.updates.inc();
+            metrics.last_success.set(now);
+            metrics.version.set(*version as i64);
+            metrics.expires_at.set(expires.unix_timestamp());
+        }
+        Outcome::Current { version } => {
+            tracing::debug!(version, "bundle is current");
+            metrics.last_success.set(now);
+            if let Some((_, Some(freshness))) = versions::current(syncer.bundle()) {
+                metrics.expires_at.set(freshness.expires.unix_timestamp());
+            }
+        }
+        Outcome::Refused { reason, message } => {
+            tracing::warn!(
+                source = %syncer.source_text,
+                reason,
+                "refused, the bundle in force stays: {message}"
+            );
+            metrics.failed(reason, now);
+        }
+        Outcome::Failed { reason, message } => {
+            tracing::warn!(
+                source = %syncer.source_text,
+                reason,
+                "sync failed, the bundle in force stays: {message}"
+            );
+            metrics.failed(reason, now);
+        }
+    }
+}

@@ -1,0 +1,387 @@
+//! One sync: ask the source whether anything changed (one conditional
+//! request), and if it did, fetch, verify everything, write the new version
+//! whole, check it as `policy check` would, make it current, and only then
+//! trust the new metadata. Any refusal leaves the current bundle in place.
+
+use std::path::{Path, PathBuf};
+
+use attestgate_node::freshness::Freshness;
+use attestgate_registry::https::{self, HttpsTransport};
+use attestgate_registry::oci::{self, Fetched, OciRef, RegistryOptions};
+use attestgate_registry::tuf::{self, Trust, Verified};
+use sha2::{Digest as _, Sha256};
+use url::Url;
+
+use crate::versions::{self, Last, State};
+
+/// Where bundles come from (SPEC §10 `bundle_source`).
+#[derive(Debug, Clone)]
+pub enum Source {
+    Oci(OciRef),
+    Dir(PathBuf),
+    Https(Url),
+}
+
+impl Source {
+    pub fn parse(text: &str) -> anyhow::Result<Source> {
+        if text.starts_with("oci://") {
+            return Ok(Source::Oci(OciRef::parse(text)?));
+        }
+        if let Some(path) = text.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                anyhow::bail!("bundle_source {text:?}: expected file:///ABSOLUTE/DIR");
+            }
+            return Ok(Source::Dir(PathBuf::from(path)));
+        }
+        if text.starts_with("https://") || text.starts_with("http://") {
+            let mut url =
+                Url::parse(text).map_err(|e| anyhow::anyhow!("bundle_source {text:?}: {e}"))?;
+            // A base names a directory: without the slash, joining would
+            // replace its last segment.
+            if !url.path().ends_with('/') {
+                url.set_path(&format!("{}/", url.path()));
+            }
+            return Ok(Source::Https(url));
+        }
+        anyhow::bail!(
+            "bundle_source {text:?}: expected oci://HOST[:PORT]/REPO:TAG, file:///DIR or https://HOST/PATH/"
+        )
+    }
+}
+
+/// How a pass ended: what `--once` exits with and the metrics count.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A new version is current.
+    Updated { version: u64, expires: time::OffsetDateTime },
+    /// The source has nothing newer than the bundle in force.
+    Current { version: u64 },
+    /// The source offered something that was refused; the bundle in force
+    /// stays.
+    Refused { reason: &'static str, message: String },
+    /// The source could not be reached, or the node could not write; the
+    /// next poll tries again.
+    Failed { reason: &'static str, message: String },
+}
+
+impl Outcome {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Outcome::Updated { .. } | Outcome::Current { .. } => 0,
+            Outcome::Refused { .. } => 1,
+            Outcome::Failed { .. } => 2,
+        }
+    }
+
+    pub fn result(&self) -> &'static str {
+        match self {
+            Outcome::Updated { .. } => "updated",
+            Outcome::Current { .. } => "current",
+            Outcome::Refused { .. } => "refused",
+            Outcome::Failed { .. } => "unreachable",
+        }
+    }
+}
+
+/// Why a pass did not end with the source's bundle in force.
+struct Stop {
+    refused: bool,
+    reason: &'static str,
+    message: String,
+}
+
+impl From<tuf::TufError> for Stop {
+    fn from(e: tuf::TufError) -> Stop {
+        let local = matches!(e, tuf::TufError::Io { .. });
+        Stop {
+            refused: !e.is_unreachable() && !local,
+            reason: e.reason(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<oci::OciError> for Stop {
+    fn from(e: oci::OciError) -> Stop {
+        let local = matches!(e.reason(), "local" | "io");
+        Stop {
+            refused: !e.is_unreachable() && !local,
+            reason: e.reason(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<https::HttpsError> for Stop {
+    fn from(e: https::HttpsError) -> Stop {
+        Stop {
+            refused: !e.is_unreachable() && e.reason() != "local",
+            reason: e.reason(),
+            message: e.to_string(),
+        }
+    }
+}
+
+fn local(e: anyhow::Error) -> Stop {
+    Stop {
+        refused: false,
+        reason: "local",
+        message: format!("{e:#}"),
+    }
+}
+
+pub struct Syncer {
+    pub source_text: String,
+    source: Source,
+    state: State,
+    trust: Trust,
+    bundle: PathBuf,
+    options: RegistryOptions,
+    tuf_limits: tuf::Limits,
+    oci_limits: oci::Limits,
+    /// What the last pass cost at the registry, for the metrics.
+    pub traffic: oci::Traffic,
+}
+
+impl Syncer {
+    pub fn new(
+        source_text: &str,
+        state_dir: &Path,
+        trust_root: &Path,
+        bundle: &Path,
+        options: RegistryOptions,
+    ) -> anyhow::Result<Syncer> {
+        use anyhow::Context as _;
+        let source = Source::parse(source_text)?;
+        let state = State::open(state_dir)?;
+        let root = std::fs::read(trust_root)
+            .with_context(|| format!("trust_root {}", trust_root.display()))?;
+        let trust = Trust::open(&state.tuf(), &root)
+            .with_context(|| format!("trust_root {}", trust_root.display()))?;
+        Ok(Syncer {
+            source_text: source_text.to_string(),
+            source,
+            state,
+            trust,
+            bundle: bundle.to_path_buf(),
+            options,
+            tuf_limits: tuf::Limits::default(),
+            oci_limits: oci::Limits::default(),
+            traffic: oci::Traffic::default(),
+        })
+    }
+
+    pub fn bundle(&self) -> &Path {
+        &self.bundle
+    }
+
+    pub async fn pass(&mut self) -> Outcome {
+        self.traffic = oci::Traffic::default();
+        match self.try_pass().await {
+            Ok(outcome) => outcome,
+            Err(stop) if stop.refused => Outcome::Refused {
+                reason: stop.reason,
+                message: stop.message,
+            },
+            Err(stop) => Outcome::Failed {
+                reason: stop.reason,
+                message: stop.message,
+            },
+        }
+    }
+
+    async fn try_pass(&mut self) -> Result<Outcome, Stop> {
+        let last = self.state.last(&self.source_text);
+        let previous = last.as_ref().and_then(|l| l.validator.clone());
+        let current = versions::current(&self.bundle);
+        // A validator is worth something only while the version it led to
+        // is still the bundle in force.
+        let previous = previous.filter(|_| current.as_ref().is_some_and(|(_, f)| f.is_some()));
+        let mut recent = last.map(|l| l.recent_manifests).unwrap_or_default();
+        let (verified, validator) = match self.source.clone() {
+            Source::Oci(reference) => {
+                let staging = self.state.staging().map_err(local)?;
+                let result = oci::fetch(
+                    &reference,
+                    previous.as_deref(),
+                    &staging,
+                    &self.state.blobs(),
+                    &self.options,
+                    &self.oci_limits,
+                )
+                .await;
+                let (fetched, traffic) = match result {
+                    Ok(done) => done,
+                    Err(e) => return Err(e.into()),
+                };
+                self.traffic = traffic;
+                match fetched {
+                    Fetched::Unchanged => return self.unchanged(current),
+                    Fetched::New {
+                        manifest_digest, ..
+                    } => {
+                        let verified =
+                            tuf::verify_dir(&self.trust, &staging, &self.tuf_limits).await?;
+                        recent.retain(|m| m != &manifest_digest);
+                        recent.insert(0, manifest_digest.clone());
+                        recent.truncate(versions::KEPT);
+                        (verified, manifest_digest)
+                    }
+                }
+            }
+            Source::Dir(dir) => {
+                // The timestamp is what changes with every publish and
+                // every renewal: its digest tells an unchanged directory.
+                let timestamp = dir.join("metadata/timestamp.json");
+                let digest = match std::fs::read(&timestamp) {
+                    Ok(bytes) => format!("sha256:{}", hex::encode(Sha256::digest(&bytes))),
+                    Err(e) => {
+                        return Err(Stop {
+                            refused: false,
+                            reason: "unreachable",
+                            message: format!("{}: {e}", timestamp.display()),
+                        });
+                    }
+                };
+                if previous.as_deref() == Some(digest.as_str()) {
+                    return self.unchanged(current);
+                }
+                (
+                    tuf::verify_dir(&self.trust, &dir, &self.tuf_limits).await?,
+                    digest,
+                )
+            }
+            Source::Https(base) => {
+                let (unchanged, validator) =
+                    https::timestamp_unchanged(&base, previous.as_deref(), &self.options).await?;
+                if unchanged && previous.is_some() {
+                    return self.unchanged(current);
+                }
+                let join = |sub: &str| {
+                    base.join(sub).map_err(|e| Stop {
+                        refused: false,
+                        reason: "bad_reference",
+                        message: format!("{base}{sub}: {e}"),
+                    })
+                };
+                let transport =
+                    HttpsTransport::new(&self.options, self.tuf_limits.max_file.max(self.tuf_limits.max_targets))?;
+                let verified = tuf::verify(
+                    &self.trust,
+                    join("metadata/")?,
+                    join("targets/")?,
+                    Box::new(transport),
+                    None,
+                    &self.tuf_limits,
+                )
+                .await?;
+                (verified, validator)
+            }
+        };
+        let outcome = self.install(verified, current)?;
+        self.state
+            .save_last(&Last {
+                source: self.source_text.clone(),
+                validator: Some(validator),
+                recent_manifests: recent.clone(),
+            })
+            .map_err(local)?;
+        if let Source::Oci(_) = self.source {
+            let keep: Vec<&str> = recent.iter().map(String::as_str).collect();
+            if let Err(e) = oci::prune(&self.state.blobs(), &keep).await {
+                tracing::warn!(error = %e, "cannot prune the blob cache");
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// The source still serves what is in force: current, unless what is in
+    /// force has expired, which a source that keeps serving the same old
+    /// metadata (frozen, or held back by someone in the way) must not hide.
+    fn unchanged(&self, current: Option<(PathBuf, Option<Freshness>)>) -> Result<Outcome, Stop> {
+        let Some((_, Some(freshness))) = current else {
+            return Err(Stop {
+                refused: false,
+                reason: "local",
+                message: "no synced bundle in force".into(),
+            });
+        };
+        if let Some(lapsed) = freshness.lapsed(time::OffsetDateTime::now_utc()) {
+            return Err(Stop {
+                refused: true,
+                reason: "expired",
+                message: format!(
+                    "the source still serves the metadata of version {}, which has expired: {lapsed}; freeze refused",
+                    freshness.version
+                ),
+            });
+        }
+        Ok(Outcome::Current {
+            version: freshness.version,
+        })
+    }
+
+    /// Writes `verified` as a version, checks it, makes it current, then
+    /// trusts its metadata.
+    fn install(
+        &mut self,
+        verified: Verified,
+        current: Option<(PathBuf, Option<Freshness>)>,
+    ) -> Result<Outcome, Stop> {
+        let name = format!(
+            "v{}-t{}-r{}",
+            verified.targets_version, verified.timestamp_version, verified.root_version
+        );
+        let freshness = Freshness {
+            version: verified.targets_version,
+            expires: verified.expires,
+        };
+        let same = current.as_ref().is_some_and(|(dir, f)| {
+            dir.file_name().is_some_and(|n| n == name.as_str()) && f.as_ref() == Some(&freshness)
+        });
+        if same {
+            verified.commit(&mut self.trust)?;
+            return Ok(Outcome::Current {
+                version: freshness.version,
+            });
+        }
+        let files: Vec<(String, &[u8])> = verified
+            .files
+            .iter()
+            .map(|(path, bytes)| (path.clone(), bytes.as_ref()))
+            .collect();
+        let dir = self
+            .state
+            .write_version(&name, &files, &freshness, &self.source_text)
+            .map_err(local)?;
+        // Signed is not the same as valid: a publisher's mistake must not
+        // replace a good policy any more than an attacker's.
+        if let Err(e) = attestgate_policy::Bundle::load(&dir) {
+            let _ = std::fs::remove_dir_all(&dir);
+            let all: Vec<String> = e.errors.iter().map(ToString::to_string).collect();
+            return Err(Stop {
+                refused: true,
+                reason: "policy",
+                message: format!(
+                    "version {} is signed but not a valid bundle: {}",
+                    freshness.version,
+                    all.join("; ")
+                ),
+            });
+        }
+        versions::make_current(&self.bundle, &dir).map_err(local)?;
+        verified.commit(&mut self.trust)?;
+        match self.state.prune(&self.bundle) {
+            Ok(removed) => {
+                for old in removed {
+                    tracing::debug!(version = %old.display(), "removed an old bundle version");
+                }
+            }
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot prune old bundle versions"),
+        }
+        Ok(Outcome::Updated {
+            version: freshness.version,
+            expires: freshness.expires,
+        })
+    }
+}
