@@ -216,7 +216,9 @@ fn wrapped_download_failure(err: &tough::error::Error) -> Option<TufError> {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
     while let Some(current) = cause {
         if let Some(cap) = current.downcast_ref::<SizeCap>() {
-            return Some(TufError::TooLarge(format!("download past the size limit: {cap}")));
+            return Some(TufError::TooLarge(format!(
+                "download past the size limit: {cap}"
+            )));
         }
         if let Some(inner) = current.downcast_ref::<tough::error::Error>() {
             match inner {

@@ -25,7 +25,10 @@ enum Material {
     EcdsaP256(Vec<u8>),
     /// PKCS#8 (v1 or v2) DER.
     Ed25519(Vec<u8>),
-    Rsa { der: Vec<u8>, pkcs1: bool },
+    Rsa {
+        der: Vec<u8>,
+        pkcs1: bool,
+    },
 }
 
 /// A private key read from a PEM file: PKCS#8 (EC P-256, Ed25519, RSA),

@@ -17,8 +17,8 @@ use tough::editor::signed::SignedRole;
 use tough::key_source::KeySource;
 use tough::schema::decoded::{Decoded, Hex};
 use tough::schema::{
-    Hashes, KeyHolder, Metafile, Role, RoleKeys, RoleType, Root, Signed, Snapshot, Target,
-    Targets, Timestamp,
+    Hashes, KeyHolder, Metafile, Role, RoleKeys, RoleType, Root, Signed, Snapshot, Target, Targets,
+    Timestamp,
 };
 
 use super::fs::{read, read_optional, sync_dir, write_atomic, write_synced};
@@ -157,16 +157,14 @@ pub async fn publish(
     }
 
     let previous = |file: &str| -> Result<u64, TufError> {
-        Ok(
-            match read_optional(&metadata.join(file))? {
-                Some(bytes) => parse_json::<Signed<serde_json::Value>>(&bytes, file)?
-                    .signed
-                    .get("version")
-                    .and_then(serde_json::Value::as_u64)
-                    .unwrap_or(0),
-                None => 0,
-            },
-        )
+        Ok(match read_optional(&metadata.join(file))? {
+            Some(bytes) => parse_json::<Signed<serde_json::Value>>(&bytes, file)?
+                .signed
+                .get("version")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0),
+            None => 0,
+        })
     };
     let targets_version = next_version(previous("targets.json")?)?;
     let snapshot_version = next_version(previous("snapshot.json")?)?;
@@ -177,11 +175,10 @@ pub async fn publish(
     let mut contents = Vec::with_capacity(files.len());
     for (name, path) in &files {
         let bytes = read(path)?;
-        let target_name = TargetName::new(name.as_str())
-            .map_err(|e| TufError::BadPath {
-                path: name.clone(),
-                why: e.to_string(),
-            })?;
+        let target_name = TargetName::new(name.as_str()).map_err(|e| TufError::BadPath {
+            path: name.clone(),
+            why: e.to_string(),
+        })?;
         targets.targets.insert(
             target_name,
             Target {
@@ -217,15 +214,26 @@ pub async fn publish(
     let staging = tempfile::Builder::new()
         .prefix(".publish-")
         .tempdir_in(dir)
-        .map_err(|e| TufError::io(format!("creating a staging directory in {}", dir.display()), e))?;
+        .map_err(|e| {
+            TufError::io(
+                format!("creating a staging directory in {}", dir.display()),
+                e,
+            )
+        })?;
     let stage_metadata = staging.path().join("metadata");
     let stage_targets = staging.path().join("targets");
     for version in root_versions(&metadata)? {
         let file = format!("{version}.root.json");
         write_synced(&stage_metadata.join(&file), &read(&metadata.join(&file))?)?;
     }
-    write_synced(&stage_metadata.join("targets.json"), signed_targets.buffer())?;
-    write_synced(&stage_metadata.join("snapshot.json"), signed_snapshot.buffer())?;
+    write_synced(
+        &stage_metadata.join("targets.json"),
+        signed_targets.buffer(),
+    )?;
+    write_synced(
+        &stage_metadata.join("snapshot.json"),
+        signed_snapshot.buffer(),
+    )?;
     write_synced(
         &stage_metadata.join("timestamp.json"),
         signed_timestamp.buffer(),
@@ -257,11 +265,7 @@ pub async fn publish(
 }
 
 /// A new timestamp over the existing snapshot's bytes; returns its version.
-pub async fn timestamp(
-    dir: &Path,
-    keys: &[PemKey],
-    expires: Duration,
-) -> Result<u64, TufError> {
+pub async fn timestamp(dir: &Path, keys: &[PemKey], expires: Duration) -> Result<u64, TufError> {
     let metadata = dir.join("metadata");
     let (_, root) = latest_root(&metadata)?;
     check_signers(&root.signed, RoleType::Timestamp, keys)?;
@@ -521,7 +525,9 @@ fn set_role(
         }
     }
     if ids.is_empty() {
-        return Err(TufError::Usage(format!("the {role} role needs at least one key")));
+        return Err(TufError::Usage(format!(
+            "the {role} role needs at least one key"
+        )));
     }
     let threshold = NonZeroU64::new(threshold)
         .ok_or_else(|| TufError::Usage(format!("{threshold_flag} must be at least 1")))?;

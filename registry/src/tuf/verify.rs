@@ -177,7 +177,12 @@ pub async fn verify(
     let work = tempfile::Builder::new()
         .prefix(WORK_PREFIX)
         .tempdir_in(&trust.state)
-        .map_err(|e| TufError::io(format!("creating a work directory in {}", trust.state.display()), e))?;
+        .map_err(|e| {
+            TufError::io(
+                format!("creating a work directory in {}", trust.state.display()),
+                e,
+            )
+        })?;
     copy_datastore(&trust.state.join(DATASTORE), work.path())?;
 
     let capped = Capped {
@@ -334,7 +339,10 @@ impl Verified {
         let name = kept
             .file_name()
             .ok_or_else(|| TufError::Invalid("work directory without a name".into()))?;
-        let committed_name = format!("ds-{}", name.to_string_lossy().trim_start_matches(WORK_PREFIX));
+        let committed_name = format!(
+            "ds-{}",
+            name.to_string_lossy().trim_start_matches(WORK_PREFIX)
+        );
         let committed = trust.state.join(&committed_name);
         std::fs::rename(&kept, &committed)
             .map_err(|e| TufError::io(format!("renaming {}", kept.display()), e))?;
@@ -492,7 +500,10 @@ struct Capped {
 impl Capped {
     fn cap_for(&self, url: &Url) -> (u64, &'static str) {
         if url.as_str().starts_with(self.metadata_base.as_str()) {
-            let file = url.path_segments().and_then(|mut s| s.next_back()).unwrap_or("");
+            let file = url
+                .path_segments()
+                .and_then(|mut s| s.next_back())
+                .unwrap_or("");
             match file {
                 "timestamp.json" => (self.limits.max_timestamp, "timestamp"),
                 "snapshot.json" => (self.limits.max_snapshot, "snapshot"),
@@ -528,8 +539,9 @@ impl Transport for Capped {
             }
             Ok(chunk)
         });
-        let boxed: Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, TransportError>> + Send + Sync>> =
-            Box::pin(capped);
+        let boxed: Pin<
+            Box<dyn futures_util::Stream<Item = Result<Bytes, TransportError>> + Send + Sync>,
+        > = Box::pin(capped);
         Ok(boxed)
     }
 }
