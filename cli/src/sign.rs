@@ -10,7 +10,7 @@ use base64::Engine as _;
 use clap::Args as ClapArgs;
 
 use crate::Outcome;
-use crate::keys::{SigningKey, generate};
+use crate::keys::{SigningKey, generate, generate_ed25519};
 
 pub fn parse_algorithm(name: &str) -> anyhow::Result<SignatureAlgorithm> {
     SignatureAlgorithm::parse(name).with_context(|| {
@@ -24,7 +24,8 @@ pub fn parse_algorithm(name: &str) -> anyhow::Result<SignatureAlgorithm> {
 
 #[derive(ClapArgs)]
 pub struct KeygenArgs {
-    /// GCP signature algorithm, e.g. ECDSA_P256_SHA256 or RSA_PSS_2048_SHA256.
+    /// GCP signature algorithm, e.g. ECDSA_P256_SHA256 or RSA_PSS_2048_SHA256;
+    /// or ed25519, for TUF metadata keys (`repo`) only.
     #[arg(long)]
     algorithm: String,
     /// Where to write the private key (PKCS#8 PEM, mode 0600).
@@ -39,8 +40,11 @@ pub struct KeygenArgs {
 }
 
 pub fn keygen(args: KeygenArgs) -> anyhow::Result<Outcome> {
-    let algorithm = parse_algorithm(&args.algorithm)?;
-    let key = generate(algorithm)?;
+    let key = if args.algorithm.eq_ignore_ascii_case("ed25519") {
+        generate_ed25519()?
+    } else {
+        generate(parse_algorithm(&args.algorithm)?)?
+    };
     write_file(&args.private, key.private_pem.as_bytes(), 0o600, args.force)?;
     write_file(&args.public, key.public_pem.as_bytes(), 0o644, args.force)?;
     eprintln!(
