@@ -10,7 +10,7 @@ use base64::Engine as _;
 use clap::Args as ClapArgs;
 
 use crate::Outcome;
-use crate::keys::{SigningKey, generate, generate_ed25519};
+use crate::keys::{GeneratedKey, SigningKey, generate};
 
 pub fn parse_algorithm(name: &str) -> anyhow::Result<SignatureAlgorithm> {
     SignatureAlgorithm::parse(name).with_context(|| {
@@ -72,6 +72,38 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32, force: bool) -> anyhow::Resu
     file.write_all(bytes)
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
+}
+
+/// The DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410): SEQUENCE,
+/// AlgorithmIdentifier id-Ed25519, BIT STRING of the 32-byte key.
+const ED25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+
+/// An Ed25519 key pair for TUF metadata (not an attestation algorithm):
+/// PKCS#8 v1, as `openssl genpkey -algorithm ed25519` writes it.
+fn generate_ed25519() -> anyhow::Result<GeneratedKey> {
+    use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let document = Ed25519KeyPair::generate_pkcs8v1(&rng)
+        .map_err(|_| anyhow::anyhow!("generating an Ed25519 key failed"))?;
+    let pair = Ed25519KeyPair::from_pkcs8(document.as_ref())
+        .map_err(|e| anyhow::anyhow!("re-reading the Ed25519 key: {e}"))?;
+    let private_pem = pkcs8::SecretDocument::try_from(document.as_ref())
+        .context("encoding the Ed25519 key")?
+        .to_pem("PRIVATE KEY", pkcs8::LineEnding::LF)
+        .context("encoding the Ed25519 key as PEM")?
+        .to_string();
+    let mut spki_der = ED25519_SPKI_PREFIX.to_vec();
+    spki_der.extend_from_slice(pair.public_key().as_ref());
+    let public_pem = spki::Document::try_from(spki_der.as_slice())
+        .context("encoding the Ed25519 public key")?
+        .to_pem("PUBLIC KEY", pkcs8::LineEnding::LF)
+        .context("encoding the Ed25519 public key as PEM")?;
+    Ok(GeneratedKey {
+        private_pem,
+        public_pem,
+    })
 }
 
 #[derive(ClapArgs)]

@@ -212,7 +212,8 @@ fn url_path(source: &str, rest: &str) -> anyhow::Result<PathBuf> {
 pub fn verify(args: VerifyArgs) -> anyhow::Result<Outcome> {
     let root = std::fs::read(&args.root)
         .with_context(|| format!("cannot read {}", args.root.display()))?;
-    let trust = Trust::ephemeral(&root).with_context(|| format!("--root {}", args.root.display()))?;
+    let trust =
+        Trust::ephemeral(&root).with_context(|| format!("--root {}", args.root.display()))?;
     let limits = Limits::default();
     let result = match parse_source(&args.source)? {
         Source::Directory(dir) => {
@@ -260,4 +261,3 @@ fn print_verified(source: &str, v: &tuf::Verified) {
         );
     }
 }
-

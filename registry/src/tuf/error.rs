@@ -214,7 +214,11 @@ pub(crate) struct SizeCap {
 
 fn wrapped_download_failure(err: &tough::error::Error) -> Option<TufError> {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    let mut url = String::new();
     while let Some(current) = cause {
+        if let Some(transport) = current.downcast_ref::<tough::TransportError>() {
+            url = format!("{}: ", transport.url());
+        }
         if let Some(cap) = current.downcast_ref::<SizeCap>() {
             return Some(TufError::TooLarge(format!(
                 "download past the size limit: {cap}"
@@ -223,10 +227,10 @@ fn wrapped_download_failure(err: &tough::error::Error) -> Option<TufError> {
         if let Some(inner) = current.downcast_ref::<tough::error::Error>() {
             match inner {
                 tough::error::Error::HashMismatch { .. } => {
-                    return Some(TufError::TargetMismatch(inner.to_string()));
+                    return Some(TufError::TargetMismatch(format!("{url}{inner}")));
                 }
                 tough::error::Error::MaxSizeExceeded { .. } => {
-                    return Some(size_failure(&inner.to_string()));
+                    return Some(size_failure(&format!("{url}{inner}")));
                 }
                 _ => {}
             }
