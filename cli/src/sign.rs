@@ -10,7 +10,7 @@ use base64::Engine as _;
 use clap::Args as ClapArgs;
 
 use crate::Outcome;
-use crate::keys::{SigningKey, generate};
+use crate::keys::{GeneratedKey, SigningKey, generate};
 
 pub fn parse_algorithm(name: &str) -> anyhow::Result<SignatureAlgorithm> {
     SignatureAlgorithm::parse(name).with_context(|| {
@@ -24,7 +24,8 @@ pub fn parse_algorithm(name: &str) -> anyhow::Result<SignatureAlgorithm> {
 
 #[derive(ClapArgs)]
 pub struct KeygenArgs {
-    /// GCP signature algorithm, e.g. ECDSA_P256_SHA256 or RSA_PSS_2048_SHA256.
+    /// GCP signature algorithm, e.g. ECDSA_P256_SHA256 or RSA_PSS_2048_SHA256;
+    /// or ed25519, for TUF metadata keys (`repo`) only.
     #[arg(long)]
     algorithm: String,
     /// Where to write the private key (PKCS#8 PEM, mode 0600).
@@ -39,8 +40,11 @@ pub struct KeygenArgs {
 }
 
 pub fn keygen(args: KeygenArgs) -> anyhow::Result<Outcome> {
-    let algorithm = parse_algorithm(&args.algorithm)?;
-    let key = generate(algorithm)?;
+    let key = if args.algorithm.eq_ignore_ascii_case("ed25519") {
+        generate_ed25519()?
+    } else {
+        generate(parse_algorithm(&args.algorithm)?)?
+    };
     write_file(&args.private, key.private_pem.as_bytes(), 0o600, args.force)?;
     write_file(&args.public, key.public_pem.as_bytes(), 0o644, args.force)?;
     eprintln!(
@@ -68,6 +72,38 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32, force: bool) -> anyhow::Resu
     file.write_all(bytes)
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
+}
+
+/// The DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410): SEQUENCE,
+/// AlgorithmIdentifier id-Ed25519, BIT STRING of the 32-byte key.
+const ED25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+
+/// An Ed25519 key pair for TUF metadata (not an attestation algorithm):
+/// PKCS#8 v1, as `openssl genpkey -algorithm ed25519` writes it.
+fn generate_ed25519() -> anyhow::Result<GeneratedKey> {
+    use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let document = Ed25519KeyPair::generate_pkcs8v1(&rng)
+        .map_err(|_| anyhow::anyhow!("generating an Ed25519 key failed"))?;
+    let pair = Ed25519KeyPair::from_pkcs8(document.as_ref())
+        .map_err(|e| anyhow::anyhow!("re-reading the Ed25519 key: {e}"))?;
+    let private_pem = pkcs8::SecretDocument::try_from(document.as_ref())
+        .context("encoding the Ed25519 key")?
+        .to_pem("PRIVATE KEY", pkcs8::LineEnding::LF)
+        .context("encoding the Ed25519 key as PEM")?
+        .to_string();
+    let mut spki_der = ED25519_SPKI_PREFIX.to_vec();
+    spki_der.extend_from_slice(pair.public_key().as_ref());
+    let public_pem = spki::Document::try_from(spki_der.as_slice())
+        .context("encoding the Ed25519 public key")?
+        .to_pem("PUBLIC KEY", pkcs8::LineEnding::LF)
+        .context("encoding the Ed25519 public key as PEM")?;
+    Ok(GeneratedKey {
+        private_pem,
+        public_pem,
+    })
 }
 
 #[derive(ClapArgs)]

@@ -1,45 +1,263 @@
-//! (being written) init, publish, timestamp, rotate-root, verify.
+//! `repo init`, `publish`, `timestamp`, `rotate-root` and `verify`: thin
+//! flags over attestgate-registry's TUF module.
 
 use std::path::PathBuf;
 
+use anyhow::{Context as _, bail};
+use attestgate_node::config::Span;
+use attestgate_registry::tuf::{self, Limits, PemKey, Trust, TufError};
 use clap::Args;
+use sha2::{Digest as _, Sha256};
 
 use crate::Outcome;
 
 #[derive(Args)]
 pub struct InitArgs {
+    /// The repository directory; DIR/metadata/1.root.json is written.
     pub dir: PathBuf,
+    /// A root key (PEM private key); repeat for several.
+    #[arg(long = "root-key", required = true)]
+    pub root_keys: Vec<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    pub root_threshold: u64,
+    /// A targets key; repeat for several.
+    #[arg(long = "targets-key", required = true)]
+    pub targets_keys: Vec<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    pub targets_threshold: u64,
+    #[arg(long)]
+    pub snapshot_key: PathBuf,
+    #[arg(long)]
+    pub timestamp_key: PathBuf,
+    /// How long the root is valid.
+    #[arg(long, default_value = "365d")]
+    pub expires: Span,
 }
+
 #[derive(Args)]
 pub struct PublishArgs {
     pub dir: PathBuf,
+    /// The bundle directory whose files become the next version.
+    #[arg(long)]
+    pub bundle: PathBuf,
+    /// Signing keys (targets, snapshot, timestamp), matched to roles by key id.
+    #[arg(long = "key", required = true)]
+    pub keys: Vec<PathBuf>,
+    /// Lifetime of targets and snapshot.
+    #[arg(long, default_value = "30d")]
+    pub expires: Span,
+    #[arg(long, default_value = "7d")]
+    pub timestamp_expires: Span,
 }
+
 #[derive(Args)]
 pub struct TimestampArgs {
     pub dir: PathBuf,
+    /// The timestamp key(s).
+    #[arg(long = "key", required = true)]
+    pub keys: Vec<PathBuf>,
+    #[arg(long, default_value = "1d")]
+    pub expires: Span,
 }
+
 #[derive(Args)]
 pub struct RotateRootArgs {
     pub dir: PathBuf,
-}
-#[derive(Args)]
-pub struct VerifyArgs {
-    pub source: String,
+    /// Keys of the current root (a threshold of them must sign).
+    #[arg(long = "key", required = true)]
+    pub keys: Vec<PathBuf>,
+    /// Keys of the new root; repeat for several.
+    #[arg(long = "new-root-key", required = true)]
+    pub new_root_keys: Vec<PathBuf>,
+    /// Defaults to the current root's threshold.
+    #[arg(long)]
+    pub root_threshold: Option<u64>,
+    /// Replace the targets keys.
+    #[arg(long = "targets-key")]
+    pub targets_keys: Vec<PathBuf>,
+    #[arg(long)]
+    pub targets_threshold: Option<u64>,
+    /// Replace the snapshot key.
+    #[arg(long)]
+    pub snapshot_key: Option<PathBuf>,
+    /// Replace the timestamp key.
+    #[arg(long)]
+    pub timestamp_key: Option<PathBuf>,
+    #[arg(long, default_value = "365d")]
+    pub expires: Span,
 }
 
-pub fn init(_: InitArgs) -> anyhow::Result<Outcome> {
-    anyhow::bail!("not built yet")
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// file:///DIR or a directory (oci:// and https:// to come).
+    pub source: String,
+    /// The trusted root to start from (e.g. DIR/metadata/1.root.json).
+    #[arg(long)]
+    pub root: PathBuf,
 }
-pub fn publish(_: PublishArgs) -> anyhow::Result<Outcome> {
-    anyhow::bail!("not built yet")
+
+fn keys(paths: &[PathBuf]) -> anyhow::Result<Vec<PemKey>> {
+    paths
+        .iter()
+        .map(|p| PemKey::from_file(p).map_err(anyhow::Error::from))
+        .collect()
 }
-pub fn timestamp(_: TimestampArgs) -> anyhow::Result<Outcome> {
-    anyhow::bail!("not built yet")
+
+pub fn init(args: InitArgs) -> anyhow::Result<Outcome> {
+    let options = tuf::InitOptions {
+        root_keys: keys(&args.root_keys)?,
+        root_threshold: args.root_threshold,
+        targets_keys: keys(&args.targets_keys)?,
+        targets_threshold: args.targets_threshold,
+        snapshot_keys: keys(std::slice::from_ref(&args.snapshot_key))?,
+        timestamp_keys: keys(std::slice::from_ref(&args.timestamp_key))?,
+        expires: args.expires.0,
+    };
+    let path = super::block_on(tuf::init(&args.dir, &options))??;
+    println!("wrote {}", path.display());
+    Ok(Outcome::Success)
 }
-pub fn rotate_root(_: RotateRootArgs) -> anyhow::Result<Outcome> {
-    anyhow::bail!("not built yet")
+
+pub fn publish(args: PublishArgs) -> anyhow::Result<Outcome> {
+    let options = tuf::PublishOptions {
+        keys: keys(&args.keys)?,
+        expires: args.expires.0,
+        timestamp_expires: args.timestamp_expires.0,
+    };
+    let report = super::block_on(tuf::publish(&args.dir, &args.bundle, &options))??;
+    for warning in &report.warnings {
+        eprintln!("warning: skipped: {warning}");
+    }
+    for skipped in &report.skipped {
+        eprintln!("not published (not a bundle file): {skipped}");
+    }
+    println!(
+        "published version {} ({} file(s)): {}",
+        report.targets_version,
+        report.files.len(),
+        report.files.join(", ")
+    );
+    Ok(Outcome::Success)
 }
-pub fn verify(_: VerifyArgs) -> anyhow::Result<Outcome> {
-    let _ = super::block_on(async {})?;
-    anyhow::bail!("not built yet")
+
+pub fn timestamp(args: TimestampArgs) -> anyhow::Result<Outcome> {
+    let keys = keys(&args.keys)?;
+    let version = super::block_on(tuf::timestamp(&args.dir, &keys, args.expires.0))??;
+    println!("timestamp version {version}");
+    Ok(Outcome::Success)
+}
+
+pub fn rotate_root(args: RotateRootArgs) -> anyhow::Result<Outcome> {
+    let optional = |path: &Option<PathBuf>| -> anyhow::Result<Option<Vec<PemKey>>> {
+        path.as_ref()
+            .map(|p| keys(std::slice::from_ref(p)))
+            .transpose()
+    };
+    let options = tuf::RotateOptions {
+        keys: keys(&args.keys)?,
+        new_root_keys: keys(&args.new_root_keys)?,
+        root_threshold: args.root_threshold,
+        targets_keys: if args.targets_keys.is_empty() {
+            None
+        } else {
+            Some(keys(&args.targets_keys)?)
+        },
+        targets_threshold: args.targets_threshold,
+        snapshot_keys: optional(&args.snapshot_key)?,
+        timestamp_keys: optional(&args.timestamp_key)?,
+        expires: args.expires.0,
+    };
+    let version = super::block_on(tuf::rotate_root(&args.dir, &options))??;
+    println!(
+        "wrote {}",
+        args.dir
+            .join(format!("metadata/{version}.root.json"))
+            .display()
+    );
+    Ok(Outcome::Success)
+}
+
+/// Where `repo verify` reads from.
+enum Source {
+    Directory(PathBuf),
+}
+
+fn parse_source(source: &str) -> anyhow::Result<Source> {
+    if let Some(rest) = source.strip_prefix("file://") {
+        let url = url_path(source, rest)?;
+        return Ok(Source::Directory(url));
+    }
+    if source.starts_with("oci://") {
+        // To be filled in from registry/src/oci.rs: pull into a private
+        // directory, then verify it with its layer titles as the listing.
+        bail!("{source}: oci:// sources are not supported by `repo verify` yet");
+    }
+    if source.starts_with("https://") || source.starts_with("http://") {
+        // To be filled in from registry/src/https.rs: its tough transport
+        // and base URLs, with no listing.
+        bail!("{source}: https:// sources are not supported by `repo verify` yet");
+    }
+    Ok(Source::Directory(PathBuf::from(source)))
+}
+
+fn url_path(source: &str, rest: &str) -> anyhow::Result<PathBuf> {
+    if !rest.starts_with('/') {
+        bail!("{source}: expected file:///ABSOLUTE/DIR");
+    }
+    let url = url::Url::parse(source).with_context(|| format!("{source}: not a URL"))?;
+    url.to_file_path()
+        .map_err(|()| anyhow::anyhow!("{source}: not a local path"))
+}
+
+pub fn verify(args: VerifyArgs) -> anyhow::Result<Outcome> {
+    let root = std::fs::read(&args.root)
+        .with_context(|| format!("cannot read {}", args.root.display()))?;
+    let trust =
+        Trust::ephemeral(&root).with_context(|| format!("--root {}", args.root.display()))?;
+    let limits = Limits::default();
+    let result = match parse_source(&args.source)? {
+        Source::Directory(dir) => {
+            if !dir.is_dir() {
+                bail!("{}: not a directory", dir.display());
+            }
+            super::block_on(tuf::verify_dir(&trust, &dir, &limits))?
+        }
+    };
+    match result {
+        Ok(verified) => {
+            print_verified(&args.source, &verified);
+            Ok(Outcome::Success)
+        }
+        Err(e) if is_bad_input(&e) => Err(e.into()),
+        Err(e) => {
+            eprintln!("attestgate: {}: refused ({}): {e}", args.source, e.reason());
+            Ok(Outcome::Deny)
+        }
+    }
+}
+
+/// Failures to reach or read the source exit 2; everything else the
+/// source served is a refusal.
+fn is_bad_input(e: &TufError) -> bool {
+    e.is_unreachable() || matches!(e.reason(), "io" | "usage")
+}
+
+fn print_verified(source: &str, v: &tuf::Verified) {
+    let expires = v
+        .expires
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| v.expires.to_string());
+    println!("{source}: verified");
+    println!(
+        "root version {}, targets version {}, snapshot version {}, timestamp version {}",
+        v.root_version, v.targets_version, v.snapshot_version, v.timestamp_version
+    );
+    println!("expires {expires}");
+    for (name, bytes) in &v.files {
+        println!(
+            "{name} {} bytes sha256:{:x}",
+            bytes.len(),
+            Sha256::digest(bytes)
+        );
+    }
 }
