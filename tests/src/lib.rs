@@ -1,7 +1,7 @@
 //! Support for the end-to-end scenarios: a CRI client built from k8s-cri
 //! ([`cri`]) and a real node environment — registry, containerd, runc, CNI,
 //! images, and attestgate-proxy in front — driven by `support/env.sh`
-//! ([`node`]).
+//! ([`node`]); a private registry for bundle artifacts ([`registry`]).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,3 +10,4 @@ pub mod flood;
 pub mod metrics;
 pub mod node;
 pub mod raw_h2;
+pub mod registry;

@@ -32,12 +32,17 @@ fn support_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("support")
 }
 
+/// Whether ATTESTGATE_E2E_REQUIRED is set (as CI does): then a missing
+/// prerequisite fails a scenario instead of skipping it.
+pub fn required() -> bool {
+    std::env::var_os("ATTESTGATE_E2E_REQUIRED").is_some_and(|v| v != "0" && !v.is_empty())
+}
+
 /// Whether the end-to-end prerequisites are here. Without them a scenario is
 /// skipped on a developer machine, but fails when ATTESTGATE_E2E_REQUIRED is
 /// set (as CI does), so a missing dependency can never pass silently.
 pub fn available(agcri: &Path) -> bool {
-    let required =
-        std::env::var_os("ATTESTGATE_E2E_REQUIRED").is_some_and(|v| v != "0" && !v.is_empty());
+    let required = required();
     let check = Command::new("bash")
         .arg("-c")
         .arg(format!(

@@ -1,0 +1,189 @@
+//! A private Debian docker-registry (distribution 2.8) on 127.0.0.1, for
+//! the bundle artifact scenarios: its own port, storage in a temporary
+//! directory, stopped by PID on drop, and an access log to count requests
+//! by.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::node::required;
+
+pub struct Registry {
+    dir: tempfile::TempDir,
+    child: Child,
+    /// `127.0.0.1:PORT`
+    pub addr: String,
+}
+
+/// Whether `program` is on PATH; when it is not, a scenario is skipped,
+/// or fails when ATTESTGATE_E2E_REQUIRED is set.
+pub fn tool_available(program: &str) -> bool {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        if required() {
+            panic!(
+                "{program} is missing (ATTESTGATE_E2E_REQUIRED is set): apt-get install docker-registry"
+            );
+        }
+        eprintln!("SKIPPED: {program} is missing (apt-get install docker-registry)");
+    }
+    found
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+impl Registry {
+    /// Starts a registry; `None` when docker-registry is missing (skipped).
+    pub fn start() -> Option<Registry> {
+        if !tool_available("docker-registry") {
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("ag-reg.")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1
+log:
+  level: info
+  accesslog:
+    disabled: false
+storage:
+  filesystem:
+    rootdirectory: {}
+  delete:
+    enabled: true
+  cache:
+    blobdescriptor: inmemory
+http:
+  addr: {addr}
+",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        // distribution writes its access log (one line per request) to
+        // stdout, everything else to stderr.
+        let access = std::fs::File::create(dir.path().join("access.log")).unwrap();
+        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(access)
+            .stderr(log)
+            .spawn()
+            .expect("docker-registry");
+        let mut registry = Registry { dir, child, addr };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if registry.get_status("/v2/") == Some(200) {
+                break;
+            }
+            if let Ok(Some(status)) = registry.child.try_wait() {
+                panic!("docker-registry exited ({status}): {}", registry.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not answer: {}",
+                registry.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(registry)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    pub fn access_log_path(&self) -> PathBuf {
+        self.dir.path().join("access.log")
+    }
+
+    /// The access log's request lines (`GET /v2/… HTTP/1.1`) so far.
+    pub fn access_lines(&self) -> Vec<String> {
+        std::fs::read_to_string(self.access_log_path())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| {
+                let start = line.find('"')? + 1;
+                let end = start + line[start..].find('"')?;
+                Some(line[start..end].to_string())
+            })
+            .collect()
+    }
+
+    /// The requests logged after the first `mark` ones, once the log has
+    /// stopped growing (it is written as each request completes).
+    pub fn requests_since(&self, mark: usize) -> Vec<String> {
+        let mut last = self.access_lines().len();
+        let mut still = Instant::now();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && still.elapsed() < Duration::from_millis(400) {
+            std::thread::sleep(Duration::from_millis(50));
+            let now = self.access_lines().len();
+            if now != last {
+                last = now;
+                still = Instant::now();
+            }
+        }
+        self.access_lines().split_off(mark.min(last))
+    }
+
+    /// A stable count to measure from: [`Registry::requests_since`].
+    pub fn mark(&self) -> usize {
+        self.requests_since(0).len()
+    }
+
+    fn get_status(&self, path: &str) -> Option<u16> {
+        let mut stream = TcpStream::connect(&self.addr).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        )
+        .ok()?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).ok()?;
+        std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+    }
+
+    /// Stops the registry (by its PID) and waits for it; idempotent.
+    pub fn stop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
