@@ -234,7 +234,11 @@ mod tests {
         // typo to the proxy or the shim.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.toml");
-        std::fs::write(&path, "bundle_source = \"file:///x\"\nsync_interval = \"30s\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "bundle_source = \"file:///x\"\nsync_interval = \"30s\"\n",
+        )
+        .unwrap();
         let file = ConfigFile::read(&path).unwrap();
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]

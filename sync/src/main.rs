@@ -9,11 +9,6 @@
 
 #![forbid(unsafe_code)]
 
-mod config;
-mod metrics;
-mod pass;
-mod versions;
-
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,15 +18,17 @@ use attestgate_registry::oci::RegistryOptions;
 use clap::Parser as _;
 use rand::Rng as _;
 
-use crate::config::{Config, Flags};
-use crate::metrics::{Metrics, ResultLabels};
-use crate::pass::{Outcome, Syncer};
+use attestgate_sync::config::{self, Config, Flags};
+use attestgate_sync::metrics::{Metrics, ResultLabels};
+use attestgate_sync::pass::{Outcome, Syncer};
+use attestgate_sync::versions;
 
 fn main() -> ExitCode {
     let flags = Flags::parse();
-    let json = flags.log_format == Some(config::LogFormat::Json);
-    init_logging(json);
-    let config = match Config::load(flags) {
+    let config = Config::load(flags);
+    // The file may ask for JSON logs: read it before the first line.
+    init_logging(config.as_ref().is_ok_and(|c| c.log_json));
+    let config = match config {
         Ok(config) => config,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -73,8 +70,9 @@ fn init_logging(json: bool) {
 fn registry_options(config: &Config) -> anyhow::Result<RegistryOptions> {
     let mut extra_ca_pem = Vec::new();
     for path in &config.extra_ca {
-        extra_ca_pem
-            .push(std::fs::read(path).with_context(|| format!("registries ca {}", path.display()))?);
+        extra_ca_pem.push(
+            std::fs::read(path).with_context(|| format!("registries ca {}", path.display()))?,
+        );
     }
     Ok(RegistryOptions {
         plain_http: config.plain_http.clone(),
@@ -116,8 +114,7 @@ async fn run(config: Config) -> anyhow::Result<u8> {
         interval = ?config.interval,
         "syncing"
     );
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         let outcome = syncer.pass().await;
         report(&syncer, &metrics, &outcome);

@@ -53,15 +53,24 @@ impl Source {
 #[derive(Debug)]
 pub enum Outcome {
     /// A new version is current.
-    Updated { version: u64, expires: time::OffsetDateTime },
+    Updated {
+        version: u64,
+        expires: time::OffsetDateTime,
+    },
     /// The source has nothing newer than the bundle in force.
     Current { version: u64 },
     /// The source offered something that was refused; the bundle in force
     /// stays.
-    Refused { reason: &'static str, message: String },
+    Refused {
+        reason: &'static str,
+        message: String,
+    },
     /// The source could not be reached, or the node could not write; the
     /// next poll tries again.
-    Failed { reason: &'static str, message: String },
+    Failed {
+        reason: &'static str,
+        message: String,
+    },
 }
 
 impl Outcome {
@@ -264,8 +273,10 @@ impl Syncer {
                         message: format!("{base}{sub}: {e}"),
                     })
                 };
-                let transport =
-                    HttpsTransport::new(&self.options, self.tuf_limits.max_file.max(self.tuf_limits.max_targets))?;
+                let transport = HttpsTransport::new(
+                    &self.options,
+                    self.tuf_limits.max_file.max(self.tuf_limits.max_targets),
+                )?;
                 let verified = tuf::verify(
                     &self.trust,
                     join("metadata/")?,

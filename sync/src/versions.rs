@@ -109,7 +109,9 @@ impl State {
             // The names were checked against the bundle's file kinds when
             // the metadata was verified; a path that escapes is refused
             // here too, as a second line.
-            if path.split('/').any(|part| part.is_empty() || part == "." || part == "..")
+            if path
+                .split('/')
+                .any(|part| part.is_empty() || part == "." || part == "..")
                 || path.starts_with('/')
             {
                 bail!("refusing to write {path:?} outside the bundle");
@@ -163,7 +165,7 @@ impl State {
             let modified = entry.metadata()?.modified()?;
             found.push((modified, path));
         }
-        found.sort_by(|a, b| b.0.cmp(&a.0));
+        found.sort_by_key(|(modified, _)| std::cmp::Reverse(*modified));
         let current = current.canonicalize().ok();
         let mut kept = 0;
         for (_, path) in found {
@@ -222,14 +224,15 @@ pub fn make_current(bundle: &Path, version: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", link.display()))?;
     if let Err(e) = std::fs::rename(&link, bundle) {
         let _ = std::fs::remove_file(&link);
-        return Err(e).with_context(|| format!("cannot point {} at the new version", bundle.display()));
+        return Err(e)
+            .with_context(|| format!("cannot point {} at the new version", bundle.display()));
     }
     sync_dir(parent)
 }
 
 fn write_synced(path: &Path, content: &[u8]) -> anyhow::Result<()> {
-    let mut file = std::fs::File::create(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
+    let mut file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     file.write_all(content)
         .and_then(|()| file.sync_all())
         .with_context(|| format!("cannot write {}", path.display()))
@@ -315,7 +318,12 @@ mod tests {
         }
         let left: Vec<bool> = made.iter().map(|v| v.exists()).collect();
         assert_eq!(left, [false, false, true, true, true]);
-        assert!(std::fs::symlink_metadata(&bundle).unwrap().file_type().is_symlink());
+        assert!(
+            std::fs::symlink_metadata(&bundle)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
     }
 
     #[test]
@@ -330,7 +338,10 @@ mod tests {
             .unwrap();
         let e = make_current(&bundle, &version).unwrap_err().to_string();
         assert!(e.contains("not a symlink"), "{e}");
-        assert_eq!(std::fs::read_to_string(bundle.join("policy.yaml")).unwrap(), "mine");
+        assert_eq!(
+            std::fs::read_to_string(bundle.join("policy.yaml")).unwrap(),
+            "mine"
+        );
     }
 
     #[test]
@@ -339,7 +350,12 @@ mod tests {
         let state = State::open(&dir.path().join("state")).unwrap();
         for path in ["../x", "/etc/x", "a//b", "attestors/../../x"] {
             let files = [(path.to_string(), b"x".as_slice())];
-            assert!(state.write_version("v1", &files, &freshness(1), "s").is_err(), "{path}");
+            assert!(
+                state
+                    .write_version("v1", &files, &freshness(1), "s")
+                    .is_err(),
+                "{path}"
+            );
         }
         assert!(!dir.path().join("x").exists());
     }
