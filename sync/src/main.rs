@@ -18,7 +18,7 @@ use attestgate_registry::oci::RegistryOptions;
 use clap::Parser as _;
 use rand::Rng as _;
 
-use attestgate_sync::config::{self, Config, Flags};
+use attestgate_sync::config::{Config, Flags};
 use attestgate_sync::metrics::{Metrics, ResultLabels};
 use attestgate_sync::pass::{Outcome, Syncer};
 use attestgate_sync::versions;
