@@ -8,7 +8,9 @@
 //! - [`oci`]: a repository carried as one OCI artifact, pushed and pulled
 //!   with conditional requests and size limits.
 //! - [`https`]: a repository on a web server, as a TUF transport.
+//! - [`source`]: a `bundle_source` polled and verified as a node does it.
 
 pub mod https;
 pub mod oci;
+pub mod source;
 pub mod tuf;

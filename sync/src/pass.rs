@@ -6,48 +6,11 @@
 use std::path::{Path, PathBuf};
 
 use attestgate_node::freshness::Freshness;
-use attestgate_registry::https::{self, HttpsTransport};
-use attestgate_registry::oci::{self, Fetched, OciRef, RegistryOptions};
-use attestgate_registry::tuf::{self, Trust, Verified};
-use sha2::{Digest as _, Sha256};
-use url::Url;
+use attestgate_registry::oci::{self, RegistryOptions};
+use attestgate_registry::source::{self, Failure, Polled, Scratch, Source, SourceError};
+use attestgate_registry::tuf::{Trust, Verified};
 
 use crate::versions::{self, Last, State};
-
-/// Where bundles come from (SPEC §10 `bundle_source`).
-#[derive(Debug, Clone)]
-pub enum Source {
-    Oci(OciRef),
-    Dir(PathBuf),
-    Https(Url),
-}
-
-impl Source {
-    pub fn parse(text: &str) -> anyhow::Result<Source> {
-        if text.starts_with("oci://") {
-            return Ok(Source::Oci(OciRef::parse(text)?));
-        }
-        if let Some(path) = text.strip_prefix("file://") {
-            if !path.starts_with('/') {
-                anyhow::bail!("bundle_source {text:?}: expected file:///ABSOLUTE/DIR");
-            }
-            return Ok(Source::Dir(PathBuf::from(path)));
-        }
-        if text.starts_with("https://") || text.starts_with("http://") {
-            let mut url =
-                Url::parse(text).map_err(|e| anyhow::anyhow!("bundle_source {text:?}: {e}"))?;
-            // A base names a directory: without the slash, joining would
-            // replace its last segment.
-            if !url.path().ends_with('/') {
-                url.set_path(&format!("{}/", url.path()));
-            }
-            return Ok(Source::Https(url));
-        }
-        anyhow::bail!(
-            "bundle_source {text:?}: expected oci://HOST[:PORT]/REPO:TAG, file:///DIR or https://HOST/PATH/"
-        )
-    }
-}
 
 /// How a pass ended: what `--once` exits with and the metrics count.
 #[derive(Debug)]
@@ -99,35 +62,19 @@ struct Stop {
     message: String,
 }
 
-impl From<tuf::TufError> for Stop {
-    fn from(e: tuf::TufError) -> Stop {
-        let local = matches!(e, tuf::TufError::Io { .. });
+impl From<SourceError> for Stop {
+    fn from(e: SourceError) -> Stop {
         Stop {
-            refused: !e.is_unreachable() && !local,
+            refused: e.failure() == Failure::Refused,
             reason: e.reason(),
             message: e.to_string(),
         }
     }
 }
 
-impl From<oci::OciError> for Stop {
-    fn from(e: oci::OciError) -> Stop {
-        let local = matches!(e.reason(), "local" | "io");
-        Stop {
-            refused: !e.is_unreachable() && !local,
-            reason: e.reason(),
-            message: e.to_string(),
-        }
-    }
-}
-
-impl From<https::HttpsError> for Stop {
-    fn from(e: https::HttpsError) -> Stop {
-        Stop {
-            refused: !e.is_unreachable() && e.reason() != "local",
-            reason: e.reason(),
-            message: e.to_string(),
-        }
+impl From<attestgate_registry::tuf::TufError> for Stop {
+    fn from(e: attestgate_registry::tuf::TufError) -> Stop {
+        SourceError::from(e).into()
     }
 }
 
@@ -146,8 +93,7 @@ pub struct Syncer {
     trust: Trust,
     bundle: PathBuf,
     options: RegistryOptions,
-    tuf_limits: tuf::Limits,
-    oci_limits: oci::Limits,
+    limits: source::Limits,
     /// What the last pass cost at the registry, for the metrics.
     pub traffic: oci::Traffic,
 }
@@ -174,8 +120,7 @@ impl Syncer {
             trust,
             bundle: bundle.to_path_buf(),
             options,
-            tuf_limits: tuf::Limits::default(),
-            oci_limits: oci::Limits::default(),
+            limits: source::Limits::default(),
             traffic: oci::Traffic::default(),
         })
     }
@@ -207,85 +152,34 @@ impl Syncer {
         // is still the bundle in force.
         let previous = previous.filter(|_| current.as_ref().is_some_and(|(_, f)| f.is_some()));
         let mut recent = last.map(|l| l.recent_manifests).unwrap_or_default();
-        let (verified, validator) = match self.source.clone() {
-            Source::Oci(reference) => {
-                let staging = self.state.staging().map_err(local)?;
-                let result = oci::fetch(
-                    &reference,
-                    previous.as_deref(),
-                    &staging,
-                    &self.state.blobs(),
-                    &self.options,
-                    &self.oci_limits,
-                )
-                .await;
-                let (fetched, traffic) = match result {
-                    Ok(done) => done,
-                    Err(e) => return Err(e.into()),
-                };
-                self.traffic = traffic;
-                match fetched {
-                    Fetched::Unchanged => return self.unchanged(current),
-                    Fetched::New {
-                        manifest_digest, ..
-                    } => {
-                        let verified =
-                            tuf::verify_dir(&self.trust, &staging, &self.tuf_limits).await?;
-                        recent.retain(|m| m != &manifest_digest);
-                        recent.insert(0, manifest_digest.clone());
-                        recent.truncate(versions::KEPT);
-                        (verified, manifest_digest)
-                    }
+        let staging = self.state.staging().map_err(local)?;
+        let blobs = self.state.blobs();
+        let scratch = Scratch {
+            staging: &staging,
+            blobs: &blobs,
+        };
+        let polled = source::poll(
+            &self.source,
+            previous.as_deref(),
+            &self.trust,
+            &scratch,
+            &self.options,
+            &self.limits,
+            &mut self.traffic,
+        )
+        .await?;
+        let (verified, validator) = match polled {
+            Polled::Unchanged => return self.unchanged(current),
+            Polled::New {
+                verified,
+                validator,
+                manifest,
+            } => {
+                if let Some(manifest) = manifest {
+                    recent.retain(|m| m != &manifest);
+                    recent.insert(0, manifest);
+                    recent.truncate(versions::KEPT);
                 }
-            }
-            Source::Dir(dir) => {
-                // The timestamp is what changes with every publish and
-                // every renewal: its digest tells an unchanged directory.
-                let timestamp = dir.join("metadata/timestamp.json");
-                let digest = match std::fs::read(&timestamp) {
-                    Ok(bytes) => format!("sha256:{}", hex::encode(Sha256::digest(&bytes))),
-                    Err(e) => {
-                        return Err(Stop {
-                            refused: false,
-                            reason: "unreachable",
-                            message: format!("{}: {e}", timestamp.display()),
-                        });
-                    }
-                };
-                if previous.as_deref() == Some(digest.as_str()) {
-                    return self.unchanged(current);
-                }
-                (
-                    tuf::verify_dir(&self.trust, &dir, &self.tuf_limits).await?,
-                    digest,
-                )
-            }
-            Source::Https(base) => {
-                let (unchanged, validator) =
-                    https::timestamp_unchanged(&base, previous.as_deref(), &self.options).await?;
-                if unchanged && previous.is_some() {
-                    return self.unchanged(current);
-                }
-                let join = |sub: &str| {
-                    base.join(sub).map_err(|e| Stop {
-                        refused: false,
-                        reason: "bad_reference",
-                        message: format!("{base}{sub}: {e}"),
-                    })
-                };
-                let transport = HttpsTransport::new(
-                    &self.options,
-                    self.tuf_limits.max_file.max(self.tuf_limits.max_targets),
-                )?;
-                let verified = tuf::verify(
-                    &self.trust,
-                    join("metadata/")?,
-                    join("targets/")?,
-                    Box::new(transport),
-                    None,
-                    &self.tuf_limits,
-                )
-                .await?;
                 (verified, validator)
             }
         };
