@@ -1,7 +1,9 @@
 //! Support for the end-to-end scenarios: a CRI client built from k8s-cri
 //! ([`cri`]) and a real node environment — registry, containerd, runc, CNI,
 //! images, and attestgate-proxy in front — driven by `support/env.sh`
-//! ([`node`]); a private registry for bundle artifacts ([`registry`]).
+//! ([`node`]); a private registry for bundle artifacts ([`registry`]);
+//! bundles published and synced as an operator and a node do
+//! ([`publisher`]).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,5 +11,6 @@ pub mod cri;
 pub mod flood;
 pub mod metrics;
 pub mod node;
+pub mod publisher;
 pub mod raw_h2;
 pub mod registry;

@@ -173,6 +173,31 @@ http:
         std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
     }
 
+    /// Starts the registry again after [`Registry::stop`], on the same
+    /// address and storage: a registry that was down and is back.
+    pub fn restart(&mut self) {
+        self.stop();
+        let append = |name: &str| {
+            std::fs::File::options()
+                .append(true)
+                .open(self.dir.path().join(name))
+                .unwrap()
+        };
+        self.child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(self.dir.path().join("config.yml"))
+            .stdin(Stdio::null())
+            .stdout(append("access.log"))
+            .stderr(append("registry.log"))
+            .spawn()
+            .expect("docker-registry");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.get_status("/v2/") != Some(200) {
+            assert!(Instant::now() < deadline, "docker-registry did not come back: {}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Stops the registry (by its PID) and waits for it; idempotent.
     pub fn stop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
