@@ -562,3 +562,46 @@ fn repo_push_and_pull_round_trip_through_the_cli() {
     let out = attestgate(&["repo", "push", source.to_str().unwrap(), "oci://nohost"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `oras pull` (here oras-py, the oras CLI is not in Debian) unpacks the
+/// artifact into the same tree. Runs when ATTESTGATE_ORAS_PYTHON names a
+/// Python with the `oras` package (`pip install oras==0.2.43` in a venv).
+#[test]
+fn oras_pull_unpacks_the_same_tree() {
+    let Some(python) = std::env::var_os("ATTESTGATE_ORAS_PYTHON") else {
+        eprintln!("SKIPPED: ATTESTGATE_ORAS_PYTHON is not set (a python with oras-py)");
+        return;
+    };
+    let Some(registry) = Registry::start() else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("repo");
+    fake_repository(&source);
+    let to = reference(&registry, "bundles/oras:v1");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime
+        .block_on(oci::push_dir(&source, &to, &options(&registry)))
+        .unwrap();
+    let out_dir = work.path().join("oras-out");
+    let script = "import sys, oras.client\n\
+        c = oras.client.OrasClient(hostname=sys.argv[1], insecure=True)\n\
+        c.pull(target=sys.argv[2], outdir=sys.argv[3])\n";
+    let out = std::process::Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .arg(&registry.addr)
+        .arg(format!("{}/bundles/oras:v1", registry.addr))
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(tree(&out_dir), tree(&source));
+}
