@@ -7,7 +7,9 @@
 use std::sync::Arc;
 
 use reqwest::StatusCode;
-use reqwest::header::{CONTENT_LENGTH, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED};
+use reqwest::header::{
+    CONTENT_LENGTH, DATE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
+};
 use sha2::{Digest, Sha256};
 use tough::{Transport, TransportError, TransportErrorKind, TransportStream};
 use url::Url;
@@ -314,7 +316,8 @@ pub async fn timestamp_unchanged(
             .map(str::to_string)
     };
     let etag = header(ETAG).filter(|e| !e.contains(' '));
-    let last_modified = header(LAST_MODIFIED);
+    let last_modified =
+        header(LAST_MODIFIED).filter(|modified| settled(modified, header(DATE).as_deref()));
     let too_large = HttpsError::TooLarge {
         url: url.to_string(),
         limit: MAX_TIMESTAMP,
@@ -338,6 +341,21 @@ pub async fn timestamp_unchanged(
     };
     let unchanged = previous.is_some_and(|p| p.sha256 == next.sha256);
     Ok((unchanged, next.to_string()))
+}
+
+/// Whether a Last-Modified date can stand for the content: dates have
+/// whole seconds, so a file changed again within the second it was served
+/// would still look unmodified. Only a date older than the response's own
+/// (by more than a second) is kept for If-Modified-Since; otherwise the
+/// next poll is unconditional and compared by hash, still one request.
+fn settled(last_modified: &str, date: Option<&str>) -> bool {
+    let parse = |text: &str| {
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc2822).ok()
+    };
+    match (parse(last_modified), date.and_then(parse)) {
+        (Some(modified), Some(date)) => date - modified > time::Duration::seconds(1),
+        _ => false,
+    }
 }
 
 /// `base` + `metadata/NAME`, `base` read as a directory.
@@ -402,6 +420,16 @@ mod tests {
         ] {
             assert_eq!(Validator::parse(text).to_string(), text);
         }
+    }
+
+    #[test]
+    fn only_settled_modification_dates_are_trusted() {
+        let modified = "Wed, 21 Oct 2015 07:28:00 GMT";
+        assert!(settled(modified, Some("Wed, 21 Oct 2015 07:28:02 GMT")));
+        assert!(!settled(modified, Some("Wed, 21 Oct 2015 07:28:01 GMT")));
+        assert!(!settled(modified, Some("Wed, 21 Oct 2015 07:28:00 GMT")));
+        assert!(!settled(modified, None));
+        assert!(!settled("yesterday", Some("Wed, 21 Oct 2015 07:28:02 GMT")));
     }
 
     #[test]

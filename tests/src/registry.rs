@@ -49,6 +49,12 @@ pub fn free_port() -> u16 {
 impl Registry {
     /// Starts a registry; `None` when docker-registry is missing (skipped).
     pub fn start() -> Option<Registry> {
+        Registry::start_with(None)
+    }
+
+    /// Starts a registry serving HTTPS with `certificate` and `key` (PEM
+    /// files), or plain HTTP with `None`.
+    pub fn start_with(tls: Option<(&Path, &Path)>) -> Option<Registry> {
         if !tool_available("docker-registry") {
             return None;
         }
@@ -76,8 +82,13 @@ storage:
     blobdescriptor: inmemory
 http:
   addr: {addr}
-",
-                dir.path().join("data").display()
+{}",
+                dir.path().join("data").display(),
+                tls.map_or(String::new(), |(certificate, key)| format!(
+                    "  tls:\n    certificate: {}\n    key: {}\n",
+                    certificate.display(),
+                    key.display()
+                ))
             ),
         )
         .unwrap();
@@ -96,7 +107,13 @@ http:
         let mut registry = Registry { dir, child, addr };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if registry.get_status("/v2/") == Some(200) {
+            let up = match tls {
+                None => registry.get_status("/v2/") == Some(200),
+                // The TLS handshake is the client's business; a listening
+                // port is enough here.
+                Some(_) => TcpStream::connect(&registry.addr).is_ok(),
+            };
+            if up {
                 break;
             }
             if let Ok(Some(status)) = registry.child.try_wait() {

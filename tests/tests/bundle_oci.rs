@@ -562,3 +562,149 @@ fn repo_push_and_pull_round_trip_through_the_cli() {
     let out = attestgate(&["repo", "push", source.to_str().unwrap(), "oci://nohost"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `oras pull` (here oras-py, the oras CLI is not in Debian) unpacks the
+/// artifact into the same tree. Runs when ATTESTGATE_ORAS_PYTHON names a
+/// Python with the `oras` package (`pip install oras==0.2.43` in a venv).
+#[test]
+fn oras_pull_unpacks_the_same_tree() {
+    let Some(python) = std::env::var_os("ATTESTGATE_ORAS_PYTHON") else {
+        eprintln!("SKIPPED: ATTESTGATE_ORAS_PYTHON is not set (a python with oras-py)");
+        return;
+    };
+    let Some(registry) = Registry::start() else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("repo");
+    fake_repository(&source);
+    let to = reference(&registry, "bundles/oras:v1");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime
+        .block_on(oci::push_dir(&source, &to, &options(&registry)))
+        .unwrap();
+    let out_dir = work.path().join("oras-out");
+    let script = "import sys, oras.client\n\
+        c = oras.client.OrasClient(hostname=sys.argv[1], insecure=True)\n\
+        c.pull(target=sys.argv[2], outdir=sys.argv[3])\n";
+    let out = std::process::Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .arg(&registry.addr)
+        .arg(format!("{}/bundles/oras:v1", registry.addr))
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(tree(&out_dir), tree(&source));
+}
+
+/// A CA and a certificate for 127.0.0.1 signed by it, in `dir`:
+/// (ca.pem, leaf.pem, leaf.key).
+fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &str| {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("cd {} && {args}", dir.display()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+         -keyout ca.key -out ca.pem -days 1 -subj /CN=attestgate-test-ca 2>/dev/null",
+    );
+    run(
+        "openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+         -keyout leaf.key -out leaf.csr -subj /CN=127.0.0.1 2>/dev/null",
+    );
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(
+        "openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+         -out leaf.pem -days 1 -extfile leaf.ext 2>/dev/null",
+    );
+    (
+        dir.join("ca.pem"),
+        dir.join("leaf.pem"),
+        dir.join("leaf.key"),
+    )
+}
+
+#[tokio::test]
+async fn https_registries_are_trusted_through_the_extra_ca_only() {
+    if !attestgate_e2e::registry::tool_available("openssl") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let (ca, leaf, key) = make_certificates(work.path());
+    let Some(registry) = Registry::start_with(Some((&leaf, &key))) else {
+        return;
+    };
+    let source = work.path().join("repo");
+    fake_repository(&source);
+    let to = reference(&registry, "bundles/tls:v1");
+    let trusted = RegistryOptions {
+        extra_ca_pem: vec![std::fs::read(&ca).unwrap()],
+        timeout: std::time::Duration::from_secs(10),
+        ..RegistryOptions::default()
+    };
+    let pushed = oci::push_dir(&source, &to, &trusted).await.unwrap();
+    let cache = work.path().join("blobs");
+    let limits = Limits::default();
+    let staging = work.path().join("s1");
+    oci::fetch(&to, None, &staging, &cache, &trusted, &limits)
+        .await
+        .unwrap();
+    assert_eq!(tree(&staging), tree(&source));
+    let (fetched, traffic) = oci::fetch(
+        &to,
+        Some(&pushed.manifest_digest),
+        &work.path().join("s2"),
+        &cache,
+        &trusted,
+        &limits,
+    )
+    .await
+    .unwrap();
+    assert_eq!((fetched, traffic.requests), (Fetched::Unchanged, 1));
+
+    // Without the CA the certificate is not trusted: unreachable, and the
+    // message says why.
+    let error = oci::fetch(
+        &to,
+        None,
+        &work.path().join("s3"),
+        &cache,
+        &RegistryOptions::default(),
+        &limits,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(error.reason(), "unreachable", "{error}");
+    assert!(
+        error.to_string().to_lowercase().contains("certificate"),
+        "{error}"
+    );
+    // Nor is a CA that is not PEM accepted.
+    let bad = RegistryOptions {
+        extra_ca_pem: vec![b"not a certificate".to_vec()],
+        ..RegistryOptions::default()
+    };
+    let error = oci::push_dir(&source, &to, &bad).await.unwrap_err();
+    assert_eq!(error.reason(), "bad_options", "{error}");
+}

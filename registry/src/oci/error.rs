@@ -44,6 +44,9 @@ pub enum OciError {
         expected: String,
         why: String,
     },
+    /// The options themselves cannot be used (an extra CA that is not PEM).
+    #[error("registry options: {why}")]
+    BadOptions { why: String },
     /// The bundle directory to push, or the local directory pulled into.
     #[error("{}: {why}", path.display())]
     Local { path: PathBuf, why: String },
@@ -66,6 +69,7 @@ impl OciError {
             OciError::BadArtifact { .. } => "bad_artifact",
             OciError::TooLarge { .. } => "too_large",
             OciError::DigestMismatch { .. } => "digest_mismatch",
+            OciError::BadOptions { .. } => "bad_options",
             OciError::Local { .. } => "local",
             OciError::Io { .. } => "io",
         }

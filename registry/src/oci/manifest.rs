@@ -393,7 +393,8 @@ mod tests {
     fn other_shapes_are_refused() {
         let good: serde_json::Value =
             serde_json::from_slice(&build(&[layer("targets/a", b"1")])).unwrap();
-        let variants: Vec<Box<dyn Fn(&mut serde_json::Value)>> = vec![
+        type Change = Box<dyn Fn(&mut serde_json::Value)>;
+        let variants: Vec<Change> = vec![
             Box::new(|m| m["artifactType"] = "application/vnd.other".into()),
             Box::new(|m| m["schemaVersion"] = 1.into()),
             Box::new(|m| {

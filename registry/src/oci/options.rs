@@ -67,6 +67,11 @@ impl RegistryOptions {
         for pem in &self.extra_ca_pem {
             let bundle = reqwest::Certificate::from_pem_bundle(pem)
                 .map_err(|e| format!("an extra CA certificate is not PEM: {e}"))?;
+            // A file of anything else parses as no certificate at all, which
+            // would leave the operator wondering why the CA is not trusted.
+            if bundle.is_empty() {
+                return Err("an extra CA file holds no PEM certificate".into());
+            }
             certificates.extend(bundle);
         }
         reqwest::Client::builder()

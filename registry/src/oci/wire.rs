@@ -44,10 +44,9 @@ pub(crate) struct Session {
 
 impl Session {
     pub(crate) fn new(reference: &OciRef, options: &RegistryOptions) -> Result<Session, OciError> {
-        let client = options.http_client().map_err(|why| OciError::Local {
-            path: "registry options".into(),
-            why,
-        })?;
+        let client = options
+            .http_client()
+            .map_err(|why| OciError::BadOptions { why })?;
         let plain_http = options.is_plain_http(&reference.registry);
         let scheme = if plain_http { "http" } else { "https" };
         Ok(Session {
