@@ -171,7 +171,14 @@ impl Publisher {
 
     pub fn push_dir(&self, repo: &Path, registry: &str, name_tag: &str) -> String {
         let reference = format!("oci://{registry}/bundles/{name_tag}");
-        attestgate(&["repo", "push", &s(repo), &reference, "--plain-http", registry]);
+        attestgate(&[
+            "repo",
+            "push",
+            &s(repo),
+            &reference,
+            "--plain-http",
+            registry,
+        ]);
         reference
     }
 
@@ -213,6 +220,8 @@ impl SyncNode {
             .unwrap();
         let trust_root = tmp.path().join("root.json");
         std::fs::copy(root, &trust_root).unwrap();
+        // Flags only: not the machine's configuration file.
+        std::fs::write(tmp.path().join("config.toml"), "").unwrap();
         SyncNode {
             state: tmp.path().join("sync"),
             bundle: tmp.path().join("bundle"),
@@ -236,9 +245,8 @@ impl SyncNode {
             s(&self.state),
             "--bundle".into(),
             s(&self.bundle),
-            // No configuration file of the machine's.
             "--config".into(),
-            s(&self.tmp.path().join("no-config.toml")),
+            s(&self.tmp.path().join("config.toml")),
         ];
         if let Some(host) = source
             .strip_prefix("oci://")

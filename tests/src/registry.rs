@@ -210,7 +210,11 @@ http:
             .expect("docker-registry");
         let deadline = Instant::now() + Duration::from_secs(20);
         while self.get_status("/v2/") != Some(200) {
-            assert!(Instant::now() < deadline, "docker-registry did not come back: {}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not come back: {}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }

@@ -40,7 +40,7 @@ pub fn run(command: Command) -> anyhow::Result<Outcome> {
     }
 }
 
-/// The `repo` commands drive async libraries (tough, oci-client) from a
+/// The `repo` commands drive async libraries (tough, reqwest) from a
 /// synchronous CLI: one small runtime per command.
 fn block_on<F: std::future::Future>(future: F) -> anyhow::Result<F::Output> {
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -32,7 +32,7 @@ pub struct Reach {
 }
 
 impl Reach {
-    fn options(&self) -> anyhow::Result<RegistryOptions> {
+    pub fn options(&self) -> anyhow::Result<RegistryOptions> {
         anyhow::ensure!(!self.timeout.0.is_zero(), "--timeout must be more than 0s");
         let credentials = match &self.username {
             Some(username) => Credentials::Basic {

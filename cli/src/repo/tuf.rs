@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use attestgate_node::config::Span;
-use attestgate_registry::tuf::{self, Limits, PemKey, Trust, TufError};
+use attestgate_registry::oci::Traffic;
+use attestgate_registry::source::{self, Failure, Polled, Scratch, Source};
+use attestgate_registry::tuf::{self, PemKey, Trust};
 use clap::Args;
 use sha2::{Digest as _, Sha256};
 
@@ -89,11 +91,13 @@ pub struct RotateRootArgs {
 
 #[derive(Args)]
 pub struct VerifyArgs {
-    /// file:///DIR or a directory (oci:// and https:// to come).
+    /// oci://HOST[:PORT]/REPO:TAG, file:///DIR, https://HOST/PATH/ or a directory.
     pub source: String,
     /// The trusted root to start from (e.g. DIR/metadata/1.root.json).
     #[arg(long)]
     pub root: PathBuf,
+    #[command(flatten)]
+    pub reach: super::oci::Reach,
 }
 
 fn keys(paths: &[PathBuf]) -> anyhow::Result<Vec<PemKey>> {
@@ -177,69 +181,55 @@ pub fn rotate_root(args: RotateRootArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Success)
 }
 
-/// Where `repo verify` reads from.
-enum Source {
-    Directory(PathBuf),
-}
-
-fn parse_source(source: &str) -> anyhow::Result<Source> {
-    if let Some(rest) = source.strip_prefix("file://") {
-        let url = url_path(source, rest)?;
-        return Ok(Source::Directory(url));
-    }
-    if source.starts_with("oci://") {
-        // To be filled in from registry/src/oci.rs: pull into a private
-        // directory, then verify it with its layer titles as the listing.
-        bail!("{source}: oci:// sources are not supported by `repo verify` yet");
-    }
-    if source.starts_with("https://") || source.starts_with("http://") {
-        // To be filled in from registry/src/https.rs: its tough transport
-        // and base URLs, with no listing.
-        bail!("{source}: https:// sources are not supported by `repo verify` yet");
-    }
-    Ok(Source::Directory(PathBuf::from(source)))
-}
-
-fn url_path(source: &str, rest: &str) -> anyhow::Result<PathBuf> {
-    if !rest.starts_with('/') {
-        bail!("{source}: expected file:///ABSOLUTE/DIR");
-    }
-    let url = url::Url::parse(source).with_context(|| format!("{source}: not a URL"))?;
-    url.to_file_path()
-        .map_err(|()| anyhow::anyhow!("{source}: not a local path"))
-}
-
 pub fn verify(args: VerifyArgs) -> anyhow::Result<Outcome> {
     let root = std::fs::read(&args.root)
         .with_context(|| format!("cannot read {}", args.root.display()))?;
     let trust =
         Trust::ephemeral(&root).with_context(|| format!("--root {}", args.root.display()))?;
-    let limits = Limits::default();
-    let result = match parse_source(&args.source)? {
-        Source::Directory(dir) => {
-            if !dir.is_dir() {
-                bail!("{}: not a directory", dir.display());
-            }
-            super::block_on(tuf::verify_dir(&trust, &dir, &limits))?
+    // A plain path is a directory, as for `policy check`.
+    let text = if args.source.contains("://") {
+        args.source.clone()
+    } else {
+        let dir = std::path::absolute(&args.source)
+            .with_context(|| format!("{}: not a path", args.source))?;
+        if !dir.is_dir() {
+            bail!("{}: not a directory", dir.display());
         }
+        url::Url::from_directory_path(&dir)
+            .map_err(|()| anyhow::anyhow!("{}: not a local path", dir.display()))?
+            .to_string()
     };
-    match result {
-        Ok(verified) => {
+    let source = Source::parse(&text)?;
+    let options = args.reach.options()?;
+    let scratch_dir = tempfile::tempdir().context("a scratch directory")?;
+    let staging = scratch_dir.path().join("staging");
+    let blobs = scratch_dir.path().join("blobs");
+    let scratch = Scratch {
+        staging: &staging,
+        blobs: &blobs,
+    };
+    let mut traffic = Traffic::default();
+    let polled = super::block_on(source::poll(
+        &source,
+        None,
+        &trust,
+        &scratch,
+        &options,
+        &source::Limits::default(),
+        &mut traffic,
+    ))?;
+    match polled {
+        Ok(Polled::New { verified, .. }) => {
             print_verified(&args.source, &verified);
             Ok(Outcome::Success)
         }
-        Err(e) if is_bad_input(&e) => Err(e.into()),
-        Err(e) => {
+        Ok(Polled::Unchanged) => bail!("{}: nothing to verify", args.source),
+        Err(e) if e.failure() == Failure::Refused => {
             eprintln!("attestgate: {}: refused ({}): {e}", args.source, e.reason());
             Ok(Outcome::Deny)
         }
+        Err(e) => Err(e.into()),
     }
-}
-
-/// Failures to reach or read the source exit 2; everything else the
-/// source served is a refusal.
-fn is_bad_input(e: &TufError) -> bool {
-    e.is_unreachable() || matches!(e.reason(), "io" | "usage")
 }
 
 fn print_verified(source: &str, v: &tuf::Verified) {
