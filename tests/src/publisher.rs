@@ -323,3 +323,26 @@ impl Drop for SyncNode {
         self.stop();
     }
 }
+
+/// The Python with python-tuf installed (scripts/test.sh makes a venv and
+/// exports ATTESTGATE_PYTUF_PYTHON); none skips, unless end-to-end
+/// prerequisites are required.
+pub fn pytuf_python() -> Option<PathBuf> {
+    if let Some(python) = std::env::var_os("ATTESTGATE_PYTUF_PYTHON") {
+        return Some(PathBuf::from(python));
+    }
+    if crate::node::required() {
+        panic!(
+            "python-tuf is required (ATTESTGATE_E2E_REQUIRED is set): set ATTESTGATE_PYTUF_PYTHON or run scripts/test.sh"
+        );
+    }
+    eprintln!("SKIPPED: no python-tuf (set ATTESTGATE_PYTUF_PYTHON)");
+    None
+}
+
+/// cli/tests/pytuf/NAME: the python-tuf scripts the CLI's tests use too.
+pub fn pytuf_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../cli/tests/pytuf")
+        .join(name)
+}

@@ -269,3 +269,165 @@ fn a_frozen_source_and_expired_metadata_are_refused() {
     synced(&node.once(&source));
     in_force(&node, 2, DENY);
 }
+
+#[test]
+fn a_repository_python_tuf_made_and_one_carried_on_removable_media_are_synced_from_a_directory() {
+    let Some(registry) = Registry::start() else {
+        return;
+    };
+    let Some(python) = attestgate_e2e::publisher::pytuf_python() else {
+        return;
+    };
+    // python-tuf builds the repository from our bundle, with openssl keys.
+    let publisher = Publisher::new();
+    publisher.policy(DENY);
+    let keys = publisher.dir().join("pytuf-keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    for role in ["root", "targets", "snapshot", "timestamp"] {
+        let from = if role == "targets" { "targets0" } else { role };
+        std::fs::copy(publisher.key(from), keys.join(format!("{role}.pem"))).unwrap();
+    }
+    let made = publisher.dir().join("pytuf-repo");
+    let out = std::process::Command::new(&python)
+        .arg(attestgate_e2e::publisher::pytuf_script("make_repo.py"))
+        .args([&made, &publisher.bundle, &keys])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let node = SyncNode::new(&made.join("metadata/1.root.json"));
+    let source = format!("file://{}", made.display());
+    synced(&node.once(&source));
+    in_force(&node, 1, DENY);
+    // Unchanged: current, nothing rewritten.
+    let before = node.bundle.canonicalize().unwrap();
+    synced(&node.once(&source));
+    assert_eq!(node.bundle.canonicalize().unwrap(), before);
+
+    // Air gap: pulled from the registry to a directory, carried to a node
+    // that never reaches the registry.
+    publisher.publish(&[]);
+    let reference = publisher.push(&registry.addr, "prod:live");
+    let carried = publisher.dir().join("usb/repo");
+    attestgate(&[
+        "repo",
+        "pull",
+        &reference,
+        &s(&carried),
+        "--plain-http",
+        &registry.addr,
+    ]);
+    let offline = SyncNode::new(&publisher.root());
+    synced(&offline.once(&format!("file://{}", carried.display())));
+    in_force(&offline, 1, DENY);
+    let verified = attestgate(&[
+        "repo",
+        "verify",
+        &s(&carried),
+        "--root",
+        &s(&publisher.root()),
+    ]);
+    assert!(verified.contains("targets version 1"), "{verified}");
+}
+
+#[test]
+fn a_clock_stepped_backwards_is_refused_until_it_catches_up() {
+    let publisher = Publisher::new();
+    publisher.publish(&[]);
+    let node = SyncNode::new(&publisher.root());
+    let source = format!("file://{}", publisher.repo.display());
+    synced(&node.once(&source));
+    // The node has seen a time a day ahead of its clock now: its clock
+    // was stepped back (no RTC, a bad NTP answer).
+    let tomorrow = time::OffsetDateTime::now_utc() + time::Duration::days(1);
+    let tomorrow = tomorrow
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    std::fs::write(
+        node.state.join("tuf/datastore/latest_known_time.json"),
+        format!("\"{tomorrow}\""),
+    )
+    .unwrap();
+    publisher.policy(DENY);
+    publisher.publish(&[]);
+    refused(&node.once(&source), "clock_backwards");
+    in_force(&node, 1, ALLOW);
+}
+
+/// A policy that says which version it is, and a large attestation file
+/// that makes every write of a version take a while, so a kill lands in
+/// the middle of one.
+fn numbered(publisher: &Publisher, version: u64) {
+    let rule = if version % 2 == 0 { ALLOW } else { DENY };
+    publisher.policy(&format!("description: version {version}\n{rule}"));
+    let mut big = b"[]".to_vec();
+    big.resize(BIG, b' ');
+    std::fs::create_dir_all(publisher.bundle.join("attestations")).unwrap();
+    std::fs::write(publisher.bundle.join("attestations/big.json"), big).unwrap();
+}
+
+const BIG: usize = 8 << 20;
+
+#[test]
+fn a_syncer_killed_mid_write_leaves_one_whole_version_in_force() {
+    let publisher = Publisher::new();
+    numbered(&publisher, 1);
+    publisher.publish(&[]);
+    let node = SyncNode::new(&publisher.root());
+    let source = format!("file://{}", publisher.repo.display());
+    synced(&node.once(&source));
+    let whole = |node: &SyncNode| {
+        let version = node.version().expect("a version in force");
+        let policy = node.read("policy.yaml").unwrap();
+        assert!(
+            policy.starts_with(&format!("description: version {version}\n")),
+            "{version}: {policy}"
+        );
+        let size = std::fs::metadata(node.bundle.join("attestations/big.json"))
+            .unwrap()
+            .len();
+        assert_eq!(size, BIG as u64);
+        version
+    };
+    let mut killed_before_the_switch = 0;
+    let mut killed_after = 0;
+    for version in 2..=9u64 {
+        numbered(&publisher, version);
+        publisher.publish(&[]);
+        // Kill it at a different point of the pass each time.
+        let mut child = std::process::Command::new(attestgate_e2e::node::bin("attestgate-sync"))
+            .args([
+                "--once",
+                "--source",
+                &source,
+                "--trust-root",
+                &s(&node.trust_root),
+            ])
+            .args(["--state", &s(&node.state), "--bundle", &s(&node.bundle)])
+            .args(["--config", &s(&node.dir().join("config.toml"))])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(15 * (version - 1)));
+        let _ = child.kill();
+        let _ = child.wait();
+        let in_force = whole(&node);
+        if in_force == version {
+            killed_after += 1;
+        } else {
+            assert_eq!(in_force, version - 1);
+            killed_before_the_switch += 1;
+        }
+        // The next pass completes what the killed one did not.
+        synced(&node.once(&source));
+        assert_eq!(whole(&node), version);
+    }
+    eprintln!("killed before the switch {killed_before_the_switch}, after {killed_after}");
+    assert!(
+        killed_before_the_switch > 0,
+        "no kill landed mid-pass: the test proves nothing"
+    );
+}
