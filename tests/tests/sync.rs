@@ -431,3 +431,137 @@ fn a_syncer_killed_mid_write_leaves_one_whole_version_in_force() {
         "no kill landed mid-pass: the test proves nothing"
     );
 }
+
+/// Waits up to `within` for `sample` to reach `at_least` in the syncer's
+/// metrics; the last scrape if it does not.
+async fn await_at_least(addr: &str, sample: &str, at_least: f64, within: Duration) -> String {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        // Until the syncer listens, there is nothing to read.
+        let out = std::process::Command::new("curl")
+            .args(["-fsS", &format!("http://{addr}/metrics")])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if attestgate_e2e::metrics::value(&text, sample).is_some_and(|v| v >= at_least) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{sample} did not reach {at_least}: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_decides_by_each_synced_version_without_a_restart_and_the_syncer_rides_out_a_registry_outage()
+ {
+    let agcri = std::path::PathBuf::from(env!("CARGO_BIN_EXE_agcri"));
+    let Some(mut node) = attestgate_e2e::node::Node::up(&agcri) else {
+        return;
+    };
+    let Some(mut bundles) = Registry::start() else {
+        return;
+    };
+    let publisher = Publisher::new();
+    publisher.policy(DENY);
+    publisher.publish(&[]);
+    let v1 = publisher.snapshot("v1");
+    let source = publisher.push(&bundles.addr, "node:live");
+    // The node's bundle path becomes the syncer's symlink.
+    std::fs::remove_dir_all(&node.bundle).unwrap();
+    let mut sync = SyncNode::new(&publisher.root());
+    sync.bundle = node.bundle.clone();
+    let metrics = attestgate_e2e::metrics::free_local_addr();
+    sync.start(&source, &["--metrics-listen", &metrics]);
+    await_at_least(
+        &metrics,
+        "attestgate_sync_bundle_version",
+        1.0,
+        Duration::from_secs(10),
+    )
+    .await;
+    node.start_proxy(&[]);
+    let cri = node.via_proxy().await;
+    cri.pull(&node.app_image, None)
+        .await
+        .expect_err("version 1 denies every image");
+
+    publisher.policy(ALLOW);
+    publisher.publish(&[]);
+    publisher.push(&bundles.addr, "node:live");
+    await_at_least(
+        &metrics,
+        "attestgate_sync_bundle_version",
+        2.0,
+        Duration::from_secs(10),
+    )
+    .await;
+    // The proxy takes the new version as it takes any bundle change.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while cri.pull(&node.app_image, None).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the proxy never took version 2: {}",
+            node.proxy_log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let record = node.audit().pop().unwrap();
+    assert_eq!(record["decision"], "allow", "{record}");
+    assert_eq!(record["bundle"]["version"], 2, "{record}");
+    assert!(record["bundle"]["expires"].is_string(), "{record}");
+
+    // Rollback, counted; the proxy goes on deciding by version 2.
+    publisher.push_dir(&v1, &bundles.addr, "node:live");
+    await_at_least(
+        &metrics,
+        "attestgate_sync_failures_total{reason=\"rollback\"}",
+        1.0,
+        Duration::from_secs(10),
+    )
+    .await;
+    cri.pull(&node.app_image, None)
+        .await
+        .expect("version 2 still in force");
+    assert!(sync.log().contains("rollback refused"), "{}", sync.log());
+
+    // The registry goes away, and comes back: the syncer recovers alone.
+    publisher.push(&bundles.addr, "node:live");
+    bundles.stop();
+    await_at_least(
+        &metrics,
+        "attestgate_sync_failures_total{reason=\"unreachable\"}",
+        1.0,
+        Duration::from_secs(10),
+    )
+    .await;
+    cri.pull(&node.app_image, None)
+        .await
+        .expect("version 2 still in force");
+    bundles.restart();
+    publisher.policy(DENY);
+    publisher.publish(&[]);
+    publisher.push(&bundles.addr, "node:live");
+    await_at_least(
+        &metrics,
+        "attestgate_sync_bundle_version",
+        3.0,
+        Duration::from_secs(15),
+    )
+    .await;
+    let text = attestgate_e2e::metrics::scrape(&metrics).await;
+    let left = attestgate_e2e::metrics::value(&text, "attestgate_sync_bundle_expires_in_seconds");
+    assert!(left.is_some_and(|s| s > 86_400.0), "{text}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while cri.pull(&node.app_image, None).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the proxy never took version 3"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    sync.stop();
+    node.stop_proxy();
+}
