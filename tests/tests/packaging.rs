@@ -32,18 +32,27 @@ fn systemd_units_verify() {
     // Verify copies whose ExecStart points at the binary just built: the
     // check insists that the executable exists.
     let dir = tempfile::tempdir().unwrap();
-    for unit in ["attestgate-proxy.service", "attestgate-proxy.socket"] {
+    let units = [
+        "attestgate-proxy.service",
+        "attestgate-proxy.socket",
+        "attestgate-sync.service",
+    ];
+    for unit in units {
         let text = std::fs::read_to_string(packaging().join("systemd").join(unit)).unwrap();
-        let text = text.replace(
-            "/usr/bin/attestgate-proxy",
-            &bin("attestgate-proxy").display().to_string(),
-        );
+        let text = text
+            .replace(
+                "/usr/bin/attestgate-proxy",
+                &bin("attestgate-proxy").display().to_string(),
+            )
+            .replace(
+                "/usr/bin/attestgate-sync",
+                &bin("attestgate-sync").display().to_string(),
+            );
         std::fs::write(dir.path().join(unit), text).unwrap();
     }
     let out = Command::new("systemd-analyze")
         .arg("verify")
-        .arg(dir.path().join("attestgate-proxy.socket"))
-        .arg(dir.path().join("attestgate-proxy.service"))
+        .args(units.iter().map(|unit| dir.path().join(unit)))
         .env("SYSTEMD_LOG_LEVEL", "warning")
         .output()
         .unwrap();
@@ -52,7 +61,7 @@ fn systemd_units_verify() {
     let ours: Vec<&str> = stderr
         .lines()
         .filter(|l| {
-            l.contains("attestgate-proxy")
+            l.contains("attestgate-")
                 && !l.contains("containerd.service")
                 && !l.contains("kubelet.service")
         })
