@@ -102,8 +102,13 @@ impl BundleStore {
             }
         }
         let started = std::time::Instant::now();
-        let loaded = Bundle::load(&self.dir).and_then(|bundle| {
-            Freshness::of(&self.dir)
+        // A synced bundle is a symlink the syncer renames to switch
+        // versions: every file is read through the directory it named when
+        // the load began, or a switch halfway would join one version's
+        // policy to the other's attestors or `sync.json`.
+        let resolved = self.dir.canonicalize().unwrap_or_else(|_| self.dir.clone());
+        let loaded = Bundle::load(&resolved).and_then(|bundle| {
+            Freshness::of(&resolved)
                 .map(|freshness| (bundle, freshness))
                 .map_err(|e| BundleError { errors: vec![e] })
         });
@@ -131,7 +136,7 @@ impl BundleStore {
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         "bundle loaded"
                     );
-                    self.keep_index(&loaded.bundle, &fingerprint);
+                    self.keep_index(&resolved, &loaded.bundle, &fingerprint);
                     self.hooks
                         .bundle_expires(freshness.map(|f| f.expires.unix_timestamp()));
                     self.current.store(Some(Arc::new(loaded)));
@@ -206,11 +211,13 @@ impl BundleStore {
     /// fingerprint was `stamp`, unless one for them is there already.
     /// Best effort: a bundle beside which nothing can be written (a
     /// read-only mount) is just read whole by each process.
-    fn keep_index(&self, bundle: &attestgate_policy::Bundle, stamp: &str) {
-        let Some(path) = index_path(&self.dir) else {
+    fn keep_index(&self, resolved: &Path, bundle: &attestgate_policy::Bundle, stamp: &str) {
+        // Beside the version the bundle was read from, which the symlink
+        // may no longer name.
+        let Some(path) = index_path(resolved) else {
             return;
         };
-        if attestgate_policy::Bundle::load_indexed(&self.dir, &path, stamp, &[]).is_ok() {
+        if attestgate_policy::Bundle::load_indexed(resolved, &path, stamp, &[]).is_ok() {
             return;
         }
         if let Err(e) = write_atomically(&path, &bundle.index(stamp)) {

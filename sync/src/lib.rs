@@ -7,4 +7,5 @@
 pub mod config;
 pub mod metrics;
 pub mod pass;
+pub mod schedule;
 pub mod versions;

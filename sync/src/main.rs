@@ -11,16 +11,15 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use attestgate_registry::oci::RegistryOptions;
 use clap::Parser as _;
-use rand::Rng as _;
 
 use attestgate_sync::config::{Config, Flags};
 use attestgate_sync::metrics::{Metrics, ResultLabels};
 use attestgate_sync::pass::{Outcome, Syncer};
+use attestgate_sync::schedule::jittered;
 use attestgate_sync::versions;
 
 fn main() -> ExitCode {
@@ -133,14 +132,6 @@ async fn run(config: Config) -> anyhow::Result<u8> {
             }
         }
     }
-}
-
-/// A thousand nodes started together must not poll the registry together:
-/// each waits a tenth of the interval more or less, at random.
-fn jittered(interval: Duration) -> Duration {
-    let tenth = interval.as_secs_f64() / 10.0;
-    let offset = rand::thread_rng().gen_range(-tenth..=tenth);
-    Duration::from_secs_f64((interval.as_secs_f64() + offset).max(0.1))
 }
 
 fn report(syncer: &Syncer, metrics: &Metrics, outcome: &Outcome) {
