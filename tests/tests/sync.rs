@@ -360,7 +360,11 @@ fn a_clock_stepped_backwards_is_refused_until_it_catches_up() {
 /// that makes every write of a version take a while, so a kill lands in
 /// the middle of one.
 fn numbered(publisher: &Publisher, version: u64) {
-    let rule = if version.is_multiple_of(2) { ALLOW } else { DENY };
+    let rule = if version.is_multiple_of(2) {
+        ALLOW
+    } else {
+        DENY
+    };
     publisher.policy(&format!("description: version {version}\n{rule}"));
     let mut big = b"[]".to_vec();
     big.resize(BIG, b' ');
