@@ -170,11 +170,19 @@ impl BundleStore {
     /// bundle's index is there and made for the files as they are now;
     /// if not, the whole bundle is loaded. Blocking.
     pub fn prepare(&self) -> Prepared {
+        // The version a synced bundle's symlink names now: the index and
+        // every file are read from it, while the stamp, taken after, tells
+        // whether the symlink still names it.
+        let resolved = self.dir.canonicalize().unwrap_or_else(|_| self.dir.clone());
         let stamp = fingerprint(&self.dir);
-        if let Some(index) = index_path(&self.dir)
+        if let Some(index) = index_path(&resolved)
             && std::fs::File::open(&index).is_ok()
         {
-            return Prepared::Indexed { index, stamp };
+            return Prepared::Indexed(Indexed {
+                dir: resolved,
+                index,
+                stamp,
+            });
         }
         Prepared::Loaded(self.reload(true))
     }
@@ -182,13 +190,15 @@ impl BundleStore {
     /// Puts in force the bundle read for the images `digests` only, from
     /// the index [`BundleStore::prepare`] found; when the index turns out
     /// unusable (stale, damaged), the whole bundle instead.
-    pub fn load_indexed(&self, index: &Path, stamp: &str, digests: &[&Digest]) -> ReloadOutcome {
-        let loaded = attestgate_policy::Bundle::load_indexed(&self.dir, index, stamp, digests)
-            .and_then(|bundle| {
-                Freshness::of(&self.dir)
+    pub fn load_indexed(&self, prepared: &Indexed, digests: &[&Digest]) -> ReloadOutcome {
+        let Indexed { dir, index, stamp } = prepared;
+        let loaded = attestgate_policy::Bundle::load_indexed(dir, index, stamp, digests).and_then(
+            |bundle| {
+                Freshness::of(dir)
                     .map(|freshness| (bundle, freshness))
                     .map_err(|_| IndexError::Io(std::io::ErrorKind::InvalidData.into()))
-            });
+            },
+        );
         match loaded {
             Ok((bundle, freshness)) => {
                 let now = time::OffsetDateTime::now_utc();
@@ -283,8 +293,11 @@ fn fingerprint(dir: &Path) -> String {
 /// index, a stale or damaged one, an invalid bundle) the caller loads the
 /// whole bundle itself, and no index is written for next time.
 pub fn read_indexed(dir: &Path, digests: &[&Digest]) -> Result<Bundle, IndexError> {
-    let index = index_path(dir).ok_or(IndexError::Io(std::io::ErrorKind::NotFound.into()))?;
-    Bundle::load_indexed(dir, &index, &fingerprint(dir), digests)
+    // Read through the version a synced bundle's symlink names now; a
+    // switch after this changes the stamp, and the index no longer fits.
+    let resolved = dir.canonicalize().map_err(IndexError::Io)?;
+    let index = index_path(&resolved).ok_or(IndexError::Io(std::io::ErrorKind::NotFound.into()))?;
+    Bundle::load_indexed(&resolved, &index, &fingerprint(dir), digests)
 }
 
 /// Where the index of the bundle at `dir` is kept: beside the directory
@@ -313,10 +326,19 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// A bundle version with an index, found by [`BundleStore::prepare`].
+pub struct Indexed {
+    /// The directory the bundle path named: a synced bundle's version.
+    pub dir: PathBuf,
+    pub index: PathBuf,
+    /// The bundle's fingerprint when it was found.
+    pub stamp: String,
+}
+
 /// What [`BundleStore::prepare`] found.
 pub enum Prepared {
     /// A valid index: the bundle is to be read for the images at hand.
-    Indexed { index: PathBuf, stamp: String },
+    Indexed(Indexed),
     /// No usable index: the whole bundle was loaded (and an index written
     /// for next time, where it could be).
     Loaded(ReloadOutcome),
@@ -344,6 +366,11 @@ pub fn spawn_watcher(
     // The directory may not exist yet; the periodic check covers that case.
     if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::Recursive) {
         tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the bundle directory; polling only");
+    }
+    // A synced bundle is a symlink renamed over: that shows in the
+    // directory holding it, not in the version it named before.
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        let _ = watcher.watch(parent, notify::RecursiveMode::NonRecursive);
     }
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let hup_tx = tx.clone();
@@ -507,7 +534,7 @@ mod tests {
         sync(r#"{"version": 3, "expires": "2999-03-01T00:00:00Z"}"#);
         let one_shot = BundleStore::new(dir.clone(), Arc::new(crate::hooks::NoHooks));
         let outcome = match one_shot.prepare() {
-            Prepared::Indexed { index, stamp } => one_shot.load_indexed(&index, &stamp, &[]),
+            Prepared::Indexed(found) => one_shot.load_indexed(&found, &[]),
             Prepared::Loaded(outcome) => outcome,
         };
         assert_eq!(outcome, ReloadOutcome::Loaded);
@@ -526,11 +553,11 @@ mod tests {
 
         let wanted = Digest::parse(&digests[3]).unwrap();
         let one_shot = BundleStore::new(dir.clone(), Arc::new(crate::hooks::NoHooks));
-        let Prepared::Indexed { index, stamp } = one_shot.prepare() else {
+        let Prepared::Indexed(found) = one_shot.prepare() else {
             panic!("the index is there and current");
         };
         assert_eq!(
-            one_shot.load_indexed(&index, &stamp, &[&wanted]),
+            one_shot.load_indexed(&found, &[&wanted]),
             ReloadOutcome::Loaded
         );
         let indexed = one_shot.current().unwrap();
@@ -551,11 +578,11 @@ mod tests {
         )
         .unwrap();
         let after = BundleStore::new(dir.clone(), Arc::new(crate::hooks::NoHooks));
-        let Prepared::Indexed { index, stamp } = after.prepare() else {
+        let Prepared::Indexed(found) = after.prepare() else {
             panic!("an index file is there");
         };
         assert_eq!(
-            after.load_indexed(&index, &stamp, &[&wanted]),
+            after.load_indexed(&found, &[&wanted]),
             ReloadOutcome::Loaded
         );
         let reloaded = after.current().unwrap();
@@ -567,11 +594,11 @@ mod tests {
         assert_ne!(reloaded.reference.digest, whole.reference.digest);
         // ... and the index was made anew for the files as they are.
         let again = BundleStore::new(dir, Arc::new(crate::hooks::NoHooks));
-        let Prepared::Indexed { index, stamp } = again.prepare() else {
+        let Prepared::Indexed(found) = again.prepare() else {
             panic!("index rewritten");
         };
         assert_eq!(
-            again.load_indexed(&index, &stamp, &[&wanted]),
+            again.load_indexed(&found, &[&wanted]),
             ReloadOutcome::Loaded
         );
         assert_eq!(
@@ -596,13 +623,10 @@ mod tests {
         // A garbage index is not trusted: the whole bundle is read instead.
         std::fs::write(index_path(&dir).unwrap(), b"garbage").unwrap();
         let store = BundleStore::new(dir, Arc::new(crate::hooks::NoHooks));
-        let Prepared::Indexed { index, stamp } = store.prepare() else {
+        let Prepared::Indexed(found) = store.prepare() else {
             panic!("a file is there");
         };
-        assert_eq!(
-            store.load_indexed(&index, &stamp, &[]),
-            ReloadOutcome::Loaded
-        );
+        assert_eq!(store.load_indexed(&found, &[]), ReloadOutcome::Loaded);
         assert!(store.current().is_some());
     }
 

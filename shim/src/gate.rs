@@ -97,9 +97,9 @@ pub fn decide(
         let preparing = scope.spawn(|| store.prepare());
         let subject = subject(container, lookup);
         // A load that panicked leaves no bundle: NO_POLICY, settled below.
-        if let Ok(Prepared::Indexed { index, stamp }) = preparing.join() {
+        if let Ok(Prepared::Indexed(found)) = preparing.join() {
             let digest = subject.image.as_ref().ok().and_then(|i| i.digest.as_ref());
-            store.load_indexed(&index, &stamp, &digest.into_iter().collect::<Vec<_>>());
+            store.load_indexed(&found, &digest.into_iter().collect::<Vec<_>>());
         }
         subject
     });
