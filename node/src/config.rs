@@ -52,6 +52,7 @@ pub const PROGRAM_KEYS: &[(&str, &[&str])] = &[
             "sync_metrics_listen",
             "registries",
             "registry_timeout",
+            "registry_credentials",
             "log_format",
         ],
     ),

@@ -15,9 +15,10 @@ pub const DEFAULT_STATE: &str = "/var/lib/attestgate/sync";
 /// Half the minute in which every node is to have taken a new bundle, so
 /// that a node that just missed a push still makes it.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
-/// A registry on the node's network answers in milliseconds; ten seconds
-/// is a registry in trouble, and the next poll comes soon enough.
-pub const DEFAULT_REGISTRY_TIMEOUT: Duration = Duration::from_secs(10);
+/// A registry on the node's network answers in milliseconds; five seconds
+/// (SPEC §11's default for the same key) is a registry in trouble, and the
+/// next poll comes soon enough. Large blobs get more, by their size.
+pub const DEFAULT_REGISTRY_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Parser, Debug, Default)]
 #[command(
@@ -58,9 +59,12 @@ pub struct Flags {
     /// A registry reached over plain HTTP, HOST[:PORT] (repeatable).
     #[arg(long = "plain-http")]
     pub plain_http: Vec<String>,
-    /// How long one request to the source may take [default: 10s].
+    /// How long the source may take to answer [default: 5s].
     #[arg(long)]
     pub registry_timeout: Option<Span>,
+    /// A docker config.json holding the source registry's credentials.
+    #[arg(long)]
+    pub registry_credentials: Option<PathBuf>,
     /// Log format: text or json.
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -73,17 +77,17 @@ pub enum LogFormat {
     Json,
 }
 
-/// A registry the node reaches, as the `registries` key lists them.
-#[derive(Deserialize, Debug, Clone)]
+/// How the node reaches one registry, a `[registries."HOST[:PORT]"]`
+/// table (SPEC §11).
+#[derive(Deserialize, Debug, Clone, Default)]
 #[serde(deny_unknown_fields)]
 struct RegistryEntry {
-    host: String,
     /// Reached over plain HTTP instead of HTTPS (a registry on the node's
     /// own network without TLS).
     #[serde(default)]
     plain_http: bool,
     /// A PEM file of CA certificates the registry's certificate chains to.
-    ca: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -95,8 +99,9 @@ struct SyncKeys {
     sync_interval: Option<Span>,
     sync_metrics_listen: Option<String>,
     #[serde(default)]
-    registries: Vec<RegistryEntry>,
+    registries: std::collections::BTreeMap<String, RegistryEntry>,
     registry_timeout: Option<Span>,
+    registry_credentials: Option<PathBuf>,
     log_format: Option<LogFormat>,
 }
 
@@ -111,6 +116,8 @@ pub struct Config {
     pub metrics_listen: Option<std::net::SocketAddr>,
     pub plain_http: Vec<String>,
     pub extra_ca: Vec<PathBuf>,
+    /// A docker `config.json` with the source registry's credentials.
+    pub registry_credentials: Option<PathBuf>,
     pub registry_timeout: Duration,
     pub log_json: bool,
 }
@@ -151,11 +158,11 @@ impl Config {
         };
         let mut plain_http = flags.plain_http;
         let mut extra_ca = Vec::new();
-        for entry in own.registries {
+        for (host, entry) in own.registries {
             if entry.plain_http {
-                plain_http.push(entry.host.clone());
+                plain_http.push(host);
             }
-            extra_ca.extend(entry.ca);
+            extra_ca.extend(entry.ca_file);
         }
         Ok(Config {
             source,
@@ -176,6 +183,7 @@ impl Config {
             metrics_listen,
             plain_http,
             extra_ca,
+            registry_credentials: flags.registry_credentials.or(own.registry_credentials),
             registry_timeout,
             log_json: flags.log_format.or(own.log_format) == Some(LogFormat::Json),
         })
@@ -201,7 +209,7 @@ mod tests {
     fn flags_override_the_file_key_by_key() {
         let config = load(
             "bundle = \"/b\"\nbundle_source = \"oci://r.example/p:v1\"\nsync_interval = \"1m\"\n\
-             [[registries]]\nhost = \"127.0.0.1:5000\"\nplain_http = true\n",
+             [registries.\"127.0.0.1:5000\"]\nplain_http = true\n",
             &["--interval", "5s", "--state", "/s"],
         )
         .unwrap();

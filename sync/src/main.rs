@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use attestgate_registry::oci::RegistryOptions;
+use attestgate_registry::oci::{Credentials, RegistryOptions};
 use clap::Parser as _;
 
 use attestgate_sync::config::{Config, Flags};
@@ -75,11 +75,25 @@ fn registry_options(config: &Config) -> anyhow::Result<RegistryOptions> {
             std::fs::read(path).with_context(|| format!("registries ca {}", path.display()))?,
         );
     }
+    let credentials = match &config.registry_credentials {
+        Some(path) => {
+            let json = std::fs::read(path)
+                .with_context(|| format!("registry_credentials {}", path.display()))?;
+            let host = config
+                .source
+                .strip_prefix("oci://")
+                .and_then(|rest| rest.split('/').next())
+                .unwrap_or_default();
+            Credentials::from_docker_config(&json, host)
+                .map_err(|e| anyhow::anyhow!("registry_credentials {}: {e}", path.display()))?
+        }
+        None => Credentials::Anonymous,
+    };
     Ok(RegistryOptions {
         plain_http: config.plain_http.clone(),
         timeout: config.registry_timeout,
+        credentials,
         extra_ca_pem,
-        ..RegistryOptions::default()
     })
 }
 

@@ -14,6 +14,73 @@ pub enum Credentials {
     Bearer(String),
 }
 
+impl Credentials {
+    /// The credentials a docker `config.json` (SPEC §11
+    /// `registry_credentials`, as `docker login` and kubelet's credential
+    /// files write it) holds for `registry` (`host` or `host:port`):
+    /// `auth` (base64 `user:password`), or `username` and `password`, or a
+    /// `registrytoken`; anonymous when it names the registry not at all.
+    pub fn from_docker_config(json: &[u8], registry: &str) -> Result<Credentials, String> {
+        use base64::Engine as _;
+        #[derive(serde::Deserialize)]
+        struct File {
+            #[serde(default)]
+            auths: std::collections::BTreeMap<String, Entry>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Entry {
+            auth: Option<String>,
+            username: Option<String>,
+            password: Option<String>,
+            registrytoken: Option<String>,
+        }
+        let file: File =
+            serde_json::from_slice(json).map_err(|e| format!("not a docker config.json: {e}"))?;
+        // Keys are written `host`, `https://host` or `https://host/v1/`.
+        let host_of = |key: &str| {
+            let key = key
+                .strip_prefix("https://")
+                .or_else(|| key.strip_prefix("http://"))
+                .unwrap_or(key);
+            key.split('/').next().unwrap_or(key).to_string()
+        };
+        let Some(entry) = file
+            .auths
+            .iter()
+            .find(|(key, _)| host_of(key) == registry)
+            .map(|(_, entry)| entry)
+        else {
+            return Ok(Credentials::Anonymous);
+        };
+        if let Some(token) = &entry.registrytoken {
+            return Ok(Credentials::Bearer(token.clone()));
+        }
+        if let Some(auth) = &entry.auth {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(auth.trim())
+                .map_err(|e| format!("auths.{registry}.auth is not base64: {e}"))?;
+            let decoded = String::from_utf8(decoded)
+                .map_err(|_| format!("auths.{registry}.auth is not text"))?;
+            let Some((username, password)) = decoded.split_once(':') else {
+                return Err(format!("auths.{registry}.auth is not user:password"));
+            };
+            return Ok(Credentials::Basic {
+                username: username.to_string(),
+                password: password.to_string(),
+            });
+        }
+        match (&entry.username, &entry.password) {
+            (Some(username), Some(password)) => Ok(Credentials::Basic {
+                username: username.clone(),
+                password: password.clone(),
+            }),
+            _ => Err(format!(
+                "auths.{registry} has neither auth, username and password, nor registrytoken"
+            )),
+        }
+    }
+}
+
 // Secrets stay out of logs and error messages.
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -134,5 +201,43 @@ mod tests {
         };
         assert!(!format!("{basic:?}").contains("hunter2"));
         assert!(!format!("{:?}", Credentials::Bearer("tok".into())).contains("tok"));
+    }
+}
+
+#[cfg(test)]
+mod docker_config {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_docker_config_gives_the_credentials_of_the_registry_it_names() {
+        let json = br#"{"auths": {
+            "https://reg.example:5000/v1/": {"auth": "dXNlcjpwYXNzOndvcmQ="},
+            "other.example": {"username": "u", "password": "p"},
+            "token.example": {"registrytoken": "t0k"}
+        }}"#;
+        let basic = |u: &str, p: &str| Credentials::Basic {
+            username: u.into(),
+            password: p.into(),
+        };
+        assert_eq!(
+            Credentials::from_docker_config(json, "reg.example:5000"),
+            Ok(basic("user", "pass:word"))
+        );
+        assert_eq!(
+            Credentials::from_docker_config(json, "other.example"),
+            Ok(basic("u", "p"))
+        );
+        assert_eq!(
+            Credentials::from_docker_config(json, "token.example"),
+            Ok(Credentials::Bearer("t0k".into()))
+        );
+        assert_eq!(
+            Credentials::from_docker_config(json, "reg.example"),
+            Ok(Credentials::Anonymous)
+        );
+        let bad = br#"{"auths": {"x": {"auth": "bm9jb2xvbg=="}}}"#;
+        assert!(Credentials::from_docker_config(bad, "x").is_err());
+        assert!(Credentials::from_docker_config(b"nope", "x").is_err());
     }
 }
