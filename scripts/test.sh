@@ -30,16 +30,19 @@ for tool in openssl gpg cargo protoc; do
   command -v "$tool" >/dev/null || { echo "test.sh: $tool is required" >&2; exit 1; }
 done
 
-# python-tuf (pip only, not in Debian) for the TUF interop tests
-# (cli/tests/repo.rs): a venv under the ignored target directory.
+# python-tuf and oras-py (pip only, not in Debian) for the interop tests
+# (cli/tests/repo.rs, tests/tests/sync.rs, tests/tests/bundle_oci.rs): an
+# independent TUF implementation, and an `oras pull` of our artifacts. A
+# venv under the ignored target directory.
 pytuf_venv="${CARGO_TARGET_DIR:-target}/pytuf-venv"
-if [ ! -x "$pytuf_venv/bin/python" ] || ! "$pytuf_venv/bin/python" -c 'import tuf' 2>/dev/null; then
-  echo "==> python-tuf venv at $pytuf_venv"
+if [ ! -x "$pytuf_venv/bin/python" ] || ! "$pytuf_venv/bin/python" -c 'import tuf, oras' 2>/dev/null; then
+  echo "==> python-tuf and oras-py venv at $pytuf_venv"
   python3 -m venv "$pytuf_venv"
-  "$pytuf_venv/bin/pip" install -q 'tuf==7.0.1' 'securesystemslib[crypto]==1.6.0'
+  "$pytuf_venv/bin/pip" install -q 'tuf==7.0.1' 'securesystemslib[crypto]==1.6.0' 'oras==0.2.43'
 fi
 ATTESTGATE_PYTUF_PYTHON="$(cd "$pytuf_venv" && pwd)/bin/python"
-export ATTESTGATE_PYTUF_PYTHON
+ATTESTGATE_ORAS_PYTHON="$ATTESTGATE_PYTUF_PYTHON"
+export ATTESTGATE_PYTUF_PYTHON ATTESTGATE_ORAS_PYTHON
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

@@ -250,6 +250,7 @@ impl SyncNode {
         ];
         if let Some(host) = source
             .strip_prefix("oci://")
+            .or_else(|| source.strip_prefix("http://"))
             .and_then(|rest| rest.split('/').next())
         {
             args.push("--plain-http".into());

@@ -569,6 +569,10 @@ fn repo_push_and_pull_round_trip_through_the_cli() {
 #[test]
 fn oras_pull_unpacks_the_same_tree() {
     let Some(python) = std::env::var_os("ATTESTGATE_ORAS_PYTHON") else {
+        assert!(
+            !attestgate_e2e::node::required(),
+            "ATTESTGATE_ORAS_PYTHON is not set (ATTESTGATE_E2E_REQUIRED is set): run scripts/test.sh"
+        );
         eprintln!("SKIPPED: ATTESTGATE_ORAS_PYTHON is not set (a python with oras-py)");
         return;
     };

@@ -568,3 +568,99 @@ async fn the_proxy_decides_by_each_synced_version_without_a_restart_and_the_sync
     sync.stop();
     node.stop_proxy();
 }
+
+/// `python3 -m http.server` over a directory, on 127.0.0.1; its request
+/// log (one line per request) in `log`. Stopped by PID on drop.
+struct WebServer {
+    child: std::process::Child,
+    addr: String,
+    log: std::path::PathBuf,
+}
+
+impl WebServer {
+    fn serve(dir: &std::path::Path, log: std::path::PathBuf) -> WebServer {
+        let port = attestgate_e2e::registry::free_port();
+        let child = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+            ])
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "http.server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        WebServer { child, addr, log }
+    }
+
+    fn requests(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"GET "))
+            .count()
+    }
+}
+
+impl Drop for WebServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_repository_on_a_web_server_is_polled_with_one_request_and_verified_the_same() {
+    let publisher = Publisher::new();
+    publisher.policy(DENY);
+    publisher.publish(&[]);
+    let server = WebServer::serve(&publisher.repo, publisher.dir().join("http.log"));
+    let source = format!("http://{}/", server.addr);
+    let node = SyncNode::new(&publisher.root());
+    synced(&node.once(&source));
+    in_force(&node, 1, DENY);
+
+    let before = server.requests();
+    synced(&node.once(&source));
+    assert_eq!(
+        server.requests() - before,
+        1,
+        "an unchanged poll is one request"
+    );
+
+    // http.server's Last-Modified has whole seconds: a publish within the
+    // same second as the last poll must still be seen.
+    publisher.policy(ALLOW);
+    publisher.publish(&[]);
+    synced(&node.once(&source));
+    in_force(&node, 2, ALLOW);
+
+    std::fs::write(publisher.repo.join("targets/policy.yaml"), DENY).unwrap();
+    attestgate(&[
+        "repo",
+        "timestamp",
+        &s(&publisher.repo),
+        "--key",
+        &s(&publisher.key("timestamp")),
+    ]);
+    refused(&node.once(&source), "target_mismatch");
+    in_force(&node, 2, ALLOW);
+    let verified = std::process::Command::new(attestgate_e2e::node::bin("attestgate"))
+        .args(["repo", "verify", &source, "--root", &s(&publisher.root())])
+        .args(["--plain-http", &server.addr])
+        .output()
+        .unwrap();
+    assert_eq!(verified.status.code(), Some(1), "{verified:?}");
+}
