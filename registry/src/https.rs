@@ -7,14 +7,13 @@
 use std::sync::Arc;
 
 use reqwest::StatusCode;
-use reqwest::header::{
-    CONTENT_LENGTH, DATE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
-};
+use reqwest::header::{DATE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED};
 use sha2::{Digest, Sha256};
 use tough::{Transport, TransportError, TransportErrorKind, TransportStream};
 use url::Url;
 
 use crate::oci::RegistryOptions;
+use crate::oci::wire::{chain, content_length};
 
 /// What may go wrong reaching a web server.
 #[derive(Debug, thiserror::Error)]
@@ -127,31 +126,6 @@ fn check_scheme(url: &Url, options: &RegistryOptions) -> Result<(), HttpsError> 
     }
 }
 
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let line = cause.to_string();
-        if !text.contains(&line) {
-            text.push_str(": ");
-            text.push_str(&line);
-        }
-        source = cause.source();
-    }
-    text
-}
-
-fn content_length(response: &reqwest::Response) -> Option<u64> {
-    response
-        .headers()
-        .get(CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
 #[tough::async_trait]
 impl Transport for HttpsTransport {
     async fn fetch(&self, url: Url) -> Result<TransportStream, TransportError> {
@@ -182,7 +156,7 @@ impl Transport for HttpsTransport {
             }));
         }
         let limit = self.inner.max_bytes;
-        if content_length(&response).is_some_and(|length| length > limit) {
+        if content_length(response.headers()).is_some_and(|length| length > limit) {
             return Err(other(HttpsError::TooLarge {
                 url: url.to_string(),
                 limit,
@@ -322,7 +296,7 @@ pub async fn timestamp_unchanged(
         url: url.to_string(),
         limit: MAX_TIMESTAMP,
     };
-    if content_length(&response).is_some_and(|length| length > MAX_TIMESTAMP) {
+    if content_length(response.headers()).is_some_and(|length| length > MAX_TIMESTAMP) {
         return Err(too_large);
     }
     let mut hasher = Sha256::new();

@@ -178,19 +178,16 @@ fn report(syncer: &Syncer, metrics: &Metrics, outcome: &Outcome) {
                 metrics.expires_at.set(freshness.expires.unix_timestamp());
             }
         }
-        Outcome::Refused { reason, message } => {
+        Outcome::Refused { reason, message } | Outcome::Failed { reason, message } => {
+            let what = if matches!(outcome, Outcome::Refused { .. }) {
+                "refused"
+            } else {
+                "sync failed"
+            };
             tracing::warn!(
                 source = %syncer.source_text,
                 reason,
-                "refused, the bundle in force stays: {message}"
-            );
-            metrics.failed(reason, now);
-        }
-        Outcome::Failed { reason, message } => {
-            tracing::warn!(
-                source = %syncer.source_text,
-                reason,
-                "sync failed, the bundle in force stays: {message}"
+                "{what}, the bundle in force stays: {message}"
             );
             metrics.failed(reason, now);
         }

@@ -21,7 +21,7 @@ mod manifest;
 mod options;
 mod push;
 mod reference;
-mod wire;
+pub(crate) mod wire;
 
 pub use cache::prune;
 pub use error::OciError;
