@@ -183,9 +183,17 @@ impl BundleStore {
     /// the index [`BundleStore::prepare`] found; when the index turns out
     /// unusable (stale, damaged), the whole bundle instead.
     pub fn load_indexed(&self, index: &Path, stamp: &str, digests: &[&Digest]) -> ReloadOutcome {
-        let loaded = attestgate_policy::Bundle::load_indexed(&self.dir, index, stamp, digests)
+        // As in `reload`: one directory for every file. The index lies
+        // beside the version it was made for; when the symlink names
+        // another one now, the index is not that version's.
+        let resolved = self.dir.canonicalize().unwrap_or_else(|_| self.dir.clone());
+        if index_path(&resolved).as_deref() != Some(index) {
+            tracing::debug!(index = %index.display(), "the bundle changed since its index was found; loading the whole bundle");
+            return self.reload(true);
+        }
+        let loaded = attestgate_policy::Bundle::load_indexed(&resolved, index, stamp, digests)
             .and_then(|bundle| {
-                Freshness::of(&self.dir)
+                Freshness::of(&resolved)
                     .map(|freshness| (bundle, freshness))
                     .map_err(|_| IndexError::Io(std::io::ErrorKind::InvalidData.into()))
             });
@@ -445,6 +453,58 @@ mod tests {
             store.reload(true),
             ReloadOutcome::Unchanged,
             "same content, same bundle"
+        );
+    }
+
+    /// Two versions as attestgate-sync lays them out: directories with a
+    /// `sync.json` each, the bundle a symlink to one of them.
+    fn synced_version(parent: &Path, version: u64, mode: &str) -> PathBuf {
+        let dir = parent.join(format!("v{version}"));
+        std::fs::create_dir(&dir).unwrap();
+        write_policy(&dir, mode);
+        std::fs::write(
+            dir.join(crate::freshness::FILE),
+            format!("{{\"version\":{version},\"expires\":\"2999-01-01T00:00:00Z\"}}\n"),
+        )
+        .unwrap();
+        dir
+    }
+
+    #[test]
+    fn an_index_found_before_a_switch_is_not_used_after_it() {
+        let parent = tempfile::tempdir().unwrap();
+        let v1 = synced_version(parent.path(), 1, "ALWAYS_ALLOW");
+        let v2 = synced_version(parent.path(), 2, "ALWAYS_DENY");
+        let bundle = parent.path().join("bundle");
+        std::os::unix::fs::symlink(&v1, &bundle).unwrap();
+        let store = BundleStore::new(bundle.clone(), Arc::new(crate::hooks::NoHooks));
+        // A first load writes v1's index; the next program finds it.
+        assert_eq!(store.reload(true), ReloadOutcome::Loaded);
+        let Prepared::Indexed { index, stamp } = store.prepare() else {
+            panic!("no index beside version 1");
+        };
+        let link = parent.path().join(".bundle.new");
+        std::os::unix::fs::symlink(&v2, &link).unwrap();
+        std::fs::rename(&link, &bundle).unwrap();
+        assert_eq!(
+            store.load_indexed(&index, &stamp, &[]),
+            ReloadOutcome::Loaded
+        );
+        let loaded = store.current().unwrap();
+        assert_eq!(loaded.reference.version, Some(2));
+        assert_eq!(
+            loaded
+                .bundle
+                .policy()
+                .default_admission_rule
+                .evaluation_mode,
+            attestgate_policy::model::EvaluationMode::AlwaysDeny,
+            "version 2's sync.json over version 1's policy"
+        );
+        assert_eq!(
+            loaded.reference.digest,
+            Bundle::load(&v2).unwrap().digest(),
+            "version 1's index (and digest) under version 2's name"
         );
     }
 
