@@ -475,6 +475,60 @@ mod tests {
         );
     }
 
+    /// Two versions as attestgate-sync lays them out: directories with a
+    /// `sync.json` each, the bundle a symlink to one of them.
+    fn synced_version(parent: &Path, version: u64, mode: &str) -> PathBuf {
+        let dir = parent.join(format!("v{version}"));
+        std::fs::create_dir(&dir).unwrap();
+        write_policy(&dir, mode);
+        std::fs::write(
+            dir.join(crate::freshness::FILE),
+            format!("{{\"version\":{version},\"expires\":\"2999-01-01T00:00:00Z\"}}\n"),
+        )
+        .unwrap();
+        dir
+    }
+
+    #[test]
+    fn an_index_found_before_a_switch_is_read_with_its_own_version_after_it() {
+        let parent = tempfile::tempdir().unwrap();
+        let v1 = synced_version(parent.path(), 1, "ALWAYS_ALLOW");
+        let v2 = synced_version(parent.path(), 2, "ALWAYS_DENY");
+        let bundle = parent.path().join("bundle");
+        std::os::unix::fs::symlink(&v1, &bundle).unwrap();
+        let store = BundleStore::new(bundle.clone(), Arc::new(crate::hooks::NoHooks));
+        // A first load writes v1's index; the next program finds it.
+        assert_eq!(store.reload(true), ReloadOutcome::Loaded);
+        let Prepared::Indexed(found) = store.prepare() else {
+            panic!("no index beside version 1");
+        };
+        let link = parent.path().join(".bundle.new");
+        std::os::unix::fs::symlink(&v2, &link).unwrap();
+        std::fs::rename(&link, &bundle).unwrap();
+        // Decided by version 1 whole, as a decision begun just before the
+        // switch is: its index, its policy, its sync.json — never one
+        // version's files under the other's name.
+        assert_eq!(store.load_indexed(&found, &[]), ReloadOutcome::Loaded);
+        let loaded = store.current().unwrap();
+        assert_eq!(loaded.reference.version, Some(1));
+        assert_eq!(
+            loaded
+                .bundle
+                .policy()
+                .default_admission_rule
+                .evaluation_mode,
+            attestgate_policy::model::EvaluationMode::AlwaysAllow,
+        );
+        assert_eq!(loaded.reference.digest, Bundle::load(&v1).unwrap().digest());
+        // The next one-shot program finds version 2.
+        let Prepared::Indexed(found) = store.prepare() else {
+            assert_eq!(store.current().unwrap().reference.version, Some(2));
+            return;
+        };
+        assert_eq!(store.load_indexed(&found, &[]), ReloadOutcome::Loaded);
+        assert_eq!(store.current().unwrap().reference.version, Some(2));
+    }
+
     fn occurrence(digest: &str) -> String {
         format!(
             r#"{{"name":"o-{digest}","noteName":"projects/p/notes/n","kind":"ATTESTATION",
