@@ -202,7 +202,7 @@ fn keygen_writes_private_key_0600_and_never_overwrites() {
     let unknown = attestgate(&[
         "keygen",
         "--algorithm",
-        "ED25519",
+        "ED448",
         "--private",
         "/dev/null",
         "--public",
