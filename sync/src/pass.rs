@@ -183,7 +183,10 @@ impl Syncer {
                 (verified, validator)
             }
         };
-        let outcome = self.install(verified, current)?;
+        let outcome = self.install(verified, current);
+        // What was fetched is in the version now, or refused.
+        let _ = std::fs::remove_dir_all(&staging);
+        let outcome = outcome?;
         self.state
             .save_last(&Last {
                 source: self.source_text.clone(),

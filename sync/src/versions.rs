@@ -68,12 +68,12 @@ impl State {
         self.dir.join("versions")
     }
 
-    /// An empty directory to fetch into, whatever a killed pass left there.
+    /// Where to fetch into: absent, whatever a killed pass left there
+    /// removed. Made only when something new arrives, so an unchanged poll
+    /// writes nothing.
     pub fn staging(&self) -> anyhow::Result<PathBuf> {
         let staging = self.dir.join("staging");
         remove_all(&staging)?;
-        std::fs::create_dir(&staging)
-            .with_context(|| format!("cannot create {}", staging.display()))?;
         Ok(staging)
     }
 

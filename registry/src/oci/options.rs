@@ -129,7 +129,31 @@ impl RegistryOptions {
         })
     }
 
+    /// The HTTP client for these options, built once per process: building
+    /// one reads the system's CA store, a third of an unchanged poll's CPU,
+    /// and a kept client keeps its connections for the next poll.
     pub(crate) fn http_client(&self) -> Result<reqwest::Client, String> {
+        type Clients = Vec<((Duration, Vec<Vec<u8>>), reqwest::Client)>;
+        static CLIENTS: std::sync::Mutex<Clients> = std::sync::Mutex::new(Vec::new());
+        // A handful of option sets in one process; past that, build anew
+        // rather than grow.
+        const KEPT: usize = 8;
+        let key = (self.timeout, self.extra_ca_pem.clone());
+        if let Ok(clients) = CLIENTS.lock()
+            && let Some((_, client)) = clients.iter().find(|(k, _)| *k == key)
+        {
+            return Ok(client.clone());
+        }
+        let client = self.build_http_client()?;
+        if let Ok(mut clients) = CLIENTS.lock()
+            && clients.len() < KEPT
+        {
+            clients.push((key, client.clone()));
+        }
+        Ok(client)
+    }
+
+    fn build_http_client(&self) -> Result<reqwest::Client, String> {
         let mut certificates = Vec::new();
         for pem in &self.extra_ca_pem {
             let bundle = reqwest::Certificate::from_pem_bundle(pem)
