@@ -4,7 +4,7 @@
 use std::io::Write as _;
 use std::path::Path;
 
-use super::TufError;
+use super::error::TufError;
 
 /// Writes `bytes` to a temporary file beside `path`, fsyncs it, renames it
 /// over `path` and fsyncs the directory.

@@ -15,7 +15,7 @@ use tough::schema::decoded::{Decoded, Hex};
 use tough::schema::key::Key;
 use tough::sign::Sign;
 
-use super::TufError;
+use super::error::TufError;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 

@@ -30,6 +30,3 @@ pub use publish::{
     timestamp,
 };
 pub use verify::{Limits, Trust, Verified, verify, verify_dir};
-
-/// tough's editor only accepts metadata of this specification version.
-const SPEC_VERSION: &str = "1.0.0";

@@ -2,7 +2,7 @@
 //! file kinds, so a verified target can never be written outside the
 //! bundle directory or be something the node does not read.
 
-use super::TufError;
+use super::error::TufError;
 
 /// Accepts `policy.yaml`, `policy.json`, `attestors/NAME.{yaml,yml,json}`
 /// and `attestations/NAME.json`, where NAME is a plain file name (no

@@ -21,8 +21,13 @@ use tough::schema::{
     Timestamp,
 };
 
+use super::error::TufError;
 use super::fs::{read, read_optional, sync_dir, write_atomic, write_synced};
-use super::{PemKey, SPEC_VERSION, TufError, check_bundle_path};
+use super::keys::PemKey;
+use super::paths::check_bundle_path;
+
+/// tough's editor only accepts metadata of this specification version.
+const SPEC_VERSION: &str = "1.0.0";
 
 /// `repo init`: the keys of each role and how many of them must sign.
 #[derive(Debug, Clone)]

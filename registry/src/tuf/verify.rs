@@ -26,9 +26,10 @@ use tough::{
 };
 use url::Url;
 
+use super::error::TufError;
 use super::error::{SizeCap, from_tough};
 use super::fs::{read_optional, sync_dir, write_atomic};
-use super::{TufError, check_bundle_path};
+use super::paths::check_bundle_path;
 
 const DATASTORE: &str = "datastore";
 const HIGH_WATER: &str = "high-water.json";
