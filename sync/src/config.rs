@@ -107,7 +107,8 @@ struct SyncKeys {
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub source: String,
+    /// None: no `bundle_source`, nothing to sync.
+    pub source: Option<String>,
     pub trust_root: PathBuf,
     pub state: PathBuf,
     pub bundle: PathBuf,
@@ -126,11 +127,9 @@ impl Config {
     pub fn load(flags: Flags) -> anyhow::Result<Config> {
         let file = ConfigFile::discover(flags.config.as_deref())?;
         let own: SyncKeys = file.keys_of(config::SYNC)?;
-        let Some(source) = flags.source.or(own.bundle_source).filter(|s| !s.is_empty()) else {
-            bail!(
-                "no bundle source: set bundle_source in the configuration file or give --source (oci://HOST/REPO:TAG, file:///DIR, https://HOST/PATH/)"
-            );
-        };
+        // Without a source the node's bundle directory is its own (SPEC
+        // §10): nothing to sync, and nothing wrong.
+        let source = flags.source.or(own.bundle_source).filter(|s| !s.is_empty());
         let interval = flags
             .interval
             .or(own.sync_interval)
@@ -213,7 +212,7 @@ mod tests {
             &["--interval", "5s", "--state", "/s"],
         )
         .unwrap();
-        assert_eq!(config.source, "oci://r.example/p:v1");
+        assert_eq!(config.source.as_deref(), Some("oci://r.example/p:v1"));
         assert_eq!(config.interval, Duration::from_secs(5));
         assert_eq!(config.state, PathBuf::from("/s"));
         assert_eq!(config.bundle, PathBuf::from("/b"));
@@ -223,9 +222,8 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_source_and_a_typo_are_errors_that_say_so() {
-        let missing = load("", &[]).unwrap_err().to_string();
-        assert!(missing.contains("no bundle source"), "{missing}");
+    fn no_source_is_nothing_to_sync_and_a_typo_is_an_error_that_says_so() {
+        assert_eq!(load("", &[]).unwrap().source, None);
         let typo = load("bundle_sourc = \"x\"\n", &["--source", "file:///x"])
             .unwrap_err()
             .to_string();

@@ -81,7 +81,8 @@ fn registry_options(config: &Config) -> anyhow::Result<RegistryOptions> {
                 .with_context(|| format!("registry_credentials {}", path.display()))?;
             let host = config
                 .source
-                .strip_prefix("oci://")
+                .as_deref()
+                .and_then(|source| source.strip_prefix("oci://"))
                 .and_then(|rest| rest.split('/').next())
                 .unwrap_or_default();
             Credentials::from_docker_config(&json, host)
@@ -98,8 +99,14 @@ fn registry_options(config: &Config) -> anyhow::Result<RegistryOptions> {
 }
 
 async fn run(config: Config) -> anyhow::Result<u8> {
+    let Some(source) = config.source.clone() else {
+        tracing::info!(
+            "no bundle_source is configured (or --source given): the bundle directory is the node's own, nothing to sync"
+        );
+        return Ok(0);
+    };
     let mut syncer = Syncer::new(
-        &config.source,
+        &source,
         &config.state,
         &config.trust_root,
         &config.bundle,
@@ -124,7 +131,7 @@ async fn run(config: Config) -> anyhow::Result<u8> {
         return Ok(outcome.exit_code());
     }
     tracing::info!(
-        source = %config.source,
+        source = %source,
         bundle = %config.bundle.display(),
         interval = ?config.interval,
         "syncing"

@@ -664,3 +664,27 @@ fn a_repository_on_a_web_server_is_polled_with_one_request_and_verified_the_same
         .unwrap();
     assert_eq!(verified.status.code(), Some(1), "{verified:?}");
 }
+
+#[test]
+fn without_a_source_there_is_nothing_to_sync_and_an_unreachable_one_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "").unwrap();
+    let out = std::process::Command::new(attestgate_e2e::node::bin("attestgate-sync"))
+        .args(["--once", "--config", &s(&config)])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nothing to sync"),
+        "{out:?}"
+    );
+
+    let publisher = Publisher::new();
+    let node = SyncNode::new(&publisher.root());
+    let port = attestgate_e2e::registry::free_port();
+    let once = node.once(&format!("oci://127.0.0.1:{port}/bundles/prod:live"));
+    assert_eq!(once.code, 2, "{}", once.log);
+    assert!(once.log.contains("reason=\"unreachable\""), "{}", once.log);
+    assert_eq!(node.version(), None);
+}
