@@ -65,13 +65,19 @@ impl SourceError {
     }
 
     pub fn failure(&self) -> Failure {
-        let local = matches!(self.reason(), "local" | "io" | "usage" | "key");
-        let unreachable = match self {
-            SourceError::BadSource { .. } | SourceError::Unreadable { .. } => true,
-            SourceError::Tuf(e) => e.is_unreachable(),
-            SourceError::Oci(e) => e.is_unreachable(),
-            SourceError::Https(e) => e.is_unreachable(),
-        };
+        let local = matches!(
+            self.reason(),
+            "local" | "io" | "usage" | "key" | "bad_options"
+        );
+        // A reference this node cannot use is its configuration's fault,
+        // not something the source served.
+        let unreachable = self.reason() == "bad_reference"
+            || match self {
+                SourceError::BadSource { .. } | SourceError::Unreadable { .. } => true,
+                SourceError::Tuf(e) => e.is_unreachable(),
+                SourceError::Oci(e) => e.is_unreachable(),
+                SourceError::Https(e) => e.is_unreachable(),
+            };
         if local {
             Failure::Local
         } else if unreachable {
@@ -181,10 +187,7 @@ pub async fn poll(
             // The timestamp changes with every publish and every renewal:
             // its digest tells an unchanged directory.
             let timestamp = dir.join("metadata/timestamp.json");
-            let bytes = std::fs::read(&timestamp).map_err(|source| SourceError::Unreadable {
-                path: timestamp.clone(),
-                source,
-            })?;
+            let bytes = read_capped(&timestamp, limits.tuf.max_timestamp)?;
             let validator = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
             if previous == Some(validator.as_str()) {
                 return Ok(Polled::Unchanged);
@@ -227,6 +230,42 @@ pub async fn poll(
     }
 }
 
+/// A directory source's file, read only if it is a regular file no larger
+/// than `cap`: a FIFO would hang the syncer, a link to /dev/zero fill it.
+fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>, SourceError> {
+    use std::io::Read as _;
+    let unreadable = |source: std::io::Error| SourceError::Unreadable {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(unreadable)?;
+    let meta = file.metadata().map_err(unreadable)?;
+    if !meta.is_file() {
+        return Err(SourceError::Tuf(TufError::Invalid(format!(
+            "{}: not a regular file",
+            path.display()
+        ))));
+    }
+    if meta.len() > cap {
+        return Err(SourceError::Tuf(TufError::TooLarge(format!(
+            "{} is {} bytes, more than the {cap} allowed",
+            path.display(),
+            meta.len()
+        ))));
+    }
+    let mut bytes = Vec::new();
+    file.take(cap + 1)
+        .read_to_end(&mut bytes)
+        .map_err(unreadable)?;
+    if bytes.len() as u64 > cap {
+        return Err(SourceError::Tuf(TufError::TooLarge(format!(
+            "{} grew past the {cap} bytes allowed while read",
+            path.display()
+        ))));
+    }
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -246,6 +285,13 @@ mod tests {
             Source::Https(url) => assert_eq!(url.as_str(), "https://mirror.example/attestgate/"),
             other => panic!("{other:?}"),
         }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("metadata")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join("metadata/timestamp.json"))
+            .unwrap();
+        let e = read_capped(&dir.path().join("metadata/timestamp.json"), 16 << 10).unwrap_err();
+        assert_eq!(e.failure(), Failure::Refused, "{e}");
+        assert!(e.to_string().contains("not a regular file"), "{e}");
         for wrong in ["ftp://x/y", "/plain/path", "file://relative/dir"] {
             let e = Source::parse(wrong).unwrap_err();
             assert_eq!(e.failure(), Failure::Unreachable, "{wrong}");

@@ -131,7 +131,22 @@ impl Syncer {
 
     pub async fn pass(&mut self) -> Outcome {
         self.traffic = oci::Traffic::default();
-        match self.try_pass().await {
+        let result = self.try_pass().await;
+        // After every pass, whatever its end: a source that serves a new
+        // artifact each poll only to have it refused must not fill the
+        // disk with its blobs.
+        if let Source::Oci(_) = self.source {
+            let recent = self
+                .state
+                .last(&self.source_text)
+                .map(|l| l.recent_manifests)
+                .unwrap_or_default();
+            let keep: Vec<&str> = recent.iter().map(String::as_str).collect();
+            if let Err(e) = oci::prune(&self.state.blobs(), &keep).await {
+                tracing::warn!(error = %e, "cannot prune the blob cache");
+            }
+        }
+        match result {
             Ok(outcome) => outcome,
             Err(stop) if stop.refused => Outcome::Refused {
                 reason: stop.reason,
@@ -146,11 +161,26 @@ impl Syncer {
 
     async fn try_pass(&mut self) -> Result<Outcome, Stop> {
         let last = self.state.last(&self.source_text);
-        let previous = last.as_ref().and_then(|l| l.validator.clone());
         let current = versions::current(&self.bundle);
         // A validator is worth something only while the version it led to
-        // is still the bundle in force.
-        let previous = previous.filter(|_| current.as_ref().is_some_and(|(_, f)| f.is_some()));
+        // is still the bundle in force (not one pointed at by hand), and
+        // was verified under the root trusted now (not one a newly
+        // installed trust root has superseded).
+        let in_force = current
+            .as_ref()
+            .filter(|(_, freshness)| freshness.is_some())
+            .and_then(|(dir, _)| dir.file_name())
+            .map(|name| name.to_string_lossy().into_owned());
+        let root_suffix = format!("-r{}", self.trust.root_version());
+        let previous = last
+            .as_ref()
+            .filter(|l| l.version.is_some() && l.version == in_force)
+            .filter(|l| {
+                l.version
+                    .as_deref()
+                    .is_some_and(|v| v.ends_with(&root_suffix))
+            })
+            .and_then(|l| l.validator.clone());
         let mut recent = last.map(|l| l.recent_manifests).unwrap_or_default();
         let staging = self.state.staging().map_err(local)?;
         let blobs = self.state.blobs();
@@ -183,22 +213,19 @@ impl Syncer {
                 (verified, validator)
             }
         };
-        let outcome = self.install(verified, current);
+        let installed = self.install(verified, current);
         // What was fetched is in the version now, or refused.
         let _ = std::fs::remove_dir_all(&staging);
-        let outcome = outcome?;
-        self.state
-            .save_last(&Last {
-                source: self.source_text.clone(),
-                validator: Some(validator),
-                recent_manifests: recent.clone(),
-            })
-            .map_err(local)?;
-        if let Source::Oci(_) = self.source {
-            let keep: Vec<&str> = recent.iter().map(String::as_str).collect();
-            if let Err(e) = oci::prune(&self.state.blobs(), &keep).await {
-                tracing::warn!(error = %e, "cannot prune the blob cache");
-            }
+        let (outcome, version) = installed?;
+        // The bundle is in force whatever happens now: a validator not
+        // saved costs the next poll a full fetch, nothing more.
+        if let Err(e) = self.state.save_last(&Last {
+            source: self.source_text.clone(),
+            validator: Some(validator),
+            version: Some(version),
+            recent_manifests: recent,
+        }) {
+            tracing::warn!(error = %format!("{e:#}"), "cannot keep the source's answer for the next poll");
         }
         Ok(outcome)
     }
@@ -229,14 +256,14 @@ impl Syncer {
         })
     }
 
-    /// Writes `verified` as a version, checks it, makes it current, then
-    /// trusts its metadata.
+    /// Writes `verified` as a version, checks it, trusts its metadata,
+    /// then makes it current; returns the version's directory name.
     fn install(
         &mut self,
         verified: Verified,
         current: Option<(PathBuf, Option<Freshness>)>,
-    ) -> Result<Outcome, Stop> {
-        let name = format!(
+    ) -> Result<(Outcome, String), Stop> {
+        let mut name = format!(
             "v{}-t{}-r{}",
             verified.targets_version, verified.timestamp_version, verified.root_version
         );
@@ -244,13 +271,42 @@ impl Syncer {
             version: verified.targets_version,
             expires: verified.expires,
         };
-        let same = current.as_ref().is_some_and(|(dir, f)| {
-            dir.file_name().is_some_and(|n| n == name.as_str()) && f.as_ref() == Some(&freshness)
-        });
-        if same {
-            verified.commit(&mut self.trust)?;
-            return Ok(Outcome::Current {
-                version: freshness.version,
+        let current_name = current
+            .as_ref()
+            .and_then(|(dir, _)| dir.file_name())
+            .map(|n| n.to_string_lossy().into_owned());
+        let current_freshness = current.as_ref().and_then(|(_, f)| f.as_ref());
+        if current_name.as_deref() == Some(name.as_str()) {
+            if current_freshness == Some(&freshness) {
+                verified.commit(&mut self.trust)?;
+                return Ok((
+                    Outcome::Current {
+                        version: freshness.version,
+                    },
+                    name,
+                ));
+            }
+            // The version in force under this name is damaged (its
+            // sync.json unreadable): write it anew beside it, never over
+            // the directory readers are using.
+            let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
+            name = format!(
+                "v{}-t{}-x{now}-r{}",
+                verified.targets_version, verified.timestamp_version, verified.root_version
+            );
+        }
+        // Belt and braces under TUF's own rollback check: never older than
+        // what is in force, even if the trusted state was lost.
+        if let Some(in_force) = current_freshness
+            && freshness.version < in_force.version
+        {
+            return Err(Stop {
+                refused: true,
+                reason: "rollback",
+                message: format!(
+                    "targets version {} is lower than version {} in force: rollback refused",
+                    freshness.version, in_force.version
+                ),
             });
         }
         let files: Vec<(String, &[u8])> = verified
@@ -277,8 +333,11 @@ impl Syncer {
                 ),
             });
         }
-        versions::make_current(&self.bundle, &dir).map_err(local)?;
+        // Trust first: trust ahead of the bundle in force is harmless (the
+        // next pass finds the same version and makes it current), the
+        // other way round would let a lower version in.
         verified.commit(&mut self.trust)?;
+        versions::make_current(&self.bundle, &dir).map_err(local)?;
         match self.state.prune(&self.bundle) {
             Ok(removed) => {
                 for old in removed {
@@ -287,9 +346,12 @@ impl Syncer {
             }
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot prune old bundle versions"),
         }
-        Ok(Outcome::Updated {
-            version: freshness.version,
-            expires: freshness.expires,
-        })
+        Ok((
+            Outcome::Updated {
+                version: freshness.version,
+                expires: freshness.expires,
+            },
+            name,
+        ))
     }
 }

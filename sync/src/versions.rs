@@ -37,6 +37,9 @@ pub struct Last {
     /// What tells an unchanged source: the manifest digest of an OCI
     /// artifact, an ETag, the digest of a directory's timestamp.json.
     pub validator: Option<String>,
+    /// The version directory it led to.
+    #[serde(default)]
+    pub version: Option<String>,
     /// The OCI manifests of the versions kept, newest first: the blob
     /// cache keeps what they refer to.
     #[serde(default)]
@@ -134,8 +137,8 @@ impl State {
             sync_dir(dir)?;
         }
         // A version of this name left by a pass killed before it was made
-        // current: it is not the bundle path's target (that is checked by
-        // the caller), so it can go.
+        // current: the caller never names the bundle path's target, so it
+        // can go.
         remove_all(&final_dir)?;
         std::fs::rename(&staged, &final_dir)
             .with_context(|| format!("cannot rename {} into place", staged.display()))?;
@@ -367,6 +370,7 @@ mod tests {
         let last = Last {
             source: "oci://a/b:c".into(),
             validator: Some("sha256:00".into()),
+            version: Some("v1-t1-r1".into()),
             recent_manifests: vec!["sha256:00".into()],
         };
         state.save_last(&last).unwrap();

@@ -38,6 +38,24 @@ fn in_force(node: &SyncNode, version: u64, policy: &str) {
     assert_eq!(node.read("policy.yaml").as_deref(), Some(policy));
 }
 
+/// Files below `dir`, at any depth.
+fn walk_count(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        walk_count(&e.path())
+                    } else {
+                        1
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 #[test]
 fn publish_push_sync_and_what_is_refused_leaves_the_bundle_in_force() {
     let Some(registry) = Registry::start() else {
@@ -75,6 +93,8 @@ fn publish_push_sync_and_what_is_refused_leaves_the_bundle_in_force() {
     synced(&node.once(&source));
     in_force(&node, 2, ALLOW);
 
+    let cached = || walk_count(&node.state.join("blobs"));
+    let cached_in_force = cached();
     // Rollback: the older artifact pushed back to the tag.
     publisher.push_dir(&v1, &registry.addr, "prod:live");
     refused(&node.once(&source), "rollback");
@@ -102,6 +122,9 @@ fn publish_push_sync_and_what_is_refused_leaves_the_bundle_in_force() {
     publisher.push_dir(&padded, &registry.addr, "prod:live");
     refused(&node.once(&source), "too_large");
     in_force(&node, 2, ALLOW);
+    // What was refused is not kept: a source serving a new refused
+    // artifact every poll cannot fill the node's disk.
+    assert_eq!(cached(), cached_in_force);
 
     // The publisher goes on; the node follows.
     publisher.policy(DENY);

@@ -482,6 +482,16 @@ fn list_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), TufE
         if kind.is_dir() {
             list_files(root, &path, out)?;
         } else {
+            // A FIFO would hang the reader and a device (a link to
+            // /dev/zero) would never end: only regular files, links to
+            // them followed.
+            let regular = std::fs::metadata(&path).map_err(|e| TufError::io(what(), e))?;
+            if !regular.is_file() {
+                return Err(TufError::Invalid(format!(
+                    "{}: not a regular file",
+                    path.display()
+                )));
+            }
             let relative = path.strip_prefix(root).unwrap_or(&path);
             out.push(relative.to_string_lossy().into_owned());
         }
