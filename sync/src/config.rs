@@ -116,7 +116,8 @@ pub struct Config {
     pub once: bool,
     pub metrics_listen: Option<std::net::SocketAddr>,
     pub plain_http: Vec<String>,
-    pub extra_ca: Vec<PathBuf>,
+    /// CA files by the registry (`HOST[:PORT]`) they are for.
+    pub extra_ca: Vec<(String, PathBuf)>,
     /// A docker `config.json` with the source registry's credentials.
     pub registry_credentials: Option<PathBuf>,
     pub registry_timeout: Duration,
@@ -158,10 +159,12 @@ impl Config {
         let mut plain_http = flags.plain_http;
         let mut extra_ca = Vec::new();
         for (host, entry) in own.registries {
+            if let Some(ca_file) = entry.ca_file {
+                extra_ca.push((host.clone(), ca_file));
+            }
             if entry.plain_http {
                 plain_http.push(host);
             }
-            extra_ca.extend(entry.ca_file);
         }
         Ok(Config {
             source,

@@ -69,22 +69,29 @@ fn init_logging(json: bool) {
 }
 
 fn registry_options(config: &Config) -> anyhow::Result<RegistryOptions> {
+    // The registry (or web server) the source names: its CA and its
+    // credentials, no other registry's.
+    let host = config
+        .source
+        .as_deref()
+        .and_then(|source| source.split_once("://"))
+        .and_then(|(_, rest)| rest.split('/').next())
+        .unwrap_or_default();
     let mut extra_ca_pem = Vec::new();
-    for path in &config.extra_ca {
+    for (_, path) in config
+        .extra_ca
+        .iter()
+        .filter(|(for_host, _)| for_host == host)
+    {
         extra_ca_pem.push(
-            std::fs::read(path).with_context(|| format!("registries ca {}", path.display()))?,
+            std::fs::read(path)
+                .with_context(|| format!("registries ca_file {}", path.display()))?,
         );
     }
     let credentials = match &config.registry_credentials {
         Some(path) => {
             let json = std::fs::read(path)
                 .with_context(|| format!("registry_credentials {}", path.display()))?;
-            let host = config
-                .source
-                .as_deref()
-                .and_then(|source| source.strip_prefix("oci://"))
-                .and_then(|rest| rest.split('/').next())
-                .unwrap_or_default();
             Credentials::from_docker_config(&json, host)
                 .map_err(|e| anyhow::anyhow!("registry_credentials {}: {e}", path.display()))?
         }
