@@ -59,6 +59,12 @@ impl WebServer {
             assert!(Instant::now() < deadline, "http.server did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
+        // What answered may be another test's server that took the port
+        // first, this one having exited on "address in use": try again.
+        std::thread::sleep(Duration::from_millis(100));
+        if let Ok(Some(_)) = server.child.try_wait() {
+            return WebServer::start(root, server.log.clone());
+        }
         Some(server)
     }
 

@@ -129,27 +129,38 @@ impl RegistryOptions {
         })
     }
 
-    /// The HTTP client for these options, built once per process: building
+    /// The HTTP client for these options, built once per thread: building
     /// one reads the system's CA store, a third of an unchanged poll's CPU,
-    /// and a kept client keeps its connections for the next poll.
+    /// and a kept client keeps its connections for the next poll. Per
+    /// thread, because a client's connections live on the runtime that made
+    /// them, and a runtime's threads end with it: a client never outlives
+    /// the runtime it is used on.
     pub(crate) fn http_client(&self) -> Result<reqwest::Client, String> {
         type Clients = Vec<((Duration, Vec<Vec<u8>>), reqwest::Client)>;
-        static CLIENTS: std::sync::Mutex<Clients> = std::sync::Mutex::new(Vec::new());
-        // A handful of option sets in one process; past that, build anew
+        thread_local! {
+            static CLIENTS: std::cell::RefCell<Clients> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        // A handful of option sets on a thread; past that, build anew
         // rather than grow.
         const KEPT: usize = 8;
         let key = (self.timeout, self.extra_ca_pem.clone());
-        if let Ok(clients) = CLIENTS.lock()
-            && let Some((_, client)) = clients.iter().find(|(k, _)| *k == key)
-        {
-            return Ok(client.clone());
+        let kept = CLIENTS.with(|clients| {
+            clients
+                .borrow()
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, client)| client.clone())
+        });
+        if let Some(client) = kept {
+            return Ok(client);
         }
         let client = self.build_http_client()?;
-        if let Ok(mut clients) = CLIENTS.lock()
-            && clients.len() < KEPT
-        {
-            clients.push((key, client.clone()));
-        }
+        CLIENTS.with(|clients| {
+            let mut clients = clients.borrow_mut();
+            if clients.len() < KEPT {
+                clients.push((key, client.clone()));
+            }
+        });
         Ok(client)
     }
 
