@@ -269,19 +269,22 @@ async fn prepare_empty_dir(dir: &Path) -> Result<(), OciError> {
     tokio::fs::create_dir_all(dir)
         .await
         .map_err(OciError::io(dir))?;
-    let mut entries = tokio::fs::read_dir(dir).await.map_err(OciError::io(dir))?;
-    if entries
-        .next_entry()
-        .await
-        .map_err(OciError::io(dir))?
-        .is_some()
-    {
+    if has_entries(dir).await? {
         return Err(OciError::Local {
             path: dir.to_path_buf(),
             why: "not empty: the repository is laid out only into an empty directory".into(),
         });
     }
     Ok(())
+}
+
+async fn has_entries(dir: &Path) -> Result<bool, OciError> {
+    let mut entries = tokio::fs::read_dir(dir).await.map_err(OciError::io(dir))?;
+    Ok(entries
+        .next_entry()
+        .await
+        .map_err(OciError::io(dir))?
+        .is_some())
 }
 
 /// What `pull_dir` brought.
@@ -301,14 +304,9 @@ pub async fn pull_dir(
     options: &RegistryOptions,
     limits: &Limits,
 ) -> Result<Pulled, OciError> {
-    let existed = match tokio::fs::read_dir(dir).await {
-        Ok(mut entries) => {
-            if entries
-                .next_entry()
-                .await
-                .map_err(OciError::io(dir))?
-                .is_some()
-            {
+    let existed = match tokio::fs::metadata(dir).await {
+        Ok(_) => {
+            if has_entries(dir).await? {
                 return Err(OciError::Local {
                     path: dir.to_path_buf(),
                     why: "not empty: pull into a new or empty directory".into(),
