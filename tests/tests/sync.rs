@@ -144,6 +144,21 @@ fn publish_push_sync_and_what_is_refused_leaves_the_bundle_in_force() {
         })
         .count();
     assert_eq!(kept, 3);
+
+    // Pointed back by hand at a kept version: the next poll does not take
+    // the registry's "not modified" for the version in force, and puts the
+    // source's version back.
+    let older = std::fs::read_dir(node.state.join("versions"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("v2-"))
+        .unwrap();
+    let link = node.dir().join("bundle.by-hand");
+    std::os::unix::fs::symlink(&older, &link).unwrap();
+    std::fs::rename(&link, &node.bundle).unwrap();
+    in_force(&node, 2, ALLOW);
+    synced(&node.once(&source));
+    in_force(&node, 3, DENY);
 }
 
 #[test]
