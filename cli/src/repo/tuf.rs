@@ -20,15 +20,19 @@ pub struct InitArgs {
     /// A root key (PEM private key); repeat for several.
     #[arg(long = "root-key", required = true)]
     pub root_keys: Vec<PathBuf>,
+    /// Root signatures a root needs, of the root keys.
     #[arg(long, default_value_t = 1)]
     pub root_threshold: u64,
     /// A targets key; repeat for several.
     #[arg(long = "targets-key", required = true)]
     pub targets_keys: Vec<PathBuf>,
+    /// Targets signatures a bundle version needs.
     #[arg(long, default_value_t = 1)]
     pub targets_threshold: u64,
+    /// The snapshot key (PEM private key).
     #[arg(long)]
     pub snapshot_key: PathBuf,
+    /// The timestamp key (PEM private key); online, for renewals.
     #[arg(long)]
     pub timestamp_key: PathBuf,
     /// How long the root is valid.
@@ -38,6 +42,7 @@ pub struct InitArgs {
 
 #[derive(Args)]
 pub struct PublishArgs {
+    /// The repository directory `repo init` made.
     pub dir: PathBuf,
     /// The bundle directory whose files become the next version.
     #[arg(long)]
@@ -48,22 +53,27 @@ pub struct PublishArgs {
     /// Lifetime of targets and snapshot.
     #[arg(long, default_value = "30d")]
     pub expires: Span,
+    /// Lifetime of the timestamp: how soon nodes notice a source frozen
+    /// at this version (renew it with `repo timestamp`).
     #[arg(long, default_value = "7d")]
     pub timestamp_expires: Span,
 }
 
 #[derive(Args)]
 pub struct TimestampArgs {
+    /// The repository directory.
     pub dir: PathBuf,
     /// The timestamp key(s).
     #[arg(long = "key", required = true)]
     pub keys: Vec<PathBuf>,
+    /// Lifetime of the new timestamp.
     #[arg(long, default_value = "1d")]
     pub expires: Span,
 }
 
 #[derive(Args)]
 pub struct RotateRootArgs {
+    /// The repository directory; DIR/metadata/N+1.root.json is written.
     pub dir: PathBuf,
     /// Keys of the current root (a threshold of them must sign).
     #[arg(long = "key", required = true)]
@@ -77,6 +87,7 @@ pub struct RotateRootArgs {
     /// Replace the targets keys.
     #[arg(long = "targets-key")]
     pub targets_keys: Vec<PathBuf>,
+    /// Targets signatures a version needs under the new root.
     #[arg(long)]
     pub targets_threshold: Option<u64>,
     /// Replace the snapshot key.
@@ -85,6 +96,7 @@ pub struct RotateRootArgs {
     /// Replace the timestamp key.
     #[arg(long)]
     pub timestamp_key: Option<PathBuf>,
+    /// How long the new root is valid.
     #[arg(long, default_value = "365d")]
     pub expires: Span,
 }
