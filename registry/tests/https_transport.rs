@@ -25,6 +25,10 @@ impl WebServer {
     /// Serves `root`, logging requests to `log`; `None` (skipped) without
     /// python3, unless ATTESTGATE_E2E_REQUIRED is set.
     fn start(root: &Path, log: PathBuf) -> Option<WebServer> {
+        WebServer::start_trying(root, log, 3)
+    }
+
+    fn start_trying(root: &Path, log: PathBuf, tries: u32) -> Option<WebServer> {
         let required =
             std::env::var_os("ATTESTGATE_E2E_REQUIRED").is_some_and(|v| v != "0" && !v.is_empty());
         let port = TcpListener::bind("127.0.0.1:0")
@@ -62,8 +66,9 @@ impl WebServer {
         // What answered may be another test's server that took the port
         // first, this one having exited on "address in use": try again.
         std::thread::sleep(Duration::from_millis(100));
-        if let Ok(Some(_)) = server.child.try_wait() {
-            return WebServer::start(root, server.log.clone());
+        if let Ok(Some(status)) = server.child.try_wait() {
+            assert!(tries > 1, "http.server keeps exiting ({status})");
+            return WebServer::start_trying(root, server.log.clone(), tries - 1);
         }
         Some(server)
     }

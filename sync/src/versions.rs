@@ -177,20 +177,17 @@ impl State {
                 kept += usize::from(!is_current);
                 continue;
             }
+            // Where the node keeps this version's index: found while the
+            // version is still there to resolve.
+            let index = attestgate_node::store::index_path(&path);
             remove_all(&path)?;
-            if let Some(index) = index_of(&path) {
+            if let Some(index) = index {
                 let _ = std::fs::remove_file(index);
             }
             removed.push(path);
         }
         Ok(removed)
     }
-}
-
-/// The index the node keeps beside a version (see the node's store).
-fn index_of(version: &Path) -> Option<PathBuf> {
-    let name = version.file_name()?.to_string_lossy().into_owned();
-    Some(version.parent()?.join(format!(".{name}.attestgate-index")))
 }
 
 /// The version the bundle path points at now, and its freshness.
@@ -310,6 +307,9 @@ mod tests {
                 )
                 .unwrap();
             make_current(&bundle, &version).unwrap();
+            // The index the node writes beside each version it reads.
+            let index = attestgate_node::store::index_path(&version).unwrap();
+            std::fs::write(&index, b"index").unwrap();
             // Modification times order the versions; make them distinct.
             std::thread::sleep(std::time::Duration::from_millis(20));
             made.push(version);
@@ -321,6 +321,17 @@ mod tests {
         }
         let left: Vec<bool> = made.iter().map(|v| v.exists()).collect();
         assert_eq!(left, [false, false, true, true, true]);
+        let indexes = std::fs::read_dir(dir.path().join("state/versions"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".attestgate-index")
+            })
+            .count();
+        assert_eq!(indexes, 3, "a removed version's index goes with it");
         assert!(
             std::fs::symlink_metadata(&bundle)
                 .unwrap()

@@ -182,6 +182,20 @@ impl Publisher {
         reference
     }
 
+    /// The next root, signed by the root key `old` and the new root key
+    /// `new` (made with openssl the first time).
+    pub fn rotate_root(&self, old: &str, new: &str) {
+        attestgate(&[
+            "repo",
+            "rotate-root",
+            &s(&self.repo),
+            "--key",
+            &s(&self.key(old)),
+            "--new-root-key",
+            &s(&self.key(new)),
+        ]);
+    }
+
     /// A copy of the repository as it is now, to push back later.
     pub fn snapshot(&self, name: &str) -> PathBuf {
         let copy = self.tmp.path().join(name);

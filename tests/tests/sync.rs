@@ -198,15 +198,7 @@ fn signatures_the_root_does_not_allow_are_refused_and_a_rotation_that_chains_is_
     in_force(&node, 1, ALLOW);
 
     // A root that does not chain: version 2 signed by the stranger's keys.
-    attestgate(&[
-        "repo",
-        "rotate-root",
-        &s(&stranger.repo),
-        "--key",
-        &s(&stranger.key("root")),
-        "--new-root-key",
-        &s(&stranger.key("root-next")),
-    ]);
+    stranger.rotate_root("root", "root-next");
     let unchained = publisher.snapshot("unchained");
     std::fs::copy(
         stranger.repo.join("metadata/2.root.json"),
@@ -217,17 +209,9 @@ fn signatures_the_root_does_not_allow_are_refused_and_a_rotation_that_chains_is_
     refused(&node.once(&source), "root_chain");
     in_force(&node, 1, ALLOW);
 
-    // A rotation that does chain, to a new root key and timestamp key:
-    // followed, and what the new keys sign is accepted.
-    attestgate(&[
-        "repo",
-        "rotate-root",
-        &s(&publisher.repo),
-        "--key",
-        &s(&publisher.key("root")),
-        "--new-root-key",
-        &s(&publisher.key("root2")),
-    ]);
+    // A rotation that does chain, to a new root key: followed, and what
+    // is signed under the new root is accepted.
+    publisher.rotate_root("root", "root2");
     publisher.publish(&[]);
     publisher.push(&registry.addr, "prod:live");
     let once = node.once(&source);
