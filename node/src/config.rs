@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use attestgate_policy::{NamePattern, Settings};
+use attestgate_policy::{NamePattern, RegistryAttestors, Settings};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
@@ -22,6 +22,7 @@ pub const PATH_ENV: &str = "ATTESTGATE_CONFIG";
 pub const DEFAULT_BUNDLE: &str = "/var/lib/attestgate/bundle";
 pub const DEFAULT_AUDIT_LOG: &str = "/var/log/attestgate/audit.jsonl";
 pub const DEFAULT_RUNTIME_ENDPOINT: &str = "/run/containerd/containerd.sock";
+pub const DEFAULT_ATTESTATION_CACHE: &str = "/var/lib/attestgate/attestations";
 
 /// The keys each program reads itself, by program. Only the names live
 /// here, so that every program can tell another program's key from a typo;
@@ -69,6 +70,8 @@ const NODE_KEYS: &[&str] = &[
     "fail_mode",
     "system_images",
     "strict_repository",
+    "registry_attestors",
+    "attestation_cache",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -184,6 +187,9 @@ pub struct NodeKeys {
     #[serde(default, deserialize_with = "patterns")]
     pub system_images: Option<Vec<NamePattern>>,
     pub strict_repository: Option<bool>,
+    /// Attestors that registry signatures may count for; `"*"` for all.
+    pub registry_attestors: Option<Vec<String>>,
+    pub attestation_cache: Option<PathBuf>,
 }
 
 fn patterns<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<NamePattern>>, D::Error> {
@@ -212,8 +218,11 @@ pub struct NodeSettings {
     pub bundle: PathBuf,
     pub audit_log: PathBuf,
     pub fail_mode: FailMode,
-    /// What the policy's evaluation depends on: cluster, system images.
+    /// What the policy's evaluation depends on: cluster, system images,
+    /// the attestors registry signatures count for.
     pub evaluation: Settings,
+    /// Where verified registry signatures are kept (SPEC §11).
+    pub attestation_cache: PathBuf,
 }
 
 impl Default for NodeSettings {
@@ -239,7 +248,14 @@ impl NodeKeys {
                 cluster: self.cluster.clone().filter(|c| !c.is_empty()),
                 system_images: self.system_images.clone().unwrap_or(defaults.system_images),
                 strict_repository: self.strict_repository.unwrap_or(false),
+                registry_attestors: RegistryAttestors::from_list(
+                    self.registry_attestors.as_deref().unwrap_or_default(),
+                ),
             },
+            attestation_cache: self
+                .attestation_cache
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_ATTESTATION_CACHE)),
         }
     }
 }

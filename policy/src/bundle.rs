@@ -49,6 +49,8 @@ pub(crate) struct CacheKey {
     pub digest: Digest,
     /// Only set in strict-repository mode, where the repository matters.
     pub repository: Option<String>,
+    /// For a verdict from registry signatures: which ones.
+    pub evidence: Option<[u8; 32]>,
 }
 
 impl Bundle {

@@ -13,6 +13,7 @@ use crate::model::{
 };
 use crate::payload::check_payload;
 use crate::reference::{Digest, ImageRef};
+use crate::registry::{RegistryAttestation, RegistryAttestors};
 
 pub const BREAK_GLASS_LABEL: &str = "image-policy.k8s.io/break-glass";
 pub const BREAK_GLASS_ANNOTATION: &str = "alpha.image-policy.k8s.io/break-glass";
@@ -28,6 +29,8 @@ pub struct Settings {
     pub system_images: Vec<NamePattern>,
     /// Require an attestation's resource URI to name the same repository.
     pub strict_repository: bool,
+    /// Attestors that signatures from the registry may count for (SPEC §11).
+    pub registry_attestors: RegistryAttestors,
 }
 
 pub const DEFAULT_SYSTEM_IMAGES: &[&str] = &["registry.k8s.io/pause*"];
@@ -41,6 +44,7 @@ impl Default for Settings {
                 .filter_map(|p| NamePattern::parse(p).ok())
                 .collect(),
             strict_repository: false,
+            registry_attestors: RegistryAttestors::None,
         }
     }
 }
@@ -82,8 +86,23 @@ pub fn evaluate(
     image: &ImageRef,
     pod: &PodContext,
 ) -> Decision {
+    evaluate_with(bundle, settings, reference, image, pod, &[])
+}
+
+/// [`evaluate`], with signatures from the registry offered beside the
+/// bundle's occurrences (SPEC §11): each counts for the attestors that
+/// `settings.registry_attestors` admits, under any of their PKIX keys.
+/// The caller gives only attestations that may count for `image`'s digest.
+pub fn evaluate_with(
+    bundle: &Bundle,
+    settings: &Settings,
+    reference: &str,
+    image: &ImageRef,
+    pod: &PodContext,
+    registry: &[RegistryAttestation],
+) -> Decision {
     let subject = ImageSubject::from_ref(reference, image);
-    let (outcome, attestors) = evaluate_policy(bundle, settings, image, pod);
+    let (outcome, attestors) = evaluate_policy(bundle, settings, image, pod, registry);
     let (policy_allowed, policy_reason, dry_run) = match &outcome {
         Outcome::Allowlisted { .. } => (true, Reason::Allowlisted, false),
         Outcome::SystemImage { .. } => (true, Reason::SystemImage, false),
@@ -212,6 +231,7 @@ fn evaluate_policy(
     settings: &Settings,
     image: &ImageRef,
     pod: &PodContext,
+    registry: &[RegistryAttestation],
 ) -> (Outcome, Vec<AttestorVerdict>) {
     let policy = bundle.policy();
     if let Some(p) = policy
@@ -244,7 +264,16 @@ fn evaluate_policy(
             let verdicts: Vec<AttestorVerdict> = rule
                 .require_attestations_by
                 .iter()
-                .map(|name| attestor_verdict(bundle, settings, name, image))
+                .map(|name| {
+                    let verdict = attestor_verdict(bundle, settings, name, image);
+                    if verdict.satisfied
+                        || registry.is_empty()
+                        || !settings.registry_attestors.admits(name)
+                    {
+                        return verdict;
+                    }
+                    registry_verdict(bundle, name, verdict, registry)
+                })
                 .collect();
             let reason = if verdicts.iter().all(|v| v.satisfied) {
                 Reason::Attested
@@ -305,6 +334,7 @@ fn attestor_verdict(
         attestor: name.to_string(),
         digest: digest.clone(),
         repository: settings.strict_repository.then(|| image.repository.clone()),
+        evidence: None,
     };
     if let Some(v) = bundle.cached(&key) {
         return v;
@@ -327,6 +357,106 @@ fn attestor_verdict(
     };
     bundle.remember(key, verdict.clone());
     verdict
+}
+
+/// An attestor the bundle's occurrences left unsatisfied, tried with the
+/// registry's signatures; the verdict is remembered for exactly these
+/// signatures, so a decision with a warm attestation cache costs what one
+/// with bundle occurrences does.
+fn registry_verdict(
+    bundle: &Bundle,
+    name: &str,
+    from_bundle: AttestorVerdict,
+    registry: &[RegistryAttestation],
+) -> AttestorVerdict {
+    let Some(attestor) = bundle.attestor(name) else {
+        return from_bundle;
+    };
+    let key = CacheKey {
+        attestor: name.to_string(),
+        digest: registry[0].signed_digest.clone(),
+        repository: None,
+        evidence: Some(evidence_digest(registry)),
+    };
+    if let Some(v) = bundle.cached(&key) {
+        return v;
+    }
+    let mut problems = Problems::default();
+    let mut verdict = None;
+    for offered in registry {
+        match crate::registry::verify(attestor, &offered.signature, &offered.signed_digest) {
+            Ok(key_id) => {
+                verdict = Some(AttestorVerdict {
+                    name: name.to_string(),
+                    satisfied: true,
+                    detail: format!(
+                        "{} from {} for {} verified with key {key_id}",
+                        offered.signature.kind(),
+                        offered.found_in,
+                        offered.signed_digest
+                    ),
+                });
+                break;
+            }
+            Err(problem) => problems.add(format!(
+                "from the registry for {} {problem}",
+                offered.signed_digest
+            )),
+        }
+    }
+    let verdict = verdict.unwrap_or_else(|| {
+        let mut detail = from_bundle.detail;
+        for (problem, count) in &problems.0 {
+            let noun = if *count == 1 {
+                "signature"
+            } else {
+                "signatures"
+            };
+            let _ = write!(detail, "; {count} {noun} {problem}");
+        }
+        AttestorVerdict {
+            detail,
+            ..from_bundle
+        }
+    });
+    bundle.remember(key, verdict.clone());
+    verdict
+}
+
+/// Names a set of registry signatures for the verdict cache: equal only
+/// for the same signatures over the same payloads for the same digests.
+fn evidence_digest(registry: &[RegistryAttestation]) -> [u8; 32] {
+    use crate::registry::RegistrySignature;
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        hasher.update((bytes.len() as u64).to_be_bytes());
+        hasher.update(bytes);
+    };
+    for offered in registry {
+        field(offered.signed_digest.as_str().as_bytes());
+        field(offered.found_in.as_bytes());
+        match &offered.signature {
+            RegistrySignature::Cosign { payload, signature } => {
+                field(b"cosign");
+                field(payload);
+                field(signature);
+            }
+            RegistrySignature::Dsse {
+                payload_type,
+                payload,
+                signatures,
+            } => {
+                field(b"dsse");
+                field(payload_type.as_bytes());
+                field(payload);
+                for s in signatures {
+                    field(s);
+                }
+            }
+        }
+    }
+    hasher.finalize().into()
 }
 
 /// Why attestations for the right note and digest did not count, tallied.

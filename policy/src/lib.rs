@@ -24,6 +24,7 @@ mod node;
 pub mod parse;
 pub mod payload;
 pub mod reference;
+pub mod registry;
 pub mod verify;
 
 pub use bundle::Bundle;
@@ -32,6 +33,7 @@ pub use decision::{
     RuleRef,
 };
 pub use error::{BundleError, FieldError, Location};
-pub use evaluate::{PodContext, Settings, evaluate};
+pub use evaluate::{PodContext, Settings, evaluate, evaluate_with};
 pub use glob::NamePattern;
 pub use reference::{Digest, ImageRef};
+pub use registry::{RegistryAttestation, RegistryAttestors, RegistrySignature};
