@@ -51,9 +51,6 @@ pub const PROGRAM_KEYS: &[(&str, &[&str])] = &[
             "sync_state",
             "sync_interval",
             "sync_metrics_listen",
-            "registries",
-            "registry_timeout",
-            "registry_credentials",
             "log_format",
         ],
     ),
@@ -72,7 +69,13 @@ const NODE_KEYS: &[&str] = &[
     "strict_repository",
     "registry_attestors",
     "attestation_cache",
+    "registries",
+    "registry_timeout",
+    "registry_credentials",
 ];
+
+/// How long a registry may take to answer unless configured (SPEC §11).
+pub const DEFAULT_REGISTRY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -190,6 +193,36 @@ pub struct NodeKeys {
     /// Attestors that registry signatures may count for; `"*"` for all.
     pub registry_attestors: Option<Vec<String>>,
     pub attestation_cache: Option<PathBuf>,
+    #[serde(default)]
+    pub registries: std::collections::BTreeMap<String, RegistryEntry>,
+    pub registry_timeout: Option<Span>,
+    pub registry_credentials: Option<PathBuf>,
+}
+
+/// How the node reaches one registry, a `[registries."HOST[:PORT]"]`
+/// table (SPEC §11): the syncer for bundles, the proxy for signatures.
+#[derive(Deserialize, Debug, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryEntry {
+    /// Reached over plain HTTP instead of HTTPS (a registry on the node's
+    /// own network without TLS).
+    #[serde(default)]
+    pub plain_http: bool,
+    /// A PEM file of CA certificates the registry's certificate chains to.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Every way of reaching registries the configuration gives, defaults
+/// filled in.
+#[derive(Debug, Clone)]
+pub struct RegistryAccess {
+    /// `HOST[:PORT]` reached over plain HTTP.
+    pub plain_http: Vec<String>,
+    /// CA files by the registry (`HOST[:PORT]`) they are for.
+    pub extra_ca: Vec<(String, PathBuf)>,
+    /// A docker `config.json` with credentials by registry.
+    pub credentials: Option<PathBuf>,
+    pub timeout: std::time::Duration,
 }
 
 fn patterns<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<NamePattern>>, D::Error> {
@@ -223,6 +256,7 @@ pub struct NodeSettings {
     pub evaluation: Settings,
     /// Where verified registry signatures are kept (SPEC §11).
     pub attestation_cache: PathBuf,
+    pub registries: RegistryAccess,
 }
 
 impl Default for NodeSettings {
@@ -256,6 +290,23 @@ impl NodeKeys {
                 .attestation_cache
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_ATTESTATION_CACHE)),
+            registries: RegistryAccess {
+                plain_http: self
+                    .registries
+                    .iter()
+                    .filter(|(_, entry)| entry.plain_http)
+                    .map(|(host, _)| host.clone())
+                    .collect(),
+                extra_ca: self
+                    .registries
+                    .iter()
+                    .filter_map(|(host, entry)| Some((host.clone(), entry.ca_file.clone()?)))
+                    .collect(),
+                credentials: self.registry_credentials.clone(),
+                timeout: self
+                    .registry_timeout
+                    .map_or(DEFAULT_REGISTRY_TIMEOUT, |span| span.0),
+            },
         }
     }
 }

@@ -17,10 +17,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use attestgate_policy::{
-    Decision, ImageRef, ImageSubject, Operation, PodContext, PodRef, RecordContext, Settings,
-    evaluate,
+    Decision, ImageRef, ImageSubject, Operation, PodContext, PodRef, RecordContext,
+    RegistryAttestation, RegistrySignature, Settings, evaluate_with,
 };
 
+use crate::attestations::AttestationCache;
 use crate::audit::AuditLog;
 use crate::config::FailMode;
 use crate::hooks::Hooks;
@@ -87,6 +88,9 @@ pub struct Decider {
     pub evaluation: Settings,
     pub fail_mode: FailMode,
     pub audit: AuditLog,
+    /// Registry signatures verified at pulls; read only when
+    /// `evaluation.registry_attestors` names any attestor.
+    pub attestations: Option<AttestationCache>,
     hooks: Arc<dyn Hooks>,
 }
 
@@ -103,7 +107,34 @@ impl Decider {
             evaluation,
             fail_mode,
             audit,
+            attestations: None,
             hooks,
+        }
+    }
+
+    /// Decisions also count what `cache` holds for the image (SPEC §11).
+    pub fn with_attestation_cache(mut self, cache: AttestationCache) -> Decider {
+        self.attestations = Some(cache);
+        self
+    }
+
+    /// What the attestation cache holds for `image`'s digest: nothing when
+    /// registry signatures count for no attestor, and nothing (reported,
+    /// counted) when the entry cannot be read.
+    pub fn cached_attestations(&self, image: &ImageRef) -> Vec<RegistryAttestation> {
+        let (Some(cache), Some(digest)) = (&self.attestations, &image.digest) else {
+            return Vec::new();
+        };
+        if self.evaluation.registry_attestors.is_none() {
+            return Vec::new();
+        }
+        match cache.load(digest) {
+            Ok(held) => held,
+            Err(e) => {
+                self.hooks.attestation_cache_unreadable();
+                tracing::warn!(error = %e, "attestation cache entry left out: the decision counts the bundle's attestations only");
+                Vec::new()
+            }
         }
     }
 
@@ -116,6 +147,46 @@ impl Decider {
         image: &ImageRef,
         started: Instant,
     ) -> Decision {
+        let registry = self.cached_attestations(image);
+        self.decide_with(request, reference, image, &registry, started)
+    }
+
+    /// Of `signatures`, found in the registry for `signed_digest`, those
+    /// that verify for some attestor registry signatures may count for in
+    /// the bundle in force: what may be cached. None without a bundle.
+    pub fn verified_signatures(
+        &self,
+        signed_digest: &attestgate_policy::Digest,
+        signatures: Vec<RegistrySignature>,
+    ) -> Vec<RegistrySignature> {
+        let Some(current) = self.store.current() else {
+            return Vec::new();
+        };
+        let admitted: Vec<_> = current
+            .bundle
+            .attestors()
+            .filter(|a| self.evaluation.registry_attestors.admits(&a.name))
+            .collect();
+        signatures
+            .into_iter()
+            .filter(|signature| {
+                admitted.iter().any(|attestor| {
+                    attestgate_policy::registry::verify(attestor, signature, signed_digest).is_ok()
+                })
+            })
+            .collect()
+    }
+
+    /// [`Decider::decide`] with these registry signatures instead of the
+    /// cache's: for a pull whose lookup found them.
+    pub fn decide_with(
+        &self,
+        request: &Request<'_>,
+        reference: &str,
+        image: &ImageRef,
+        registry: &[RegistryAttestation],
+        started: Instant,
+    ) -> Decision {
         // One load: the bundle that decides is the one the record names.
         let current = self.store.current();
         let now = time::OffsetDateTime::now_utc();
@@ -126,12 +197,13 @@ impl Decider {
                 true,
                 request.pod,
             ),
-            (Some(loaded), None) => evaluate(
+            (Some(loaded), None) => evaluate_with(
                 &loaded.bundle,
                 &self.evaluation,
                 reference,
                 image,
                 request.pod,
+                registry,
             ),
             (None, _) => self.settle(
                 Decision::no_policy(ImageSubject::from_ref(reference, image)),

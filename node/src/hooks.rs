@@ -20,6 +20,8 @@ pub trait Hooks: Send + Sync {
     /// Until when (Unix time) the bundle coming into force may decide:
     /// a synced bundle's expiry; none for one that was not synced.
     fn bundle_expires(&self, _unix_time: Option<i64>) {}
+    /// An attestation cache entry could not be read and was left out.
+    fn attestation_cache_unreadable(&self) {}
 }
 
 /// Counts nothing.

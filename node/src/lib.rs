@@ -7,6 +7,8 @@
 //! - [`store`]: the bundle in force (load, atomic swap, last good kept,
 //!   and with the `watch` feature, reload on change and on SIGHUP).
 //! - [`audit`]: the one audit log writer.
+//! - [`attestations`]: the attestation cache, registry signatures that
+//!   verified at the pull, for decisions made with no network.
 //! - [`decide`]: the one decider: `attestgate_policy::evaluate` plus the
 //!   node's rules around it (the fail mode applies to the node's own
 //!   failures only, break-glass wins over errors, a record that cannot be
@@ -18,6 +20,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod attestations;
 pub mod audit;
 pub mod config;
 pub mod decide;
@@ -27,6 +30,7 @@ pub mod hooks;
 pub mod metrics_http;
 pub mod store;
 
+pub use attestations::AttestationCache;
 pub use audit::AuditLog;
 pub use config::{ConfigError, ConfigFile, FailMode, NodeSettings};
 pub use decide::{Decider, Request, Undecidable};

@@ -7,9 +7,12 @@
 //!   restarts.
 //! - [`oci`]: a repository carried as one OCI artifact, pushed and pulled
 //!   with conditional requests and size limits.
+//! - [`access`]: how a node program reaches any registry: plain HTTP,
+//!   CA files and credentials, each for its own host only.
 //! - [`https`]: a repository on a web server, as a TUF transport.
 //! - [`source`]: a `bundle_source` polled and verified as a node does it.
 
+pub mod access;
 pub mod https;
 pub mod oci;
 pub mod source;

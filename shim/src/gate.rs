@@ -11,7 +11,7 @@ use std::time::Instant;
 use attestgate_node::hooks::NoHooks;
 use attestgate_node::store::Prepared;
 use attestgate_node::{
-    AuditLog, BundleStore, ConfigError, ConfigFile, Decider, Request, Undecidable,
+    AttestationCache, AuditLog, BundleStore, ConfigError, ConfigFile, Decider, Request, Undecidable,
 };
 use attestgate_policy::{Decision, ImageRef, Operation, PodContext, PodRef};
 
@@ -109,7 +109,8 @@ pub fn decide(
         settings.fail_mode,
         AuditLog::at(&settings.audit_log),
         Arc::new(NoHooks),
-    );
+    )
+    .with_attestation_cache(AttestationCache::new(settings.attestation_cache));
     let request = Request {
         operation: Operation::TaskCreate,
         pod: &subject.pod,

@@ -18,7 +18,7 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 /// A registry on the node's network answers in milliseconds; five seconds
 /// (SPEC §11's default for the same key) is a registry in trouble, and the
 /// next poll comes soon enough. Large blobs get more, by their size.
-pub const DEFAULT_REGISTRY_TIMEOUT: Duration = Duration::from_secs(5);
+pub use attestgate_node::config::DEFAULT_REGISTRY_TIMEOUT;
 
 #[derive(Parser, Debug, Default)]
 #[command(
@@ -77,19 +77,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// How the node reaches one registry, a `[registries."HOST[:PORT]"]`
-/// table (SPEC §11).
-#[derive(Deserialize, Debug, Clone, Default)]
-#[serde(deny_unknown_fields)]
-struct RegistryEntry {
-    /// Reached over plain HTTP instead of HTTPS (a registry on the node's
-    /// own network without TLS).
-    #[serde(default)]
-    plain_http: bool,
-    /// A PEM file of CA certificates the registry's certificate chains to.
-    ca_file: Option<PathBuf>,
-}
-
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 struct SyncKeys {
@@ -98,10 +85,6 @@ struct SyncKeys {
     sync_state: Option<PathBuf>,
     sync_interval: Option<Span>,
     sync_metrics_listen: Option<String>,
-    #[serde(default)]
-    registries: std::collections::BTreeMap<String, RegistryEntry>,
-    registry_timeout: Option<Span>,
-    registry_credentials: Option<PathBuf>,
     log_format: Option<LogFormat>,
 }
 
@@ -138,10 +121,8 @@ impl Config {
         if interval.is_zero() {
             bail!("sync_interval 0s: give the source a moment between polls");
         }
-        let registry_timeout = flags
-            .registry_timeout
-            .or(own.registry_timeout)
-            .map_or(DEFAULT_REGISTRY_TIMEOUT, |span| span.0);
+        let access = file.node.settings().registries;
+        let registry_timeout = flags.registry_timeout.map_or(access.timeout, |span| span.0);
         if registry_timeout.is_zero() {
             bail!("registry_timeout 0s: no request could finish");
         }
@@ -157,15 +138,7 @@ impl Config {
             None => None,
         };
         let mut plain_http = flags.plain_http;
-        let mut extra_ca = Vec::new();
-        for (host, entry) in own.registries {
-            if let Some(ca_file) = entry.ca_file {
-                extra_ca.push((host.clone(), ca_file));
-            }
-            if entry.plain_http {
-                plain_http.push(host);
-            }
-        }
+        plain_http.extend(access.plain_http);
         Ok(Config {
             source,
             trust_root: flags
@@ -184,8 +157,8 @@ impl Config {
             once: flags.once,
             metrics_listen,
             plain_http,
-            extra_ca,
-            registry_credentials: flags.registry_credentials.or(own.registry_credentials),
+            extra_ca: access.extra_ca,
+            registry_credentials: flags.registry_credentials.or(access.credentials),
             registry_timeout,
             log_json: flags.log_format.or(own.log_format) == Some(LogFormat::Json),
         })

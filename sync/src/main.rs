@@ -12,8 +12,8 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context as _;
-use attestgate_registry::oci::{Credentials, RegistryOptions};
+use attestgate_registry::access::Registries;
+use attestgate_registry::oci::RegistryOptions;
 use clap::Parser as _;
 
 use attestgate_sync::config::{Config, Flags};
@@ -77,32 +77,14 @@ fn registry_options(config: &Config) -> anyhow::Result<RegistryOptions> {
         .and_then(|source| source.split_once("://"))
         .and_then(|(_, rest)| rest.split('/').next())
         .unwrap_or_default();
-    let mut extra_ca_pem = Vec::new();
-    for (_, path) in config
-        .extra_ca
-        .iter()
-        .filter(|(for_host, _)| for_host == host)
-    {
-        extra_ca_pem.push(
-            std::fs::read(path)
-                .with_context(|| format!("registries ca_file {}", path.display()))?,
-        );
-    }
-    let credentials = match &config.registry_credentials {
-        Some(path) => {
-            let json = std::fs::read(path)
-                .with_context(|| format!("registry_credentials {}", path.display()))?;
-            Credentials::from_docker_config(&json, host)
-                .map_err(|e| anyhow::anyhow!("registry_credentials {}: {e}", path.display()))?
-        }
-        None => Credentials::Anonymous,
-    };
-    Ok(RegistryOptions {
-        plain_http: config.plain_http.clone(),
-        timeout: config.registry_timeout,
-        credentials,
-        extra_ca_pem,
-    })
+    Registries::load(
+        config.plain_http.clone(),
+        &config.extra_ca,
+        config.registry_credentials.clone(),
+        config.registry_timeout,
+    )
+    .and_then(|registries| registries.options_for(host, None))
+    .map_err(anyhow::Error::msg)
 }
 
 async fn run(config: Config) -> anyhow::Result<u8> {
