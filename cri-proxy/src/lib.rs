@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod connection;
+pub mod content;
 pub mod cri;
 pub mod grpc;
 pub mod intercept;

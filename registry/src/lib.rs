@@ -11,9 +11,20 @@
 //!   CA files and credentials, each for its own host only.
 //! - [`https`]: a repository on a web server, as a TUF transport.
 //! - [`source`]: a `bundle_source` polled and verified as a node does it.
+//! - [`signatures`]: the signatures an image's registry holds beside it
+//!   (SPEC §11): cosign's `sha256-<hex>.sig` layers and sigstore bundle
+//!   v0.3 referrers (the referrers API, or the fallback tag `sha256-<hex>`
+//!   on registries without it, such as distribution 2.8), every blob
+//!   digest-checked and bounded, malformed items skipped as problems while
+//!   an unreachable registry fails the lookup; and the writing side of
+//!   `attestgate sign --cosign`. It speaks through the same session as
+//!   [`oci`] (credentials on the first request, Bearer tokens cached,
+//!   plain-HTTP hosts, extra CAs, timeouts) and reads CRI PullImage
+//!   credentials as containerd does.
 
 pub mod access;
 pub mod https;
 pub mod oci;
+pub mod signatures;
 pub mod source;
 pub mod tuf;

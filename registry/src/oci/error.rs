@@ -15,6 +15,14 @@ pub enum OciError {
     /// DNS, TLS, timeout, 5xx, 429.
     #[error("{reference}: registry unreachable: {why}")]
     Unreachable { reference: String, why: String },
+    /// The registry took longer than the options allow to connect or to
+    /// send the next bytes.
+    #[error("{reference}: the registry did not answer within {}s: {why}", after.as_secs_f64())]
+    Timeout {
+        reference: String,
+        after: std::time::Duration,
+        why: String,
+    },
     #[error("{reference}: {what} not found in the registry")]
     NotFound { reference: String, what: String },
     #[error("{reference}: the registry refused our credentials ({status}){hint}")]
@@ -30,6 +38,14 @@ pub enum OciError {
     /// names would leave the repository.
     #[error("{reference}: not an attestgate bundle artifact: {why}")]
     BadArtifact { reference: String, why: String },
+    /// A manifest or index that is not what its media type promises (or of
+    /// a media type not asked for).
+    #[error("{reference}: {what} is not a usable manifest: {why}")]
+    BadManifest {
+        reference: String,
+        what: String,
+        why: String,
+    },
     #[error("{reference}: {what} is too large: {size} bytes, the limit is {limit}")]
     TooLarge {
         reference: String,
@@ -63,10 +79,12 @@ impl OciError {
         match self {
             OciError::BadReference { .. } => "bad_reference",
             OciError::Unreachable { .. } => "unreachable",
+            OciError::Timeout { .. } => "timeout",
             OciError::NotFound { .. } => "not_found",
             OciError::Unauthorized { .. } => "unauthorized",
             OciError::BadResponse { .. } => "bad_response",
             OciError::BadArtifact { .. } => "bad_artifact",
+            OciError::BadManifest { .. } => "bad_manifest",
             OciError::TooLarge { .. } => "too_large",
             OciError::DigestMismatch { .. } => "digest_mismatch",
             OciError::BadOptions { .. } => "bad_options",
@@ -76,7 +94,7 @@ impl OciError {
     }
 
     /// Whether the bundle could not be had, as opposed to had and refused:
-    /// a missing tag, refused credentials and a registry answering nonsense
+    /// a missing tag, refused credentials, a timeout and a registry answering nonsense
     /// count as unreachable (the syncer exits 2 and tries again); a bad
     /// artifact and a size or digest violation are refusals (1). Local
     /// errors are neither.
@@ -84,6 +102,7 @@ impl OciError {
         matches!(
             self,
             OciError::Unreachable { .. }
+                | OciError::Timeout { .. }
                 | OciError::NotFound { .. }
                 | OciError::Unauthorized { .. }
                 | OciError::BadResponse { .. }

@@ -233,10 +233,10 @@ async fn download(
     }
     let mut partial = cache.partial(digest).await?;
     loop {
-        let chunk = response.chunk().await.map_err(|e| OciError::Unreachable {
-            reference: reference.clone(),
-            why: format!("reading blob {digest}: {}", super::wire::chain(&e)),
-        })?;
+        let chunk = response
+            .chunk()
+            .await
+            .map_err(|e| session.transport_error(&e, format!("reading blob {digest}")))?;
         let Some(chunk) = chunk else { break };
         session.bytes += chunk.len() as u64;
         if partial.written + chunk.len() as u64 > size {

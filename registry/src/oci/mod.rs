@@ -15,12 +15,12 @@
 //! size limits.
 
 mod cache;
-mod error;
+pub(crate) mod error;
 mod fetch;
-mod manifest;
-mod options;
-mod push;
-mod reference;
+pub(crate) mod manifest;
+pub(crate) mod options;
+pub(crate) mod push;
+pub(crate) mod reference;
 pub(crate) mod wire;
 
 pub use cache::prune;

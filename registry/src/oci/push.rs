@@ -113,7 +113,11 @@ pub async fn push_raw(
 }
 
 /// Sends blob `digest` unless the repository has it; true when sent.
-async fn push_blob(session: &mut Session, digest: &str, bytes: Bytes) -> Result<bool, OciError> {
+pub(crate) async fn push_blob(
+    session: &mut Session,
+    digest: &str,
+    bytes: Bytes,
+) -> Result<bool, OciError> {
     let url = session.url(&format!("blobs/{digest}"));
     let timeout = session.timeout;
     let head = session
@@ -161,7 +165,7 @@ async fn push_blob(session: &mut Session, digest: &str, bytes: Bytes) -> Result<
     Ok(true)
 }
 
-async fn put_manifest(
+pub(crate) async fn put_manifest(
     session: &mut Session,
     to: &OciRef,
     manifest: Vec<u8>,

@@ -113,7 +113,7 @@ pub(crate) fn check_digest(digest: &str) -> Result<&str, String> {
     Ok(hex)
 }
 
-fn check_registry(registry: &str) -> Result<(), String> {
+pub(crate) fn check_registry(registry: &str) -> Result<(), String> {
     let (host, port) = if let Some(v6) = registry.strip_prefix('[') {
         let (address, after) = v6
             .split_once(']')
@@ -163,7 +163,7 @@ fn check_registry(registry: &str) -> Result<(), String> {
 
 /// The distribution spec's repository grammar:
 /// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*`.
-fn check_repository(repository: &str) -> Result<(), String> {
+pub(crate) fn check_repository(repository: &str) -> Result<(), String> {
     if repository.is_empty() {
         return Err("the repository name is empty".into());
     }
@@ -196,7 +196,7 @@ fn check_repository(repository: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_tag(tag: &str) -> Result<(), String> {
+pub(crate) fn check_tag(tag: &str) -> Result<(), String> {
     let bytes = tag.as_bytes();
     let ok = !bytes.is_empty()
         && bytes.len() <= 128

@@ -64,6 +64,28 @@ impl Session {
         })
     }
 
+    /// A session on a repository, not on one artifact of it: what an image's
+    /// signatures are looked up in.
+    pub(crate) fn for_repository(
+        registry: &str,
+        repository: &str,
+        options: &RegistryOptions,
+    ) -> Result<Session, OciError> {
+        let reference = OciRef {
+            registry: registry.to_string(),
+            repository: repository.to_string(),
+            tag: None,
+            digest: None,
+        };
+        let bad = |why: String| OciError::BadReference {
+            reference: format!("{registry}/{repository}"),
+            why,
+        };
+        super::reference::check_registry(registry).map_err(bad)?;
+        super::reference::check_repository(repository).map_err(bad)?;
+        Session::new(&reference, options)
+    }
+
     pub(crate) fn reference(&self) -> String {
         self.reference.to_string()
     }
@@ -121,10 +143,32 @@ impl Session {
 
     async fn dispatch(&mut self, request: RequestBuilder) -> Result<Response, OciError> {
         self.requests += 1;
-        request.send().await.map_err(|e| OciError::Unreachable {
-            reference: self.reference(),
-            why: chain(&e),
-        })
+        request
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&e, String::new()))
+    }
+
+    /// A request that failed underway: a timeout is told apart, so that a
+    /// registry that hangs is counted as such.
+    pub(crate) fn transport_error(&self, error: &reqwest::Error, doing: String) -> OciError {
+        let why = if doing.is_empty() {
+            chain(error)
+        } else {
+            format!("{doing}: {}", chain(error))
+        };
+        if error.is_timeout() {
+            OciError::Timeout {
+                reference: self.reference(),
+                after: self.timeout,
+                why,
+            }
+        } else {
+            OciError::Unreachable {
+                reference: self.reference(),
+                why,
+            }
+        }
     }
 
     fn credentials_id(&self) -> String {
@@ -282,10 +326,10 @@ impl Session {
         }
         let mut body = Vec::new();
         loop {
-            let chunk = response.chunk().await.map_err(|e| OciError::Unreachable {
-                reference: self.reference(),
-                why: format!("reading {what}: {}", chain(&e)),
-            })?;
+            let chunk = response
+                .chunk()
+                .await
+                .map_err(|e| self.transport_error(&e, format!("reading {what}")))?;
             let Some(chunk) = chunk else { break };
             self.bytes += chunk.len() as u64;
             if (body.len() + chunk.len()) as u64 > limit {
