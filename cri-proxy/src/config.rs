@@ -72,6 +72,24 @@ pub struct Flags {
     #[arg(long)]
     pub memory_budget: Option<Size>,
     /// Validate the configuration and exit.
+    /// An attestor registry signatures may count for, `*` for all
+    /// (repeatable; SPEC §11).
+    #[arg(long = "registry-attestor")]
+    pub registry_attestors: Vec<String>,
+    /// Where verified registry signatures are kept
+    /// [default: /var/lib/attestgate/attestations].
+    #[arg(long)]
+    pub attestation_cache: Option<PathBuf>,
+    /// A registry reached over plain HTTP, HOST[:PORT] (repeatable).
+    #[arg(long = "plain-http")]
+    pub plain_http: Vec<String>,
+    /// How long a registry signature lookup may take [default: 5s].
+    #[arg(long)]
+    pub registry_timeout: Option<Span>,
+    /// A docker config.json with registry credentials, used when a pull
+    /// brings none.
+    #[arg(long)]
+    pub registry_credentials: Option<PathBuf>,
     #[arg(long)]
     pub check_config: bool,
 }
@@ -173,6 +191,20 @@ impl Config {
         keys.cluster = flags.cluster.or(keys.cluster.take());
         keys.fail_mode = flags.fail_mode.map(FailMode::from).or(keys.fail_mode);
         keys.strict_repository = flags.strict_repository.or(keys.strict_repository);
+        if !flags.registry_attestors.is_empty() {
+            keys.registry_attestors = Some(flags.registry_attestors.clone());
+        }
+        keys.attestation_cache = flags.attestation_cache.or(keys.attestation_cache.take());
+        for host in &flags.plain_http {
+            keys.registries.entry(host.clone()).or_default().plain_http = true;
+        }
+        keys.registry_timeout = flags.registry_timeout.or(keys.registry_timeout);
+        if keys.registry_timeout.is_some_and(|t| t.0.is_zero()) {
+            bail!("registry_timeout 0s: no lookup could finish");
+        }
+        keys.registry_credentials = flags
+            .registry_credentials
+            .or(keys.registry_credentials.take());
         if !flags.system_images.is_empty() {
             keys.system_images = Some(config::parse_system_images(&flags.system_images)?);
         }

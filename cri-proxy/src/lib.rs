@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod relay;
 pub mod resolve;
 pub mod server;
+pub mod signatures;
 pub mod upstream;
 
 use std::os::unix::fs::PermissionsExt as _;
@@ -30,7 +31,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tokio::net::UnixListener;
 
-use attestgate_node::{AuditLog, BundleStore, Decider};
+use attestgate_node::{AttestationCache, AuditLog, BundleStore, Decider};
+use attestgate_registry::access::Registries;
 
 use crate::config::Config;
 
@@ -83,6 +85,34 @@ pub async fn serve_until(
         upstream::Upstream::new(config.image_endpoint.clone())
     };
     let runtime = resolve::ContainerdImages::new(runtime_client.clone(), image_client.clone());
+    // Registry signatures (SPEC §11) only when some attestor may be
+    // satisfied by them; their files are read now, so a missing one is a
+    // start-up error rather than a silent anonymous lookup.
+    let cache = AttestationCache::new(config.node.attestation_cache.clone());
+    let (signatures, content) = if config.node.evaluation.registry_attestors.is_none() {
+        (None, None)
+    } else {
+        let access = &config.node.registries;
+        let registries = Registries::load(
+            access.plain_http.clone(),
+            &access.extra_ca,
+            access.credentials.clone(),
+            access.timeout,
+        )
+        .map_err(anyhow::Error::msg)?;
+        (
+            Some(Arc::new(signatures::Signatures {
+                registries,
+                limits: attestgate_registry::signatures::SignatureLimits::default(),
+                cache: cache.clone(),
+            })),
+            Some(content::ContentStore::new(
+                &config.runtime_endpoint,
+                content::CRI_NAMESPACE,
+                Duration::from_secs(5),
+            )),
+        )
+    };
     let gate = Arc::new(intercept::Gate {
         decider: Decider::new(
             store.clone(),
@@ -90,13 +120,16 @@ pub async fn serve_until(
             config.node.fail_mode,
             audit,
             metrics.clone(),
-        ),
+        )
+        .with_attestation_cache(cache),
         metrics: metrics.clone(),
         runtime,
         upstream: runtime_client,
         images: image_client,
         unconfirmed: intercept::Unconfirmed::default(),
         pull_timeout: config.pull_timeout,
+        signatures,
+        content,
     });
     let reopen_gate = gate.clone();
     attestgate_node::store::spawn_watcher(store, move || {

@@ -89,6 +89,11 @@ pub struct Metrics {
     pub connections_closed: Family<ReasonLabels, Counter>,
     /// Intercepted calls refused for want of room in the memory budget.
     pub over_budget: Counter,
+    /// Registry signature lookups (SPEC §11) by result: `found`, `none`,
+    /// or the reason one failed.
+    pub registry_lookups: Family<ReasonLabels, Counter>,
+    /// Attestation cache entries that could not be read or written.
+    pub attestation_cache_errors: Counter,
     memory_budget: Gauge,
     memory_held: Gauge,
     budget: std::sync::OnceLock<Arc<Budget>>,
@@ -130,6 +135,8 @@ impl Metrics {
         let connections_refused = Counter::default();
         let connections_closed = Family::<ReasonLabels, Counter>::default();
         let over_budget = Counter::default();
+        let registry_lookups = Family::<ReasonLabels, Counter>::default();
+        let attestation_cache_errors = Counter::default();
         let memory_budget = Gauge::default();
         let memory_held = Gauge::default();
         registry.register(
@@ -171,6 +178,16 @@ impl Metrics {
             "pulls_cancelled",
             "Pulls cancelled at the runtime because their client left before the answer",
             pulls_cancelled.clone(),
+        );
+        registry.register(
+            "registry_lookups",
+            "Lookups of signatures beside an image in its registry, by result (found, none, or why one failed)",
+            registry_lookups.clone(),
+        );
+        registry.register(
+            "attestation_cache_errors",
+            "Attestation cache entries that could not be read (and were left out) or written",
+            attestation_cache_errors.clone(),
         );
         registry.register(
             "pulls_left_undecided",
@@ -252,6 +269,8 @@ impl Metrics {
             connections_refused,
             connections_closed,
             over_budget,
+            registry_lookups,
+            attestation_cache_errors,
             memory_budget,
             memory_held,
             budget: std::sync::OnceLock::new(),
@@ -297,6 +316,12 @@ impl Metrics {
                 method: method_label(path),
             })
             .clone()
+    }
+
+    pub fn registry_lookup(&self, result: &'static str) {
+        self.registry_lookups
+            .get_or_create(&ReasonLabels { reason: result })
+            .inc();
     }
 
     pub fn connection_closed(&self, reason: &'static str) {
@@ -375,6 +400,10 @@ impl attestgate_node::Hooks for Metrics {
         if unix_time.is_none() {
             self.bundle_expires_in.set(0.0);
         }
+    }
+
+    fn attestation_cache_unreadable(&self) {
+        self.attestation_cache_errors.inc();
     }
 }
 

@@ -151,6 +151,34 @@ impl Decider {
         self.decide_with(request, reference, image, &registry, started)
     }
 
+    /// Whether registry signatures could change how `image` is decided:
+    /// the bundle in force requires attestations it does not have (the
+    /// cache's counted), from attestors registry signatures may count for.
+    /// A pull waits for its lookup only then. Nothing is recorded.
+    pub fn needs_registry(&self, reference: &str, image: &ImageRef, pod: &PodContext) -> bool {
+        if self.evaluation.registry_attestors.is_none() || image.digest.is_none() {
+            return false;
+        }
+        let Some(current) = self.store.current() else {
+            return false;
+        };
+        let cached = self.cached_attestations(image);
+        let decision = evaluate_with(
+            &current.bundle,
+            &self.evaluation,
+            reference,
+            image,
+            pod,
+            &cached,
+        );
+        decision.overridden.unwrap_or(decision.reason)
+            == attestgate_policy::Reason::MissingAttestations
+            && decision
+                .attestors
+                .iter()
+                .any(|a| !a.satisfied && self.evaluation.registry_attestors.admits(&a.name))
+    }
+
     /// Of `signatures`, found in the registry for `signed_digest`, those
     /// that verify for some attestor registry signatures may count for in
     /// the bundle in force: what may be cached. None without a bundle.

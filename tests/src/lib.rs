@@ -3,12 +3,14 @@
 //! images, and attestgate-proxy in front — driven by `support/env.sh`
 //! ([`node`]); a private registry for bundle artifacts ([`registry`]);
 //! bundles published and synced as an operator and a node do
-//! ([`publisher`]).
+//! ([`publisher`]); registry signatures laid out as other tools lay them
+//! out ([`layout`]).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod cri;
 pub mod flood;
+pub mod layout;
 pub mod metrics;
 pub mod node;
 pub mod publisher;

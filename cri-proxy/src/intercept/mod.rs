@@ -39,6 +39,11 @@ pub struct Gate<R> {
     pub unconfirmed: Unconfirmed,
     /// The deadline a pull that names none goes to containerd with.
     pub pull_timeout: Duration,
+    /// Registry signatures (SPEC §11); none when they count for no
+    /// attestor.
+    pub signatures: Option<Arc<crate::signatures::Signatures>>,
+    /// containerd's content store, for the multi-arch link.
+    pub content: Option<crate::content::ContentStore>,
 }
 
 impl<R> Gate<R> {
@@ -273,6 +278,30 @@ impl<R: ImageRuntime> Gate<R> {
         })
     }
 
+    /// [`Gate::decide`], with registry signatures a pull's lookup just
+    /// brought offered beside the cache's: verified or not, so that the
+    /// record says why one did not count.
+    pub fn decide_with(
+        &self,
+        subject: &Subject<'_>,
+        reference: &str,
+        image: &ImageRef,
+        looked_up: Vec<attestgate_policy::RegistryAttestation>,
+        started: Instant,
+    ) -> Decision {
+        if looked_up.is_empty() {
+            return self.decide(subject, reference, image, started);
+        }
+        subject.as_request(|request| {
+            off_the_runtime(|| {
+                let mut offered = self.decider.cached_attestations(image);
+                offered.extend(looked_up);
+                self.decider
+                    .decide_with(request, reference, image, &offered, started)
+            })
+        })
+    }
+
     /// An image that could not be decided, recorded like any decision; the
     /// decider settles it by whose failure it is.
     pub fn undecidable(
@@ -334,6 +363,10 @@ pub fn lookup_failure(error: &ProxyError) -> fn(String) -> Undecidable {
 }
 
 impl Subject<'_> {
+    pub fn pod_context(&self) -> attestgate_policy::PodContext {
+        self.pod.map(Pod::context).unwrap_or_default()
+    }
+
     fn as_request<T>(&self, decide: impl FnOnce(&Request<'_>) -> T) -> T {
         let pod = self.pod.map(Pod::context).unwrap_or_default();
         let pod_ref = self.pod.map(Pod::record);

@@ -9,16 +9,38 @@ use bytes::Bytes;
 use http::request::Parts;
 use prost::Message as _;
 
+use attestgate_registry::signatures::CriAuth;
+
 use super::permits::{self, REGISTRIES, RegistryPermit, registry_of};
 use super::{Client, Gate, Subject, deadline};
+use crate::content::PlatformLink;
 use crate::cri::{Api, Pod, digest_for};
 use crate::grpc::{self, ProxyError};
 use crate::resolve::ImageRuntime;
+use crate::signatures::Fetched;
 use crate::upstream::{FullResponse, Reply, RequestBody};
+use attestgate_policy::{Digest, RegistryAttestation};
+use attestgate_registry::signatures::{credentials_from_cri, split_repository};
 
 pub struct PullRequest {
     pub image: String,
     pub pod: Option<Pod>,
+    /// The registry credentials kubelet sent, for the signature lookup.
+    pub auth: Option<CriAuth>,
+}
+
+/// Either CRI version's AuthConfig, field for field.
+macro_rules! auth_from {
+    ($a:expr) => {
+        $a.map(|a| CriAuth {
+            username: a.username,
+            password: a.password,
+            auth: a.auth,
+            server_address: a.server_address,
+            identity_token: a.identity_token,
+            registry_token: a.registry_token,
+        })
+    };
 }
 
 pub fn decode(api: Api, message: &[u8]) -> Result<PullRequest, ProxyError> {
@@ -29,6 +51,7 @@ pub fn decode(api: Api, message: &[u8]) -> Result<PullRequest, ProxyError> {
             PullRequest {
                 image: r.image.map(|i| i.image).unwrap_or_default(),
                 pod: r.sandbox_config.map(pod_v1),
+                auth: auth_from!(r.auth),
             }
         }
         Api::V1alpha2 => {
@@ -36,6 +59,7 @@ pub fn decode(api: Api, message: &[u8]) -> Result<PullRequest, ProxyError> {
             PullRequest {
                 image: r.image.map(|i| i.image).unwrap_or_default(),
                 pod: r.sandbox_config.map(pod_v1alpha2),
+                auth: auth_from!(r.auth),
             }
         }
     })
@@ -102,7 +126,16 @@ impl<R: ImageRuntime> Gate<R> {
             // containerd pulls the digest and drops a tag written beside it;
             // the tag must not match an allowlist entry pinned to a tag.
             let pulled = ImageRef { tag: None, ..image };
-            settle(&self.decide(&subject, &request.image, &pulled, started))?;
+            let mut looked_up = Vec::new();
+            if let Some(digest) = &pulled.digest
+                && self
+                    .decider
+                    .needs_registry(&request.image, &pulled, &subject.pod_context())
+                && let Some(lookup) = self.start_lookup(&pulled, digest.as_str(), &request)
+            {
+                looked_up = self.keep_lookup(lookup, digest, None).await;
+            }
+            settle(&self.decide_with(&subject, &request.image, &pulled, looked_up, started))?;
             let _permit = self.registry_permit(&pulled, &mut parts, client).await?;
             return match until_left(client, self.pull_upstream(parts, body)).await {
                 Some(pulled) => pulled.map(Reply::Full),
@@ -111,7 +144,10 @@ impl<R: ImageRuntime> Gate<R> {
             };
         }
 
-        // A tag: what it resolves to is only known after the pull.
+        // A tag: what it resolves to is only known after the pull. Its
+        // signatures are looked up beside it, with the tag resolved at the
+        // registry, so the lookup costs the pull nothing it need wait for.
+        let lookup = self.start_lookup(&image, image.tag.as_deref().unwrap_or("latest"), &request);
         let _permit = self.registry_permit(&image, &mut parts, client).await?;
         // What the tag named before the pull; unknown when containerd could
         // not say, and then nothing is removed.
@@ -136,6 +172,7 @@ impl<R: ImageRuntime> Gate<R> {
             subject: &subject,
             before,
             answer: pulled,
+            lookup,
             timeout,
             started,
         };
@@ -209,6 +246,7 @@ impl<R: ImageRuntime> Gate<R> {
             subject,
             before,
             answer,
+            lookup,
             timeout,
             started,
         } = pulled;
@@ -245,7 +283,23 @@ impl<R: ImageRuntime> Gate<R> {
             Some(digest) => image.with_digest(digest),
             None => image.clone(),
         };
-        let decision = self.decide(subject, reference, &resolved, started);
+        let looked_up = match (lookup, &resolved.digest) {
+            (Some(lookup), Some(digest))
+                if self
+                    .decider
+                    .needs_registry(reference, &resolved, &subject.pod_context()) =>
+            {
+                let link = self.platform_link(reference, &after).await;
+                self.keep_lookup(lookup, digest, link).await
+            }
+            // Not needed: it must not hold the pull up.
+            (Some(lookup), _) => {
+                lookup.abort();
+                Vec::new()
+            }
+            (None, _) => Vec::new(),
+        };
+        let decision = self.decide_with(subject, reference, &resolved, looked_up, started);
         if decision.allowed {
             return answered();
         }
@@ -274,6 +328,118 @@ impl<R: ImageRuntime> Gate<R> {
     }
 }
 
+/// A signature lookup under way (see [`crate::signatures`]).
+type Lookup = tokio::task::JoinHandle<Result<Fetched, String>>;
+
+impl<R: ImageRuntime> Gate<R> {
+    /// Starts looking up the signatures of `reference` (a tag or digest of
+    /// `image`'s repository) in a task of its own; none when registry
+    /// signatures count for no attestor.
+    fn start_lookup(
+        &self,
+        image: &ImageRef,
+        reference: &str,
+        request: &PullRequest,
+    ) -> Option<Lookup> {
+        let signatures = self.signatures.clone()?;
+        if !crate::signatures::wanted(&self.decider) {
+            return None;
+        }
+        let credentials = split_repository(&image.repository).and_then(|(registry, _)| {
+            request
+                .auth
+                .as_ref()
+                .and_then(|auth| credentials_from_cri(auth, &registry))
+        });
+        let image = image.clone();
+        let reference = reference.to_string();
+        Some(tokio::spawn(async move {
+            signatures.fetch(&image, &reference, credentials).await
+        }))
+    }
+
+    /// Waits for `lookup` (bounded by the registry timeout it runs under)
+    /// and keeps what verified for `decided` and the digest containerd
+    /// links it to. A failed lookup adds nothing; it is logged and counted.
+    ///
+    /// Returns every signature found for those digests, verified or not,
+    /// for the decision to explain.
+    async fn keep_lookup(
+        &self,
+        lookup: Lookup,
+        decided: &Digest,
+        link: Option<PlatformLink>,
+    ) -> Vec<RegistryAttestation> {
+        let Some(signatures) = &self.signatures else {
+            return Vec::new();
+        };
+        let fetched = lookup
+            .await
+            .unwrap_or_else(|e| Err(format!("error: the lookup task failed: {e}")));
+        self.metrics
+            .registry_lookup(crate::signatures::result_label(&fetched));
+        let fetched = match fetched {
+            Ok(fetched) => fetched,
+            Err(e) => {
+                tracing::warn!(digest = %decided, error = %e, "registry signatures could not be looked up; the decision counts the bundle and the attestation cache only");
+                return Vec::new();
+            }
+        };
+        // A tag that moved between the lookup and the pull: what was found
+        // is for another image, unless containerd links the two.
+        let linked = link.as_ref().and_then(|l| {
+            if &l.index == decided {
+                Some(&l.platform)
+            } else if &l.platform == decided {
+                Some(&l.index)
+            } else {
+                None
+            }
+        });
+        if &fetched.digest != decided && Some(&fetched.digest) != linked {
+            tracing::info!(found = %fetched.digest, pulled = %decided, "the tag named another digest at the registry than the pull brought; its signatures are not used");
+            return Vec::new();
+        }
+        signatures.keep(&self.decider, &self.metrics, decided, linked, &fetched);
+        fetched
+            .signatures
+            .into_iter()
+            .filter(|(signed, _)| signed == decided || Some(signed) == linked)
+            .flat_map(|(signed, found)| {
+                let found_in = fetched.found_in.clone();
+                found.into_iter().map(move |signature| RegistryAttestation {
+                    signature,
+                    signed_digest: signed.clone(),
+                    found_in: found_in.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// The platform manifest containerd pulled through the image's index,
+    /// read from its content store; none for a single manifest, or when
+    /// containerd cannot say (then only the index's own signatures count).
+    async fn platform_link(
+        &self,
+        reference: &str,
+        after: &crate::resolve::ImageInfo,
+    ) -> Option<PlatformLink> {
+        let content = self.content.as_ref()?;
+        let name = after
+            .repo_digests
+            .first()
+            .map(String::as_str)
+            .unwrap_or(reference);
+        match content.platform_link(name, &after.id).await {
+            Ok(link) => link,
+            Err(e) => {
+                tracing::warn!(image = %reference, error = %e, "containerd's content store could not tell which platform manifest was pulled");
+                None
+            }
+        }
+    }
+}
+
 /// A pull by tag as it came back, for [`Gate::what_arrived`].
 struct Pulled<'a> {
     api: Api,
@@ -284,6 +450,8 @@ struct Pulled<'a> {
     before: Result<Option<String>, ProxyError>,
     /// The pull's answer; none when it was cancelled.
     answer: Option<FullResponse>,
+    /// The signature lookup running beside the pull.
+    lookup: Option<Lookup>,
     timeout: Duration,
     started: Instant,
 }

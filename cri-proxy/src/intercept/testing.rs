@@ -158,5 +158,7 @@ pub fn gate(
         images: crate::upstream::Upstream::new(dir.join("no-containerd.sock")),
         unconfirmed: super::Unconfirmed::default(),
         pull_timeout: super::DEFAULT_PULL_TIMEOUT,
+        signatures: None,
+        content: None,
     }
 }

@@ -21,11 +21,13 @@
 mod bundle;
 mod cosign;
 mod cri;
+mod image;
 mod lookup;
 mod resolve;
 
 pub use cosign::{PushedSignature, cosign_payload, push_cosign};
 pub use cri::{CriAuth, credentials_from_cri};
+pub use image::{ImageSignatures, Platform, lookup_image, split_repository};
 pub use lookup::{Lookup, lookup};
 pub use resolve::{Child, Resolved, index_children, resolve};
 

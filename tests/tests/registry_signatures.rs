@@ -1,0 +1,432 @@
+//! Signatures from the registry (SPEC §11) on a real node: containerd,
+//! the proxy in front, Debian's docker-registry. Signatures are laid out
+//! by the test from cosign's and sigstore's published formats with keys
+//! and signatures openssl makes (`attestgate_e2e::layout`), and by
+//! `attestgate sign --cosign`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use attestgate_e2e::layout::{
+    Keys, OCI_MANIFEST, Raw, SIGSTORE_BUNDLE_V03, b64, bundle, pae, payload, statement,
+};
+use attestgate_e2e::metrics;
+use attestgate_e2e::node::{Node, REQUIRE_CI};
+
+fn agcri() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_agcri"))
+}
+
+const ATTESTOR: &str = "projects/e2e/attestors/ci";
+
+/// A node whose policy requires the CI attestor, the attestor's key made
+/// by openssl (not by attestgate), and no attestation in the bundle.
+fn node_with_openssl_attestor() -> Option<(Node, Keys)> {
+    let node = Node::up(&agcri())?;
+    let keys = Keys::new();
+    keys.make("ci", "ec8");
+    let yaml = node.attestgate(&[
+        "attestor",
+        "create",
+        "--name",
+        ATTESTOR,
+        "--note",
+        "projects/e2e/notes/ci",
+        "--public-key",
+        &keys.public_path("ci").display().to_string(),
+        "--algorithm",
+        "ECDSA_P256_SHA256",
+    ]);
+    std::fs::write(node.bundle.join("attestors/ci.yaml"), yaml).unwrap();
+    node.policy(REQUIRE_CI);
+    Some((node, keys))
+}
+
+fn start_proxy(node: &mut Node, extra: &[&str]) {
+    let pause = format!("{}/attestgate/pause*", node.registry);
+    let cache = node.dir().join("attestations").display().to_string();
+    let registry = node.registry.clone();
+    let mut args = vec![
+        "--system-image",
+        &pause,
+        "--registry-attestor",
+        ATTESTOR,
+        "--plain-http",
+        &registry,
+        "--attestation-cache",
+        &cache,
+    ];
+    args.extend_from_slice(extra);
+    node.start_proxy(&args);
+}
+
+/// `reference` without its tag: what cosign writes as docker-reference.
+fn repository_of(reference: &str) -> &str {
+    reference.rsplit_once(':').unwrap().0
+}
+
+/// The repository path inside the registry (`attestgate/NAME`).
+fn path_of<'a>(node: &Node, reference: &'a str) -> &'a str {
+    repository_of(reference)
+        .strip_prefix(&format!("{}/", node.registry))
+        .unwrap()
+}
+
+/// A cosign `.sig` beside `digest` with one layer: `payload` signed by
+/// `signer` (an openssl key name).
+async fn cosign_sig(
+    node: &Node,
+    keys: &Keys,
+    reference: &str,
+    digest: &str,
+    body: Vec<u8>,
+    signer: &str,
+) {
+    let signature = keys.sign(signer, &body);
+    Raw::new(&node.registry, path_of(node, reference), None)
+        .sig(digest, &[(body, b64(&signature))], OCI_MANIFEST)
+        .await;
+}
+
+fn assert_denied(result: Result<String, tonic::Status>) -> tonic::Status {
+    let status = result.expect_err("the call should have been refused");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(
+        status.message().starts_with("SignatureValidationFailed: "),
+        "{}",
+        status.message()
+    );
+    status
+}
+
+fn last_detail(node: &Node) -> String {
+    let audit = node.audit();
+    let last = audit.last().unwrap();
+    last["attestors"][0]["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cosign_and_sigstore_signatures_admit_and_the_cache_decides_with_the_registry_gone() {
+    let Some((mut node, keys)) = node_with_openssl_attestor() else {
+        return;
+    };
+    let (cosigned, cosigned_digest) = node.push_image("cosigned", "1", "sleep 3600");
+    let (bundled, bundled_digest) = node.push_image("bundled", "1", "sleep 3600");
+    let (unsigned, _) = node.push_image("unsigned", "1", "sleep 3600");
+
+    cosign_sig(
+        &node,
+        &keys,
+        &cosigned,
+        &cosigned_digest,
+        payload(repository_of(&cosigned), &cosigned_digest),
+        "ci",
+    )
+    .await;
+    // cosign 3's default: a sigstore bundle, found through the fallback tag
+    // (distribution 2.8 has no referrers API), beside a decoy referrer
+    // whose subject is another image.
+    let raw = Raw::new(&node.registry, path_of(&node, &bundled), None);
+    let statement_bytes = statement(&bundled_digest);
+    let signature = keys.sign("ci", &pae("application/vnd.in-toto+json", &statement_bytes));
+    let good = raw
+        .referrer(
+            &bundled_digest,
+            &bundle(SIGSTORE_BUNDLE_V03, &statement_bytes, &signature),
+        )
+        .await;
+    let decoy = raw
+        .referrer(
+            &cosigned_digest,
+            &bundle(SIGSTORE_BUNDLE_V03, &statement_bytes, &signature),
+        )
+        .await;
+    raw.fallback_index(&bundled_digest, vec![decoy, good]).await;
+
+    start_proxy(&mut node, &[]);
+    let cri = node.via_proxy().await;
+    let pod = node.pod("prod", "web-0");
+
+    let image_id = cri
+        .pull(&cosigned, Some(pod.clone()))
+        .await
+        .expect("a cosign-signed image pulls");
+    let audit = node.audit();
+    let pulled = audit.last().unwrap();
+    assert_eq!(pulled["operation"], "PullImage");
+    assert_eq!(pulled["reason"], "ATTESTED", "{pulled:#}");
+    let detail = last_detail(&node);
+    assert!(
+        detail.contains("cosign signature from")
+            && detail.contains(&cosigned_digest)
+            && detail.contains(repository_of(&cosigned)),
+        "{detail}"
+    );
+
+    cri.pull(&bundled, Some(pod.clone()))
+        .await
+        .expect("an image signed with a sigstore bundle pulls");
+    let detail = last_detail(&node);
+    assert!(
+        detail.contains("sigstore bundle from") && detail.contains(&bundled_digest),
+        "{detail}"
+    );
+
+    assert_denied(cri.pull(&unsigned, Some(pod.clone())).await);
+    assert!(
+        last_detail(&node).contains("no attestation for"),
+        "{}",
+        last_detail(&node)
+    );
+
+    // What verified is on disk, one entry per digest.
+    let cache = node.dir().join("attestations");
+    for digest in [&cosigned_digest, &bundled_digest] {
+        let entry = cache.join(format!("{}.json", digest.replace(':', "-")));
+        assert!(entry.is_file(), "{} missing", entry.display());
+    }
+
+    // The registry goes, the proxy restarts: CreateContainer decides from
+    // the bundle plus the cache, with no network.
+    node.sh("ag_registry_stop \"$DIR\"");
+    node.restart_proxy();
+    let cri = node.via_proxy().await;
+    let pod_id = cri.run_pod(&pod).await.expect("the pod runs");
+    let id = cri
+        .create_container(&pod_id, &pod, "web", &image_id, &cosigned, &[])
+        .await
+        .expect("created from the cache, the registry gone");
+    cri.start_container(&id).await.expect("starts");
+    let audit = node.audit();
+    let created = audit.last().unwrap();
+    assert_eq!(created["operation"], "CreateContainer");
+    assert_eq!(created["reason"], "ATTESTED", "{created:#}");
+    assert!(last_detail(&node).contains("cosign signature from"));
+
+    // A corrupt entry is reported and ignored, never trusted.
+    let entry = cache.join(format!("{}.json", cosigned_digest.replace(':', "-")));
+    let text = std::fs::read_to_string(&entry).unwrap();
+    std::fs::write(&entry, &text[..text.len() / 2]).unwrap();
+    let denied = cri
+        .create_container(&pod_id, &pod, "web2", &image_id, &cosigned, &[])
+        .await;
+    assert_denied(denied);
+    assert!(
+        node.proxy_log()
+            .contains("attestation cache entry left out"),
+        "{}",
+        node.proxy_log()
+    );
+    // A planted entry whose signature does not verify counts for nothing.
+    let forged = text.replace("\"signature\":\"", "\"signature\":\"AAAA");
+    std::fs::write(&entry, forged).unwrap();
+    assert_denied(
+        cri.create_container(&pod_id, &pod, "web3", &image_id, &cosigned, &[])
+            .await,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signatures_that_do_not_name_the_image_under_the_attestor_s_key_are_refused() {
+    let Some((mut node, keys)) = node_with_openssl_attestor() else {
+        return;
+    };
+    keys.make("stranger", "ec8");
+    let (_, other_digest) = node.push_image("other", "1", "sleep 1");
+    let mut cases = Vec::new();
+    // Another image's digest, signed by the right key.
+    let (image, digest) = node.push_image("for-another", "1", "sleep 1");
+    cosign_sig(
+        &node,
+        &keys,
+        &image,
+        &digest,
+        payload(repository_of(&image), &other_digest),
+        "ci",
+    )
+    .await;
+    cases.push((image, "names digest"));
+    // The right payload by another key.
+    let (image, digest) = node.push_image("by-stranger", "1", "sleep 1");
+    cosign_sig(
+        &node,
+        &keys,
+        &image,
+        &digest,
+        payload(repository_of(&image), &digest),
+        "stranger",
+    )
+    .await;
+    cases.push((image, "verify under none"));
+    // A payload changed after it was signed.
+    let (image, digest) = node.push_image("tampered", "1", "sleep 1");
+    let signed = payload(repository_of(&image), &digest);
+    let signature = keys.sign("ci", &signed);
+    let mut tampered = signed.clone();
+    tampered.extend_from_slice(b" ");
+    Raw::new(&node.registry, path_of(&node, &image), None)
+        .sig(&digest, &[(tampered, b64(&signature))], OCI_MANIFEST)
+        .await;
+    cases.push((image, "verify under none"));
+    // A payload of another type, properly signed.
+    let (image, digest) = node.push_image("other-type", "1", "sleep 1");
+    let body = String::from_utf8(payload(repository_of(&image), &digest))
+        .unwrap()
+        .replace(
+            "cosign container image signature",
+            "cosign container image sbom",
+        )
+        .into_bytes();
+    cosign_sig(&node, &keys, &image, &digest, body, "ci").await;
+    cases.push((image, "not a container signature type"));
+    // A DSSE envelope of another payload type.
+    let (image, digest) = node.push_image("not-in-toto", "1", "sleep 1");
+    let raw = Raw::new(&node.registry, path_of(&node, &image), None);
+    let body = statement(&digest);
+    let signature = keys.sign("ci", &pae("application/json", &body));
+    let mut envelope: serde_json::Value =
+        serde_json::from_slice(&bundle(SIGSTORE_BUNDLE_V03, &body, &signature)).unwrap();
+    envelope["dsseEnvelope"]["payloadType"] = "application/json".into();
+    let referrer = raw.referrer(&digest, envelope.to_string().as_bytes()).await;
+    raw.fallback_index(&digest, vec![referrer]).await;
+    cases.push((image, "not in-toto"));
+
+    start_proxy(&mut node, &[]);
+    let cri = node.via_proxy().await;
+    let pod = node.pod("prod", "web-0");
+    for (image, why) in cases {
+        assert_denied(cri.pull(&image, Some(pod.clone())).await);
+        let detail = last_detail(&node);
+        assert!(detail.contains(why), "{image}: {detail}");
+        assert!(
+            cri.image_status(&image).await.unwrap().is_none(),
+            "{image} was removed again"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_slow_or_down_adds_nothing_and_is_counted() {
+    let Some((mut node, keys)) = node_with_openssl_attestor() else {
+        return;
+    };
+    // A registry that accepts connections and never answers, and a port
+    // where none listens.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    let closed_addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let metrics_addr = metrics::free_local_addr();
+    start_proxy(
+        &mut node,
+        &[
+            "--registry-timeout",
+            "2s",
+            "--plain-http",
+            &silent_addr,
+            "--plain-http",
+            &closed_addr,
+            "--metrics-listen",
+            &metrics_addr,
+        ],
+    );
+    let cri = node.via_proxy().await;
+    let pod = node.pod("prod", "web-0");
+    let digest = format!("sha256:{}", "d".repeat(64));
+    let began = Instant::now();
+    assert_denied(
+        cri.pull(&format!("{silent_addr}/app@{digest}"), Some(pod.clone()))
+            .await,
+    );
+    let took = began.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(20),
+        "a lookup bounded by registry_timeout, then the decision: {took:?}"
+    );
+    assert_denied(
+        cri.pull(&format!("{closed_addr}/app@{digest}"), Some(pod.clone()))
+            .await,
+    );
+    let text = metrics::scrape(&metrics_addr).await;
+    assert!(
+        text.contains("attestgate_registry_lookups_total{reason=\"timeout\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("attestgate_registry_lookups_total{reason=\"unreachable\"} 1"),
+        "{text}"
+    );
+    // A signed image still pulls: the failures spoiled nothing.
+    let (signed, digest) = node.push_image("signed", "1", "sleep 1");
+    cosign_sig(
+        &node,
+        &keys,
+        &signed,
+        &digest,
+        payload(repository_of(&signed), &digest),
+        "ci",
+    )
+    .await;
+    cri.pull(&signed, Some(pod)).await.expect("signed pulls");
+    drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_cosign_signatures_admit_by_tag_and_by_digest() {
+    let Some((mut node, keys)) = node_with_openssl_attestor() else {
+        return;
+    };
+    let (by_tag, tag_digest) = node.push_image("signed-by-us", "1", "sleep 1");
+    let (by_digest, digest_digest) = node.push_image("pinned", "1", "sleep 1");
+    let key = node.dir().join("ci.pem");
+    std::fs::copy(keys.make("ci2", "ec8"), &key).unwrap();
+    // The attestor gets the second key too: cosign names no key id, so
+    // each key is tried.
+    let yaml = std::fs::read_to_string(node.bundle.join("attestors/ci.yaml")).unwrap();
+    let second = node.attestgate(&[
+        "attestor",
+        "create",
+        "--name",
+        ATTESTOR,
+        "--note",
+        "projects/e2e/notes/ci",
+        "--public-key",
+        &keys.public_path("ci2").display().to_string(),
+        "--algorithm",
+        "ECDSA_P256_SHA256",
+    ]);
+    let _ = yaml;
+    std::fs::write(node.bundle.join("attestors/ci.yaml"), second).unwrap();
+    for (reference, digest) in [(&by_tag, &tag_digest), (&by_digest, &digest_digest)] {
+        node.attestgate(&[
+            "sign",
+            "--artifact-url",
+            &format!("{}@{digest}", repository_of(reference)),
+            "--key",
+            &key.display().to_string(),
+            "--algorithm",
+            "ECDSA_P256_SHA256",
+            "--cosign",
+            "--plain-http",
+        ]);
+    }
+    start_proxy(&mut node, &[]);
+    let cri = node.via_proxy().await;
+    let pod = node.pod("prod", "web-0");
+    cri.pull(&by_tag, Some(pod.clone()))
+        .await
+        .expect("signed by `attestgate sign --cosign`, pulled by tag");
+    let pinned = format!("{}@{digest_digest}", repository_of(&by_digest));
+    cri.pull(&pinned, Some(pod.clone()))
+        .await
+        .expect("pulled by digest: looked up before the decision");
+    let detail = last_detail(&node);
+    assert!(detail.contains("cosign signature from"), "{detail}");
+}
