@@ -121,7 +121,8 @@ pub fn payload(args: PayloadArgs) -> anyhow::Result<Outcome> {
 
 #[derive(ClapArgs)]
 pub struct SignArgs {
-    /// REPOSITORY@DIGEST of the image to attest.
+    /// REPOSITORY@DIGEST of the image to attest (with --cosign:
+    /// REGISTRY/REPOSITORY@DIGEST).
     #[arg(long)]
     artifact_url: String,
     /// Private key PEM: PKCS#8, PKCS#1 RSA or SEC1 EC, as openssl writes them.
@@ -130,29 +131,37 @@ pub struct SignArgs {
     #[arg(long)]
     algorithm: String,
     /// The attestor's note, projects/P/notes/N.
-    #[arg(long)]
-    note: String,
+    #[arg(long, required_unless_present = "cosign", conflicts_with = "cosign")]
+    note: Option<String>,
     /// Public key id to record; defaults to the key's derived ni:///sha-256; id.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "cosign")]
     key_id: Option<String>,
     /// Write the occurrence here instead of stdout.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "cosign")]
     out: Option<PathBuf>,
+    /// Sign as cosign does and push the signature to the image's registry
+    /// (the `sha256-<hex>.sig` tag beside it) instead of writing an
+    /// occurrence; prints the tag and the signature manifest's digest.
+    #[arg(long)]
+    cosign: bool,
+    #[command(flatten)]
+    reach: crate::repo::Reach,
 }
 
 pub fn sign(args: SignArgs) -> anyhow::Result<Outcome> {
     let algorithm = parse_algorithm(&args.algorithm)?;
-    let note_parts: Vec<&str> = args.note.split('/').collect();
+    if args.cosign {
+        return sign_cosign(&args, algorithm);
+    }
+    let note = args.note.clone().unwrap_or_default();
+    let note_parts: Vec<&str> = note.split('/').collect();
     if !(note_parts.len() == 4
         && note_parts[0] == "projects"
         && note_parts[2] == "notes"
         && !note_parts[1].is_empty()
         && !note_parts[3].is_empty())
     {
-        bail!(
-            "--note {:?}: expected projects/PROJECT/notes/NOTE",
-            args.note
-        );
+        bail!("--note {note:?}: expected projects/PROJECT/notes/NOTE");
     }
     let payload = signature_payload(&args.artifact_url)?;
     let pem = std::fs::read_to_string(&args.key)
@@ -171,7 +180,7 @@ pub fn sign(args: SignArgs) -> anyhow::Result<Outcome> {
     let b64 = base64::engine::general_purpose::STANDARD;
     let occurrence = serde_json::json!({
         "resourceUri": format!("https://{url}"),
-        "noteName": args.note,
+        "noteName": note,
         "kind": "ATTESTATION",
         "attestation": {
             "serializedPayload": b64.encode(payload.as_bytes()),
@@ -185,5 +194,66 @@ pub fn sign(args: SignArgs) -> anyhow::Result<Outcome> {
             .with_context(|| format!("cannot write {}", path.display()))?,
         None => std::io::stdout().write_all(text.as_bytes())?,
     }
+    Ok(Outcome::Success)
+}
+
+/// `sign --cosign`: cosign's simple-signing payload for the image, signed
+/// with the key and added to the image's `.sig` manifest in its registry,
+/// which `cosign verify --key` and the node's registry lookup both read.
+fn sign_cosign(args: &SignArgs, algorithm: SignatureAlgorithm) -> anyhow::Result<Outcome> {
+    use attestgate_registry::signatures::{cosign_payload, push_cosign};
+    let url = args
+        .artifact_url
+        .strip_prefix("https://")
+        .unwrap_or(&args.artifact_url);
+    let image = attestgate_policy::ImageRef::parse(url)
+        .with_context(|| format!("--artifact-url {url:?}"))?;
+    let digest = image.digest.clone().with_context(|| {
+        format!("--artifact-url {url:?}: expected REGISTRY/REPOSITORY@sha256:DIGEST")
+    })?;
+    // The registry is where the signature goes; it is never guessed.
+    let first = url.split('/').next().unwrap_or_default();
+    if !url.contains('/') || !(first.contains('.') || first.contains(':') || first == "localhost") {
+        bail!("--artifact-url {url:?}: name the registry (REGISTRY/REPOSITORY@sha256:DIGEST)");
+    }
+    let (registry, repository) = image
+        .repository
+        .split_once('/')
+        .with_context(|| format!("--artifact-url {url:?}: no repository"))?;
+    // Docker Hub's API is not at the name images carry.
+    let host = if registry == "docker.io" {
+        "registry-1.docker.io"
+    } else {
+        registry
+    };
+    let pem = std::fs::read_to_string(&args.key)
+        .with_context(|| format!("cannot read {}", args.key.display()))?;
+    let key = SigningKey::from_pem(&pem, algorithm)
+        .with_context(|| format!("key {}", args.key.display()))?;
+    let payload = cosign_payload(&image.repository, &digest);
+    let signature = key.sign(&payload)?;
+    let options = args.reach.options(host)?;
+    let pushed = crate::repo::block_on(push_cosign(
+        &options, host, repository, &digest, &payload, &signature,
+    ))?
+    .with_context(|| format!("pushing the signature of {}", image.pinned()))?;
+    if pushed.added {
+        eprintln!(
+            "signed {} ({} signatures in {})",
+            image.pinned(),
+            pushed.layers,
+            pushed.tag
+        );
+    } else {
+        eprintln!(
+            "{} already holds this signature of {}; nothing pushed",
+            pushed.tag,
+            image.pinned()
+        );
+    }
+    println!(
+        "{}:{} {}",
+        image.repository, pushed.tag, pushed.manifest_digest
+    );
     Ok(Outcome::Success)
 }

@@ -4,6 +4,8 @@
 //! checks a source as a node would.
 
 mod oci;
+
+pub use oci::Reach;
 mod tuf;
 
 use clap::Subcommand;
@@ -42,7 +44,7 @@ pub fn run(command: Command) -> anyhow::Result<Outcome> {
 
 /// The `repo` commands drive async libraries (tough, reqwest) from a
 /// synchronous CLI: one small runtime per command.
-fn block_on<F: std::future::Future>(future: F) -> anyhow::Result<F::Output> {
+pub fn block_on<F: std::future::Future>(future: F) -> anyhow::Result<F::Output> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -1,6 +1,7 @@
 //! `repo push DIR oci://…` and `repo pull oci://… DIR`: a repository carried
 //! to and from a registry as one artifact (SPEC §10). The node config has
-//! no registry keys yet, so how to reach the registry is given by flags.
+//! no registry keys yet, so how to reach the registry is given by flags
+//! ([`Reach`], shared with `sign --cosign`).
 
 use std::path::PathBuf;
 
@@ -18,7 +19,8 @@ const PASSWORD_ENV: &str = "ATTESTGATE_REGISTRY_PASSWORD";
 #[derive(Args)]
 pub struct Reach {
     /// A registry (HOST or HOST:PORT) reached over plain HTTP; repeatable.
-    #[arg(long = "plain-http", value_name = "HOST[:PORT]")]
+    /// Without a value: the registry the command talks to.
+    #[arg(long = "plain-http", value_name = "HOST[:PORT]", num_args = 0..=1, default_missing_value = "")]
     plain_http: Vec<String>,
     /// Give up on a registry that does not answer for this long (30s, 2m).
     #[arg(long, value_name = "DUR", default_value = "30s")]
@@ -29,26 +31,48 @@ pub struct Reach {
     /// A PEM file of CA certificates trusted beside the system's; repeatable.
     #[arg(long = "ca-file", value_name = "PEM")]
     ca_file: Vec<PathBuf>,
+    /// A docker config.json (as `docker login` writes it) holding the
+    /// registry's credentials; --username wins over it.
+    #[arg(long = "registry-credentials", value_name = "CONFIG.json")]
+    registry_credentials: Option<PathBuf>,
 }
 
 impl Reach {
-    pub fn options(&self) -> anyhow::Result<RegistryOptions> {
+    /// How to reach `registry` (HOST[:PORT]), the one the command talks to.
+    pub fn options(&self, registry: &str) -> anyhow::Result<RegistryOptions> {
         anyhow::ensure!(!self.timeout.0.is_zero(), "--timeout must be more than 0s");
-        let credentials = match &self.username {
-            Some(username) => Credentials::Basic {
+        let credentials = match (&self.username, &self.registry_credentials) {
+            (Some(username), _) => Credentials::Basic {
                 username: username.clone(),
                 password: std::env::var(PASSWORD_ENV)
                     .with_context(|| format!("--username needs the password in {PASSWORD_ENV}"))?,
             },
-            None => Credentials::Anonymous,
+            (None, Some(path)) => {
+                let json =
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                Credentials::from_docker_config(&json, registry)
+                    .map_err(|why| anyhow::anyhow!("{}: {why}", path.display()))?
+            }
+            (None, None) => Credentials::Anonymous,
         };
         let mut extra_ca_pem = Vec::new();
         for path in &self.ca_file {
             extra_ca_pem
                 .push(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?);
         }
+        let plain_http = self
+            .plain_http
+            .iter()
+            .map(|host| {
+                if host.is_empty() {
+                    registry.to_string()
+                } else {
+                    host.clone()
+                }
+            })
+            .collect();
         Ok(RegistryOptions {
-            plain_http: self.plain_http.clone(),
+            plain_http,
             timeout: self.timeout.0,
             credentials,
             extra_ca_pem,
@@ -78,7 +102,7 @@ pub struct PullArgs {
 
 pub fn push(args: PushArgs) -> anyhow::Result<Outcome> {
     let to = OciRef::parse(&args.destination)?;
-    let options = args.reach.options()?;
+    let options = args.reach.options(&to.registry)?;
     let pushed = super::block_on(oci::push_dir(&args.dir, &to, &options))?
         .with_context(|| format!("pushing {} to {to}", args.dir.display()))?;
     eprintln!(
@@ -92,7 +116,7 @@ pub fn push(args: PushArgs) -> anyhow::Result<Outcome> {
 
 pub fn pull(args: PullArgs) -> anyhow::Result<Outcome> {
     let from = OciRef::parse(&args.source)?;
-    let options = args.reach.options()?;
+    let options = args.reach.options(&from.registry)?;
     let pulled = super::block_on(oci::pull_dir(
         &from,
         &args.dir,

@@ -212,7 +212,16 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<Outcome> {
             .to_string()
     };
     let source = Source::parse(&text)?;
-    let options = args.reach.options()?;
+    // The host a bare --plain-http or the credentials file applies to.
+    let host = match &source {
+        Source::Oci(reference) => reference.registry.clone(),
+        Source::Https(url) => match url.port() {
+            Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
+            None => url.host_str().unwrap_or_default().to_string(),
+        },
+        Source::Dir(_) => String::new(),
+    };
+    let options = args.reach.options(&host)?;
     let scratch_dir = tempfile::tempdir().context("a scratch directory")?;
     let staging = scratch_dir.path().join("staging");
     let blobs = scratch_dir.path().join("blobs");
