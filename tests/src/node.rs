@@ -86,6 +86,27 @@ pub struct Node {
     pub shim_config: PathBuf,
 }
 
+/// A multi-platform image in the node's registry ([`Node::push_multiarch`]).
+#[derive(Debug, Clone)]
+pub struct MultiArch {
+    /// `REGISTRY/attestgate/NAME:TAG`, which names the index.
+    pub reference: String,
+    pub index_digest: String,
+    /// (GOARCH, manifest digest), in the index's order, this machine's first.
+    pub platform_digests: Vec<(String, String)>,
+    /// The manifest containerd pulls on this machine.
+    pub this_platform_digest: String,
+}
+
+/// This machine's architecture as OCI platforms name it (GOARCH).
+pub fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => panic!("no multi-arch fixture for {other}"),
+    }
+}
+
 /// A policy requiring the CI attestor ([`Node::add_attestor`]`("ci")`), with
 /// system images allowed.
 pub const REQUIRE_CI: &str = "globalPolicyEvaluationMode: ENABLE
@@ -253,6 +274,94 @@ impl Node {
             reference,
             digest.lines().last().unwrap_or_default().to_string(),
         )
+    }
+
+    /// Pushes a real multi-platform image as `REGISTRY/attestgate/NAME:TAG`:
+    /// an OCI image index listing two image manifests with `platform`
+    /// fields, this machine's architecture (what containerd pulls) and one
+    /// other (amd64 ↔ arm64). Both are the busybox app layer; only their
+    /// configs differ, and the other one is never run. The index is written
+    /// here byte for byte and copied with `skopeo copy --all`, which keeps
+    /// it, so its digest is the one the registry serves.
+    pub fn push_multiarch(&self, name: &str, tag: &str) -> MultiArch {
+        use sha2::Digest as _;
+        let reference = format!("{}/attestgate/{name}:{tag}", self.registry);
+        // A layout of its own: the other helpers' `umoci gc` need not know
+        // about index-typed refs.
+        let layout = self.dir().join(format!("oci-multiarch-{name}-{tag}"));
+        let this = host_arch();
+        let other = if this == "arm64" { "amd64" } else { "arm64" };
+        let mut children = Vec::new();
+        for arch in [this, other] {
+            let image = format!("{name}-{tag}-{arch}");
+            self.sh(&format!(
+                "ag_image_build {layout} {image} --label attestgate.test/name={image} -- /bin/sh -c 'trap \"exit 0\" TERM INT; echo hello; sleep 3600 & wait' >/dev/null && umoci config --image {layout}:{image} --os linux --architecture {arch} && umoci gc --layout {layout}",
+                layout = layout.display(),
+            ));
+            children.push((arch, image));
+        }
+        let index_json_path = layout.join("index.json");
+        let mut layout_index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&index_json_path).expect("index.json"))
+                .expect("index.json is JSON");
+        let refs = layout_index["manifests"]
+            .as_array()
+            .expect("index.json manifests")
+            .clone();
+        let mut manifests = Vec::new();
+        let mut platform_digests = Vec::new();
+        for (arch, image) in &children {
+            let descriptor = refs
+                .iter()
+                .find(|d| d["annotations"]["org.opencontainers.image.ref.name"] == image.as_str())
+                .unwrap_or_else(|| panic!("{image} is not in {}", index_json_path.display()));
+            manifests.push(serde_json::json!({
+                "mediaType": descriptor["mediaType"],
+                "digest": descriptor["digest"],
+                "size": descriptor["size"],
+                "platform": {"architecture": arch, "os": "linux"},
+            }));
+            let digest = descriptor["digest"].as_str().expect("digest").to_string();
+            platform_digests.push((arch.to_string(), digest));
+        }
+        let index = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": manifests,
+        }))
+        .expect("index");
+        let hex = hex::encode(sha2::Sha256::digest(&index));
+        std::fs::write(layout.join("blobs/sha256").join(&hex), &index).expect("index blob");
+        let ref_name = format!("{name}-{tag}");
+        layout_index["manifests"]
+            .as_array_mut()
+            .expect("index.json manifests")
+            .push(serde_json::json!({
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "digest": format!("sha256:{hex}"),
+                "size": index.len(),
+                "annotations": {"org.opencontainers.image.ref.name": ref_name},
+            }));
+        std::fs::write(
+            &index_json_path,
+            serde_json::to_vec(&layout_index).expect("index.json"),
+        )
+        .expect("index.json");
+        let pushed = self.sh(&format!(
+            "df=\"$DIR/multiarch.digest\" && skopeo copy -q --all --dest-tls-verify=false --digestfile \"$df\" oci:{layout}:{ref_name} docker://{reference} >/dev/null && cat \"$df\" && rm -f \"$df\"",
+            layout = layout.display(),
+        ));
+        let index_digest = format!("sha256:{hex}");
+        assert_eq!(
+            pushed, index_digest,
+            "skopeo did not push the index byte for byte"
+        );
+        MultiArch {
+            reference,
+            index_digest,
+            this_platform_digest: platform_digests[0].1.clone(),
+            platform_digests,
+        }
     }
 
     /// Builds an image and puts it on the node without a pull
