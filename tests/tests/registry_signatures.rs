@@ -191,12 +191,13 @@ async fn cosign_and_sigstore_signatures_admit_and_the_cache_decides_with_the_reg
         assert!(entry.is_file(), "{} missing", entry.display());
     }
 
-    // The registry goes, the proxy restarts: CreateContainer decides from
-    // the bundle plus the cache, with no network.
+    // The registry goes (the sandbox is up first: its pause image comes
+    // from there), the proxy restarts: CreateContainer decides from the
+    // bundle plus the cache, with no network.
+    let pod_id = cri.run_pod(&pod).await.expect("the pod runs");
     node.sh("ag_registry_stop \"$DIR\"");
     node.restart_proxy();
     let cri = node.via_proxy().await;
-    let pod_id = cri.run_pod(&pod).await.expect("the pod runs");
     let id = cri
         .create_container(&pod_id, &pod, "web", &image_id, &cosigned, &[])
         .await
@@ -429,4 +430,95 @@ async fn sign_cosign_signatures_admit_by_tag_and_by_digest() {
         .expect("pulled by digest: looked up before the decision");
     let detail = last_detail(&node);
     assert!(detail.contains("cosign signature from"), "{detail}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_signature_counts_for_the_platform_pulled_and_the_reverse() {
+    let Some((mut node, keys)) = node_with_openssl_attestor() else {
+        return;
+    };
+    // Signed on the index only (`cosign sign` of a tag); on this node's
+    // platform manifest only (`--recursive`, or a signer of one platform);
+    // on the other platform's manifest only.
+    let index_signed = node.push_multiarch("index-signed", "1");
+    let platform_signed = node.push_multiarch("platform-signed", "1");
+    let other_signed = node.push_multiarch("other-signed", "1");
+    let repo = |m: &attestgate_e2e::node::MultiArch| repository_of(&m.reference).to_string();
+    cosign_sig(
+        &node,
+        &keys,
+        &index_signed.reference,
+        &index_signed.index_digest,
+        payload(&repo(&index_signed), &index_signed.index_digest),
+        "ci",
+    )
+    .await;
+    cosign_sig(
+        &node,
+        &keys,
+        &platform_signed.reference,
+        &platform_signed.this_platform_digest,
+        payload(&repo(&platform_signed), &platform_signed.this_platform_digest),
+        "ci",
+    )
+    .await;
+    let (_, other_platform) = other_signed
+        .platform_digests
+        .iter()
+        .find(|(_, d)| *d != other_signed.this_platform_digest)
+        .unwrap();
+    cosign_sig(
+        &node,
+        &keys,
+        &other_signed.reference,
+        other_platform,
+        payload(&repo(&other_signed), other_platform),
+        "ci",
+    )
+    .await;
+
+    start_proxy(&mut node, &[]);
+    let cri = node.via_proxy().await;
+    let pod = node.pod("prod", "web-0");
+    cri.pull(&index_signed.reference, Some(pod.clone()))
+        .await
+        .expect("the index is signed");
+    let detail = last_detail(&node);
+    assert!(detail.contains(&index_signed.index_digest), "{detail}");
+
+    let image_id = cri
+        .pull(&platform_signed.reference, Some(pod.clone()))
+        .await
+        .expect("the platform manifest pulled through the index is signed");
+    let detail = last_detail(&node);
+    assert!(
+        detail.contains(&format!("for {}", platform_signed.this_platform_digest)),
+        "the record names the digest that was signed: {detail}"
+    );
+    let audit = node.audit();
+    assert_eq!(
+        audit.last().unwrap()["image"]["digest"],
+        platform_signed.index_digest.as_str(),
+        "decided by the index digest kubelet knows"
+    );
+
+    assert_denied(cri.pull(&other_signed.reference, Some(pod.clone())).await);
+
+    // CreateContainer reads the same from the cache.
+    let pod_id = cri.run_pod(&pod).await.expect("the pod runs");
+    cri.create_container(
+        &pod_id,
+        &pod,
+        "web",
+        &image_id,
+        &platform_signed.reference,
+        &[],
+    )
+    .await
+    .expect("created: the platform signature is in the cache");
+    assert!(
+        last_detail(&node).contains(&platform_signed.this_platform_digest),
+        "{}",
+        last_detail(&node)
+    );
 }
