@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 use attestgate_node::freshness::Freshness;
 use attestgate_policy::{
     Bundle, Decision, Digest, ImageRef, ImageSubject, NamePattern, Operation, PodContext, PodRef,
-    RecordContext, Settings, evaluate,
+    RecordContext, RegistryAttestation, RegistryAttestors, Settings, evaluate_with,
 };
 use clap::{Args as ClapArgs, ValueEnum};
 
@@ -47,6 +47,65 @@ pub struct Args {
     strict_repository: bool,
     #[arg(long, value_enum, default_value = "text")]
     output: Output,
+    /// Resolve the image at its registry and count the cosign signatures
+    /// and sigstore bundles found beside it, as the node does at PullImage
+    /// (SPEC §11). For an image index, its child for this machine's
+    /// platform is looked up too.
+    #[arg(long)]
+    registry: bool,
+    /// An attestor registry signatures may count for (repeatable; `*` for
+    /// all, the default with --registry).
+    #[arg(long = "registry-attestor", value_name = "NAME")]
+    registry_attestors: Vec<String>,
+    #[command(flatten)]
+    reach: crate::repo::Reach,
+}
+
+/// The image as the registry names it now, and the signatures beside it,
+/// as the node would offer them to the decision.
+fn from_registry(
+    args: &Args,
+    image: &ImageRef,
+) -> anyhow::Result<(ImageRef, Vec<RegistryAttestation>)> {
+    use attestgate_registry::signatures::{
+        Platform, SignatureLimits, lookup_image, split_repository,
+    };
+    let (registry, path) = split_repository(&image.repository)
+        .with_context(|| format!("--image {:?} names no registry", args.image))?;
+    let options = args.reach.options(&registry)?;
+    let reference = match (&image.digest, &image.tag) {
+        (Some(digest), _) => digest.to_string(),
+        (None, Some(tag)) => tag.clone(),
+        (None, None) => "latest".to_string(),
+    };
+    let found = crate::repo::block_on(lookup_image(
+        &options,
+        &registry,
+        path,
+        &reference,
+        &Platform::this_machine(),
+        &SignatureLimits::default(),
+    ))?
+    .with_context(|| format!("looking up {} at its registry", args.image))?;
+    for problem in &found.problems {
+        eprintln!("warning: a registry signature was skipped: {problem}");
+    }
+    let resolved = image.with_digest(found.digest);
+    let offered = found
+        .signatures
+        .into_iter()
+        .flat_map(|(signed_digest, signatures)| {
+            let found_in = image.repository.clone();
+            signatures
+                .into_iter()
+                .map(move |signature| RegistryAttestation {
+                    signature,
+                    signed_digest: signed_digest.clone(),
+                    found_in: found_in.clone(),
+                })
+        })
+        .collect();
+    Ok((resolved, offered))
 }
 
 fn key_value(pair: &str, flag: &str) -> anyhow::Result<(String, String)> {
@@ -80,12 +139,28 @@ fn load(dir: &Path, digest: Option<&Digest>) -> anyhow::Result<Bundle> {
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let image =
         ImageRef::parse(&args.image).with_context(|| format!("--image {:?}", args.image))?;
+    let (image, offered) = if args.registry {
+        from_registry(&args, &image)?
+    } else {
+        anyhow::ensure!(
+            args.registry_attestors.is_empty(),
+            "--registry-attestor needs --registry"
+        );
+        (image, Vec::new())
+    };
     let bundle = load(&args.bundle, image.digest.as_ref())?;
     let mut settings = Settings {
         cluster: args.cluster.clone(),
         strict_repository: args.strict_repository,
         ..Settings::default()
     };
+    if args.registry {
+        settings.registry_attestors = if args.registry_attestors.is_empty() {
+            RegistryAttestors::All
+        } else {
+            RegistryAttestors::from_list(&args.registry_attestors)
+        };
+    }
     if !args.system_images.is_empty() {
         settings.system_images = args
             .system_images
@@ -112,7 +187,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let now = time::OffsetDateTime::now_utc();
     let decision = match freshness.and_then(|f| f.lapsed(now)) {
         Some(why) => Decision::no_policy_because(ImageSubject::from_ref(&args.image, &image), why),
-        None => evaluate(&bundle, &settings, &args.image, &image, &pod),
+        None => evaluate_with(&bundle, &settings, &args.image, &image, &pod, &offered),
     };
     match args.output {
         Output::Text => {

@@ -430,6 +430,27 @@ async fn sign_cosign_signatures_admit_by_tag_and_by_digest() {
         .expect("pulled by digest: looked up before the decision");
     let detail = last_detail(&node);
     assert!(detail.contains("cosign signature from"), "{detail}");
+
+    // `attestgate evaluate --registry` decides the same, off the node.
+    let bundle = node.bundle.display().to_string();
+    let evaluate = |image: &str| {
+        std::process::Command::new(attestgate_e2e::node::bin("attestgate"))
+            .args(["evaluate", "--bundle", &bundle, "--image", image])
+            .args(["--registry", "--plain-http", "--output", "json"])
+            .output()
+            .unwrap()
+    };
+    let allowed = evaluate(&by_tag);
+    assert_eq!(allowed.status.code(), Some(0), "{allowed:?}");
+    let record: serde_json::Value = serde_json::from_slice(&allowed.stdout).unwrap();
+    assert_eq!(record["reason"], "ATTESTED");
+    assert_eq!(record["image"]["digest"], tag_digest.as_str());
+    let (unsigned, _) = node.push_image("not-signed", "1", "sleep 1");
+    let denied = evaluate(&unsigned);
+    assert_eq!(denied.status.code(), Some(1), "{denied:?}");
+    node.sh("ag_registry_stop \"$DIR\"");
+    let unreachable = evaluate(&by_tag);
+    assert_eq!(unreachable.status.code(), Some(2), "{unreachable:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -458,7 +479,10 @@ async fn an_index_signature_counts_for_the_platform_pulled_and_the_reverse() {
         &keys,
         &platform_signed.reference,
         &platform_signed.this_platform_digest,
-        payload(&repo(&platform_signed), &platform_signed.this_platform_digest),
+        payload(
+            &repo(&platform_signed),
+            &platform_signed.this_platform_digest,
+        ),
         "ci",
     )
     .await;
