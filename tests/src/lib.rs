@@ -16,3 +16,4 @@ pub mod node;
 pub mod publisher;
 pub mod raw_h2;
 pub mod registry;
+pub mod stats;
