@@ -199,6 +199,12 @@ impl AttestationCache {
     /// held: each `Found` replaces the earlier signatures for its signed
     /// digest and repository. A corrupt entry is replaced.
     pub fn store(&self, digest: &Digest, found: &[Found]) -> Result<(), CacheError> {
+        // Two pulls of one digest at once (from two repositories) would
+        // each merge into what they read and the later rename would drop
+        // the other's signatures: writers take turns. Only the proxy
+        // writes; readers need no lock, a rename being atomic.
+        static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _turn = WRITING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| CacheError::Io { path, source }

@@ -400,7 +400,10 @@ impl<R: ImageRuntime> Gate<R> {
             tracing::info!(found = %fetched.digest, pulled = %decided, "the tag named another digest at the registry than the pull brought; its signatures are not used");
             return Vec::new();
         }
-        signatures.keep(&self.decider, &self.metrics, decided, linked, &fetched);
+        // Verifying and an fsynced write: off the runtime's worker.
+        super::off_the_runtime(|| {
+            signatures.keep(&self.decider, &self.metrics, decided, linked, &fetched);
+        });
         fetched
             .signatures
             .into_iter()
