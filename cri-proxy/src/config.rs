@@ -71,7 +71,6 @@ pub struct Flags {
     /// [default: 64MiB].
     #[arg(long)]
     pub memory_budget: Option<Size>,
-    /// Validate the configuration and exit.
     /// An attestor registry signatures may count for, `*` for all
     /// (repeatable; SPEC §11).
     #[arg(long = "registry-attestor")]
@@ -90,6 +89,7 @@ pub struct Flags {
     /// brings none.
     #[arg(long)]
     pub registry_credentials: Option<PathBuf>,
+    /// Validate the configuration and exit.
     #[arg(long)]
     pub check_config: bool,
 }

@@ -6,8 +6,11 @@
 //! rename after its bytes reached the disk, so a reader sees the old entry
 //! or the new one, never half of either. What a file holds is evidence, not
 //! a verdict: every decision verifies it again under the attestors of the
-//! bundle in force, so a corrupt or planted entry can only fail to verify,
-//! and an attestor's key removed from the bundle stops counting at once.
+//! bundle in force, so damage can only fail to verify, and an attestor's
+//! key removed from the bundle stops counting at once. Which digest a
+//! signature was made for is the one claim taken on trust: the proxy read
+//! that link from containerd's content store when it wrote the entry, in
+//! a directory only it (root) writes.
 //! An entry that cannot be read is reported and ignored.
 
 use std::io::Write as _;
@@ -42,7 +45,9 @@ pub struct AttestationCache {
 
 /// What one successful lookup found for one signed digest: it replaces
 /// what an earlier lookup found for that digest in the same repository, so
-/// a signature deleted from the registry stops counting at the next pull.
+/// a signature deleted from the registry stops counting at the next pull
+/// that looks up (a pull looks up only while the policy is not satisfied
+/// without the registry).
 #[derive(Debug, Clone)]
 pub struct Found {
     pub signed_digest: Digest,
@@ -173,7 +178,9 @@ impl AttestationCache {
         let bytes = match read_capped(&path) {
             Ok(Some(bytes)) => bytes,
             Ok(None) => return Ok(Vec::new()),
-            Err(source) => {
+            // Not ours to have written: corrupt, so a writer replaces it.
+            Err(ReadError::Refused(why)) => return Err(corrupt(why)),
+            Err(ReadError::Io(source)) => {
                 return Err(CacheError::Io {
                     path: path.clone(),
                     source,
@@ -204,7 +211,9 @@ impl AttestationCache {
         // the other's signatures: writers take turns. Only the proxy
         // writes; readers need no lock, a rename being atomic.
         static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _turn = WRITING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _turn = WRITING
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| CacheError::Io { path, source }
@@ -237,6 +246,23 @@ impl AttestationCache {
         if kept.len() > MAX_SIGNATURES {
             kept.drain(..kept.len() - MAX_SIGNATURES);
         }
+        // An entry a reader would refuse must never be written: the
+        // oldest signatures go first.
+        let mut bytes = Vec::new();
+        while !kept.is_empty() {
+            bytes = serde_json::to_vec(&EntryFile {
+                digest: digest.to_string(),
+                attestations: kept.iter().map(EntryItem::from_attestation).collect(),
+            })
+            .map_err(|e| CacheError::Corrupt {
+                path: self.path_for(digest),
+                why: e.to_string(),
+            })?;
+            if bytes.len() as u64 <= MAX_ENTRY_BYTES {
+                break;
+            }
+            kept.remove(0);
+        }
         let path = self.path_for(digest);
         if kept.is_empty() {
             return match std::fs::remove_file(&path) {
@@ -244,14 +270,6 @@ impl AttestationCache {
                 _ => Ok(()),
             };
         }
-        let entry = EntryFile {
-            digest: digest.to_string(),
-            attestations: kept.iter().map(EntryItem::from_attestation).collect(),
-        };
-        let bytes = serde_json::to_vec(&entry).map_err(|e| CacheError::Corrupt {
-            path: path.clone(),
-            why: e.to_string(),
-        })?;
         std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
         let mut temp = tempfile::Builder::new()
             .prefix(".entry-")
@@ -268,31 +286,37 @@ impl AttestationCache {
     }
 }
 
+enum ReadError {
+    /// What is there is no entry of ours.
+    Refused(String),
+    Io(std::io::Error),
+}
+
 /// The file's bytes, none when there is no file; refused past
 /// [`MAX_ENTRY_BYTES`] and when it is not a regular file (a FIFO planted
 /// in its place must not hang a decision).
-fn read_capped(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+fn read_capped(path: &Path) -> Result<Option<Vec<u8>>, ReadError> {
     use std::io::Read as _;
     let meta = match std::fs::symlink_metadata(path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
+        Err(e) => return Err(ReadError::Io(e)),
     };
     if !meta.file_type().is_file() {
-        return Err(std::io::Error::other("not a regular file"));
+        return Err(ReadError::Refused("not a regular file".into()));
     }
     if meta.len() > MAX_ENTRY_BYTES {
-        return Err(std::io::Error::other(format!(
+        return Err(ReadError::Refused(format!(
             "{} bytes, more than the {MAX_ENTRY_BYTES} an entry may hold",
             meta.len()
         )));
     }
     let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(MAX_ENTRY_BYTES + 1)
-        .read_to_end(&mut bytes)?;
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_ENTRY_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(ReadError::Io)?;
     if bytes.len() as u64 > MAX_ENTRY_BYTES {
-        return Err(std::io::Error::other("grew past the cap while read"));
+        return Err(ReadError::Refused("grew past the cap while read".into()));
     }
     Ok(Some(bytes))
 }
@@ -376,6 +400,18 @@ mod tests {
         ] {
             std::fs::write(&path, &junk).unwrap();
             assert!(cache.load(&image).is_err());
+            // Whatever it is, the next write replaces it.
+            cache
+                .store(
+                    &image,
+                    &[Found {
+                        signed_digest: image.clone(),
+                        found_in: "r".into(),
+                        verified: vec![cosign(4)],
+                    }],
+                )
+                .unwrap();
+            assert_eq!(cache.load(&image).unwrap().len(), 1);
         }
         std::fs::write(&path, b"garbage").unwrap();
         cache

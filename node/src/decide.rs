@@ -195,12 +195,40 @@ impl Decider {
             .attestors()
             .filter(|a| self.evaluation.registry_attestors.admits(&a.name))
             .collect();
+        let verifies = |signature: &RegistrySignature| {
+            admitted.iter().any(|attestor| {
+                attestgate_policy::registry::verify(attestor, signature, signed_digest).is_ok()
+            })
+        };
         signatures
             .into_iter()
-            .filter(|signature| {
-                admitted.iter().any(|attestor| {
-                    attestgate_policy::registry::verify(attestor, signature, signed_digest).is_ok()
-                })
+            .filter_map(|signature| match signature {
+                // An envelope's list of signatures is covered by none of
+                // them: only those that verify are kept, so padding a
+                // genuine envelope cannot bloat (or spoil) the cache.
+                RegistrySignature::Dsse {
+                    payload_type,
+                    payload,
+                    signatures,
+                } => {
+                    let kept: Vec<Vec<u8>> = signatures
+                        .into_iter()
+                        .filter(|one| {
+                            verifies(&RegistrySignature::Dsse {
+                                payload_type: payload_type.clone(),
+                                payload: payload.clone(),
+                                signatures: vec![one.clone()],
+                            })
+                        })
+                        .take(1)
+                        .collect();
+                    (!kept.is_empty()).then_some(RegistrySignature::Dsse {
+                        payload_type,
+                        payload,
+                        signatures: kept,
+                    })
+                }
+                cosign => verifies(&cosign).then_some(cosign),
             })
             .collect()
     }

@@ -272,7 +272,7 @@ fn evaluate_policy(
                     {
                         return verdict;
                     }
-                    registry_verdict(bundle, name, verdict, registry)
+                    registry_verdict(bundle, settings, name, image, verdict, registry)
                 })
                 .collect();
             let reason = if verdicts.iter().all(|v| v.satisfied) {
@@ -365,17 +365,19 @@ fn attestor_verdict(
 /// with bundle occurrences does.
 fn registry_verdict(
     bundle: &Bundle,
+    settings: &Settings,
     name: &str,
+    image: &ImageRef,
     from_bundle: AttestorVerdict,
     registry: &[RegistryAttestation],
 ) -> AttestorVerdict {
-    let Some(attestor) = bundle.attestor(name) else {
+    let (Some(attestor), Some(digest)) = (bundle.attestor(name), &image.digest) else {
         return from_bundle;
     };
     let key = CacheKey {
         attestor: name.to_string(),
-        digest: registry[0].signed_digest.clone(),
-        repository: None,
+        digest: digest.clone(),
+        repository: settings.strict_repository.then(|| image.repository.clone()),
         evidence: Some(evidence_digest(registry)),
     };
     if let Some(v) = bundle.cached(&key) {
@@ -384,6 +386,16 @@ fn registry_verdict(
     let mut problems = Problems::default();
     let mut verdict = None;
     for offered in registry {
+        // Strict mode: a signature found beside the image in another
+        // repository does not count, as an occurrence for another
+        // repository does not.
+        if settings.strict_repository && offered.found_in != image.repository {
+            problems.add(format!(
+                "from the registry {} (strict repository mode)",
+                offered.found_in
+            ));
+            continue;
+        }
         match crate::registry::verify(attestor, &offered.signature, &offered.signed_digest) {
             Ok(key_id) => {
                 verdict = Some(AttestorVerdict {
@@ -433,6 +445,8 @@ fn evidence_digest(registry: &[RegistryAttestation]) -> [u8; 32] {
         hasher.update((bytes.len() as u64).to_be_bytes());
         hasher.update(bytes);
     };
+    // Counts first, so no two lists of fields read alike.
+    field(&(registry.len() as u64).to_be_bytes());
     for offered in registry {
         field(offered.signed_digest.as_str().as_bytes());
         field(offered.found_in.as_bytes());
@@ -450,6 +464,7 @@ fn evidence_digest(registry: &[RegistryAttestation]) -> [u8; 32] {
                 field(b"dsse");
                 field(payload_type.as_bytes());
                 field(payload);
+                field(&(signatures.len() as u64).to_be_bytes());
                 for s in signatures {
                     field(s);
                 }

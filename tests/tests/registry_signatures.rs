@@ -134,11 +134,16 @@ async fn cosign_and_sigstore_signatures_admit_and_the_cache_decides_with_the_reg
     let raw = Raw::new(&node.registry, path_of(&node, &bundled), None);
     let statement_bytes = statement(&bundled_digest);
     let signature = keys.sign("ci", &pae("application/vnd.in-toto+json", &statement_bytes));
+    // Padded with a signature that verifies under nothing: the list of an
+    // envelope's signatures is signed by none of them.
+    let mut padded: serde_json::Value =
+        serde_json::from_slice(&bundle(SIGSTORE_BUNDLE_V03, &statement_bytes, &signature)).unwrap();
+    padded["dsseEnvelope"]["signatures"]
+        .as_array_mut()
+        .unwrap()
+        .insert(0, serde_json::json!({"sig": b64(&[7; 70]), "keyid": ""}));
     let good = raw
-        .referrer(
-            &bundled_digest,
-            &bundle(SIGSTORE_BUNDLE_V03, &statement_bytes, &signature),
-        )
+        .referrer(&bundled_digest, padded.to_string().as_bytes())
         .await;
     let decoy = raw
         .referrer(
@@ -190,6 +195,19 @@ async fn cosign_and_sigstore_signatures_admit_and_the_cache_decides_with_the_reg
         let entry = cache.join(format!("{}.json", digest.replace(':', "-")));
         assert!(entry.is_file(), "{} missing", entry.display());
     }
+    // Only the signature that verified is kept of the padded envelope.
+    let entry: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(cache.join(format!("{}.json", bundled_digest.replace(':', "-")))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        entry["attestations"][0]["signatures"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "{entry:#}"
+    );
 
     // The registry goes (the sandbox is up first: its pause image comes
     // from there), the proxy restarts: CreateContainer decides from the

@@ -289,7 +289,7 @@ impl<R: ImageRuntime> Gate<R> {
                     .decider
                     .needs_registry(reference, &resolved, &subject.pod_context()) =>
             {
-                let link = self.platform_link(reference, &after).await;
+                let link = self.platform_link(&image.repository, digest, &after).await;
                 self.keep_lookup(lookup, digest, link).await
             }
             // Not needed: it must not hold the pull up.
@@ -424,19 +424,26 @@ impl<R: ImageRuntime> Gate<R> {
     /// containerd cannot say (then only the index's own signatures count).
     async fn platform_link(
         &self,
-        reference: &str,
+        repository: &str,
+        decided: &Digest,
         after: &crate::resolve::ImageInfo,
     ) -> Option<PlatformLink> {
         let content = self.content.as_ref()?;
-        let name = after
-            .repo_digests
-            .first()
-            .map(String::as_str)
-            .unwrap_or(reference);
-        match content.platform_link(name, &after.id).await {
-            Ok(link) => link,
-            Err(e) => {
-                tracing::warn!(image = %reference, error = %e, "containerd's content store could not tell which platform manifest was pulled");
+        // The name the digest decided is stored under, not whichever name
+        // containerd lists first.
+        let name = format!("{repository}@{decided}");
+        let bound = self
+            .signatures
+            .as_ref()
+            .map_or(Duration::from_secs(5), |s| s.registries.timeout());
+        match tokio::time::timeout(bound, content.platform_link(&name, &after.id)).await {
+            Ok(Ok(link)) => link,
+            Ok(Err(e)) => {
+                tracing::warn!(image = %name, error = %e, "containerd's content store could not tell which platform manifest was pulled");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(image = %name, ?bound, "containerd's content store did not tell in time which platform manifest was pulled");
                 None
             }
         }
