@@ -86,8 +86,24 @@ impl Registries {
     ) -> Result<RegistryOptions, String> {
         let credentials = match (credentials, &self.docker_config) {
             (Some(given), _) => given,
-            (None, Some((path, json))) => Credentials::from_docker_config(json, registry)
-                .map_err(|e| format!("registry_credentials {}: {e}", path.display()))?,
+            (None, Some((path, json))) => {
+                // Docker Hub's API host is not the name config.json files
+                // key it by.
+                let names: &[&str] = if registry == "registry-1.docker.io" {
+                    &["registry-1.docker.io", "index.docker.io", "docker.io"]
+                } else {
+                    &[registry]
+                };
+                let mut found = Credentials::Anonymous;
+                for name in names {
+                    found = Credentials::from_docker_config(json, name)
+                        .map_err(|e| format!("registry_credentials {}: {e}", path.display()))?;
+                    if found != Credentials::Anonymous {
+                        break;
+                    }
+                }
+                found
+            }
             (None, None) => Credentials::Anonymous,
         };
         Ok(RegistryOptions {
@@ -139,6 +155,20 @@ mod tests {
             .options_for("a.test", Some(Credentials::Bearer("t".into())))
             .unwrap();
         assert_eq!(given.credentials, Credentials::Bearer("t".into()));
+        // Docker Hub, by the name `docker login` writes.
+        let hub = dir.path().join("hub.json");
+        std::fs::write(
+            &hub,
+            br#"{"auths":{"https://index.docker.io/v1/":{"username":"h","password":"p"}}}"#,
+        )
+        .unwrap();
+        let hub = Registries::load(vec![], &[], Some(hub), Duration::from_secs(5)).unwrap();
+        assert!(matches!(
+            hub.options_for("registry-1.docker.io", None)
+                .unwrap()
+                .credentials,
+            Credentials::Basic { .. }
+        ));
         let missing = Registries::load(
             vec![],
             &[],
