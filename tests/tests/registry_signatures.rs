@@ -458,7 +458,10 @@ async fn an_index_signature_counts_for_the_platform_pulled_and_the_reverse() {
         &keys,
         &platform_signed.reference,
         &platform_signed.this_platform_digest,
-        payload(&repo(&platform_signed), &platform_signed.this_platform_digest),
+        payload(
+            &repo(&platform_signed),
+            &platform_signed.this_platform_digest,
+        ),
         "ci",
     )
     .await;
