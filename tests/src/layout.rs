@@ -74,22 +74,13 @@ impl Raw {
             )
         };
         let separator = if location.contains('?') { '&' } else { '?' };
-        let put = self
-            .with_auth(
-                self.client
-                    .put(format!("{location}{separator}digest={digest}"))
-                    .header("content-type", "application/octet-stream")
-                    .body(bytes.to_vec()),
-            )
-            .send()
-            .await
-            .expect("blob upload");
-        assert_eq!(
-            put.status(),
-            201,
-            "blob upload: {}",
-            put.text().await.unwrap_or_default()
-        );
+        self.put(
+            &format!("{location}{separator}digest={digest}"),
+            "application/octet-stream",
+            bytes,
+            "blob upload",
+        )
+        .await;
         digest
     }
 
@@ -103,23 +94,34 @@ impl Raw {
     ) -> String {
         let digest = sha256(manifest);
         let reference = reference.unwrap_or(&digest);
+        self.put(
+            &format!("{}/manifests/{reference}", self.base),
+            media_type,
+            manifest,
+            &format!("manifest {reference}"),
+        )
+        .await;
+        digest
+    }
+
+    /// PUTs `body` as `content_type` to `url`, which must answer 201.
+    async fn put(&self, url: &str, content_type: &str, body: &[u8], what: &str) {
         let put = self
             .with_auth(
                 self.client
-                    .put(format!("{}/manifests/{reference}", self.base))
-                    .header("content-type", media_type)
-                    .body(manifest.to_vec()),
+                    .put(url)
+                    .header("content-type", content_type)
+                    .body(body.to_vec()),
             )
             .send()
             .await
-            .expect("manifest put");
+            .expect(what);
         assert_eq!(
             put.status(),
             201,
-            "manifest {reference}: {}",
+            "{what}: {}",
             put.text().await.unwrap_or_default()
         );
-        digest
     }
 
     pub async fn get(&self, path: &str, accept: &str) -> Vec<u8> {

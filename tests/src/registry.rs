@@ -1,7 +1,8 @@
 //! A private Debian docker-registry (distribution 2.8) on 127.0.0.1, for
-//! the bundle artifact scenarios: its own port, storage in a temporary
-//! directory, stopped by PID on drop, and an access log to count requests
-//! by.
+//! the bundle artifact and registry signature scenarios: its own port,
+//! storage in a temporary directory, optionally HTTPS or behind htpasswd
+//! (bcrypt) Basic auth, stopped by PID on drop, and an access log to count
+//! requests by.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -21,6 +22,10 @@ pub struct Registry {
 /// Whether `program` is on PATH; when it is not, a scenario is skipped,
 /// or fails when ATTESTGATE_E2E_REQUIRED is set.
 pub fn tool_available(program: &str) -> bool {
+    let package = match program {
+        "htpasswd" => "apache2-utils",
+        other => other,
+    };
     let found = Command::new("sh")
         .arg("-c")
         .arg(format!("command -v {program}"))
@@ -30,10 +35,10 @@ pub fn tool_available(program: &str) -> bool {
     if !found {
         if required() {
             panic!(
-                "{program} is missing (ATTESTGATE_E2E_REQUIRED is set): apt-get install docker-registry"
+                "{program} is missing (ATTESTGATE_E2E_REQUIRED is set): apt-get install {package}"
             );
         }
-        eprintln!("SKIPPED: {program} is missing (apt-get install docker-registry)");
+        eprintln!("SKIPPED: {program} is missing (apt-get install {package})");
     }
     found
 }
@@ -47,7 +52,8 @@ pub fn free_port() -> u16 {
 }
 
 impl Registry {
-    /// Starts a registry; `None` when docker-registry is missing (skipped).
+    /// Starts a registry anyone may push to; `None` when docker-registry
+    /// is missing (skipped).
     pub fn start() -> Option<Registry> {
         Registry::start_with(None)
     }
@@ -55,15 +61,61 @@ impl Registry {
     /// Starts a registry serving HTTPS with `certificate` and `key` (PEM
     /// files), or plain HTTP with `None`.
     pub fn start_with(tls: Option<(&Path, &Path)>) -> Option<Registry> {
+        Registry::launch(tls, None)
+    }
+
+    /// Starts a plain-HTTP registry that wants `user`/`password` (HTTP
+    /// Basic, from an htpasswd file); `None` when docker-registry or
+    /// htpasswd is missing (skipped).
+    pub fn start_with_htpasswd(user: &str, password: &str) -> Option<Registry> {
+        if !tool_available("htpasswd") {
+            return None;
+        }
+        // distribution 2.8 reads only bcrypt entries.
+        let out = Command::new("htpasswd")
+            .args(["-Bbn", user, password])
+            .output()
+            .expect("htpasswd");
+        assert!(out.status.success(), "htpasswd failed");
+        let line = String::from_utf8(out.stdout).expect("htpasswd line");
+        Registry::launch(None, Some(&line))
+    }
+
+    fn launch(tls: Option<(&Path, &Path)>, htpasswd: Option<&str>) -> Option<Registry> {
         if !tool_available("docker-registry") {
             return None;
         }
+        // Another test may take the port between our probe and the
+        // registry's bind; then the registry exits and we try another.
+        let mut log = String::new();
+        for _ in 0..5 {
+            match Registry::try_start(tls, htpasswd) {
+                Ok(registry) => return Some(registry),
+                Err(exited) => log = exited,
+            }
+        }
+        panic!("docker-registry would not start on any port: {log}");
+    }
+
+    /// The registry once it answers, or its log when it exited first.
+    fn try_start(tls: Option<(&Path, &Path)>, htpasswd: Option<&str>) -> Result<Registry, String> {
         let dir = tempfile::Builder::new()
             .prefix("ag-reg.")
             .tempdir_in("/tmp")
             .expect("temp dir");
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
+        let auth = match htpasswd {
+            Some(line) => {
+                let path = dir.path().join("htpasswd");
+                std::fs::write(&path, line).expect("htpasswd file");
+                format!(
+                    "auth:\n  htpasswd:\n    realm: attestgate-test\n    path: {}\n",
+                    path.display()
+                )
+            }
+            None => String::new(),
+        };
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
@@ -82,7 +134,7 @@ storage:
     blobdescriptor: inmemory
 http:
   addr: {addr}
-{}",
+{}{auth}",
                 dir.path().join("data").display(),
                 tls.map_or(String::new(), |(certificate, key)| format!(
                     "  tls:\n    certificate: {}\n    key: {}\n",
@@ -108,16 +160,16 @@ http:
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let up = match tls {
-                None => registry.get_status("/v2/") == Some(200),
+                None => registry.answers(),
                 // The TLS handshake is the client's business; a listening
                 // port is enough here.
                 Some(_) => TcpStream::connect(&registry.addr).is_ok(),
             };
             if up {
-                break;
+                return Ok(registry);
             }
             if let Ok(Some(status)) = registry.child.try_wait() {
-                panic!("docker-registry exited ({status}): {}", registry.log());
+                return Err(format!("exited ({status}): {}", registry.log()));
             }
             assert!(
                 Instant::now() < deadline,
@@ -126,7 +178,23 @@ http:
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        Some(registry)
+    }
+
+    /// Whether `GET /v2/` is answered: 200, or 401 from one with auth.
+    fn answers(&self) -> bool {
+        matches!(self.get_status("/v2/"), Some(200 | 401))
+    }
+
+    /// Where the registry keeps blob `digest` (`sha256:…`) on disk: a test
+    /// may damage it to play a registry that serves wrong bytes.
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
     }
 
     pub fn dir(&self) -> &Path {
@@ -209,7 +277,7 @@ http:
             .spawn()
             .expect("docker-registry");
         let deadline = Instant::now() + Duration::from_secs(20);
-        while self.get_status("/v2/") != Some(200) {
+        while !self.answers() {
             assert!(
                 Instant::now() < deadline,
                 "docker-registry did not come back: {}",
