@@ -63,7 +63,11 @@ async fn main() -> anyhow::Result<()> {
     let direct = Cri::connect(&args.direct).await?;
     let proxy = Cri::connect(&args.proxy).await?;
     let paths: [(&str, &Cri, &str); 3] = [
-        ("direct, registry-signed image", &direct, &args.registry_signed),
+        (
+            "direct, registry-signed image",
+            &direct,
+            &args.registry_signed,
+        ),
         ("proxy, bundle attestation", &proxy, &args.bundle_signed),
         ("proxy, registry signature", &proxy, &args.registry_signed),
     ];
