@@ -564,3 +564,118 @@ async fn an_index_signature_counts_for_the_platform_pulled_and_the_reverse() {
         last_detail(&node)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_behind_basic_auth_is_read_with_the_credentials_kubelet_sent() {
+    let Some((mut node, keys)) = node_with_openssl_attestor() else {
+        return;
+    };
+    let Some(private) =
+        attestgate_e2e::registry::Registry::start_with_htpasswd("kubelet", "s3cret")
+    else {
+        return;
+    };
+    node.plain_http_registry(&private.addr);
+    let raw = Raw::new(&private.addr, "team/app", Some(("kubelet", "s3cret")));
+    // A real image (containerd unpacks it), copied in by skopeo.
+    node.sh(&format!(
+        "skopeo copy -q --src-tls-verify=false --dest-tls-verify=false --dest-creds kubelet:s3cret \
+         docker://{} docker://{}/team/app:1",
+        node.app_image, private.addr
+    ));
+    let digest = attestgate_e2e::layout::sha256(&raw.get("manifests/1", OCI_MANIFEST).await);
+    let reference = format!("{}/team/app:1", private.addr);
+    let body = payload(&format!("{}/team/app", private.addr), &digest);
+    let signature = keys.sign("ci", &body);
+    raw.sig(&digest, &[(body, b64(&signature))], OCI_MANIFEST)
+        .await;
+
+    let metrics_addr = metrics::free_local_addr();
+    start_proxy(
+        &mut node,
+        &[
+            "--plain-http",
+            &private.addr,
+            "--metrics-listen",
+            &metrics_addr,
+        ],
+    );
+    let cri = node.via_proxy().await;
+    let pull = |auth: Option<k8s_cri::v1::AuthConfig>| {
+        let mut images = cri.images.clone();
+        let reference = reference.clone();
+        async move {
+            images
+                .pull_image(k8s_cri::v1::PullImageRequest {
+                    image: Some(k8s_cri::v1::ImageSpec {
+                        image: reference,
+                        ..Default::default()
+                    }),
+                    auth,
+                    sandbox_config: None,
+                })
+                .await
+        }
+    };
+    // kubelet's credentials, as an imagePullSecret gives them: the pull
+    // and the lookup both use them (no registry_credentials is set).
+    pull(Some(k8s_cri::v1::AuthConfig {
+        username: "kubelet".into(),
+        password: "s3cret".into(),
+        ..Default::default()
+    }))
+    .await
+    .expect("pulled and admitted with the request's credentials");
+    let audit = node.audit();
+    assert_eq!(audit.last().unwrap()["reason"], "ATTESTED", "{audit:#?}");
+    // The same as base64 `auth`, for a server_address that names it.
+    cri.images
+        .clone()
+        .remove_image(k8s_cri::v1::RemoveImageRequest {
+            image: Some(k8s_cri::v1::ImageSpec {
+                image: reference.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    // The cache would satisfy the policy and spare the lookup: empty it.
+    for entry in std::fs::read_dir(node.dir().join("attestations")).unwrap() {
+        std::fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+    pull(Some(k8s_cri::v1::AuthConfig {
+        auth: b64(b"kubelet:s3cret"),
+        server_address: format!("http://{}", private.addr),
+        ..Default::default()
+    }))
+    .await
+    .expect("pulled and admitted with base64 auth");
+    assert_eq!(node.audit().last().unwrap()["reason"], "ATTESTED");
+    // Credentials for another registry are not sent to this one: the
+    // pull itself fails at the registry, never admitted.
+    cri.images
+        .clone()
+        .remove_image(k8s_cri::v1::RemoveImageRequest {
+            image: Some(k8s_cri::v1::ImageSpec {
+                image: reference.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let elsewhere = pull(Some(k8s_cri::v1::AuthConfig {
+        username: "kubelet".into(),
+        password: "s3cret".into(),
+        server_address: "https://other.example".into(),
+        ..Default::default()
+    }))
+    .await;
+    assert!(elsewhere.is_err(), "{elsewhere:?}");
+    assert_eq!(
+        metrics::sample(
+            &metrics_addr,
+            "attestgate_registry_lookups_total{reason=\"found\"}"
+        ),
+        Some(2.0)
+    );
+}
