@@ -9,10 +9,11 @@ cd "$(dirname "$0")/.."
 # end-to-end scenarios run: containerd, runc, CNI plugins, a registry, and
 # the tools that build and push images; systemd for systemd-analyze and
 # systemd-socket-activate (it need not be PID 1); Go and its x/net, for the
-# HPACK differential test's helper (scripts/build-go-hpack.sh).
+# HPACK differential test's helper (scripts/build-go-hpack.sh); htpasswd
+# (apache2-utils) for registries behind basic auth.
 packages=(openssl gnupg ca-certificates protobuf-compiler containerd runc
   containernetworking-plugins docker-registry skopeo umoci busybox-static
-  iproute2 curl systemd golang-go golang-golang-x-net-dev)
+  iproute2 curl systemd golang-go golang-golang-x-net-dev apache2-utils)
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=()
