@@ -77,9 +77,17 @@ fn registry_options(config: &Config) -> anyhow::Result<RegistryOptions> {
         .and_then(|source| source.split_once("://"))
         .and_then(|(_, rest)| rest.split('/').next())
         .unwrap_or_default();
+    // Only the source's own CA files are read: one for a registry the
+    // syncer never talks to must not keep it from starting.
+    let own_ca: Vec<_> = config
+        .extra_ca
+        .iter()
+        .filter(|(for_host, _)| for_host == host)
+        .cloned()
+        .collect();
     Registries::load(
         config.plain_http.clone(),
-        &config.extra_ca,
+        &own_ca,
         config.registry_credentials.clone(),
         config.registry_timeout,
     )
