@@ -90,6 +90,11 @@ fn from_registry(
     for problem in &found.problems {
         eprintln!("warning: a registry signature was skipped: {problem}");
     }
+    for failure in &found.failed_children {
+        eprintln!(
+            "warning: the signatures of a platform manifest could not be looked up: {failure}"
+        );
+    }
     let resolved = image.with_digest(found.digest);
     let offered = found
         .signatures

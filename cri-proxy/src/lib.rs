@@ -102,6 +102,7 @@ pub async fn serve_until(
         .map_err(anyhow::Error::msg)?;
         (
             Some(Arc::new(signatures::Signatures {
+                metrics: metrics.clone(),
                 registries,
                 limits: attestgate_registry::signatures::SignatureLimits::default(),
                 cache: cache.clone(),

@@ -21,6 +21,7 @@ use crate::metrics::Metrics;
 /// The registry side of the proxy: how to reach registries, what a lookup
 /// may cost, where what verified goes.
 pub struct Signatures {
+    pub metrics: Arc<Metrics>,
     pub registries: Registries,
     pub limits: SignatureLimits,
     pub cache: AttestationCache,
@@ -80,6 +81,10 @@ impl Signatures {
         .map_err(|e| format!("{}: {e}", e.reason()))?;
         for problem in &found.problems {
             tracing::info!(image = %image.repository, problem, "a registry signature was skipped");
+        }
+        for failure in &found.failed_children {
+            self.metrics.registry_lookup("platform_failed");
+            tracing::warn!(image = %image.repository, failure, "the signatures of the platform manifest could not be looked up");
         }
         Ok(Fetched {
             digest: found.digest,

@@ -13,7 +13,7 @@ use attestgate_e2e::layout::{
     Keys, OCI_MANIFEST, Raw, SIGSTORE_BUNDLE_V03, b64, bundle, pae, payload, statement,
 };
 use attestgate_e2e::metrics;
-use attestgate_e2e::node::{Node, REQUIRE_CI};
+use attestgate_e2e::node::{Node, REQUIRE_CI, SHIM_RUNTIME};
 
 fn agcri() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_agcri"))
@@ -24,7 +24,10 @@ const ATTESTOR: &str = "projects/e2e/attestors/ci";
 /// A node whose policy requires the CI attestor, the attestor's key made
 /// by openssl (not by attestgate), and no attestation in the bundle.
 fn node_with_openssl_attestor() -> Option<(Node, Keys)> {
-    let node = Node::up(&agcri())?;
+    with_openssl_attestor(Node::up(&agcri())?)
+}
+
+fn with_openssl_attestor(node: Node) -> Option<(Node, Keys)> {
     let keys = Keys::new();
     keys.make("ci", "ec8");
     let yaml = node.attestgate(&[
@@ -678,4 +681,71 @@ async fn a_registry_behind_basic_auth_is_read_with_the_credentials_kubelet_sent(
         ),
         Some(2.0)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shim_decides_from_the_cache_the_proxy_filled() {
+    let Some(node) = Node::up_with_shim(&agcri()) else {
+        return;
+    };
+    let Some((mut node, keys)) = with_openssl_attestor(node) else {
+        return;
+    };
+    let cache = node.dir().join("attestations");
+    node.write_shim_config(&format!(
+        "registry_attestors = [\"{ATTESTOR}\"]\nattestation_cache = \"{}\"\n",
+        cache.display()
+    ));
+    let (signed, digest) = node.push_image("shim-signed", "1", "sleep 3600");
+    cosign_sig(
+        &node,
+        &keys,
+        &signed,
+        &digest,
+        payload(repository_of(&signed), &digest),
+        "ci",
+    )
+    .await;
+    start_proxy(&mut node, &[]);
+    node.via_proxy()
+        .await
+        .pull(&signed, None)
+        .await
+        .expect("pulled through the proxy, its signature cached");
+    // The registry goes; a container of that image made without the CRI
+    // is decided at Task.Create from the bundle plus the cache.
+    node.sh("ag_registry_stop \"$DIR\"");
+    let id = format!("shim-cache-{}", node.cgroup_tag);
+    let ctr = |args: &[&str]| {
+        std::process::Command::new("ctr")
+            .arg("--address")
+            .arg(&node.containerd_sock)
+            .args(["-n", "k8s.io"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let run = ctr(&["run", "-d", "--runtime", SHIM_RUNTIME, &signed, &id]);
+    assert!(run.status.success(), "{run:?}");
+    let audit = node.audit();
+    let record = audit.last().unwrap();
+    assert_eq!(record["operation"], "TaskCreate", "{record:#}");
+    assert_eq!(record["reason"], "ATTESTED", "{record:#}");
+    assert!(
+        record["attestors"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("cosign signature from"),
+        "{record:#}"
+    );
+    let _ = ctr(&["task", "kill", "-s", "KILL", &id]);
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = ctr(&["task", "rm", "-f", &id]);
+    let _ = ctr(&["container", "rm", &id]);
+    // Without the cache entry the same container is refused.
+    std::fs::remove_dir_all(&cache).unwrap();
+    let again = format!("{id}-2");
+    let refused = ctr(&["run", "-d", "--runtime", SHIM_RUNTIME, &signed, &again]);
+    assert!(!refused.status.success(), "ran with no attestation");
+    let _ = ctr(&["container", "rm", &again]);
 }

@@ -20,6 +20,9 @@ pub struct ImageSignatures {
     pub signatures: Vec<(Digest, Vec<RegistrySignature>)>,
     /// Items skipped, with why (a decoy referrer, a damaged layer).
     pub problems: Vec<String>,
+    /// Platform children whose lookup failed as a whole, with why: their
+    /// signatures are missing, not absent.
+    pub failed_children: Vec<String>,
 }
 
 /// An OS and architecture as image indexes name them.
@@ -48,7 +51,7 @@ impl Platform {
 
 /// Looks up the signatures of `reference` (a tag or a digest) in
 /// `registry`/`repository`. The image's own lookup failing fails the
-/// whole; a child's only leaves that child out (reported as a problem).
+/// whole; a child's only leaves that child out (in `failed_children`).
 pub async fn lookup_image(
     options: &RegistryOptions,
     registry: &str,
@@ -68,6 +71,7 @@ pub async fn lookup_image(
         .collect();
     let own = lookup(options, registry, repository, &resolved.digest, limits).await?;
     let mut problems = own.problems;
+    let mut failed_children = Vec::new();
     let mut signatures = vec![(resolved.digest.clone(), own.signatures)];
     for child in children {
         match lookup(options, registry, repository, &child, limits).await {
@@ -75,13 +79,14 @@ pub async fn lookup_image(
                 problems.extend(found.problems);
                 signatures.push((child, found.signatures));
             }
-            Err(e) => problems.push(format!("signatures of platform manifest {child}: {e}")),
+            Err(e) => failed_children.push(format!("{child}: {e}")),
         }
     }
     Ok(ImageSignatures {
         digest: resolved.digest,
         signatures,
         problems,
+        failed_children,
     })
 }
 
