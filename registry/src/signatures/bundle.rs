@@ -7,7 +7,7 @@ use attestgate_policy::RegistrySignature;
 use base64::Engine as _;
 use serde_json::Value;
 
-use super::SIGSTORE_BUNDLE_V03;
+use super::common::SIGSTORE_BUNDLE_V03;
 
 /// protobuf-specs also spells v0.3 this way (and sigstore-go accepts it).
 const SIGSTORE_BUNDLE_V03_PARAMETER: &str = "application/vnd.dev.sigstore.bundle+json;version=0.3";

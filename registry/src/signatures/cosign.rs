@@ -9,11 +9,11 @@ use base64::Engine as _;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::resolve::get_manifest;
-use super::{
+use super::common::{
     COSIGN_SIGNATURE_ANNOTATION, COSIGN_SIMPLESIGNING, DOCKER_MANIFEST, OCI_CONFIG, OCI_MANIFEST,
     SignatureLimits, digest_of, sig_tag,
 };
+use super::resolve::get_manifest;
 use crate::oci::push::{push_blob, put_manifest};
 use crate::oci::wire::Session;
 use crate::oci::{OciError, OciRef, RegistryOptions};

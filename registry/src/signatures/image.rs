@@ -5,7 +5,7 @@
 
 use attestgate_policy::{Digest, RegistrySignature};
 
-use super::SignatureLimits;
+use super::common::SignatureLimits;
 use super::lookup::lookup;
 use super::resolve::{index_children, resolve};
 use crate::oci::{OciError, RegistryOptions};

@@ -9,11 +9,11 @@ use reqwest::StatusCode;
 use reqwest::header::ACCEPT;
 
 use super::bundle::parse_bundle;
-use super::resolve::{Descriptor, ImageManifest, Index, get_blob, get_manifest};
-use super::{
+use super::common::{
     COSIGN_SIGNATURE_ANNOTATION, COSIGN_SIMPLESIGNING, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST,
     SIGSTORE_BUNDLE_V03, SignatureLimits, referrers_tag, sig_tag,
 };
+use super::resolve::{Descriptor, ImageManifest, Index, get_blob, get_manifest};
 use crate::oci::wire::Session;
 use crate::oci::{OciError, RegistryOptions};
 

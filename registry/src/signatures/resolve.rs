@@ -6,7 +6,9 @@ use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use serde::Deserialize;
 
-use super::{DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, SignatureLimits, digest_of};
+use super::common::{
+    DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, SignatureLimits, digest_of,
+};
 use crate::oci::OciError;
 use crate::oci::RegistryOptions;
 use crate::oci::wire::Session;
