@@ -383,6 +383,16 @@ mod tests {
         assert!(!cache.path_for(&image).exists());
     }
 
+    fn replaced_by_a_write(cache: &AttestationCache, image: &Digest) {
+        let found = Found {
+            signed_digest: image.clone(),
+            found_in: "r".into(),
+            verified: vec![cosign(3)],
+        };
+        cache.store(image, &[found]).unwrap();
+        assert_eq!(cache.load(image).unwrap().len(), 1);
+    }
+
     #[test]
     fn a_corrupt_entry_is_an_error_to_readers_and_replaced_by_writers() {
         let dir = tempfile::tempdir().unwrap();
@@ -401,30 +411,10 @@ mod tests {
             std::fs::write(&path, &junk).unwrap();
             assert!(cache.load(&image).is_err());
             // Whatever it is, the next write replaces it.
-            cache
-                .store(
-                    &image,
-                    &[Found {
-                        signed_digest: image.clone(),
-                        found_in: "r".into(),
-                        verified: vec![cosign(4)],
-                    }],
-                )
-                .unwrap();
-            assert_eq!(cache.load(&image).unwrap().len(), 1);
+            replaced_by_a_write(&cache, &image);
         }
         std::fs::write(&path, b"garbage").unwrap();
-        cache
-            .store(
-                &image,
-                &[Found {
-                    signed_digest: image.clone(),
-                    found_in: "r".into(),
-                    verified: vec![cosign(3)],
-                }],
-            )
-            .unwrap();
-        assert_eq!(cache.load(&image).unwrap().len(), 1);
+        replaced_by_a_write(&cache, &image);
         // No stray temporary files.
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1);

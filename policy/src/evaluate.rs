@@ -418,14 +418,7 @@ fn registry_verdict(
     }
     let verdict = verdict.unwrap_or_else(|| {
         let mut detail = from_bundle.detail;
-        for (problem, count) in &problems.0 {
-            let noun = if *count == 1 {
-                "signature"
-            } else {
-                "signatures"
-            };
-            let _ = write!(detail, "; {count} {noun} {problem}");
-        }
+        problems.append_to(&mut detail);
         AttestorVerdict {
             detail,
             ..from_bundle
@@ -485,6 +478,18 @@ impl Problems {
             None => self.0.push((problem, 1)),
         }
     }
+
+    /// `; 2 signatures by unknown key id …` for each problem.
+    fn append_to(&self, detail: &mut String) {
+        for (problem, count) in &self.0 {
+            let noun = if *count == 1 {
+                "signature"
+            } else {
+                "signatures"
+            };
+            let _ = write!(detail, "; {count} {noun} {problem}");
+        }
+    }
 }
 
 fn verify_attestor(
@@ -522,14 +527,7 @@ fn verify_attestor(
         }
     }
     let mut detail = format!("no attestation for {digest}");
-    for (problem, count) in &problems.0 {
-        let noun = if *count == 1 {
-            "signature"
-        } else {
-            "signatures"
-        };
-        let _ = write!(detail, "; {count} {noun} {problem}");
-    }
+    problems.append_to(&mut detail);
     AttestorVerdict {
         name: attestor.name.clone(),
         satisfied: false,

@@ -300,3 +300,16 @@ pub fn pod_config(
         ..PodSandboxConfig::default()
     }
 }
+
+/// The call was refused as the node refuses: PERMISSION_DENIED with the
+/// CRI's `SignatureValidationFailed:` message (SPEC §5). The status.
+pub fn assert_denied(result: Result<String, tonic::Status>) -> tonic::Status {
+    let status = result.expect_err("the call should have been refused");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(
+        status.message().starts_with("SignatureValidationFailed: "),
+        "{}",
+        status.message()
+    );
+    status
+}

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use attestgate_e2e::cri::assert_denied;
 use attestgate_e2e::node::{Node, REQUIRE_CI};
 
 fn agcri() -> PathBuf {
@@ -33,17 +34,6 @@ fn signed_node_unproxied() -> Option<(Node, PathBuf)> {
 fn start_proxy_with_pause_allowed(node: &mut Node) {
     let pause_pattern = format!("{}/attestgate/pause*", node.registry);
     node.start_proxy(&["--system-image", &pause_pattern]);
-}
-
-fn assert_denied(result: Result<String, tonic::Status>) -> tonic::Status {
-    let status = result.expect_err("the call should have been refused");
-    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
-    assert!(
-        status.message().starts_with("SignatureValidationFailed: "),
-        "{}",
-        status.message()
-    );
-    status
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

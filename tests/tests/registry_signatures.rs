@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use attestgate_e2e::cri::assert_denied;
 use attestgate_e2e::layout::{
     Keys, OCI_MANIFEST, Raw, SIGSTORE_BUNDLE_V03, b64, bundle, pae, payload, statement,
 };
@@ -91,17 +92,6 @@ async fn cosign_sig(
     Raw::new(&node.registry, path_of(node, reference), None)
         .sig(digest, &[(body, b64(&signature))], OCI_MANIFEST)
         .await;
-}
-
-fn assert_denied(result: Result<String, tonic::Status>) -> tonic::Status {
-    let status = result.expect_err("the call should have been refused");
-    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
-    assert!(
-        status.message().starts_with("SignatureValidationFailed: "),
-        "{}",
-        status.message()
-    );
-    status
 }
 
 fn last_detail(node: &Node) -> String {
@@ -261,30 +251,37 @@ async fn signatures_that_do_not_name_the_image_under_the_attestor_s_key_are_refu
     keys.make("stranger", "ec8");
     let (_, other_digest) = node.push_image("other", "1", "sleep 1");
     let mut cases = Vec::new();
+    // Each image gets a cosign signature by `signer` over the payload made
+    // from (its repository, its digest).
+    let signed_image =
+        |name: &'static str, signer: &'static str, body: fn(&str, &str) -> Vec<u8>| {
+            let (image, digest) = node.push_image(name, "1", "sleep 1");
+            let node = &node;
+            let keys = &keys;
+            async move {
+                let bytes = body(repository_of(&image), &digest);
+                cosign_sig(node, keys, &image, &digest, bytes, signer).await;
+                image
+            }
+        };
     // Another image's digest, signed by the right key.
-    let (image, digest) = node.push_image("for-another", "1", "sleep 1");
+    let other = other_digest.clone();
+    let for_another = node.push_image("for-another", "1", "sleep 1");
     cosign_sig(
         &node,
         &keys,
-        &image,
-        &digest,
-        payload(repository_of(&image), &other_digest),
+        &for_another.0,
+        &for_another.1,
+        payload(repository_of(&for_another.0), &other),
         "ci",
     )
     .await;
-    cases.push((image, "names digest"));
+    cases.push((for_another.0, "names digest"));
     // The right payload by another key.
-    let (image, digest) = node.push_image("by-stranger", "1", "sleep 1");
-    cosign_sig(
-        &node,
-        &keys,
-        &image,
-        &digest,
-        payload(repository_of(&image), &digest),
-        "stranger",
-    )
-    .await;
-    cases.push((image, "verify under none"));
+    cases.push((
+        signed_image("by-stranger", "stranger", payload).await,
+        "verify under none",
+    ));
     // A payload changed after it was signed.
     let (image, digest) = node.push_image("tampered", "1", "sleep 1");
     let signed = payload(repository_of(&image), &digest);
@@ -296,16 +293,19 @@ async fn signatures_that_do_not_name_the_image_under_the_attestor_s_key_are_refu
         .await;
     cases.push((image, "verify under none"));
     // A payload of another type, properly signed.
-    let (image, digest) = node.push_image("other-type", "1", "sleep 1");
-    let body = String::from_utf8(payload(repository_of(&image), &digest))
-        .unwrap()
-        .replace(
-            "cosign container image signature",
-            "cosign container image sbom",
-        )
-        .into_bytes();
-    cosign_sig(&node, &keys, &image, &digest, body, "ci").await;
-    cases.push((image, "not a container signature type"));
+    cases.push((
+        signed_image("other-type", "ci", |repository, digest| {
+            String::from_utf8(payload(repository, digest))
+                .unwrap_or_default()
+                .replace(
+                    "cosign container image signature",
+                    "cosign container image sbom",
+                )
+                .into_bytes()
+        })
+        .await,
+        "not a container signature type",
+    ));
     // A DSSE envelope of another payload type.
     let (image, digest) = node.push_image("not-in-toto", "1", "sleep 1");
     let raw = Raw::new(&node.registry, path_of(&node, &image), None);
