@@ -632,16 +632,7 @@ async fn a_registry_behind_basic_auth_is_read_with_the_credentials_kubelet_sent(
     let audit = node.audit();
     assert_eq!(audit.last().unwrap()["reason"], "ATTESTED", "{audit:#?}");
     // The same as base64 `auth`, for a server_address that names it.
-    cri.images
-        .clone()
-        .remove_image(k8s_cri::v1::RemoveImageRequest {
-            image: Some(k8s_cri::v1::ImageSpec {
-                image: reference.clone(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap();
+    cri.remove_image(&reference).await.unwrap();
     // The cache would satisfy the policy and spare the lookup: empty it.
     for entry in std::fs::read_dir(node.dir().join("attestations")).unwrap() {
         std::fs::remove_file(entry.unwrap().path()).unwrap();
@@ -656,16 +647,7 @@ async fn a_registry_behind_basic_auth_is_read_with_the_credentials_kubelet_sent(
     assert_eq!(node.audit().last().unwrap()["reason"], "ATTESTED");
     // Credentials for another registry are not sent to this one: the
     // pull itself fails at the registry, never admitted.
-    cri.images
-        .clone()
-        .remove_image(k8s_cri::v1::RemoveImageRequest {
-            image: Some(k8s_cri::v1::ImageSpec {
-                image: reference.clone(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap();
+    cri.remove_image(&reference).await.unwrap();
     let elsewhere = pull(Some(k8s_cri::v1::AuthConfig {
         username: "kubelet".into(),
         password: "s3cret".into(),
