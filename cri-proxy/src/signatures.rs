@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use attestgate_node::attestations::Found;
 use attestgate_node::{AttestationCache, Decider};
-use attestgate_policy::{Digest, ImageRef, RegistrySignature};
+use attestgate_policy::{Digest, ImageRef, RegistryAttestation, RegistrySignature};
 use attestgate_registry::access::Registries;
 use attestgate_registry::oci::Credentials;
 use attestgate_registry::signatures::{self, Platform, SignatureLimits, split_repository};
@@ -38,22 +38,42 @@ pub struct Fetched {
     pub signatures: Vec<(Digest, Vec<RegistrySignature>)>,
 }
 
+/// Why a lookup added nothing: `reason` labels the metric, `message`
+/// goes to the log.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{reason}: {message}")]
+pub struct LookupFailed {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl LookupFailed {
+    pub fn new(reason: &'static str, message: impl Into<String>) -> LookupFailed {
+        LookupFailed {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
 impl Signatures {
     /// Looks up the signatures for `reference` (a tag or a digest of
-    /// `image`'s repository), within the registry timeout. Errors are the
-    /// lookup's reason for the metrics and the log.
+    /// `image`'s repository), within the registry timeout.
     pub async fn fetch(
         &self,
         image: &ImageRef,
         reference: &str,
         credentials: Option<Credentials>,
-    ) -> Result<Fetched, String> {
+    ) -> Result<Fetched, LookupFailed> {
         let timeout = self.registries.timeout();
         match tokio::time::timeout(timeout, self.fetch_unbounded(image, reference, credentials))
             .await
         {
             Ok(fetched) => fetched,
-            Err(_) => Err(format!("timeout: no answer within {timeout:?}")),
+            Err(_) => Err(LookupFailed::new(
+                "timeout",
+                format!("no answer within {timeout:?}"),
+            )),
         }
     }
 
@@ -62,13 +82,17 @@ impl Signatures {
         image: &ImageRef,
         reference: &str,
         credentials: Option<Credentials>,
-    ) -> Result<Fetched, String> {
-        let (registry, path) = split_repository(&image.repository)
-            .ok_or_else(|| format!("bad_reference: {} names no registry", image.repository))?;
+    ) -> Result<Fetched, LookupFailed> {
+        let (registry, path) = split_repository(&image.repository).ok_or_else(|| {
+            LookupFailed::new(
+                "bad_reference",
+                format!("{} names no registry", image.repository),
+            )
+        })?;
         let options = self
             .registries
             .options_for(&registry, credentials)
-            .map_err(|e| format!("config: {e}"))?;
+            .map_err(|e| LookupFailed::new("config", e))?;
         let found = signatures::lookup_image(
             &options,
             &registry,
@@ -78,7 +102,7 @@ impl Signatures {
             &self.limits,
         )
         .await
-        .map_err(|e| format!("{}: {e}", e.reason()))?;
+        .map_err(|e| LookupFailed::new(e.reason(), e.to_string()))?;
         for problem in &found.problems {
             tracing::info!(image = %image.repository, problem, "a registry signature was skipped");
         }
@@ -97,54 +121,57 @@ impl Signatures {
     /// image by): the signatures made for it, and those made for the one
     /// digest containerd links it to (`linked`: the platform manifest it
     /// pulled through an index, or the index it was pulled through).
-    /// Nothing unverified is written.
+    /// Nothing unverified is written. Returns every signature found for
+    /// those digests, verified or not, for the decision to explain.
     pub fn keep(
         &self,
         decider: &Decider,
-        metrics: &Arc<Metrics>,
         decided: &Digest,
         linked: Option<&Digest>,
-        fetched: &Fetched,
-    ) {
-        let found: Vec<Found> = fetched
-            .signatures
-            .iter()
+        fetched: Fetched,
+    ) -> Vec<RegistryAttestation> {
+        let Fetched {
+            found_in,
+            signatures,
+            ..
+        } = fetched;
+        let signatures: Vec<_> = signatures
+            .into_iter()
             .filter(|(signed, _)| signed == decided || Some(signed) == linked)
+            .collect();
+        let found: Vec<Found> = signatures
+            .iter()
             .map(|(signed, sigs)| Found {
                 signed_digest: signed.clone(),
-                found_in: fetched.found_in.clone(),
+                found_in: found_in.clone(),
                 verified: decider.verified_signatures(signed, sigs.clone()),
             })
             .collect();
-        if found.is_empty() {
-            return;
-        }
-        if let Err(e) = self.cache.store(decided, &found) {
-            metrics.attestation_cache_errors.inc();
+        if !found.is_empty()
+            && let Err(e) = self.cache.store(decided, &found)
+        {
+            self.metrics.attestation_cache_errors.inc();
             tracing::error!(error = %e, "verified registry signatures could not be cached");
         }
+        signatures
+            .into_iter()
+            .flat_map(|(signed_digest, sigs)| {
+                let found_in = found_in.clone();
+                sigs.into_iter().map(move |signature| RegistryAttestation {
+                    signature,
+                    signed_digest: signed_digest.clone(),
+                    found_in: found_in.clone(),
+                })
+            })
+            .collect()
     }
 }
 
-/// How a lookup went, for the metrics: `found`, `none`, or the reason it
-/// failed (the error's first word).
-pub fn result_label(result: &Result<Fetched, String>) -> &'static str {
+/// How a lookup went, for the metrics: `found`, `none`, or why it failed.
+pub fn result_label(result: &Result<Fetched, LookupFailed>) -> &'static str {
     match result {
         Ok(f) if f.signatures.iter().any(|(_, s)| !s.is_empty()) => "found",
         Ok(_) => "none",
-        Err(e) => match e.split(':').next().unwrap_or_default() {
-            "timeout" => "timeout",
-            "unreachable" => "unreachable",
-            "unauthorized" => "unauthorized",
-            "too_large" => "too_large",
-            "config" => "config",
-            _ => "error",
-        },
+        Err(e) => e.reason,
     }
-}
-
-/// A lookup can be skipped when the policy does not look at attestations
-/// from the registry at all.
-pub fn wanted(decider: &Decider) -> bool {
-    !decider.evaluation.registry_attestors.is_none()
 }

@@ -17,7 +17,7 @@ use crate::content::PlatformLink;
 use crate::cri::{Api, Pod, digest_for};
 use crate::grpc::{self, ProxyError};
 use crate::resolve::ImageRuntime;
-use crate::signatures::Fetched;
+use crate::signatures::{Fetched, LookupFailed};
 use crate::upstream::{FullResponse, Reply, RequestBody};
 use attestgate_policy::{Digest, RegistryAttestation};
 use attestgate_registry::signatures::{credentials_from_cri, split_repository};
@@ -329,7 +329,7 @@ impl<R: ImageRuntime> Gate<R> {
 }
 
 /// A signature lookup under way (see [`crate::signatures`]).
-type Lookup = tokio::task::JoinHandle<Result<Fetched, String>>;
+type Lookup = tokio::task::JoinHandle<Result<Fetched, LookupFailed>>;
 
 impl<R: ImageRuntime> Gate<R> {
     /// Starts looking up the signatures of `reference` (a tag or digest of
@@ -341,10 +341,8 @@ impl<R: ImageRuntime> Gate<R> {
         reference: &str,
         request: &PullRequest,
     ) -> Option<Lookup> {
+        // Present only when registry signatures count for some attestor.
         let signatures = self.signatures.clone()?;
-        if !crate::signatures::wanted(&self.decider) {
-            return None;
-        }
         let credentials = split_repository(&image.repository).and_then(|(registry, _)| {
             request
                 .auth
@@ -361,9 +359,7 @@ impl<R: ImageRuntime> Gate<R> {
     /// Waits for `lookup` (bounded by the registry timeout it runs under)
     /// and keeps what verified for `decided` and the digest containerd
     /// links it to. A failed lookup adds nothing; it is logged and counted.
-    ///
-    /// Returns every signature found for those digests, verified or not,
-    /// for the decision to explain.
+    /// Returns what [`crate::signatures::Signatures::keep`] does.
     async fn keep_lookup(
         &self,
         lookup: Lookup,
@@ -373,9 +369,12 @@ impl<R: ImageRuntime> Gate<R> {
         let Some(signatures) = &self.signatures else {
             return Vec::new();
         };
-        let fetched = lookup
-            .await
-            .unwrap_or_else(|e| Err(format!("error: the lookup task failed: {e}")));
+        let fetched = lookup.await.unwrap_or_else(|e| {
+            Err(LookupFailed::new(
+                "error",
+                format!("the lookup task failed: {e}"),
+            ))
+        });
         self.metrics
             .registry_lookup(crate::signatures::result_label(&fetched));
         let fetched = match fetched {
@@ -401,22 +400,7 @@ impl<R: ImageRuntime> Gate<R> {
             return Vec::new();
         }
         // Verifying and an fsynced write: off the runtime's worker.
-        super::off_the_runtime(|| {
-            signatures.keep(&self.decider, &self.metrics, decided, linked, &fetched);
-        });
-        fetched
-            .signatures
-            .into_iter()
-            .filter(|(signed, _)| signed == decided || Some(signed) == linked)
-            .flat_map(|(signed, found)| {
-                let found_in = fetched.found_in.clone();
-                found.into_iter().map(move |signature| RegistryAttestation {
-                    signature,
-                    signed_digest: signed.clone(),
-                    found_in: found_in.clone(),
-                })
-            })
-            .collect()
+        super::off_the_runtime(|| signatures.keep(&self.decider, decided, linked, fetched))
     }
 
     /// The platform manifest containerd pulled through the image's index,
