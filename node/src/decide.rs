@@ -153,16 +153,24 @@ impl Decider {
 
     /// Whether registry signatures could change how `image` is decided:
     /// the bundle in force requires attestations it does not have (the
-    /// cache's counted), from attestors registry signatures may count for.
-    /// A pull waits for its lookup only then. Nothing is recorded.
-    pub fn needs_registry(&self, reference: &str, image: &ImageRef, pod: &PodContext) -> bool {
+    /// cache's counted, and `offered`, found already), from attestors
+    /// registry signatures may count for. A pull waits for its lookup only
+    /// then. Nothing is recorded.
+    pub fn needs_registry(
+        &self,
+        reference: &str,
+        image: &ImageRef,
+        pod: &PodContext,
+        offered: &[RegistryAttestation],
+    ) -> bool {
         if self.evaluation.registry_attestors.is_none() || image.digest.is_none() {
             return false;
         }
         let Some(current) = self.store.current() else {
             return false;
         };
-        let cached = self.cached_attestations(image);
+        let mut cached = self.cached_attestations(image);
+        cached.extend_from_slice(offered);
         let decision = evaluate_with(
             &current.bundle,
             &self.evaluation,

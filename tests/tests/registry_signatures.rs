@@ -485,6 +485,9 @@ async fn an_index_signature_counts_for_the_platform_pulled_and_the_reverse() {
     let index_signed = node.push_multiarch("index-signed", "1");
     let platform_signed = node.push_multiarch("platform-signed", "1");
     let other_signed = node.push_multiarch("other-signed", "1");
+    // The same, pulled by the index digest, which is decided before the
+    // pull unless only the platform manifest's signature can count.
+    let platform_by_digest = node.push_multiarch("platform-by-digest", "1");
     let repo = |m: &attestgate_e2e::node::MultiArch| repository_of(&m.reference).to_string();
     cosign_sig(
         &node,
@@ -522,6 +525,19 @@ async fn an_index_signature_counts_for_the_platform_pulled_and_the_reverse() {
     )
     .await;
 
+    cosign_sig(
+        &node,
+        &keys,
+        &platform_by_digest.reference,
+        &platform_by_digest.this_platform_digest,
+        payload(
+            &repo(&platform_by_digest),
+            &platform_by_digest.this_platform_digest,
+        ),
+        "ci",
+    )
+    .await;
+
     start_proxy(&mut node, &[]);
     let cri = node.via_proxy().await;
     let pod = node.pod("prod", "web-0");
@@ -548,6 +564,41 @@ async fn an_index_signature_counts_for_the_platform_pulled_and_the_reverse() {
     );
 
     assert_denied(cri.pull(&other_signed.reference, Some(pod.clone())).await);
+
+    // By digest: the index is pulled, containerd's link read, then decided.
+    let index_named =
+        |m: &attestgate_e2e::node::MultiArch| format!("{}@{}", repo(m), m.index_digest);
+    cri.pull(&index_named(&platform_by_digest), Some(pod.clone()))
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "the platform manifest of the index pulled by digest is signed: {e:?}\n{}",
+                node.proxy_log()
+            )
+        });
+    let detail = last_detail(&node);
+    assert!(
+        detail.contains(&format!("for {}", platform_by_digest.this_platform_digest)),
+        "{detail}"
+    );
+    let audit = node.audit();
+    assert_eq!(
+        audit.last().unwrap()["image"]["digest"],
+        platform_by_digest.index_digest.as_str()
+    );
+    // Signed for a platform this node does not pull: refused before the
+    // pull, and nothing reached the node.
+    let other_by_digest = index_named(&other_signed);
+    assert_denied(cri.pull(&other_by_digest, Some(pod.clone())).await);
+    assert!(
+        node.direct()
+            .await
+            .image_status(&other_by_digest)
+            .await
+            .unwrap()
+            .is_none(),
+        "a refused pull by digest left the image on the node"
+    );
 
     // CreateContainer reads the same from the cache.
     let pod_id = cri.run_pod(&pod).await.expect("the pod runs");

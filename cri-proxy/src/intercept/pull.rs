@@ -106,7 +106,6 @@ impl<R: ImageRuntime> Gate<R> {
             pod: request.pod.as_ref(),
             container: None,
         };
-        let timeout = deadline(&parts.headers);
 
         let image = match ImageRef::parse(&request.image) {
             Ok(image) => image,
@@ -122,18 +121,40 @@ impl<R: ImageRuntime> Gate<R> {
             }
         };
 
-        if image.digest.is_some() {
+        if let Some(digest) = image.digest.clone() {
             // containerd pulls the digest and drops a tag written beside it;
             // the tag must not match an allowlist entry pinned to a tag.
             let pulled = ImageRef { tag: None, ..image };
+            let pod = subject.pod_context();
             let mut looked_up = Vec::new();
-            if let Some(digest) = &pulled.digest
-                && self
-                    .decider
-                    .needs_registry(&request.image, &pulled, &subject.pod_context())
+            if self
+                .decider
+                .needs_registry(&request.image, &pulled, &pod, &[])
                 && let Some(lookup) = self.start_lookup(&pulled, digest.as_str(), &request)
+                && let Some(fetched) = self.finish_lookup(lookup, &digest).await
             {
-                looked_up = self.keep_lookup(lookup, digest, None).await;
+                looked_up = self.keep_found(fetched.clone(), &digest, None).await;
+                // What counts for an index may be signed on its platform
+                // manifest alone, and which one containerd pulls through it
+                // is read from its content store, not assumed: such an
+                // image is decided as a tag is, after the pull (and removed
+                // again when denied and new).
+                if self
+                    .decider
+                    .needs_registry(&request.image, &pulled, &pod, &looked_up)
+                    && self.verified_beside(&fetched, &digest).await
+                {
+                    let pulling = Pulling {
+                        request: &request,
+                        image: &pulled,
+                        subject: &subject,
+                        lookup: Some(SignatureLookup::Finished(fetched)),
+                        started,
+                    };
+                    return self
+                        .pull_then_decide(api, parts, body, client, pulling)
+                        .await;
+                }
             }
             settle(&self.decide_with(&subject, &request.image, &pulled, looked_up, started))?;
             let _permit = self.registry_permit(&pulled, &mut parts, client).await?;
@@ -147,17 +168,49 @@ impl<R: ImageRuntime> Gate<R> {
         // A tag: what it resolves to is only known after the pull. Its
         // signatures are looked up beside it, with the tag resolved at the
         // registry, so the lookup costs the pull nothing it need wait for.
-        let lookup = self.start_lookup(&image, image.tag.as_deref().unwrap_or("latest"), &request);
-        let _permit = self.registry_permit(&image, &mut parts, client).await?;
-        // What the tag named before the pull; unknown when containerd could
+        let lookup = self
+            .start_lookup(&image, image.tag.as_deref().unwrap_or("latest"), &request)
+            .map(SignatureLookup::Running);
+        let pulling = Pulling {
+            request: &request,
+            image: &image,
+            subject: &subject,
+            lookup,
+            started,
+        };
+        self.pull_then_decide(api, parts, body, client, pulling)
+            .await
+    }
+
+    /// Pulls what is decided only once it is on the node: the image's
+    /// registry permit, what its name held before, the pull, then the
+    /// decision of what arrived.
+    async fn pull_then_decide(
+        &self,
+        api: Api,
+        parts: Parts,
+        body: Bytes,
+        client: &mut Client,
+        pulling: Pulling<'_>,
+    ) -> Result<Reply, ProxyError> {
+        let Pulling {
+            request,
+            image,
+            subject,
+            lookup,
+            started,
+        } = pulling;
+        let mut parts = parts;
+        let timeout = deadline(&parts.headers);
+        let _permit = self.registry_permit(image, &mut parts, client).await?;
+        // The name containerd stores: a tag written beside a digest is not.
+        let name = image.to_string();
+        // What the name held before the pull; unknown when containerd could
         // not say, and then nothing is removed.
-        let before = until_left(
-            client,
-            self.runtime.image_status(api, &request.image, timeout),
-        )
-        .await
-        .ok_or(ProxyError::Cancelled)?
-        .map(|found| found.map(|i| i.id));
+        let before = until_left(client, self.runtime.image_status(api, &name, timeout))
+            .await
+            .ok_or(ProxyError::Cancelled)?
+            .map(|found| found.map(|i| i.id));
         let pulled = match until_left(client, self.pull_upstream(parts, body)).await {
             Some(pulled) => Some(pulled?),
             None => {
@@ -168,8 +221,9 @@ impl<R: ImageRuntime> Gate<R> {
         let pulled = Pulled {
             api,
             reference: &request.image,
-            image: &image,
-            subject: &subject,
+            name: &name,
+            image,
+            subject,
             before,
             answer: pulled,
             lookup,
@@ -236,12 +290,13 @@ impl<R: ImageRuntime> Gate<R> {
         ProxyError::Cancelled
     }
 
-    /// Decides what a pull by tag brought, and removes it again when it is
-    /// denied and new to the node.
+    /// Decides what a pull brought, and removes it again when it is denied
+    /// and new to the node.
     async fn what_arrived(&self, pulled: Pulled<'_>) -> Result<Reply, ProxyError> {
         let Pulled {
             api,
             reference,
+            name,
             image,
             subject,
             before,
@@ -253,7 +308,7 @@ impl<R: ImageRuntime> Gate<R> {
         let succeeded = answer.as_ref().is_some_and(|a| a.grpc_status() == Some(0));
         // The pull's own answer, for its client if it is still there.
         let answered = || answer.map(Reply::Full).ok_or(ProxyError::Cancelled);
-        let after = match self.runtime.image_status(api, reference, timeout).await {
+        let after = match self.runtime.image_status(api, name, timeout).await {
             Ok(Some(info)) => info,
             // The pull failed and nothing reached the node, or containerd
             // cannot say (it is likely why the pull failed): the client
@@ -285,19 +340,29 @@ impl<R: ImageRuntime> Gate<R> {
         };
         let looked_up = match (lookup, &resolved.digest) {
             (Some(lookup), Some(digest))
-                if self
-                    .decider
-                    .needs_registry(reference, &resolved, &subject.pod_context()) =>
+                if self.decider.needs_registry(
+                    reference,
+                    &resolved,
+                    &subject.pod_context(),
+                    &[],
+                ) =>
             {
                 let link = self.platform_link(&image.repository, digest, &after).await;
-                self.keep_lookup(lookup, digest, link).await
+                let fetched = match lookup {
+                    SignatureLookup::Running(running) => self.finish_lookup(running, digest).await,
+                    SignatureLookup::Finished(fetched) => Some(fetched),
+                };
+                match fetched {
+                    Some(fetched) => self.keep_found(fetched, digest, link).await,
+                    None => Vec::new(),
+                }
             }
             // Not needed: it must not hold the pull up.
-            (Some(lookup), _) => {
-                lookup.abort();
+            (Some(SignatureLookup::Running(running)), _) => {
+                running.abort();
                 Vec::new()
             }
-            (None, _) => Vec::new(),
+            (_, _) => Vec::new(),
         };
         let decision = self.decide_with(subject, reference, &resolved, looked_up, started);
         if decision.allowed {
@@ -356,19 +421,9 @@ impl<R: ImageRuntime> Gate<R> {
         }))
     }
 
-    /// Waits for `lookup` (bounded by the registry timeout it runs under)
-    /// and keeps what verified for `decided` and the digest containerd
-    /// links it to. A failed lookup adds nothing; it is logged and counted.
-    /// Returns what [`crate::signatures::Signatures::keep`] does.
-    async fn keep_lookup(
-        &self,
-        lookup: Lookup,
-        decided: &Digest,
-        link: Option<PlatformLink>,
-    ) -> Vec<RegistryAttestation> {
-        let Some(signatures) = &self.signatures else {
-            return Vec::new();
-        };
+    /// Waits for `lookup` (bounded by the registry timeout it runs under).
+    /// A failed lookup adds nothing; it is logged and counted.
+    async fn finish_lookup(&self, lookup: Lookup, decided: &Digest) -> Option<Fetched> {
         let fetched = lookup.await.unwrap_or_else(|e| {
             Err(LookupFailed::new(
                 "error",
@@ -377,12 +432,26 @@ impl<R: ImageRuntime> Gate<R> {
         });
         self.metrics
             .registry_lookup(crate::signatures::result_label(&fetched));
-        let fetched = match fetched {
-            Ok(fetched) => fetched,
+        match fetched {
+            Ok(fetched) => Some(fetched),
             Err(e) => {
                 tracing::warn!(digest = %decided, error = %e, "registry signatures could not be looked up; the decision counts the bundle and the attestation cache only");
-                return Vec::new();
+                None
             }
+        }
+    }
+
+    /// Keeps what verified of `fetched` for `decided` and the digest
+    /// containerd links it to. Returns what
+    /// [`crate::signatures::Signatures::keep`] does.
+    async fn keep_found(
+        &self,
+        fetched: Fetched,
+        decided: &Digest,
+        link: Option<PlatformLink>,
+    ) -> Vec<RegistryAttestation> {
+        let Some(signatures) = &self.signatures else {
+            return Vec::new();
         };
         // A tag that moved between the lookup and the pull: what was found
         // is for another image, unless containerd links the two.
@@ -401,6 +470,21 @@ impl<R: ImageRuntime> Gate<R> {
         }
         // Verifying and an fsynced write: off the runtime's worker.
         super::off_the_runtime(|| signatures.keep(&self.decider, decided, linked, fetched))
+    }
+
+    /// Whether `fetched` holds a signature that verifies beside another
+    /// digest than `decided`: the platform manifest of an index, which
+    /// counts once containerd links the two.
+    async fn verified_beside(&self, fetched: &Fetched, decided: &Digest) -> bool {
+        super::off_the_runtime(|| {
+            fetched.signatures.iter().any(|(signed, found)| {
+                signed != decided
+                    && !self
+                        .decider
+                        .verified_signatures(signed, found.clone())
+                        .is_empty()
+            })
+        })
     }
 
     /// The platform manifest containerd pulled through the image's index,
@@ -434,18 +518,38 @@ impl<R: ImageRuntime> Gate<R> {
     }
 }
 
-/// A pull by tag as it came back, for [`Gate::what_arrived`].
+/// A signature lookup beside a pull: still running, or done before it.
+enum SignatureLookup {
+    Running(Lookup),
+    Finished(Fetched),
+}
+
+/// A pull to be decided once it is on the node, for
+/// [`Gate::pull_then_decide`].
+struct Pulling<'a> {
+    request: &'a PullRequest,
+    /// The image as pulled: a tag, or a digest with no tag beside it.
+    image: &'a ImageRef,
+    subject: &'a Subject<'a>,
+    lookup: Option<SignatureLookup>,
+    started: Instant,
+}
+
+/// A pull as it came back, for [`Gate::what_arrived`].
 struct Pulled<'a> {
     api: Api,
+    /// As the request named it, for the record.
     reference: &'a str,
+    /// As containerd stores it.
+    name: &'a str,
     image: &'a ImageRef,
     subject: &'a Subject<'a>,
     /// The id the tag named before the pull.
     before: Result<Option<String>, ProxyError>,
     /// The pull's answer; none when it was cancelled.
     answer: Option<FullResponse>,
-    /// The signature lookup running beside the pull.
-    lookup: Option<Lookup>,
+    /// The signature lookup beside the pull.
+    lookup: Option<SignatureLookup>,
     timeout: Duration,
     started: Instant,
 }
