@@ -12,7 +12,7 @@
 
 pub mod config;
 pub mod connection;
-pub mod content;
+pub use attestgate_node::content;
 pub mod cri;
 pub mod grpc;
 pub mod intercept;

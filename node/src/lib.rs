@@ -23,6 +23,8 @@
 pub mod attestations;
 pub mod audit;
 pub mod config;
+#[cfg(feature = "containerd")]
+pub mod content;
 pub mod decide;
 pub mod freshness;
 pub mod hooks;

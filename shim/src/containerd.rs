@@ -14,7 +14,7 @@ use tonic::transport::Channel;
 
 /// containerd answers these from its metadata store in well under a
 /// millisecond; anything near this bound means it is wedged.
-const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LookupError {
@@ -43,6 +43,9 @@ pub enum LookupError {
 pub struct ContainerImage {
     pub name: String,
     pub digest: String,
+    /// Whether the image record targets an index (or manifest list), which
+    /// is not by itself what runs: one of its platform manifests is.
+    pub index: bool,
 }
 
 /// containerd's `-address`: a path, or `unix://path` from containerd 2.x.
@@ -155,13 +158,13 @@ async fn lookup(
         })?
         .into_inner()
         .image;
-    let digest = image
+    let target = image
         .and_then(|i| i.target)
-        .map(|t| t.digest)
-        .filter(|d| !d.is_empty())
+        .filter(|t| !t.digest.is_empty())
         .ok_or_else(|| LookupError::NoDigest(container.image.clone()))?;
     Ok(ContainerImage {
         name: container.image,
-        digest,
+        digest: target.digest,
+        index: attestgate_node::content::is_index(&target.media_type),
     })
 }

@@ -8,12 +8,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+use attestgate_node::content::{ContentStore, PlatformsPresent};
 use attestgate_node::hooks::NoHooks;
 use attestgate_node::store::Prepared;
 use attestgate_node::{
     AttestationCache, AuditLog, BundleStore, ConfigError, ConfigFile, Decider, Request, Undecidable,
 };
-use attestgate_policy::{Decision, ImageRef, Operation, PodContext, PodRef};
+use attestgate_policy::{Decision, ImageRef, Operation, PodContext, PodRef, RegistryAttestation};
 
 use crate::containerd::{ContainerImage, Containerd, LookupError};
 use crate::spec::SpecContext;
@@ -34,6 +35,8 @@ pub struct Container<'a> {
 struct Subject {
     reference: String,
     image: Result<ImageRef, Undecidable>,
+    /// The image record targets an index, not the manifest that runs.
+    index: bool,
     pod: PodContext,
     pod_record: Option<PodRef>,
     container: Option<String>,
@@ -43,13 +46,15 @@ struct Subject {
 pub struct Verdict {
     pub decision: Decision,
     pub bundle_error: Option<String>,
+    /// Why cached signatures were not counted, when some were not.
+    pub left_out: Option<String>,
 }
 
 impl Verdict {
     /// The message containerd passes on for a refusal.
     pub fn deny_message(&self) -> String {
         let mut message = format!("SignatureValidationFailed: {}", self.decision.explanation());
-        if let Some(detail) = &self.bundle_error {
+        for detail in self.bundle_error.iter().chain(&self.left_out) {
             message.push_str(" (");
             message.push_str(detail);
             message.push(')');
@@ -117,14 +122,102 @@ pub fn decide(
         pod_ref: subject.pod_record.as_ref(),
         container: subject.container.as_deref(),
     };
+    let mut left_out = None;
     let decision = match subject.image {
-        Ok(image) => decider.decide(&request, &subject.reference, &image, started),
+        Ok(image) => {
+            let cached = decider.cached_attestations(&image);
+            let (counted, why) = counted_for_what_runs(cached, &image, subject.index, || {
+                platforms_present(container, &subject.reference)
+            });
+            left_out = why;
+            decider.decide_with(&request, &subject.reference, &image, &counted, started)
+        }
         Err(why) => decider.undecidable(&request, &subject.reference, why, started),
     };
     Verdict {
         decision,
         bundle_error: store.error(),
+        left_out,
     }
+}
+
+/// Of the cached registry signatures for `image`, those that count for the
+/// container. A signature found beside a platform manifest was cached for
+/// the index the proxy pulled it through (SPEC §11), and the CRI runs that
+/// platform; the shim also sees containers made for another platform of
+/// the same index (`ctr run --platform`), and cannot tell which one a
+/// container runs. So such a signature counts here only while its manifest
+/// is the one platform of the index on the node, as `present` (asked only
+/// then) reads from containerd's content store. An index's own signature
+/// covers each of its platforms, and counts as it is. Also returns why
+/// signatures were left out, for the refusal's message.
+fn counted_for_what_runs(
+    cached: Vec<RegistryAttestation>,
+    image: &ImageRef,
+    index: bool,
+    present: impl FnOnce() -> Result<Option<PlatformsPresent>, String>,
+) -> (Vec<RegistryAttestation>, Option<String>) {
+    let Some(digest) = &image.digest else {
+        return (cached, None);
+    };
+    if !index || cached.iter().all(|a| &a.signed_digest == digest) {
+        return (cached, None);
+    }
+    let (only, left_out) = match present() {
+        Ok(Some(platforms)) if &platforms.index == digest => match platforms.present.as_slice() {
+            [only] => (Some(only.clone()), None),
+            several => (
+                None,
+                Some(format!(
+                    "signatures of platform manifests not counted: the node holds {} of the \
+                     index's platforms, and which one the container runs cannot be told",
+                    several.len()
+                )),
+            ),
+        },
+        Ok(_) => (
+            None,
+            Some(
+                "signatures of platform manifests not counted: the image is no longer that index"
+                    .into(),
+            ),
+        ),
+        Err(e) => (
+            None,
+            Some(format!(
+                "signatures of platform manifests not counted: containerd's content store \
+                 could not say which platform is on the node: {e}"
+            )),
+        ),
+    };
+    let counted = cached
+        .into_iter()
+        .filter(|a| &a.signed_digest == digest || Some(&a.signed_digest) == only.as_ref())
+        .collect();
+    (counted, left_out)
+}
+
+/// The platforms of the index `name` that containerd holds, asked on a
+/// connection of its own: rarely needed, so the common start pays nothing.
+fn platforms_present(
+    container: &Container<'_>,
+    name: &str,
+) -> Result<Option<PlatformsPresent>, String> {
+    let (Some(address), Some(namespace)) = (container.address, container.namespace) else {
+        return Err("containerd did not say where it is (-address, -namespace)".into());
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the client runtime: {e}"))?;
+    let store = ContentStore::new(
+        &crate::containerd::socket_path(address),
+        namespace,
+        crate::containerd::LOOKUP_TIMEOUT,
+    );
+    runtime
+        .block_on(store.platforms_present(name))
+        .map_err(|e| e.to_string())
 }
 
 /// Without a readable configuration we know neither the fail mode nor the
@@ -154,6 +247,7 @@ fn unconfigured(container: &Container<'_>, e: &ConfigError) -> Verdict {
     Verdict {
         decision,
         bundle_error: None,
+        left_out: None,
     }
 }
 
@@ -176,6 +270,7 @@ fn subject(container: &Container<'_>, lookup: &mut Lookup<'_>) -> Subject {
     let fail = |reference: String, why: Undecidable| Subject {
         reference,
         image: Err(why),
+        index: false,
         pod: pod.clone(),
         pod_record: pod_record.clone(),
         container: container_name.clone(),
@@ -202,7 +297,11 @@ fn subject(container: &Container<'_>, lookup: &mut Lookup<'_>) -> Subject {
             ),
         );
     };
-    let ContainerImage { name, digest } = match lookup(address, namespace, &id) {
+    let ContainerImage {
+        name,
+        digest,
+        index,
+    } = match lookup(address, namespace, &id) {
         Ok(found) => found,
         Err(e) => {
             let reference = spec.image_name().map_or_else(|| id.clone(), str::to_string);
@@ -220,6 +319,7 @@ fn subject(container: &Container<'_>, lookup: &mut Lookup<'_>) -> Subject {
     Subject {
         reference: name,
         image,
+        index,
         pod,
         pod_record,
         container: container_name,
@@ -239,5 +339,89 @@ fn failure(e: &LookupError) -> Undecidable {
         LookupError::Connect { .. } => Undecidable::Unreachable(message),
         LookupError::Timeout(_) => Undecidable::TimedOut(message),
         _ => Undecidable::Internal(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use attestgate_policy::{Digest, RegistrySignature};
+
+    fn digest(c: char) -> Digest {
+        Digest::parse(&format!("sha256:{}", c.to_string().repeat(64))).unwrap()
+    }
+
+    fn signed(d: &Digest) -> RegistryAttestation {
+        RegistryAttestation {
+            signature: RegistrySignature::Cosign {
+                payload: b"{}".to_vec(),
+                signature: b"sig".to_vec(),
+            },
+            signed_digest: d.clone(),
+            found_in: "registry.test/app".into(),
+        }
+    }
+
+    fn image(d: &Digest) -> ImageRef {
+        ImageRef::parse("registry.test/app:1")
+            .unwrap()
+            .with_digest(d.clone())
+    }
+
+    fn signed_digests(kept: &(Vec<RegistryAttestation>, Option<String>)) -> Vec<Digest> {
+        kept.0.iter().map(|a| a.signed_digest.clone()).collect()
+    }
+
+    #[test]
+    fn a_platform_signature_counts_for_its_index_only_while_it_is_the_one_platform_held() {
+        let (index, amd64, arm64) = (digest('c'), digest('a'), digest('b'));
+        let cached = vec![signed(&index), signed(&amd64)];
+        let held = |present: Vec<Digest>| {
+            let index = index.clone();
+            move || Ok(Some(PlatformsPresent { index, present }))
+        };
+        let one = counted_for_what_runs(
+            cached.clone(),
+            &image(&index),
+            true,
+            held(vec![amd64.clone()]),
+        );
+        assert_eq!(signed_digests(&one), vec![index.clone(), amd64.clone()]);
+        // Another platform fetched beside it: which one runs is unknown.
+        let two = counted_for_what_runs(
+            cached.clone(),
+            &image(&index),
+            true,
+            held(vec![amd64.clone(), arm64.clone()]),
+        );
+        assert_eq!(signed_digests(&two), vec![index.clone()]);
+        assert!(two.1.unwrap().contains("holds 2 of the index's platforms"));
+        assert_eq!(one.1, None);
+        // Only the other platform held.
+        let other = counted_for_what_runs(cached.clone(), &image(&index), true, held(vec![arm64]));
+        assert_eq!(signed_digests(&other), vec![index.clone()]);
+        // containerd cannot say: not counted.
+        let unknown = counted_for_what_runs(cached.clone(), &image(&index), true, || {
+            Err("down".to_string())
+        });
+        assert_eq!(signed_digests(&unknown), vec![index.clone()]);
+    }
+
+    #[test]
+    fn an_index_signature_counts_for_a_platform_manifest_without_asking() {
+        let (index, amd64) = (digest('c'), digest('a'));
+        let kept = counted_for_what_runs(
+            vec![signed(&index), signed(&amd64)],
+            &image(&amd64),
+            false,
+            || panic!("not asked"),
+        );
+        assert_eq!(signed_digests(&kept), vec![index, amd64.clone()]);
+        // Nothing linked: containerd is not asked either.
+        let own = counted_for_what_runs(vec![signed(&amd64)], &image(&amd64), true, || {
+            panic!("not asked")
+        });
+        assert_eq!(signed_digests(&own), vec![amd64]);
     }
 }

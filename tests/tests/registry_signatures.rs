@@ -782,3 +782,106 @@ async fn the_shim_decides_from_the_cache_the_proxy_filled() {
     assert!(!refused.status.success(), "ran with no attestation");
     let _ = ctr(&["container", "rm", &again]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shim_counts_a_platform_signature_for_its_index_only_while_that_platform_alone_is_held()
+{
+    let Some(node) = Node::up_with_shim(&agcri()) else {
+        return;
+    };
+    let Some((mut node, keys)) = with_openssl_attestor(node) else {
+        return;
+    };
+    let cache = node.dir().join("attestations");
+    node.write_shim_config(&format!(
+        "registry_attestors = [\"{ATTESTOR}\"]\nattestation_cache = \"{}\"\n",
+        cache.display()
+    ));
+    // Signed on this node's platform manifest only.
+    let multi = node.push_multiarch("shim-platform", "1");
+    cosign_sig(
+        &node,
+        &keys,
+        &multi.reference,
+        &multi.this_platform_digest,
+        payload(repository_of(&multi.reference), &multi.this_platform_digest),
+        "ci",
+    )
+    .await;
+    start_proxy(&mut node, &[]);
+    node.via_proxy()
+        .await
+        .pull(&multi.reference, None)
+        .await
+        .expect("pulled through the proxy, the platform's signature cached for the index");
+    let ctr = |args: &[&str]| {
+        std::process::Command::new("ctr")
+            .arg("--address")
+            .arg(&node.containerd_sock)
+            .args(["-n", "k8s.io"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let id = format!("shim-platform-{}", node.cgroup_tag);
+    let run = ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        SHIM_RUNTIME,
+        &multi.reference,
+        &id,
+    ]);
+    assert!(run.status.success(), "{run:?}");
+    let audit = node.audit();
+    let record = audit.last().unwrap();
+    assert_eq!(record["operation"], "TaskCreate", "{record:#}");
+    assert_eq!(record["reason"], "ATTESTED", "{record:#}");
+    let _ = ctr(&["task", "kill", "-s", "KILL", &id]);
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = ctr(&["task", "rm", "-f", &id]);
+    let _ = ctr(&["container", "rm", &id]);
+
+    // The other platform fetched too: a container may now be made for it
+    // (`ctr run --platform`), which its index's link does not cover.
+    let (other_arch, _) = multi
+        .platform_digests
+        .iter()
+        .find(|(_, d)| *d != multi.this_platform_digest)
+        .unwrap();
+    let platform = format!("linux/{other_arch}");
+    let fetched = ctr(&[
+        "content",
+        "fetch",
+        "--plain-http",
+        "--platform",
+        &platform,
+        &multi.reference,
+    ]);
+    assert!(fetched.status.success(), "{fetched:?}");
+    let other = format!("{id}-other");
+    let refused = ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        SHIM_RUNTIME,
+        "--platform",
+        &platform,
+        &multi.reference,
+        &other,
+    ]);
+    assert!(
+        !refused.status.success(),
+        "a container for the unsigned platform ran"
+    );
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        message.contains("holds 2 of the index's platforms"),
+        "{message}"
+    );
+    let audit = node.audit();
+    let record = audit.last().unwrap();
+    assert_eq!(record["operation"], "TaskCreate", "{record:#}");
+    assert_eq!(record["decision"], "deny", "{record:#}");
+    let _ = ctr(&["container", "rm", &other]);
+}

@@ -4,7 +4,8 @@
 //! containerd's image record for `repo:tag` (or `repo@<index digest>`)
 //! targets the index, while the CRI image id is the platform's config
 //! digest. A signature may name either manifest, so the proxy needs both
-//! digests, and it must not take the second from the registry or from the
+//! digests (the shim, which of an index's platforms a container can be
+//! running), and it must not take the second from the registry or from the
 //! index's labels: containerd labels *every* child of an index
 //! (`containerd.io/gc.ref.content.m.<i>`), not only the one it pulled
 //! (docs/design/registry-signatures.md §0.5, §4). The child that was pulled
@@ -43,6 +44,13 @@ const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest
 pub struct PlatformLink {
     pub index: Digest,
     pub platform: Digest,
+}
+
+/// An index and those of its children whose manifests containerd holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlatformsPresent {
+    pub index: Digest,
+    pub present: Vec<Digest>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +151,31 @@ impl ContentStore {
         result
     }
 
+    /// The platform manifests of the index `name` targets that are in the
+    /// content store: what a container made from `name` can be running.
+    /// None when `name` targets a single manifest.
+    pub async fn platforms_present(
+        &self,
+        name: &str,
+    ) -> Result<Option<PlatformsPresent>, ContentError> {
+        let channel = self.channel().await?;
+        let containerd = Containerd {
+            channel,
+            namespace: &self.namespace,
+            timeout: self.timeout,
+        };
+        let result = children_present(&containerd, name).await;
+        if let Err(e) = &result
+            && e.reconnect()
+        {
+            self.forget();
+        }
+        Ok(result?.map(|(index, present)| PlatformsPresent {
+            index,
+            present: present.into_iter().map(|(child, _)| child).collect(),
+        }))
+    }
+
     async fn channel(&self) -> Result<Channel, ContentError> {
         if let Some(channel) = self.cached() {
             return Ok(channel);
@@ -203,6 +236,22 @@ async fn link<S: Store>(
     name: &str,
     image_id: &str,
 ) -> Result<Option<PlatformLink>, ContentError> {
+    let Some((index, present)) = children_present(store, name).await? else {
+        return Ok(None);
+    };
+    Ok(
+        choose_platform(&index, image_id, present)?
+            .map(|platform| PlatformLink { index, platform }),
+    )
+}
+
+/// The index `name` targets, with those of its children whose blobs are in
+/// the content store (each with its config label, if any); none when
+/// `name` targets a single manifest.
+async fn children_present<S: Store>(
+    store: &S,
+    name: &str,
+) -> Result<Option<(Digest, Vec<(Digest, Option<String>)>)>, ContentError> {
     let target = store.target(name).await?;
     if !is_index(&target.media_type) {
         return Ok(None);
@@ -223,16 +272,11 @@ async fn link<S: Store>(
             present.push((child, labels.get(CONFIG_LABEL).cloned()));
         }
     }
-    Ok(
-        choose_platform(&target.digest, image_id, present)?.map(|platform| PlatformLink {
-            index: target.digest,
-            platform,
-        }),
-    )
+    Ok(Some((target.digest, present)))
 }
 
 /// Whether a descriptor's media type is a list of manifests.
-fn is_index(media_type: &str) -> bool {
+pub fn is_index(media_type: &str) -> bool {
     media_type == OCI_INDEX || media_type == DOCKER_MANIFEST_LIST
 }
 
@@ -747,6 +791,29 @@ mod tests {
                 index,
                 platform: d('a')
             })
+        );
+    }
+
+    #[tokio::test]
+    async fn only_the_children_whose_blobs_are_held_are_present() {
+        let (mut store, index) = pulled_index();
+        let got = children_present(&store, "reg/app:1").await.unwrap();
+        assert_eq!(
+            got,
+            Some((
+                index.clone(),
+                vec![(d('a'), Some("sha256:amd64-config".to_string()))]
+            ))
+        );
+        // The other platform fetched too (`ctr pull --platform`).
+        store.labels.insert(d('b'), HashMap::new());
+        let (_, present) = children_present(&store, "reg/app:1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            present,
+            vec![(d('a'), Some("sha256:amd64-config".into())), (d('b'), None)]
         );
     }
 
