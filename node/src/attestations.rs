@@ -218,7 +218,7 @@ impl AttestationCache {
             let path = path.to_path_buf();
             move |source| CacheError::Io { path, source }
         };
-        let mut kept = match self.load(digest) {
+        let held = match self.load(digest) {
             Ok(held) => held,
             Err(CacheError::Corrupt { path, why }) => {
                 tracing::warn!(path = %path.display(), why, "replacing a corrupt attestation cache entry");
@@ -226,6 +226,7 @@ impl AttestationCache {
             }
             Err(e) => return Err(e),
         };
+        let mut kept = held.clone();
         kept.retain(|held| {
             !found
                 .iter()
@@ -262,6 +263,11 @@ impl AttestationCache {
                 break;
             }
             kept.remove(0);
+        }
+        // A pull of an image already cached finds what it found before:
+        // the entry stands as it is, with no write and no fsync.
+        if !held.is_empty() && kept.len() == held.len() && kept.iter().all(|k| held.contains(k)) {
+            return Ok(());
         }
         let path = self.path_for(digest);
         if kept.is_empty() {
@@ -368,6 +374,15 @@ mod tests {
         let held = cache.load(&image).unwrap();
         assert_eq!(held.len(), 3);
         assert_eq!(held[2].signed_digest, index);
+        // The same found again: the entry is not written again.
+        use std::os::unix::fs::MetadataExt as _;
+        let inode = || std::fs::metadata(cache.path_for(&image)).unwrap().ino();
+        let before = inode();
+        cache
+            .store(&image, &[found(&image, vec![cosign(2), cosign(1)])])
+            .unwrap();
+        assert_eq!(inode(), before, "an unchanged entry was rewritten");
+        assert_eq!(cache.load(&image).unwrap(), held);
         // A later lookup for the image's own digest that found one
         // signature: the other is gone, the index's stays.
         cache
