@@ -44,6 +44,9 @@ struct Args {
     cgroup_parent: String,
 }
 
+/// How long a removed image is given before the next pull is timed.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(500);
+
 fn empty(dir: &PathBuf) {
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
@@ -79,6 +82,10 @@ async fn main() -> anyhow::Result<()> {
             // the cache is emptied, so the proxy looks up again.
             let _ = direct.remove_image(image).await;
             empty(&args.cache);
+            // containerd collects what the removal freed (snapshots,
+            // blobs) after it answers; a pull that overlaps the
+            // collection measures it, not the path.
+            tokio::time::sleep(SETTLE).await;
             let started = Instant::now();
             cri.pull(image, None).await?;
             times[pi].push(started.elapsed().as_secs_f64() * 1e3);
