@@ -266,7 +266,9 @@ impl AttestationCache {
         }
         // A pull of an image already cached finds what it found before:
         // the entry stands as it is, with no write and no fsync.
-        if !held.is_empty() && kept.len() == held.len() && kept.iter().all(|k| held.contains(k)) {
+        // (In order too: what was found again moves to the end, the last
+        // the trim above drops.)
+        if !held.is_empty() && kept == held {
             return Ok(());
         }
         let path = self.path_for(digest);
@@ -374,15 +376,21 @@ mod tests {
         let held = cache.load(&image).unwrap();
         assert_eq!(held.len(), 3);
         assert_eq!(held[2].signed_digest, index);
-        // The same found again: the entry is not written again.
+        // The index's found again, still last: the entry is not written
+        // again.
         use std::os::unix::fs::MetadataExt as _;
         let inode = || std::fs::metadata(cache.path_for(&image)).unwrap().ino();
         let before = inode();
-        cache
-            .store(&image, &[found(&image, vec![cosign(2), cosign(1)])])
-            .unwrap();
+        let index_found = found(&index, vec![held[2].signature.clone()]);
+        cache.store(&image, &[index_found]).unwrap();
         assert_eq!(inode(), before, "an unchanged entry was rewritten");
         assert_eq!(cache.load(&image).unwrap(), held);
+        // The image's found again moves to the end: written.
+        cache
+            .store(&image, &[found(&image, vec![cosign(1), cosign(2)])])
+            .unwrap();
+        assert_ne!(inode(), before);
+        assert_eq!(cache.load(&image).unwrap()[0].signed_digest, index);
         // A later lookup for the image's own digest that found one
         // signature: the other is gone, the index's stays.
         cache

@@ -242,7 +242,8 @@ impl Decider {
     }
 
     /// [`Decider::decide`] with these registry signatures instead of the
-    /// cache's: for a pull whose lookup found them.
+    /// cache's: for a pull whose lookup found them, or for the shim, which
+    /// counts only those of the cache's that bind to what runs.
     pub fn decide_with(
         &self,
         request: &Request<'_>,

@@ -163,9 +163,14 @@ fn counted_for_what_runs(
     if !index || cached.iter().all(|a| &a.signed_digest == digest) {
         return (cached, None);
     }
+    let cached_len = cached.len();
     let (only, left_out) = match present() {
         Ok(Some(platforms)) if &platforms.index == digest => match platforms.present.as_slice() {
             [only] => (Some(only.clone()), None),
+            [] => (
+                None,
+                Some("signatures of platform manifests not counted: none of the index's platforms is on the node".into()),
+            ),
             several => (
                 None,
                 Some(format!(
@@ -193,7 +198,15 @@ fn counted_for_what_runs(
     let counted = cached
         .into_iter()
         .filter(|a| &a.signed_digest == digest || Some(&a.signed_digest) == only.as_ref())
-        .collect();
+        .collect::<Vec<_>>();
+    // The one platform held may be another than any that was signed.
+    let left_out = left_out.or_else(|| {
+        (counted.len() < cached_len).then(|| {
+            "signatures of platform manifests not counted: the platform of the index on the \
+             node is not the one they were made for"
+                .to_string()
+        })
+    });
     (counted, left_out)
 }
 
@@ -401,11 +414,16 @@ mod tests {
         // Only the other platform held.
         let other = counted_for_what_runs(cached.clone(), &image(&index), true, held(vec![arm64]));
         assert_eq!(signed_digests(&other), vec![index.clone()]);
+        assert!(other.1.unwrap().contains("not the one they were made for"));
+        let none = counted_for_what_runs(cached.clone(), &image(&index), true, held(vec![]));
+        assert_eq!(signed_digests(&none), vec![index.clone()]);
+        assert!(none.1.unwrap().contains("none of the index's platforms"));
         // containerd cannot say: not counted.
         let unknown = counted_for_what_runs(cached.clone(), &image(&index), true, || {
             Err("down".to_string())
         });
         assert_eq!(signed_digests(&unknown), vec![index.clone()]);
+        assert!(unknown.1.unwrap().contains("down"));
     }
 
     #[test]

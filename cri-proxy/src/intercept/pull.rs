@@ -1,6 +1,8 @@
 //! PullImage: a digest reference is decided before anything is pulled; a tag
 //! is pulled, resolved to its repository digest, then decided, and removed
-//! again when denied unless it was on the node before.
+//! again when denied unless it was on the node before. So is an index by
+//! digest that only its platform manifest's registry signature can admit,
+//! as which platform containerd pulls is read from its content store.
 
 use std::time::{Duration, Instant};
 
@@ -139,10 +141,13 @@ impl<R: ImageRuntime> Gate<R> {
                 // is read from its content store, not assumed: such an
                 // image is decided as a tag is, after the pull (and removed
                 // again when denied and new).
-                if self
-                    .decider
-                    .needs_registry(&request.image, &pulled, &pod, &looked_up)
-                    && self.verified_beside(&fetched, &digest).await
+                if self.content.is_some()
+                    && self
+                        .decider
+                        .needs_registry(&request.image, &pulled, &pod, &looked_up)
+                    && self
+                        .admitted_if_linked(&request.image, &pulled, &pod, &looked_up, &fetched)
+                        .await
                 {
                     let pulling = Pulling {
                         request: &request,
@@ -334,9 +339,11 @@ impl<R: ImageRuntime> Gate<R> {
         // A failed or cancelled pull (its deadline passing, its client
         // leaving) may still have stored the image: it is decided like any
         // other.
-        let resolved = match digest_for(image, &after.repo_digests) {
-            Some(digest) => image.with_digest(digest),
-            None => image.clone(),
+        // A pull by digest is decided by the digest it asked for, whatever
+        // other digests of the repository containerd lists first.
+        let resolved = match (&image.digest, digest_for(image, &after.repo_digests)) {
+            (Some(_), _) | (None, None) => image.clone(),
+            (None, Some(digest)) => image.with_digest(digest),
         };
         let looked_up = match (lookup, &resolved.digest) {
             (Some(lookup), Some(digest))
@@ -472,18 +479,36 @@ impl<R: ImageRuntime> Gate<R> {
         super::off_the_runtime(|| signatures.keep(&self.decider, decided, linked, fetched))
     }
 
-    /// Whether `fetched` holds a signature that verifies beside another
-    /// digest than `decided`: the platform manifest of an index, which
-    /// counts once containerd links the two.
-    async fn verified_beside(&self, fetched: &Fetched, decided: &Digest) -> bool {
+    /// Whether `image` would be admitted were containerd to link it to the
+    /// other digest `fetched` holds signatures for (the platform manifest
+    /// of an index): only then is it worth pulling before the decision.
+    /// Nothing is recorded; what counts is decided after the pull.
+    async fn admitted_if_linked(
+        &self,
+        reference: &str,
+        image: &ImageRef,
+        pod: &attestgate_policy::PodContext,
+        looked_up: &[RegistryAttestation],
+        fetched: &Fetched,
+    ) -> bool {
+        let Some(decided) = &image.digest else {
+            return false;
+        };
         super::off_the_runtime(|| {
-            fetched.signatures.iter().any(|(signed, found)| {
-                signed != decided
-                    && !self
-                        .decider
-                        .verified_signatures(signed, found.clone())
-                        .is_empty()
-            })
+            let mut offered = looked_up.to_vec();
+            for (signed, found) in &fetched.signatures {
+                if signed == decided {
+                    continue;
+                }
+                let verified = self.decider.verified_signatures(signed, found.clone());
+                offered.extend(verified.into_iter().map(|signature| RegistryAttestation {
+                    signature,
+                    signed_digest: signed.clone(),
+                    found_in: fetched.found_in.clone(),
+                }));
+            }
+            offered.len() > looked_up.len()
+                && !self.decider.needs_registry(reference, image, pod, &offered)
         })
     }
 
@@ -544,7 +569,7 @@ struct Pulled<'a> {
     name: &'a str,
     image: &'a ImageRef,
     subject: &'a Subject<'a>,
-    /// The id the tag named before the pull.
+    /// The id the name held before the pull.
     before: Result<Option<String>, ProxyError>,
     /// The pull's answer; none when it was cancelled.
     answer: Option<FullResponse>,
@@ -596,15 +621,19 @@ pub fn settle(decision: &attestgate_policy::Decision) -> Result<(), ProxyError> 
 /// (its tags and its digests), so that removing it takes nothing else away.
 pub fn known_only_as(info: &crate::resolve::ImageInfo, image: &ImageRef) -> bool {
     // containerd stores a name pulled with neither tag nor digest as
-    // `latest`.
-    let pulled_tag = image.tag.as_deref().unwrap_or("latest");
+    // `latest`; one pulled by digest, with no tag at all.
+    let pulled_tag = match (&image.tag, &image.digest) {
+        (Some(tag), _) => Some(tag.as_str()),
+        (None, Some(_)) => None,
+        (None, None) => Some("latest"),
+    };
     info.repo_tags
         .iter()
         .chain(info.repo_digests.iter())
         .all(|name| {
             ImageRef::parse(name).is_ok_and(|n| {
                 n.repository == image.repository
-                    && n.tag.as_deref().is_none_or(|tag| tag == pulled_tag)
+                    && n.tag.as_deref().is_none_or(|tag| Some(tag) == pulled_tag)
             })
         })
 }
@@ -755,5 +784,15 @@ defaultAdmissionRule:
         };
         assert!(known_only_as(&latest, &untagged));
         assert!(!known_only_as(&shared, &untagged));
+        // Pulled by digest, it has no tag: a tag is another name, `latest`
+        // (preloaded by an import) included.
+        let pinned = ImageRef::parse(&format!("registry.test/app@{d}")).unwrap();
+        let by_digest = ImageInfo {
+            id: "x".into(),
+            repo_tags: Vec::new(),
+            repo_digests: vec![format!("registry.test/app@{d}")],
+        };
+        assert!(known_only_as(&by_digest, &pinned));
+        assert!(!known_only_as(&latest, &pinned));
     }
 }
