@@ -152,16 +152,18 @@ impl Decider {
     }
 
     /// Whether registry signatures could change how `image` is decided:
-    /// the bundle in force requires attestations it does not have (the
-    /// cache's counted, and `offered`, found already), from attestors
-    /// registry signatures may count for. A pull waits for its lookup only
-    /// then. Nothing is recorded.
+    /// the bundle in force requires attestations it does not have (`held`:
+    /// the cache's, as [`Self::cached_attestations`] read them, and any
+    /// found since), from attestors registry signatures may count for. A
+    /// pull waits for its lookup only then. Nothing is recorded, and the
+    /// cache is not read again: a caller asking more than once reads it
+    /// once.
     pub fn needs_registry(
         &self,
         reference: &str,
         image: &ImageRef,
         pod: &PodContext,
-        offered: &[RegistryAttestation],
+        held: &[RegistryAttestation],
     ) -> bool {
         if self.evaluation.registry_attestors.is_none() || image.digest.is_none() {
             return false;
@@ -169,15 +171,13 @@ impl Decider {
         let Some(current) = self.store.current() else {
             return false;
         };
-        let mut cached = self.cached_attestations(image);
-        cached.extend_from_slice(offered);
         let decision = evaluate_with(
             &current.bundle,
             &self.evaluation,
             reference,
             image,
             pod,
-            &cached,
+            held,
         );
         decision.overridden.unwrap_or(decision.reason)
             == attestgate_policy::Reason::MissingAttestations

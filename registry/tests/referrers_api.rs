@@ -85,6 +85,20 @@ async fn serve(listener: TcpListener, fake: Arc<Mutex<Fake>>) {
     }
 }
 
+/// Serves `fake` on 127.0.0.1 for the test's life; returns it shared, its
+/// address, and options that reach it over plain HTTP.
+async fn start(fake: Fake) -> (Arc<Mutex<Fake>>, String, RegistryOptions) {
+    let fake = Arc::new(Mutex::new(fake));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(serve(listener, fake.clone()));
+    let options = RegistryOptions {
+        plain_http: vec![addr.clone()],
+        ..RegistryOptions::default()
+    };
+    (fake, addr, options)
+}
+
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
@@ -175,14 +189,7 @@ async fn the_referrers_api_s_listing_is_read_and_the_fallback_tag_is_not() {
             blob.clone(),
         );
     }
-    let fake = Arc::new(Mutex::new(fake));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(serve(listener, fake.clone()));
-    let options = RegistryOptions {
-        plain_http: vec![addr.clone()],
-        ..RegistryOptions::default()
-    };
+    let (fake, addr, options) = start(fake).await;
 
     let found = lookup(&options, &addr, "app", &image, &SignatureLimits::default())
         .await
@@ -237,14 +244,7 @@ async fn a_referrers_listing_that_is_no_index_adds_nothing() {
         format!("/v2/app/referrers/{image}"),
         (OCI_INDEX.into(), b"<html>not json</html>".to_vec()),
     );
-    let fake = Arc::new(Mutex::new(fake));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(serve(listener, fake.clone()));
-    let options = RegistryOptions {
-        plain_http: vec![addr.clone()],
-        ..RegistryOptions::default()
-    };
+    let (_, addr, options) = start(fake).await;
     let found = lookup(&options, &addr, "app", &image, &SignatureLimits::default())
         .await
         .unwrap();

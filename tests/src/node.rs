@@ -237,6 +237,29 @@ impl Node {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// `ctr` against this node's containerd, in containerd namespace
+    /// `namespace`.
+    pub fn ctr(&self, namespace: &str, args: &[&str]) -> std::process::Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(&self.containerd_sock)
+            .args(["-n", namespace])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("ctr")
+    }
+
+    /// Kills and removes what `ctr run` made as `id`, whether or not its
+    /// task ever started; a test's own clean-up, so nothing is asserted.
+    pub fn ctr_remove(&self, namespace: &str, id: &str) {
+        let _ = self.ctr(namespace, &["task", "kill", "-s", "KILL", id]);
+        // The kill is asynchronous; `task rm -f` after it, not instead.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let _ = self.ctr(namespace, &["task", "rm", "-f", id]);
+        let _ = self.ctr(namespace, &["container", "rm", id]);
+    }
+
     pub fn sh_output(&self, script: &str) -> std::process::Output {
         let env_file = self.dir().join("env");
         let full = format!(

@@ -749,15 +749,7 @@ async fn the_shim_decides_from_the_cache_the_proxy_filled() {
     // is decided at Task.Create from the bundle plus the cache.
     node.sh("ag_registry_stop \"$DIR\"");
     let id = format!("shim-cache-{}", node.cgroup_tag);
-    let ctr = |args: &[&str]| {
-        std::process::Command::new("ctr")
-            .arg("--address")
-            .arg(&node.containerd_sock)
-            .args(["-n", "k8s.io"])
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let ctr = |args: &[&str]| node.ctr("k8s.io", args);
     let run = ctr(&["run", "-d", "--runtime", SHIM_RUNTIME, &signed, &id]);
     assert!(run.status.success(), "{run:?}");
     let audit = node.audit();
@@ -771,16 +763,13 @@ async fn the_shim_decides_from_the_cache_the_proxy_filled() {
             .contains("cosign signature from"),
         "{record:#}"
     );
-    let _ = ctr(&["task", "kill", "-s", "KILL", &id]);
-    std::thread::sleep(Duration::from_millis(500));
-    let _ = ctr(&["task", "rm", "-f", &id]);
-    let _ = ctr(&["container", "rm", &id]);
+    node.ctr_remove("k8s.io", &id);
     // Without the cache entry the same container is refused.
     std::fs::remove_dir_all(&cache).unwrap();
     let again = format!("{id}-2");
     let refused = ctr(&["run", "-d", "--runtime", SHIM_RUNTIME, &signed, &again]);
     assert!(!refused.status.success(), "ran with no attestation");
-    let _ = ctr(&["container", "rm", &again]);
+    node.ctr_remove("k8s.io", &again);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -814,15 +803,7 @@ async fn the_shim_counts_a_platform_signature_for_its_index_only_while_that_plat
         .pull(&multi.reference, None)
         .await
         .expect("pulled through the proxy, the platform's signature cached for the index");
-    let ctr = |args: &[&str]| {
-        std::process::Command::new("ctr")
-            .arg("--address")
-            .arg(&node.containerd_sock)
-            .args(["-n", "k8s.io"])
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let ctr = |args: &[&str]| node.ctr("k8s.io", args);
     let id = format!("shim-platform-{}", node.cgroup_tag);
     let run = ctr(&[
         "run",
@@ -837,10 +818,7 @@ async fn the_shim_counts_a_platform_signature_for_its_index_only_while_that_plat
     let record = audit.last().unwrap();
     assert_eq!(record["operation"], "TaskCreate", "{record:#}");
     assert_eq!(record["reason"], "ATTESTED", "{record:#}");
-    let _ = ctr(&["task", "kill", "-s", "KILL", &id]);
-    std::thread::sleep(Duration::from_millis(500));
-    let _ = ctr(&["task", "rm", "-f", &id]);
-    let _ = ctr(&["container", "rm", &id]);
+    node.ctr_remove("k8s.io", &id);
 
     // The other platform fetched too: a container may now be made for it
     // (`ctr run --platform`), which its index's link does not cover.
@@ -883,5 +861,5 @@ async fn the_shim_counts_a_platform_signature_for_its_index_only_while_that_plat
     let record = audit.last().unwrap();
     assert_eq!(record["operation"], "TaskCreate", "{record:#}");
     assert_eq!(record["decision"], "deny", "{record:#}");
-    let _ = ctr(&["container", "rm", &other]);
+    node.ctr_remove("k8s.io", &other);
 }

@@ -58,13 +58,7 @@ fn repository(reference: &str) -> &str {
 
 /// `ctr` in containerd namespace `default`, where plain clients work.
 fn ctr(node: &Node, args: &[&str]) -> Output {
-    std::process::Command::new("ctr")
-        .arg("--address")
-        .arg(&node.containerd_sock)
-        .args(["-n", "default"])
-        .args(args)
-        .output()
-        .expect("ctr")
+    node.ctr("default", args)
 }
 
 fn ctr_ok(node: &Node, args: &[&str]) -> String {

@@ -278,28 +278,30 @@ impl<R: ImageRuntime> Gate<R> {
         })
     }
 
-    /// [`Gate::decide`], with registry signatures a pull's lookup just
-    /// brought offered beside the cache's: verified or not, so that the
-    /// record says why one did not count.
+    /// [`Gate::decide`], with the registry signatures a pull already holds
+    /// (`held`: the cache's, read by [`Gate::cached`], and what its lookup
+    /// just brought, verified or not, so that the record says why one did
+    /// not count) in place of a fresh read of the cache.
     pub fn decide_with(
         &self,
         subject: &Subject<'_>,
         reference: &str,
         image: &ImageRef,
-        looked_up: Vec<attestgate_policy::RegistryAttestation>,
+        held: &[attestgate_policy::RegistryAttestation],
         started: Instant,
     ) -> Decision {
-        if looked_up.is_empty() {
-            return self.decide(subject, reference, image, started);
-        }
         subject.as_request(|request| {
             off_the_runtime(|| {
-                let mut offered = self.decider.cached_attestations(image);
-                offered.extend(looked_up);
                 self.decider
-                    .decide_with(request, reference, image, &offered, started)
+                    .decide_with(request, reference, image, held, started)
             })
         })
+    }
+
+    /// What the attestation cache holds for `image`, read once for all a
+    /// pull asks of it.
+    pub fn cached(&self, image: &ImageRef) -> Vec<attestgate_policy::RegistryAttestation> {
+        off_the_runtime(|| self.decider.cached_attestations(image))
     }
 
     /// An image that could not be decided, recorded like any decision; the

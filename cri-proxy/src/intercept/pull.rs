@@ -128,14 +128,14 @@ impl<R: ImageRuntime> Gate<R> {
             // the tag must not match an allowlist entry pinned to a tag.
             let pulled = ImageRef { tag: None, ..image };
             let pod = subject.pod_context();
-            let mut looked_up = Vec::new();
+            let mut held = self.cached(&pulled);
             if self
                 .decider
-                .needs_registry(&request.image, &pulled, &pod, &[])
+                .needs_registry(&request.image, &pulled, &pod, &held)
                 && let Some(lookup) = self.start_lookup(&pulled, digest.as_str(), &request)
                 && let Some(fetched) = self.finish_lookup(lookup, &digest).await
             {
-                looked_up = self.keep_found(fetched.clone(), &digest, None).await;
+                held.extend(self.keep_found(fetched.clone(), &digest, None).await);
                 // What counts for an index may be signed on its platform
                 // manifest alone, and which one containerd pulls through it
                 // is read from its content store, not assumed: such an
@@ -144,9 +144,9 @@ impl<R: ImageRuntime> Gate<R> {
                 if self.content.is_some()
                     && self
                         .decider
-                        .needs_registry(&request.image, &pulled, &pod, &looked_up)
+                        .needs_registry(&request.image, &pulled, &pod, &held)
                     && self
-                        .admitted_if_linked(&request.image, &pulled, &pod, &looked_up, &fetched)
+                        .admitted_if_linked(&request.image, &pulled, &pod, &held, &fetched)
                         .await
                 {
                     let pulling = Pulling {
@@ -161,7 +161,7 @@ impl<R: ImageRuntime> Gate<R> {
                         .await;
                 }
             }
-            settle(&self.decide_with(&subject, &request.image, &pulled, looked_up, started))?;
+            settle(&self.decide_with(&subject, &request.image, &pulled, &held, started))?;
             let _permit = self.registry_permit(&pulled, &mut parts, client).await?;
             return match until_left(client, self.pull_upstream(parts, body)).await {
                 Some(pulled) => pulled.map(Reply::Full),
@@ -345,13 +345,14 @@ impl<R: ImageRuntime> Gate<R> {
             (Some(_), _) | (None, None) => image.clone(),
             (None, Some(digest)) => image.with_digest(digest),
         };
+        let mut held = self.cached(&resolved);
         let looked_up = match (lookup, &resolved.digest) {
             (Some(lookup), Some(digest))
                 if self.decider.needs_registry(
                     reference,
                     &resolved,
                     &subject.pod_context(),
-                    &[],
+                    &held,
                 ) =>
             {
                 let link = self.platform_link(&image.repository, digest, &after).await;
@@ -371,7 +372,8 @@ impl<R: ImageRuntime> Gate<R> {
             }
             (_, _) => Vec::new(),
         };
-        let decision = self.decide_with(subject, reference, &resolved, looked_up, started);
+        held.extend(looked_up);
+        let decision = self.decide_with(subject, reference, &resolved, &held, started);
         if decision.allowed {
             return answered();
         }
@@ -481,21 +483,24 @@ impl<R: ImageRuntime> Gate<R> {
 
     /// Whether `image` would be admitted were containerd to link it to the
     /// other digest `fetched` holds signatures for (the platform manifest
-    /// of an index): only then is it worth pulling before the decision.
-    /// Nothing is recorded; what counts is decided after the pull.
+    /// of an index), beside what is `held` already: only then is it worth
+    /// pulling before the decision. Nothing is recorded, and what verifies
+    /// here is verified again after the pull, since the bundle in force
+    /// may change while the image is pulled and only what verifies under
+    /// the one that decides may be cached.
     async fn admitted_if_linked(
         &self,
         reference: &str,
         image: &ImageRef,
         pod: &attestgate_policy::PodContext,
-        looked_up: &[RegistryAttestation],
+        held: &[RegistryAttestation],
         fetched: &Fetched,
     ) -> bool {
         let Some(decided) = &image.digest else {
             return false;
         };
         super::off_the_runtime(|| {
-            let mut offered = looked_up.to_vec();
+            let mut offered = held.to_vec();
             for (signed, found) in &fetched.signatures {
                 if signed == decided {
                     continue;
@@ -507,7 +512,7 @@ impl<R: ImageRuntime> Gate<R> {
                     found_in: fetched.found_in.clone(),
                 }));
             }
-            offered.len() > looked_up.len()
+            offered.len() > held.len()
                 && !self.decider.needs_registry(reference, image, pod, &offered)
         })
     }
