@@ -716,19 +716,23 @@ async fn a_registry_behind_basic_auth_is_read_with_the_credentials_kubelet_sent(
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_shim_decides_from_the_cache_the_proxy_filled() {
-    let Some(node) = Node::up_with_shim(&agcri()) else {
-        return;
-    };
-    let Some((mut node, keys)) = with_openssl_attestor(node) else {
-        return;
-    };
+/// A node with the shim, the openssl attestor, and a shim that counts
+/// registry signatures from the attestation cache it returns.
+fn shim_node_reading_the_cache() -> Option<(Node, Keys, PathBuf)> {
+    let (node, keys) = with_openssl_attestor(Node::up_with_shim(&agcri())?)?;
     let cache = node.dir().join("attestations");
     node.write_shim_config(&format!(
         "registry_attestors = [\"{ATTESTOR}\"]\nattestation_cache = \"{}\"\n",
         cache.display()
     ));
+    Some((node, keys, cache))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shim_decides_from_the_cache_the_proxy_filled() {
+    let Some((mut node, keys, cache)) = shim_node_reading_the_cache() else {
+        return;
+    };
     let (signed, digest) = node.push_image("shim-signed", "1", "sleep 3600");
     cosign_sig(
         &node,
@@ -775,17 +779,9 @@ async fn the_shim_decides_from_the_cache_the_proxy_filled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shim_counts_a_platform_signature_for_its_index_only_while_that_platform_alone_is_held()
 {
-    let Some(node) = Node::up_with_shim(&agcri()) else {
+    let Some((mut node, keys, _)) = shim_node_reading_the_cache() else {
         return;
     };
-    let Some((mut node, keys)) = with_openssl_attestor(node) else {
-        return;
-    };
-    let cache = node.dir().join("attestations");
-    node.write_shim_config(&format!(
-        "registry_attestors = [\"{ATTESTOR}\"]\nattestation_cache = \"{}\"\n",
-        cache.display()
-    ));
     // Signed on this node's platform manifest only.
     let multi = node.push_multiarch("shim-platform", "1");
     cosign_sig(
