@@ -213,6 +213,8 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
                     uid: None,
                 }),
                 container: None,
+                container_id: None,
+                action: None,
                 cluster: args.cluster.clone(),
                 bundle: Some(attestgate_policy::decision::BundleRef {
                     digest: bundle.digest().to_string(),

@@ -89,6 +89,15 @@ pub struct Flags {
     /// brings none.
     #[arg(long)]
     pub registry_credentials: Option<PathBuf>,
+    /// How often every running container is decided again, besides
+    /// within seconds of a bundle or attestation-cache change [default: 1h].
+    #[arg(long)]
+    pub cv_interval: Option<Span>,
+    /// What continuous validation does with a running container the
+    /// policy now denies: log (a record), stop it too, or off (no
+    /// continuous validation) [default: log].
+    #[arg(long, value_enum)]
+    pub cv_action: Option<CvAction>,
     /// Validate the configuration and exit.
     #[arg(long)]
     pub check_config: bool,
@@ -124,7 +133,30 @@ struct ProxyKeys {
     handshake_timeout: Option<Span>,
     pull_timeout: Option<Span>,
     memory_budget: Option<Size>,
+    cv_interval: Option<Span>,
+    cv_action: Option<CvAction>,
 }
+
+/// What continuous validation does with a running container the policy
+/// now denies (SPEC §12).
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum CvAction {
+    /// A record, as GKE's continuous validation writes.
+    #[default]
+    Log,
+    /// A record, and the container stopped (never one admitted by
+    /// break-glass); kubelet's restart is then decided at its create.
+    Stop,
+    /// No continuous validation: running containers are decided only when
+    /// created (a node whose every container restarts often, say).
+    Off,
+}
+
+/// GKE's continuous validation takes up to a day; an hour catches what no
+/// change on the node announces (an attestation's key revoked upstream
+/// arrives as a bundle change, which is seen within seconds anyway).
+pub const DEFAULT_CV_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
 
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -147,6 +179,8 @@ pub struct Config {
     pub handshake_timeout: std::time::Duration,
     pub pull_timeout: std::time::Duration,
     pub memory_budget: usize,
+    pub cv_interval: std::time::Duration,
+    pub cv_action: CvAction,
 }
 
 /// What intercepted calls may hold together unless configured: four of
@@ -264,7 +298,17 @@ impl Config {
         }
         let memory_budget = usize::try_from(memory_budget)
             .with_context(|| format!("memory_budget {memory_budget} bytes: too large"))?;
+        let cv_interval = flags
+            .cv_interval
+            .or(own.cv_interval)
+            .map_or(DEFAULT_CV_INTERVAL, |span| span.0);
+        if cv_interval < std::time::Duration::from_secs(1) {
+            bail!("cv_interval {cv_interval:?}: expected at least 1s");
+        }
+        let cv_action = flags.cv_action.or(own.cv_action).unwrap_or_default();
         Ok(Config {
+            cv_interval,
+            cv_action,
             max_connections,
             memory_budget,
             handshake_timeout,

@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod connection;
+pub mod continuous;
 pub use attestgate_node::content;
 pub mod cri;
 pub mod grpc;
@@ -115,14 +116,16 @@ pub async fn serve_until(
         )
     };
     let gate = Arc::new(intercept::Gate {
-        decider: Decider::new(
-            store.clone(),
-            config.node.evaluation.clone(),
-            config.node.fail_mode,
-            audit,
-            metrics.clone(),
-        )
-        .with_attestation_cache(cache),
+        decider: Arc::new(
+            Decider::new(
+                store.clone(),
+                config.node.evaluation.clone(),
+                config.node.fail_mode,
+                audit,
+                metrics.clone(),
+            )
+            .with_attestation_cache(cache),
+        ),
         metrics: metrics.clone(),
         runtime,
         upstream: runtime_client,
@@ -132,6 +135,24 @@ pub async fn serve_until(
         signatures,
         content,
     });
+    let validator = continuous::Validator {
+        decider: gate.decider.clone(),
+        containers: continuous::CriContainers {
+            runtime: gate.upstream.clone(),
+            images: gate.images.clone(),
+        },
+        metrics: metrics.clone(),
+        action: config.cv_action,
+        interval: config.cv_interval,
+        attestation_cache: (!config.node.evaluation.registry_attestors.is_none())
+            .then(|| config.node.attestation_cache.clone()),
+        rate: continuous::CONTAINERS_PER_SECOND,
+    };
+    if config.cv_action == config::CvAction::Off {
+        tracing::info!("continuous validation is off (cv_action = \"off\")");
+    } else {
+        tokio::spawn(validator.run());
+    }
     let reopen_gate = gate.clone();
     attestgate_node::store::spawn_watcher(store, move || {
         if let Err(e) = reopen_gate.decider.audit.reopen() {

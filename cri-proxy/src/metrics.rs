@@ -97,6 +97,20 @@ pub struct Metrics {
     memory_budget: Gauge,
     memory_held: Gauge,
     budget: std::sync::OnceLock<Arc<Budget>>,
+    /// Running containers by the verdict of the last continuous-validation
+    /// pass (SPEC §12): allow, deny, unknown.
+    cv_containers: Family<VerdictLabels, Gauge>,
+    cv_last_pass: Gauge<i64, AtomicI64>,
+    cv_pass_seconds: Gauge<f64, AtomicU64>,
+    pub cv_stopped: Counter,
+    /// Lookups continuous validation could not make (a pass skipped, a
+    /// container left undecided) and stops that failed.
+    pub cv_errors: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabels {
+    pub verdict: &'static str,
 }
 
 fn latency_histogram() -> Histogram {
@@ -249,7 +263,42 @@ impl Metrics {
             "Audit records that could not be written",
             audit_errors.clone(),
         );
+        let cv_containers = Family::<VerdictLabels, Gauge>::default();
+        let cv_last_pass = Gauge::<i64, AtomicI64>::default();
+        let cv_pass_seconds = Gauge::<f64, AtomicU64>::default();
+        let cv_stopped = Counter::default();
+        let cv_errors = Counter::default();
+        registry.register(
+            "cv_containers",
+            "Running containers by the verdict of the last continuous-validation pass (allow, deny, unknown: not decided)",
+            cv_containers.clone(),
+        );
+        registry.register(
+            "cv_last_pass_timestamp_seconds",
+            "When the last continuous-validation pass finished",
+            cv_last_pass.clone(),
+        );
+        registry.register(
+            "cv_pass_duration_seconds",
+            "How long the last continuous-validation pass took",
+            cv_pass_seconds.clone(),
+        );
+        registry.register(
+            "cv_stopped",
+            "Running containers continuous validation stopped (cv_action = stop)",
+            cv_stopped.clone(),
+        );
+        registry.register(
+            "cv_errors",
+            "Continuous-validation lookups containerd did not answer, and stops that failed",
+            cv_errors.clone(),
+        );
         Metrics {
+            cv_containers,
+            cv_last_pass,
+            cv_pass_seconds,
+            cv_stopped,
+            cv_errors,
             registry,
             decisions,
             decision_seconds,
@@ -316,6 +365,21 @@ impl Metrics {
                 method: method_label(path),
             })
             .clone()
+    }
+
+    /// What a continuous-validation pass found (containers by verdict),
+    /// and when it finished.
+    pub fn cv_pass(&self, by_verdict: [(&'static str, u64); 3], took: Duration) {
+        for (verdict, count) in by_verdict {
+            self.cv_containers
+                .get_or_create(&VerdictLabels { verdict })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        self.cv_last_pass.set(now);
+        self.cv_pass_seconds.set(took.as_secs_f64());
     }
 
     pub fn registry_lookup(&self, result: &'static str) {

@@ -40,6 +40,8 @@ pub const PROGRAM_KEYS: &[(&str, &[&str])] = &[
             "handshake_timeout",
             "memory_budget",
             "pull_timeout",
+            "cv_interval",
+            "cv_action",
         ],
     ),
     (SHIM, &["runc_shim", "shim_mode"]),

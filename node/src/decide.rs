@@ -83,6 +83,14 @@ pub struct Request<'a> {
     pub container: Option<&'a str>,
 }
 
+/// A running container continuous validation decided again, and what it
+/// did about it (`logged`, `stopped`, or why the stop failed).
+#[derive(Debug, Clone, Copy)]
+pub struct Revalidated<'a> {
+    pub container_id: &'a str,
+    pub action: &'a str,
+}
+
 pub struct Decider {
     pub store: Arc<BundleStore>,
     pub evaluation: Settings,
@@ -279,6 +287,48 @@ impl Decider {
         self.record(request, decision, current.as_deref(), started)
     }
 
+    /// For continuous validation (SPEC §12): how `image` would be decided
+    /// now for a container already running in `pod`, recording nothing.
+    /// None while no valid bundle is in force: then there is nothing to
+    /// validate against, and a NO_POLICY verdict would flag (and under
+    /// `cv_action = "stop"` end) every container on the node because the
+    /// node lost its policy, not because any image changed.
+    pub fn would_decide(
+        &self,
+        reference: &str,
+        image: &ImageRef,
+        pod: &PodContext,
+    ) -> Option<(Decision, Arc<LoadedBundle>)> {
+        let current = self.store.current()?;
+        if current.lapsed(time::OffsetDateTime::now_utc()).is_some() {
+            return None;
+        }
+        let registry = self.cached_attestations(image);
+        let decision = evaluate_with(
+            &current.bundle,
+            &self.evaluation,
+            reference,
+            image,
+            pod,
+            &registry,
+        );
+        Some((decision, current))
+    }
+
+    /// Records what continuous validation found for the running container
+    /// `container_id` under `bundle` (the one [`Self::would_decide`] decided
+    /// by), and `action`, what it did about it.
+    pub fn record_revalidation(
+        &self,
+        request: &Request<'_>,
+        decision: Decision,
+        bundle: &LoadedBundle,
+        revalidated: Revalidated<'_>,
+        started: Instant,
+    ) -> Decision {
+        self.write(request, decision, Some(bundle), Some(revalidated), started)
+    }
+
     /// An image that could not be decided, settled by whose failure it is
     /// and recorded like any decision.
     pub fn undecidable(
@@ -318,7 +368,6 @@ impl Decider {
         }
     }
 
-    /// Writes the record; when it cannot be written, the fail mode decides.
     fn record(
         &self,
         request: &Request<'_>,
@@ -326,11 +375,25 @@ impl Decider {
         current: Option<&LoadedBundle>,
         started: Instant,
     ) -> Decision {
+        self.write(request, decision, current, None, started)
+    }
+
+    /// Writes the record; when it cannot be written, the fail mode decides.
+    fn write(
+        &self,
+        request: &Request<'_>,
+        decision: Decision,
+        current: Option<&LoadedBundle>,
+        revalidated: Option<Revalidated<'_>>,
+        started: Instant,
+    ) -> Decision {
         let ctx = RecordContext {
             operation: request.operation,
             time: time::OffsetDateTime::now_utc(),
             pod: request.pod_ref.cloned(),
             container: request.container.map(str::to_string),
+            container_id: revalidated.map(|r| r.container_id.to_string()),
+            action: revalidated.map(|r| r.action.to_string()),
             cluster: self.evaluation.cluster.clone(),
             bundle: current.map(|c| c.reference.clone()),
         };
@@ -375,6 +438,7 @@ pub fn operation_name(operation: Operation) -> &'static str {
         Operation::CreateContainer => "CreateContainer",
         Operation::TaskCreate => "TaskCreate",
         Operation::Evaluate => "Evaluate",
+        Operation::ContinuousValidation => "ContinuousValidation",
     }
 }
 

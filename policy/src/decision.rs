@@ -253,6 +253,8 @@ pub enum Operation {
     CreateContainer,
     TaskCreate,
     Evaluate,
+    /// A running container decided again (SPEC §12).
+    ContinuousValidation,
 }
 
 /// Pod identity as recorded.
@@ -285,6 +287,12 @@ pub struct RecordContext {
     pub time: time::OffsetDateTime,
     pub pod: Option<PodRef>,
     pub container: Option<String>,
+    /// The running container's id, for continuous validation, whose
+    /// records are about a container rather than a request.
+    pub container_id: Option<String>,
+    /// What continuous validation did about a container it found denied:
+    /// `logged`, `stopped`, or why the stop failed.
+    pub action: Option<String>,
     pub cluster: Option<String>,
     pub bundle: Option<BundleRef>,
 }
@@ -303,6 +311,10 @@ struct Record<'a> {
     pod: Option<&'a PodRef>,
     #[serde(skip_serializing_if = "Option::is_none")]
     container: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    action: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cluster: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -346,6 +358,8 @@ impl Decision {
             image: &self.image,
             pod: ctx.pod.as_ref(),
             container: ctx.container.as_deref(),
+            container_id: ctx.container_id.as_deref(),
+            action: ctx.action.as_deref(),
             cluster: ctx.cluster.as_deref(),
             rule: self.rule(),
             evaluation_mode: self.evaluation_mode().map(EvaluationMode::name),

@@ -915,6 +915,8 @@ fn decision_record_has_the_documented_shape() {
             uid: Some("u-1".into()),
         }),
         container: Some("web".into()),
+        container_id: None,
+        action: None,
         cluster: Some("us-east1-b.prod".into()),
         bundle: Some(attestgate_policy::decision::BundleRef {
             digest: bundle.digest().into(),

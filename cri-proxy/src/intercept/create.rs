@@ -569,7 +569,7 @@ fn identity_mismatch(claimed: &Pod, sandbox: &Pod) -> Option<String> {
 /// image has a digest in it (that very digest, when the name has one); a tag
 /// is kept only when it is one of the image's own, so a tag named beside a
 /// digest, or one that has moved on to another image, lends nothing.
-fn carried(info: &ImageInfo, name: &ImageRef) -> Option<ImageRef> {
+pub fn carried(info: &ImageInfo, name: &ImageRef) -> Option<ImageRef> {
     let own_tag = |tag: &str| {
         info.repo_tags.iter().any(|t| {
             ImageRef::parse(t).is_ok_and(|t| {

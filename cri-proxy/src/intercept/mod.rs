@@ -28,7 +28,8 @@ use crate::upstream::{Reply, Upstream};
 
 /// Everything a decision needs, shared by all connections.
 pub struct Gate<R> {
-    pub decider: Decider,
+    /// Shared with continuous validation, which decides by it too.
+    pub decider: Arc<Decider>,
     pub metrics: Arc<Metrics>,
     pub runtime: R,
     /// containerd's runtime endpoint, for decided RuntimeService calls.
@@ -209,7 +210,7 @@ pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
 /// a FIFO its reader has stopped reading), without holding up the tasks
 /// queued on this worker of the runtime: its connection to containerd, the
 /// other calls' decisions. They move to another thread meanwhile.
-fn off_the_runtime<T>(write: impl FnOnce() -> T) -> T {
+pub(crate) fn off_the_runtime<T>(write: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(write)

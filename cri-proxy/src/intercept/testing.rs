@@ -141,13 +141,13 @@ pub fn gate(
     store.reload(true);
     assert!(store.current().is_some(), "the test policy loads");
     Gate {
-        decider: Decider::new(
+        decider: Arc::new(Decider::new(
             store,
             Settings::default(),
             fail_mode,
             AuditLog::open(&dir.join("audit.jsonl")).unwrap(),
             metrics.clone(),
-        ),
+        )),
         metrics,
         runtime: FakeRuntime {
             images: vec![image],
