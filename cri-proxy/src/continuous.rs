@@ -372,10 +372,17 @@ impl<C: Containers> Validator<C> {
             }
         };
         let mut images: HashMap<String, Option<ImageInfo>> = HashMap::new();
-        let mut pace = tokio::time::interval(Duration::from_secs(1) / self.rate.max(1));
-        pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Unpaced only where a rate is too high to be a bound at all.
+        let period = Duration::from_secs(1) / self.rate.max(1);
+        let mut pace = (period >= Duration::from_micros(1)).then(|| {
+            let mut pace = tokio::time::interval(period);
+            pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            pace
+        });
         for container in &listed {
-            pace.tick().await;
+            if let Some(pace) = pace.as_mut() {
+                pace.tick().await;
+            }
             let verdict = self
                 .revalidate(
                     container,

@@ -146,11 +146,8 @@ async fn a_revoked_attestation_flags_its_running_pod_and_no_other() {
         state(&cri, &kept).await,
         ContainerState::ContainerRunning as i32
     );
-    let metrics = node.proxy_log();
-    assert!(
-        metrics.contains("continuous validation pass done"),
-        "{metrics}"
-    );
+    let log = node.proxy_log();
+    assert!(log.contains("continuous validation pass done"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
