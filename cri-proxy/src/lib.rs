@@ -144,8 +144,9 @@ pub async fn serve_until(
         metrics: metrics.clone(),
         action: config.cv_action,
         interval: config.cv_interval,
-        attestation_cache: (!config.node.evaluation.registry_attestors.is_none())
-            .then(|| config.node.attestation_cache.clone()),
+        // Watched whether or not decisions read it now: which keys do is
+        // the bundle's to say (a platform policy's sigstore authorities).
+        attestation_cache: Some(config.node.attestation_cache.clone()),
         rate: continuous::CONTAINERS_PER_SECOND,
     };
     if config.cv_action == config::CvAction::Off {
