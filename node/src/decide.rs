@@ -17,8 +17,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use attestgate_policy::{
-    Decision, ImageRef, ImageSubject, Operation, PodContext, PodRef, RecordContext,
-    RegistryAttestation, RegistrySignature, Settings, evaluate_with,
+    Decision, ImageRef, ImageSubject, Operation, PlatformVerdict, PodContext, PodRef,
+    RecordContext, RegistryAttestation, RegistrySignature, Settings, evaluate_platform,
+    evaluate_with,
 };
 
 use crate::attestations::AttestationCache;
@@ -89,7 +90,8 @@ pub struct Decider {
     pub fail_mode: FailMode,
     pub audit: AuditLog,
     /// Registry signatures verified at pulls; read only when
-    /// `evaluation.registry_attestors` names any attestor.
+    /// `evaluation.registry_attestors` names any attestor or the bundle's
+    /// platform policy has a check they may satisfy.
     pub attestations: Option<AttestationCache>,
     hooks: Arc<dyn Hooks>,
 }
@@ -119,13 +121,14 @@ impl Decider {
     }
 
     /// What the attestation cache holds for `image`'s digest: nothing when
-    /// registry signatures count for no attestor, and nothing (reported,
-    /// counted) when the entry cannot be read.
+    /// registry signatures count for no attestor and for no check of the
+    /// bundle's platform policy, and nothing (reported, counted) when the
+    /// entry cannot be read.
     pub fn cached_attestations(&self, image: &ImageRef) -> Vec<RegistryAttestation> {
         let (Some(cache), Some(digest)) = (&self.attestations, &image.digest) else {
             return Vec::new();
         };
-        if self.evaluation.registry_attestors.is_none() {
+        if self.evaluation.registry_attestors.is_none() && !self.platform_uses_registry() {
             return Vec::new();
         }
         match cache.load(digest) {
@@ -136,6 +139,41 @@ impl Decider {
                 Vec::new()
             }
         }
+    }
+
+    /// Whether the bundle in force has a platform policy with a check that
+    /// registry signatures may satisfy (SPEC §12): its verdict is wanted by
+    /// continuous validation whatever `platform_policy_enforce` says.
+    fn platform_uses_registry(&self) -> bool {
+        self.store.current().is_some_and(|current| {
+            current
+                .bundle
+                .platform_policy()
+                .is_some_and(|p| p.uses_registry_signatures())
+        })
+    }
+
+    /// The platform policy's verdict on `image` in `pod` under the bundle
+    /// in force, with `registry` the signatures to count (those of
+    /// [`Self::cached_attestations`], or found since): for continuous
+    /// validation, which evaluates it whether or not admission enforces it.
+    /// Nothing is recorded. None when no bundle is in force, the bundle has
+    /// no platform policy, or a synced bundle is past its expiry.
+    pub fn platform_verdict(
+        &self,
+        reference: &str,
+        image: &ImageRef,
+        pod: &PodContext,
+        registry: &[RegistryAttestation],
+    ) -> Option<PlatformVerdict> {
+        // The name as requested only labels records; the verdict reads the
+        // parsed image alone.
+        let _ = reference;
+        let current = self.store.current()?;
+        if current.lapsed(time::OffsetDateTime::now_utc()).is_some() {
+            return None;
+        }
+        evaluate_platform(&current.bundle, &self.evaluation, image, pod, registry)
     }
 
     /// Decides `image` (`reference` as the request named it, for the
@@ -154,10 +192,11 @@ impl Decider {
     /// Whether registry signatures could change how `image` is decided:
     /// the bundle in force requires attestations it does not have (`held`:
     /// the cache's, as [`Self::cached_attestations`] read them, and any
-    /// found since), from attestors registry signatures may count for. A
-    /// pull waits for its lookup only then. Nothing is recorded, and the
-    /// cache is not read again: a caller asking more than once reads it
-    /// once.
+    /// found since), from attestors registry signatures may count for; or
+    /// the platform policy, enforced, denies the image for want of a
+    /// signature. A pull waits for its lookup only then. Nothing is
+    /// recorded, and the cache is not read again: a caller asking more
+    /// than once reads it once.
     pub fn needs_registry(
         &self,
         reference: &str,
@@ -165,12 +204,17 @@ impl Decider {
         pod: &PodContext,
         held: &[RegistryAttestation],
     ) -> bool {
-        if self.evaluation.registry_attestors.is_none() || image.digest.is_none() {
+        if image.digest.is_none() {
             return false;
         }
         let Some(current) = self.store.current() else {
             return false;
         };
+        let platform_counts =
+            self.evaluation.platform_policy_enforce && self.platform_uses_registry();
+        if self.evaluation.registry_attestors.is_none() && !platform_counts {
+            return false;
+        }
         let decision = evaluate_with(
             &current.bundle,
             &self.evaluation,
@@ -179,17 +223,26 @@ impl Decider {
             pod,
             held,
         );
-        decision.overridden.unwrap_or(decision.reason)
+        let project_wants = decision.overridden.unwrap_or(decision.reason)
             == attestgate_policy::Reason::MissingAttestations
             && decision
                 .attestors
                 .iter()
-                .any(|a| !a.satisfied && self.evaluation.registry_attestors.admits(&a.name))
+                .any(|a| !a.satisfied && self.evaluation.registry_attestors.admits(&a.name));
+        let platform_wants = platform_counts
+            && decision
+                .platform_policy
+                .as_ref()
+                .is_some_and(PlatformVerdict::wants_registry_signatures);
+        project_wants || platform_wants
     }
 
     /// Of `signatures`, found in the registry for `signed_digest`, those
     /// that verify for some attestor registry signatures may count for in
-    /// the bundle in force: what may be cached. None without a bundle.
+    /// the bundle in force, or under the keys of a platform policy check
+    /// (sigstore authorities, attestation authenticators), so that the
+    /// check can be decided offline later: what may be cached. None
+    /// without a bundle.
     pub fn verified_signatures(
         &self,
         signed_digest: &attestgate_policy::Digest,
@@ -202,6 +255,13 @@ impl Decider {
             .bundle
             .attestors()
             .filter(|a| self.evaluation.registry_attestors.admits(&a.name))
+            .chain(
+                current
+                    .bundle
+                    .platform_policy()
+                    .into_iter()
+                    .flat_map(|p| p.registry_verifiers()),
+            )
             .collect();
         let verifies = |signature: &RegistrySignature| {
             admitted.iter().any(|attestor| {
