@@ -10,7 +10,8 @@ use crate::Outcome;
 
 #[derive(ClapArgs)]
 pub struct Args {
-    /// A bundle directory, or one policy, attestor or occurrence file.
+    /// A bundle directory, or one policy, platform policy, attestor or
+    /// occurrence file.
     path: PathBuf,
     /// Treat skipped attestations in a bundle as errors.
     #[arg(long)]
@@ -33,8 +34,12 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
                 args.path.display()
             );
         }
+        let platform = match bundle.platform_policy() {
+            Some(p) => format!(", platform policy with {} check set(s)", p.check_sets.len()),
+            None => String::new(),
+        };
         println!(
-            "{}: valid bundle ({} attestor(s), {} attestation(s), {} skipped) {}",
+            "{}: valid bundle ({} attestor(s), {} attestation(s), {} skipped{platform}) {}",
             args.path.display(),
             bundle.attestors().count(),
             bundle.occurrence_count(),
@@ -50,6 +55,9 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
                 DocumentKind::Attestors { count } => format!("{count} valid attestor(s)"),
                 DocumentKind::Occurrences { count } => {
                     format!("{count} valid attestation occurrence(s)")
+                }
+                DocumentKind::PlatformPolicy { check_sets } => {
+                    format!("valid platform policy ({check_sets} check set(s))")
                 }
             };
             println!("{}: {what}", args.path.display());

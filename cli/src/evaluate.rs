@@ -6,7 +6,8 @@ use anyhow::{Context, bail};
 use attestgate_node::freshness::Freshness;
 use attestgate_policy::{
     Bundle, Decision, Digest, ImageRef, ImageSubject, NamePattern, Operation, PodContext, PodRef,
-    RecordContext, RegistryAttestation, RegistryAttestors, Settings, evaluate_with,
+    RecordContext, RegistryAttestation, RegistryAttestors, Settings, evaluate_platform,
+    evaluate_with,
 };
 use clap::{Args as ClapArgs, ValueEnum};
 
@@ -45,6 +46,11 @@ pub struct Args {
     /// Require attestations to name the image's own repository.
     #[arg(long)]
     strict_repository: bool,
+    /// Enforce the bundle's platform policy beside the project policy, as
+    /// a node with `platform_policy_enforce = true` does. Without it the
+    /// platform policy's checks are shown but do not decide.
+    #[arg(long)]
+    platform_policy_enforce: bool,
     #[arg(long, value_enum, default_value = "text")]
     output: Output,
     /// Resolve the image at its registry and count the cosign signatures
@@ -157,6 +163,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let mut settings = Settings {
         cluster: args.cluster.clone(),
         strict_repository: args.strict_repository,
+        platform_policy_enforce: args.platform_policy_enforce,
         ..Settings::default()
     };
     if args.registry {
@@ -190,10 +197,16 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let freshness = Freshness::of(&args.bundle)
         .map_err(|e| anyhow::anyhow!("invalid bundle {}:\n  {e}", args.bundle.display()))?;
     let now = time::OffsetDateTime::now_utc();
-    let decision = match freshness.and_then(|f| f.lapsed(now)) {
+    let mut decision = match freshness.and_then(|f| f.lapsed(now)) {
         Some(why) => Decision::no_policy_because(ImageSubject::from_ref(&args.image, &image), why),
         None => evaluate_with(&bundle, &settings, &args.image, &image, &pod, &offered),
     };
+    // Shown even when it does not decide (`enforced: false`), so a
+    // pipeline sees what the platform policy would say before a node
+    // enforces it.
+    if decision.platform_policy.is_none() && freshness.and_then(|f| f.lapsed(now)).is_none() {
+        decision.platform_policy = evaluate_platform(&bundle, &settings, &image, &pod, &offered);
+    }
     match args.output {
         Output::Text => {
             let verdict = if decision.allowed { "ALLOW" } else { "DENY" };
@@ -201,6 +214,29 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             for a in &decision.attestors {
                 let mark = if a.satisfied { "ok  " } else { "FAIL" };
                 println!("  {mark} {}: {}", a.name, a.detail);
+            }
+            if let Some(platform) = &decision.platform_policy {
+                let verdict = if platform.conforms {
+                    "conforms"
+                } else {
+                    "does not conform"
+                };
+                let enforced = if platform.enforced {
+                    "enforced"
+                } else {
+                    "not enforced"
+                };
+                println!(
+                    "platform policy ({enforced}): {verdict}: {}",
+                    platform.summary()
+                );
+                for check in &platform.checks {
+                    let mark = if check.passed { "ok  " } else { "FAIL" };
+                    println!("  {mark} {} ({}): {}", check.name, check.kind, check.detail);
+                }
+                for error in &platform.config_errors {
+                    println!("  config error: {error}");
+                }
             }
         }
         Output::Json => {

@@ -680,3 +680,145 @@ fn evaluate_decides_nothing_by_a_synced_bundle_past_its_expiry() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("sync.json"));
 }
+
+/// The end-to-end suite's platform policy fixture (tests/fixtures/platform).
+fn platform_fixture() -> String {
+    format!(
+        "{}/../tests/fixtures/platform/bundle",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+#[test]
+fn policy_check_validates_platform_policies_in_a_bundle_and_alone() {
+    let bundle = platform_fixture();
+    let out = ok(&["policy", "check", &bundle]);
+    assert!(out.contains("platform policy with 4 check set(s)"), "{out}");
+    let file = format!("{bundle}/platform-policy.yaml");
+    let out = ok(&["policy", "check", &file]);
+    assert!(
+        out.contains("valid platform policy (4 check set(s))"),
+        "{out}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let b = dir.path().join("bundle");
+    std::fs::create_dir_all(&b).unwrap();
+    std::fs::write(
+        b.join("policy.yaml"),
+        "defaultAdmissionRule:\n  evaluationMode: ALWAYS_ALLOW\n",
+    )
+    .unwrap();
+    std::fs::write(
+        b.join("platform-policy.yaml"),
+        "gkePolicy:\n  checkSets:\n  - checks:\n    - trustedDirectoryCheck:\n        trustedDirPatterns: [\"gcr.i*\"]\n",
+    )
+    .unwrap();
+    for path in [b.clone(), b.join("platform-policy.yaml")] {
+        let out = attestgate(&["policy", "check", path.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("platform-policy.yaml:5:30: gkePolicy.checkSets[0].checks[0].trustedDirectoryCheck.trustedDirPatterns[0]: invalid pattern \"gcr.i*\""),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn evaluate_shows_every_platform_check_and_enforces_on_request() {
+    let bundle = platform_fixture();
+    let image = format!("registry.test:5000/release/app@{D}");
+    let base = ["evaluate", "--bundle", &bundle, "--image", &image];
+    let with = |extra: &[&str]| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        attestgate(&args)
+    };
+
+    // Shown, not enforced: the project policy alone decides.
+    let shown = with(&["--namespace", "prod"]);
+    assert_eq!(shown.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(text.starts_with("ALLOW ALWAYS_ALLOW"), "{text}");
+    assert!(
+        text.contains(
+            "platform policy (not enforced): does not conform: platform policy check set prod:"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("  ok   from-release-repo (trustedDirectoryCheck): in trusted directory registry.test:5000/release"), "{text}");
+    assert!(
+        text.contains("  FAIL release-signed (sigstoreSignatureCheck): no registry signature for"),
+        "{text}"
+    );
+
+    // Enforced: denied, and the record names the check set and check.
+    let denied = with(&[
+        "--namespace",
+        "prod",
+        "--platform-policy-enforce",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(denied.status.code(), Some(1));
+    let record: serde_json::Value = serde_json::from_slice(&denied.stdout).unwrap();
+    assert_eq!(record["reason"], "PLATFORM_POLICY");
+    assert_eq!(record["platform_policy"]["check_set"], "prod");
+    assert_eq!(record["platform_policy"]["enforced"], true);
+    let checks = record["platform_policy"]["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 2);
+    assert_eq!(checks[0]["passed"], true);
+    assert_eq!(checks[1]["name"], "release-signed");
+    assert_eq!(checks[1]["passed"], false);
+    assert!(
+        record["message"]
+            .as_str()
+            .unwrap()
+            .contains("check release-signed (sigstoreSignatureCheck) failed"),
+        "{record}"
+    );
+
+    // The service account's own check set; json output shows it unenforced.
+    let deployer = with(&[
+        "--namespace",
+        "prod",
+        "--service-account",
+        "deployer",
+        "--platform-policy-enforce",
+    ]);
+    assert_eq!(
+        deployer.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&deployer.stdout)
+    );
+    let json = with(&["--namespace", "legacy", "--output", "json"]);
+    assert_eq!(json.status.code(), Some(0));
+    let record: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(record["platform_policy"]["enforced"], false);
+    assert_eq!(record["platform_policy"]["check_set"], "unscannable");
+    assert!(
+        record["platform_policy"]["config_errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("vulnerabilityCheck"),
+        "{record}"
+    );
+    // Anywhere else the catch-all denies; the pause image is exempt.
+    let other = with(&["--namespace", "dev", "--platform-policy-enforce"]);
+    assert_eq!(other.status.code(), Some(1));
+    let pause = attestgate(&[
+        "evaluate",
+        "--bundle",
+        &bundle,
+        "--image",
+        "registry.k8s.io/pause:3.10",
+        "--platform-policy-enforce",
+    ]);
+    assert_eq!(pause.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&pause.stdout)
+            .contains("exempted by imageAllowlist pattern registry.k8s.io/pause*")
+    );
+}

@@ -50,6 +50,11 @@ pub struct Flags {
     /// Require attestations to name the image's own repository.
     #[arg(long)]
     pub strict_repository: Option<bool>,
+    /// Enforce the bundle's platform policy (platform-policy.yaml) at
+    /// PullImage and CreateContainer beside the project policy (SPEC §12)
+    /// [default: false].
+    #[arg(long)]
+    pub platform_policy_enforce: Option<bool>,
     /// Log format: text or json.
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -225,6 +230,9 @@ impl Config {
         keys.cluster = flags.cluster.or(keys.cluster.take());
         keys.fail_mode = flags.fail_mode.map(FailMode::from).or(keys.fail_mode);
         keys.strict_repository = flags.strict_repository.or(keys.strict_repository);
+        keys.platform_policy_enforce = flags
+            .platform_policy_enforce
+            .or(keys.platform_policy_enforce);
         if !flags.registry_attestors.is_empty() {
             keys.registry_attestors = Some(flags.registry_attestors.clone());
         }

@@ -74,6 +74,7 @@ const NODE_KEYS: &[&str] = &[
     "registries",
     "registry_timeout",
     "registry_credentials",
+    "platform_policy_enforce",
 ];
 
 /// How long a registry may take to answer unless configured (SPEC §11).
@@ -199,6 +200,9 @@ pub struct NodeKeys {
     pub registries: std::collections::BTreeMap<String, RegistryEntry>,
     pub registry_timeout: Option<Span>,
     pub registry_credentials: Option<PathBuf>,
+    /// Enforce the bundle's platform policy at admission beside the project
+    /// policy (SPEC §12); default false: only evaluated, never enforced.
+    pub platform_policy_enforce: Option<bool>,
 }
 
 /// How the node reaches one registry, a `[registries."HOST[:PORT]"]`
@@ -287,6 +291,7 @@ impl NodeKeys {
                 registry_attestors: RegistryAttestors::from_list(
                     self.registry_attestors.as_deref().unwrap_or_default(),
                 ),
+                platform_policy_enforce: self.platform_policy_enforce.unwrap_or(false),
             },
             attestation_cache: self
                 .attestation_cache
@@ -442,7 +447,7 @@ mod tests {
             "bundle = \"/b\"\ncluster = \"us-east1-b.prod\"\nfail_mode = \"open\"\n\
              system_images = [\"reg.test/pause*\"]\nstrict_repository = true\n\
              runc_shim = \"/usr/bin/containerd-shim-runc-v2\"\nshim_mode = \"forward\"\n\
-             listen = \"/run/a.sock\"\n",
+             listen = \"/run/a.sock\"\nplatform_policy_enforce = true\n",
         )
         .unwrap();
         let file = ConfigFile::discover(Some(&path)).unwrap();
@@ -451,6 +456,7 @@ mod tests {
         assert_eq!(node.evaluation.cluster.as_deref(), Some("us-east1-b.prod"));
         assert_eq!(node.fail_mode, FailMode::Open);
         assert!(node.evaluation.strict_repository);
+        assert!(node.evaluation.platform_policy_enforce);
         assert_eq!(node.evaluation.system_images.len(), 1);
         assert_eq!(node.bundle, PathBuf::from("/b"));
         assert_eq!(node.audit_log, PathBuf::from(DEFAULT_AUDIT_LOG));
@@ -482,6 +488,7 @@ mod tests {
         assert_eq!(node.bundle, PathBuf::from(DEFAULT_BUNDLE));
         assert_eq!(node.fail_mode, FailMode::Closed);
         assert_eq!(node.evaluation.system_images.len(), 1);
+        assert!(!node.evaluation.platform_policy_enforce);
     }
 
     #[test]

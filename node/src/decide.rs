@@ -17,8 +17,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use attestgate_policy::{
-    Decision, ImageRef, ImageSubject, Operation, PodContext, PodRef, RecordContext,
-    RegistryAttestation, RegistrySignature, Settings, evaluate_with,
+    Decision, ImageRef, ImageSubject, Operation, PlatformVerdict, PodContext, PodRef,
+    RecordContext, RegistryAttestation, RegistrySignature, Settings, evaluate_platform,
+    evaluate_with,
 };
 
 use crate::attestations::AttestationCache;
@@ -97,7 +98,8 @@ pub struct Decider {
     pub fail_mode: FailMode,
     pub audit: AuditLog,
     /// Registry signatures verified at pulls; read only when
-    /// `evaluation.registry_attestors` names any attestor.
+    /// `evaluation.registry_attestors` names any attestor or the bundle's
+    /// platform policy has a check they may satisfy.
     pub attestations: Option<AttestationCache>,
     hooks: Arc<dyn Hooks>,
 }
@@ -127,13 +129,14 @@ impl Decider {
     }
 
     /// What the attestation cache holds for `image`'s digest: nothing when
-    /// registry signatures count for no attestor, and nothing (reported,
-    /// counted) when the entry cannot be read.
+    /// registry signatures count for no attestor and for no check of the
+    /// bundle's platform policy, and nothing (reported, counted) when the
+    /// entry cannot be read.
     pub fn cached_attestations(&self, image: &ImageRef) -> Vec<RegistryAttestation> {
         let (Some(cache), Some(digest)) = (&self.attestations, &image.digest) else {
             return Vec::new();
         };
-        if self.evaluation.registry_attestors.is_none() {
+        if self.evaluation.registry_attestors.is_none() && !self.platform_uses_registry() {
             return Vec::new();
         }
         match cache.load(digest) {
@@ -144,6 +147,41 @@ impl Decider {
                 Vec::new()
             }
         }
+    }
+
+    /// Whether the bundle in force has a platform policy with a check that
+    /// registry signatures may satisfy (SPEC §12): its verdict is wanted by
+    /// continuous validation whatever `platform_policy_enforce` says.
+    fn platform_uses_registry(&self) -> bool {
+        self.store.current().is_some_and(|current| {
+            current
+                .bundle
+                .platform_policy()
+                .is_some_and(|p| p.uses_registry_signatures())
+        })
+    }
+
+    /// The platform policy's verdict on `image` in `pod` under the bundle
+    /// in force, with `registry` the signatures to count (those of
+    /// [`Self::cached_attestations`], or found since): for continuous
+    /// validation, which evaluates it whether or not admission enforces it.
+    /// Nothing is recorded. None when no bundle is in force, the bundle has
+    /// no platform policy, or a synced bundle is past its expiry.
+    pub fn platform_verdict(
+        &self,
+        reference: &str,
+        image: &ImageRef,
+        pod: &PodContext,
+        registry: &[RegistryAttestation],
+    ) -> Option<PlatformVerdict> {
+        // The name as requested only labels records; the verdict reads the
+        // parsed image alone.
+        let _ = reference;
+        let current = self.store.current()?;
+        if current.lapsed(time::OffsetDateTime::now_utc()).is_some() {
+            return None;
+        }
+        evaluate_platform(&current.bundle, &self.evaluation, image, pod, registry)
     }
 
     /// Decides `image` (`reference` as the request named it, for the
@@ -162,10 +200,11 @@ impl Decider {
     /// Whether registry signatures could change how `image` is decided:
     /// the bundle in force requires attestations it does not have (`held`:
     /// the cache's, as [`Self::cached_attestations`] read them, and any
-    /// found since), from attestors registry signatures may count for. A
-    /// pull waits for its lookup only then. Nothing is recorded, and the
-    /// cache is not read again: a caller asking more than once reads it
-    /// once.
+    /// found since), from attestors registry signatures may count for; or
+    /// the platform policy, enforced, denies the image for want of a
+    /// signature. A pull waits for its lookup only then. Nothing is
+    /// recorded, and the cache is not read again: a caller asking more
+    /// than once reads it once.
     pub fn needs_registry(
         &self,
         reference: &str,
@@ -173,12 +212,17 @@ impl Decider {
         pod: &PodContext,
         held: &[RegistryAttestation],
     ) -> bool {
-        if self.evaluation.registry_attestors.is_none() || image.digest.is_none() {
+        if image.digest.is_none() {
             return false;
         }
         let Some(current) = self.store.current() else {
             return false;
         };
+        let platform_counts =
+            self.evaluation.platform_policy_enforce && self.platform_uses_registry();
+        if self.evaluation.registry_attestors.is_none() && !platform_counts {
+            return false;
+        }
         let decision = evaluate_with(
             &current.bundle,
             &self.evaluation,
@@ -187,17 +231,26 @@ impl Decider {
             pod,
             held,
         );
-        decision.overridden.unwrap_or(decision.reason)
+        let project_wants = decision.overridden.unwrap_or(decision.reason)
             == attestgate_policy::Reason::MissingAttestations
             && decision
                 .attestors
                 .iter()
-                .any(|a| !a.satisfied && self.evaluation.registry_attestors.admits(&a.name))
+                .any(|a| !a.satisfied && self.evaluation.registry_attestors.admits(&a.name));
+        let platform_wants = platform_counts
+            && decision
+                .platform_policy
+                .as_ref()
+                .is_some_and(PlatformVerdict::wants_registry_signatures);
+        project_wants || platform_wants
     }
 
     /// Of `signatures`, found in the registry for `signed_digest`, those
     /// that verify for some attestor registry signatures may count for in
-    /// the bundle in force: what may be cached. None without a bundle.
+    /// the bundle in force, or under the keys of a platform policy check
+    /// (sigstore authorities, attestation authenticators), so that the
+    /// check can be decided offline later: what may be cached. None
+    /// without a bundle.
     pub fn verified_signatures(
         &self,
         signed_digest: &attestgate_policy::Digest,
@@ -210,6 +263,13 @@ impl Decider {
             .bundle
             .attestors()
             .filter(|a| self.evaluation.registry_attestors.admits(&a.name))
+            .chain(
+                current
+                    .bundle
+                    .platform_policy()
+                    .into_iter()
+                    .flat_map(|p| p.registry_verifiers()),
+            )
             .collect();
         let verifies = |signature: &RegistrySignature| {
             admitted.iter().any(|attestor| {
@@ -682,5 +742,239 @@ mod tests {
             line.contains(&digest) && line.contains("\"container\":\"app\""),
             "{line}"
         );
+    }
+    const PLATFORM_DENY_PROD: &str = "gkePolicy:\n  checkSets:\n  - displayName: prod\n    scope:\n      kubernetesNamespace: prod\n    imageAllowlist:\n      allowPattern: [\"registry.test/exempt/*\"]\n    checks:\n    - displayName: nothing-runs\n      alwaysDeny: true\n";
+
+    /// A decider over a bundle that allows everything, with `platform` as
+    /// its platform policy and `enforce` as `platform_policy_enforce`.
+    fn platform_decider(dir: &Path, platform: &str, enforce: bool, policy: &str) -> Decider {
+        let bundle = dir.join("bundle");
+        std::fs::create_dir_all(&bundle).unwrap();
+        std::fs::write(bundle.join("platform-policy.yaml"), platform).unwrap();
+        let mut decider = decider(dir, Some(policy), FailMode::Closed);
+        decider.evaluation.platform_policy_enforce = enforce;
+        decider
+    }
+
+    fn in_namespace(namespace: &str) -> PodContext {
+        PodContext {
+            namespace: Some(namespace.to_string()),
+            ..PodContext::default()
+        }
+    }
+
+    #[test]
+    fn an_enforced_platform_policy_must_allow_too_and_is_recorded() {
+        let image = ImageRef::parse("registry.test/app:1").unwrap();
+        let prod = in_namespace("prod");
+        for operation in [
+            Operation::PullImage,
+            Operation::CreateContainer,
+            Operation::TaskCreate,
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let decider = platform_decider(dir.path(), PLATFORM_DENY_PROD, true, ALLOW);
+            let request = Request {
+                operation,
+                pod: &prod,
+                pod_ref: None,
+                container: Some("app"),
+            };
+            let d = decider.decide(&request, "registry.test/app:1", &image, Instant::now());
+            assert_eq!((d.allowed, d.reason), (false, Reason::PlatformPolicy));
+            assert!(
+                d.explanation().contains(
+                    "denied by platform policy check set prod: check nothing-runs (alwaysDeny) failed"
+                ),
+                "{}",
+                d.explanation()
+            );
+            let record: serde_json::Value = serde_json::from_str(&lines(dir.path())[0]).unwrap();
+            assert_eq!(record["reason"], "PLATFORM_POLICY");
+            assert_eq!(record["platform_policy"]["check_set"], "prod");
+            assert_eq!(record["platform_policy"]["conforms"], false);
+            assert_eq!(record["platform_policy"]["enforced"], true);
+            assert_eq!(
+                record["platform_policy"]["checks"][0]["name"],
+                "nothing-runs"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let decider = platform_decider(dir.path(), PLATFORM_DENY_PROD, true, ALLOW);
+        // Outside the check set's scope, and exempted by it: allowed.
+        let other = in_namespace("dev");
+        let d = decider.decide(
+            &request(&other),
+            "registry.test/app:1",
+            &image,
+            Instant::now(),
+        );
+        assert_eq!((d.allowed, d.reason), (true, Reason::AlwaysAllow));
+        let exempt = ImageRef::parse("registry.test/exempt/app:1").unwrap();
+        let d = decider.decide(
+            &request(&prod),
+            "registry.test/exempt/app:1",
+            &exempt,
+            Instant::now(),
+        );
+        assert!(d.allowed);
+        // Break-glass wins over a platform denial as over any.
+        let mut glass = glass();
+        glass.namespace = Some("prod".into());
+        let d = decider.decide(
+            &request(&glass),
+            "registry.test/app:1",
+            &image,
+            Instant::now(),
+        );
+        assert_eq!(
+            (d.allowed, d.reason, d.overridden),
+            (true, Reason::BreakGlass, Some(Reason::PlatformPolicy))
+        );
+        // A project rule in dry run makes the platform denial a dry run too.
+        let dir = tempfile::tempdir().unwrap();
+        let dry = "defaultAdmissionRule:\n  evaluationMode: ALWAYS_ALLOW\n  enforcementMode: DRYRUN_AUDIT_LOG_ONLY\n";
+        let decider = platform_decider(dir.path(), PLATFORM_DENY_PROD, true, dry);
+        let d = decider.decide(
+            &request(&prod),
+            "registry.test/app:1",
+            &image,
+            Instant::now(),
+        );
+        assert_eq!(
+            (d.allowed, d.reason, d.overridden),
+            (true, Reason::DryRun, Some(Reason::PlatformPolicy))
+        );
+        let record: serde_json::Value = serde_json::from_str(&lines(dir.path())[0]).unwrap();
+        assert_eq!(record["enforced"], false);
+        assert_eq!(record["platform_policy"]["conforms"], false);
+    }
+
+    #[test]
+    fn an_unenforced_platform_policy_is_ignored_at_admission_but_evaluated_on_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let decider = platform_decider(dir.path(), PLATFORM_DENY_PROD, false, ALLOW);
+        let image = ImageRef::parse("registry.test/app:1").unwrap();
+        let prod = in_namespace("prod");
+        let d = decider.decide(
+            &request(&prod),
+            "registry.test/app:1",
+            &image,
+            Instant::now(),
+        );
+        assert_eq!((d.allowed, d.reason), (true, Reason::AlwaysAllow));
+        assert!(!lines(dir.path())[0].contains("platform_policy"));
+        // Continuous validation asks without recording anything.
+        let verdict = decider
+            .platform_verdict("registry.test/app:1", &image, &prod, &[])
+            .unwrap();
+        assert!(!verdict.conforms && !verdict.enforced);
+        assert_eq!(verdict.check_set.as_deref(), Some("prod"));
+        assert_eq!(lines(dir.path()).len(), 1);
+        // No platform policy, no verdict.
+        let dir = tempfile::tempdir().unwrap();
+        let plain = decider_with_policy(dir.path(), ALLOW);
+        assert!(
+            plain
+                .platform_verdict("registry.test/app:1", &image, &prod, &[])
+                .is_none()
+        );
+    }
+
+    fn decider_with_policy(dir: &Path, policy: &str) -> Decider {
+        decider(dir, Some(policy), FailMode::Closed)
+    }
+
+    fn openssl(args: &[&str], input: Option<&[u8]>) -> Vec<u8> {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new("openssl")
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        if let Some(input) = input {
+            stdin.write_all(input).unwrap();
+        }
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "openssl {args:?}");
+        out.stdout
+    }
+
+    #[test]
+    fn signatures_under_platform_keys_are_kept_and_read_back_without_registry_attestors() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k.pem");
+        let key_path = key.to_str().unwrap();
+        openssl(
+            &[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+                key_path,
+            ],
+            None,
+        );
+        let public =
+            String::from_utf8(openssl(&["pkey", "-pubout", "-in", key_path], None)).unwrap();
+        let pem: String = public
+            .lines()
+            .map(|l| format!("                {l}\n"))
+            .collect();
+        let platform = format!(
+            "gkePolicy:\n  checkSets:\n  - checks:\n    - displayName: signed\n      sigstoreSignatureCheck:\n        sigstoreAuthorities:\n        - publicKeySet:\n            publicKeys:\n            - publicKeyPem: |\n{pem}"
+        );
+        let mut decider = platform_decider(dir.path(), &platform, true, ALLOW);
+        assert!(decider.evaluation.registry_attestors.is_none());
+        let cache = AttestationCache::new(dir.path().join("cache"));
+        decider = decider.with_attestation_cache(cache.clone());
+
+        let digest =
+            attestgate_policy::Digest::parse(&format!("sha256:{}", "ab".repeat(32))).unwrap();
+        let payload = format!(
+            "{{\"critical\":{{\"identity\":{{\"docker-reference\":\"registry.test/app\"}},\"image\":{{\"docker-manifest-digest\":\"{digest}\"}},\"type\":\"cosign container image signature\"}},\"optional\":null}}"
+        )
+        .into_bytes();
+        let signature = openssl(&["dgst", "-sha256", "-sign", key_path], Some(&payload));
+        let good = RegistrySignature::Cosign {
+            payload: payload.clone(),
+            signature,
+        };
+        let forged = RegistrySignature::Cosign {
+            payload,
+            signature: vec![0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01],
+        };
+        let kept = decider.verified_signatures(&digest, vec![good.clone(), forged]);
+        assert_eq!(kept, vec![good]);
+
+        let image = ImageRef::parse(&format!("registry.test/app@{digest}")).unwrap();
+        let pod = PodContext::default();
+        assert!(decider.needs_registry("registry.test/app", &image, &pod, &[]));
+        cache
+            .store(
+                &digest,
+                &[crate::attestations::Found {
+                    signed_digest: digest.clone(),
+                    found_in: "registry.test/app".into(),
+                    verified: kept,
+                }],
+            )
+            .unwrap();
+        let held = decider.cached_attestations(&image);
+        assert_eq!(held.len(), 1, "the cache is read for the platform policy");
+        assert!(!decider.needs_registry("registry.test/app", &image, &pod, &held));
+        let d = decider.decide(&request(&pod), "registry.test/app", &image, Instant::now());
+        assert_eq!(
+            (d.allowed, d.reason),
+            (true, Reason::AlwaysAllow),
+            "{}",
+            d.explanation()
+        );
+        assert!(d.platform_policy.unwrap().conforms);
     }
 }

@@ -5,6 +5,7 @@
 //!   policy.yaml | policy.json
 //!   attestors/     *.yaml | *.yml | *.json
 //!   attestations/  *.json
+//!   platform-policy.yaml | platform-policy.json   (optional, SPEC §12)
 //! ```
 //!
 //! Attestations are indexed by digest so a decision never scans the bundle,
@@ -26,6 +27,8 @@ use crate::error::{BundleError, FieldError};
 use crate::model::{Attestor, Occurrence, Policy};
 use crate::node::{MAX_DOCUMENT_BYTES, Node, Path as FieldPath};
 use crate::parse::{NoteInterner, attestor_from_node, occurrence_from_node, policy_from_node};
+use crate::platform::PlatformPolicy;
+use crate::platform::parse::platform_policy_from_node;
 use crate::reference::Digest;
 
 /// Verdict cache bound: requests name a few hundred images on a node; the
@@ -37,6 +40,7 @@ pub struct Bundle {
     pub(crate) policy: Policy,
     pub(crate) attestors: HashMap<String, Attestor>,
     pub(crate) occurrences: Vec<Occurrence>,
+    platform_policy: Option<PlatformPolicy>,
     by_digest: HashMap<Digest, Vec<u32>>,
     digest: String,
     warnings: Vec<FieldError>,
@@ -58,7 +62,12 @@ impl Bundle {
     /// bundle invalid; skipped occurrences are in [`Bundle::warnings`].
     pub fn load(dir: &Path) -> Result<Bundle, BundleError> {
         let mut hasher = Sha256::new();
-        let (policy, attestors, errors) = read_rules(dir, &mut hasher);
+        let Rules {
+            policy,
+            attestors,
+            platform_policy,
+            errors,
+        } = read_rules(dir, &mut hasher);
 
         let mut warnings = Vec::new();
         let mut occurrences = Vec::new();
@@ -83,19 +92,35 @@ impl Bundle {
             occurrences,
             warnings,
             format!("sha256:{}", hex::encode(hasher.finalize())),
-        ))
+        )
+        .with_platform_policy(platform_policy))
     }
 
-    /// The policy and attestors of `dir` alone, checked as [`Bundle::load`]
-    /// checks them.
-    pub(crate) fn load_rules(
-        dir: &Path,
-    ) -> Result<(Policy, HashMap<String, Attestor>), BundleError> {
-        let (policy, attestors, errors) = read_rules(dir, &mut Sha256::new());
+    /// The policy, attestors and platform policy of `dir` alone, checked
+    /// as [`Bundle::load`] checks them.
+    pub(crate) fn load_rules(dir: &Path) -> Result<LoadedRules, BundleError> {
+        let Rules {
+            policy,
+            attestors,
+            platform_policy,
+            errors,
+        } = read_rules(dir, &mut Sha256::new());
         match policy {
-            Some(policy) if errors.is_empty() => Ok((policy, attestors)),
+            Some(policy) if errors.is_empty() => Ok((policy, attestors, platform_policy)),
             _ => Err(BundleError { errors }),
         }
+    }
+
+    /// The same bundle with `platform_policy` in force beside its policy
+    /// (or none).
+    pub fn with_platform_policy(mut self, platform_policy: Option<PlatformPolicy>) -> Bundle {
+        self.platform_policy = platform_policy;
+        self
+    }
+
+    /// The bundle's platform policy (`platform-policy.yaml`), if it has one.
+    pub fn platform_policy(&self) -> Option<&PlatformPolicy> {
+        self.platform_policy.as_ref()
     }
 
     /// Builds a bundle from values already parsed (tests, benchmarks, the CLI
@@ -153,6 +178,7 @@ impl Bundle {
             policy,
             attestors,
             occurrences,
+            platform_policy: None,
             by_digest,
             digest,
             warnings,
@@ -217,11 +243,21 @@ impl Bundle {
     }
 }
 
-/// The policy and the attestors of `dir`, checked against each other, and
-/// every error that makes the bundle invalid; their files are hashed into
-/// `hasher`.
-type Rules = (Option<Policy>, HashMap<String, Attestor>, Vec<FieldError>);
+/// What [`Bundle::load_rules`] gives: the policy, the attestors by name and
+/// the platform policy.
+pub(crate) type LoadedRules = (Policy, HashMap<String, Attestor>, Option<PlatformPolicy>);
 
+/// The policy, the attestors (checked against each other) and the platform
+/// policy of a bundle directory, and every error that makes the bundle
+/// invalid.
+struct Rules {
+    policy: Option<Policy>,
+    attestors: HashMap<String, Attestor>,
+    platform_policy: Option<PlatformPolicy>,
+    errors: Vec<FieldError>,
+}
+
+/// Reads the rules of `dir`, hashing their files into `hasher`.
 fn read_rules(dir: &Path, hasher: &mut Sha256) -> Rules {
     let mut errors = Vec::new();
 
@@ -235,6 +271,26 @@ fn read_rules(dir: &Path, hasher: &mut Sha256) -> Rules {
     };
     let policy = match policy {
         Ok(p) => Some(p),
+        Err(e) => {
+            errors.push(e);
+            None
+        }
+    };
+
+    // Hashed after the policy, before the attestors, in both loaders alike.
+    let platform_policy = match find_platform_policy_file(dir) {
+        Ok(None) => None,
+        Ok(Some(path)) => match read_document(&path, hasher).and_then(|(text, _)| {
+            Node::parse(&text)
+                .and_then(|n| platform_policy_from_node(&n))
+                .map_err(|e| e.in_file(&path))
+        }) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        },
         Err(e) => {
             errors.push(e);
             None
@@ -300,7 +356,34 @@ fn read_rules(dir: &Path, hasher: &mut Sha256) -> Rules {
         }
     }
 
-    (policy, attestors, errors)
+    Rules {
+        policy,
+        attestors,
+        platform_policy,
+        errors,
+    }
+}
+
+/// The platform policy file, when the bundle has one (it is optional).
+fn find_platform_policy_file(dir: &Path) -> Result<Option<PathBuf>, FieldError> {
+    let present: Vec<PathBuf> = crate::platform::FILE_NAMES
+        .iter()
+        .map(|name| dir.join(name))
+        .filter(|p| p.is_file())
+        .collect();
+    match present.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one.clone())),
+        _ => Err(FieldError::new(
+            "",
+            None,
+            format!(
+                "more than one of {}",
+                crate::platform::FILE_NAMES.join(" and ")
+            ),
+        )
+        .in_file(dir)),
+    }
 }
 
 fn find_policy_file(dir: &Path) -> Result<PathBuf, FieldError> {

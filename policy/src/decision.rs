@@ -8,6 +8,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::model::{EnforcementMode, EvaluationMode};
+use crate::platform::PlatformVerdict;
 use crate::reference::ImageRef;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -23,6 +24,13 @@ pub enum Reason {
     DryRun,
     NoPolicy,
     Error,
+    /// The project policy allowed the image and the bundle's platform
+    /// policy, enforced (`platform_policy_enforce`), did not: none of the
+    /// project policy's reasons says that truthfully (`ALWAYS_DENY` and
+    /// `MISSING_ATTESTATIONS` name the project rule's own verdict, which
+    /// was an allow), and audit queries must be able to tell the two
+    /// policies' denials apart.
+    PlatformPolicy,
 }
 
 impl Reason {
@@ -37,6 +45,7 @@ impl Reason {
         Reason::DryRun,
         Reason::NoPolicy,
         Reason::Error,
+        Reason::PlatformPolicy,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -51,6 +60,7 @@ impl Reason {
             Reason::DryRun => "DRY_RUN",
             Reason::NoPolicy => "NO_POLICY",
             Reason::Error => "ERROR",
+            Reason::PlatformPolicy => "PLATFORM_POLICY",
         }
     }
 }
@@ -160,6 +170,8 @@ pub struct Decision {
     pub image: ImageSubject,
     /// Set by the fail mode for `NO_POLICY` / `ERROR`.
     pub fail_open: bool,
+    /// The platform policy's verdict (SPEC §12), when one was evaluated.
+    pub platform_policy: Option<PlatformVerdict>,
 }
 
 impl Decision {
@@ -207,6 +219,16 @@ impl Decision {
                 format!("no valid policy loaded for image {image}: {why}")
             }
             Outcome::Error { message } => format!("error deciding image {image}: {message}"),
+        };
+        let policy_part = match &self.platform_policy {
+            Some(verdict) if self.overridden.unwrap_or(self.reason) == Reason::PlatformPolicy => {
+                format!(
+                    "image {image} denied by {}; project policy: {policy_part}",
+                    verdict.summary()
+                )
+            }
+            Some(verdict) if !verdict.conforms => format!("{policy_part}; {}", verdict.summary()),
+            _ => policy_part,
         };
         match self.reason {
             Reason::DryRun => format!(
@@ -325,6 +347,8 @@ struct Record<'a> {
     enforcement_mode: Option<&'static str>,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     attestors: &'a [AttestorVerdict],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    platform_policy: Option<&'a PlatformVerdict>,
     message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     bundle: Option<&'a BundleRef>,
@@ -365,6 +389,7 @@ impl Decision {
             evaluation_mode: self.evaluation_mode().map(EvaluationMode::name),
             enforcement_mode: self.enforcement_mode().map(EnforcementMode::name),
             attestors: &self.attestors,
+            platform_policy: self.platform_policy.as_ref(),
             message: self.explanation(),
             bundle: ctx.bundle.as_ref(),
         };

@@ -12,6 +12,7 @@ use crate::model::{
     GlobalPolicyEvaluationMode, KeyMaterial, Occurrence, Signature,
 };
 use crate::payload::check_payload;
+use crate::platform::evaluate_platform;
 use crate::reference::{Digest, ImageRef};
 use crate::registry::{RegistryAttestation, RegistryAttestors};
 
@@ -31,6 +32,9 @@ pub struct Settings {
     pub strict_repository: bool,
     /// Attestors that signatures from the registry may count for (SPEC §11).
     pub registry_attestors: RegistryAttestors,
+    /// Whether the bundle's platform policy must allow too (SPEC §12,
+    /// `platform_policy_enforce`); when false, admission ignores it.
+    pub platform_policy_enforce: bool,
 }
 
 pub const DEFAULT_SYSTEM_IMAGES: &[&str] = &["registry.k8s.io/pause*"];
@@ -45,6 +49,7 @@ impl Default for Settings {
                 .collect(),
             strict_repository: false,
             registry_attestors: RegistryAttestors::None,
+            platform_policy_enforce: false,
         }
     }
 }
@@ -93,6 +98,13 @@ pub fn evaluate(
 /// bundle's occurrences (SPEC §11): each counts for the attestors that
 /// `settings.registry_attestors` admits, under any of their PKIX keys.
 /// The caller gives only attestations that may count for `image`'s digest.
+///
+/// With `settings.platform_policy_enforce` and a bundle that has a
+/// platform policy, the platform policy must allow too: an image the
+/// project policy allows and the platform policy does not is denied with
+/// [`Reason::PlatformPolicy`]. The platform verdict is in the decision
+/// either way, and dry run and break-glass apply to a platform denial as
+/// to the project policy's own.
 pub fn evaluate_with(
     bundle: &Bundle,
     settings: &Settings,
@@ -121,6 +133,29 @@ pub fn evaluate_with(
         // evaluate_policy never yields these.
         Outcome::NoPolicy { .. } | Outcome::Error { .. } => (false, Reason::Error, false),
     };
+    let platform_policy = if settings.platform_policy_enforce {
+        evaluate_platform(bundle, settings, image, pod, registry).map(|mut verdict| {
+            verdict.enforced = true;
+            verdict
+        })
+    } else {
+        None
+    };
+    let (policy_allowed, policy_reason, dry_run) = match &platform_policy {
+        Some(verdict) if policy_allowed && !verdict.conforms => {
+            // The rule in force says what a denial does; an image allowed
+            // by name has no rule, and a platform denial of it is enforced.
+            let rule_dry_run = matches!(
+                &outcome,
+                Outcome::Rule {
+                    enforcement_mode: EnforcementMode::DryrunAuditLogOnly,
+                    ..
+                }
+            );
+            (false, Reason::PlatformPolicy, rule_dry_run)
+        }
+        _ => (policy_allowed, policy_reason, dry_run),
+    };
     let mut decision = Decision {
         allowed: policy_allowed,
         reason: policy_reason,
@@ -130,6 +165,7 @@ pub fn evaluate_with(
         attestors,
         image: subject,
         fail_open: false,
+        platform_policy,
     };
     if dry_run {
         decision.allowed = true;
@@ -211,6 +247,7 @@ impl Decision {
             attestors: Vec::new(),
             image,
             fail_open: false,
+            platform_policy: None,
         }
     }
 

@@ -116,7 +116,7 @@ impl Bundle {
         digests: &[&Digest],
     ) -> Result<Bundle, IndexError> {
         let index = Index::open(index, stamp)?;
-        let (policy, attestors) = Bundle::load_rules(dir)?;
+        let (policy, attestors, platform_policy) = Bundle::load_rules(dir)?;
         let mut occurrences = Vec::new();
         for digest in digests {
             occurrences.extend(index.occurrences(digest)?);
@@ -127,7 +127,8 @@ impl Bundle {
             occurrences,
             Vec::new(),
             index.header.digest,
-        ))
+        )
+        .with_platform_policy(platform_policy))
     }
 }
 

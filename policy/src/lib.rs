@@ -23,6 +23,7 @@ pub mod model;
 mod node;
 pub mod parse;
 pub mod payload;
+pub mod platform;
 pub mod reference;
 pub mod registry;
 pub mod verify;
@@ -35,5 +36,6 @@ pub use decision::{
 pub use error::{BundleError, FieldError, Location};
 pub use evaluate::{PodContext, Settings, evaluate, evaluate_with};
 pub use glob::NamePattern;
+pub use platform::{CheckResult, PlatformPolicy, PlatformVerdict, evaluate_platform};
 pub use reference::{Digest, ImageRef};
 pub use registry::{RegistryAttestation, RegistryAttestors, RegistrySignature};

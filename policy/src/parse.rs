@@ -302,7 +302,7 @@ fn validate_istio_key(key: &str) -> Result<(), String> {
     }
 }
 
-fn dns1123_label(s: &str) -> bool {
+pub(crate) fn dns1123_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()
@@ -311,7 +311,7 @@ fn dns1123_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-fn dns1123_subdomain(s: &str) -> bool {
+pub(crate) fn dns1123_subdomain(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.split('.').all(dns1123_label)
 }
 
@@ -589,13 +589,22 @@ fn signature_list(obj: &Obj<'_>) -> Result<Vec<Signature>, FieldError> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DocumentKind {
     Policy,
-    Attestors { count: usize },
-    Occurrences { count: usize },
+    Attestors {
+        count: usize,
+    },
+    Occurrences {
+        count: usize,
+    },
+    /// A platform policy (SPEC §12) and how many check sets it has.
+    PlatformPolicy {
+        check_sets: usize,
+    },
 }
 
-/// Validates one policy, attestor or occurrence file on its own. The kind
-/// comes from the file's place in a bundle (`policy.*`, `attestors/`,
-/// `attestations/`), else from its content. Every problem is returned.
+/// Validates one policy, platform policy, attestor or occurrence file on
+/// its own. The kind comes from the file's place in a bundle (`policy.*`,
+/// `platform-policy.*`, `attestors/`, `attestations/`), else from its
+/// content. Every problem is returned.
 pub fn check_file(path: &std::path::Path) -> Result<DocumentKind, Vec<FieldError>> {
     let text = std::fs::read(path)
         .map_err(|e| vec![FieldError::new("", None, format!("cannot read: {e}")).in_file(path)])?;
@@ -613,6 +622,8 @@ pub fn check_file(path: &std::path::Path) -> Result<DocumentKind, Vec<FieldError
         .unwrap_or_default();
     let kind = if stem == "policy" {
         Kind_::Policy
+    } else if stem == "platform-policy" {
+        Kind_::PlatformPolicy
     } else if parent == "attestors" {
         Kind_::Attestors
     } else if parent == "attestations" {
@@ -624,6 +635,11 @@ pub fn check_file(path: &std::path::Path) -> Result<DocumentKind, Vec<FieldError
     match kind {
         Kind_::Policy => policy_from_node(&root)
             .map(|_| DocumentKind::Policy)
+            .map_err(|e| vec![in_file(e)]),
+        Kind_::PlatformPolicy => crate::platform::parse::platform_policy_from_node(&root)
+            .map(|p| DocumentKind::PlatformPolicy {
+                check_sets: p.check_sets.len(),
+            })
             .map_err(|e| vec![in_file(e)]),
         Kind_::Attestors => {
             let items = resource_list(&root, "attestors").map_err(|e| vec![in_file(e)])?;
@@ -662,6 +678,7 @@ pub fn check_file(path: &std::path::Path) -> Result<DocumentKind, Vec<FieldError
 
 enum Kind_ {
     Policy,
+    PlatformPolicy,
     Attestors,
     Occurrences,
 }
@@ -675,7 +692,9 @@ fn sniff(root: &Node) -> Kind_ {
         Some(Kind::Map(entries)) => entries.iter().any(|(k, _)| keys.contains(&k.as_str())),
         _ => false,
     };
-    if has(
+    if has(first, &["gkePolicy"]) {
+        Kind_::PlatformPolicy
+    } else if has(
         first,
         &[
             "defaultAdmissionRule",

@@ -4,7 +4,8 @@
 
 use super::error::TufError;
 
-/// Accepts `policy.yaml`, `policy.json`, `attestors/NAME.{yaml,yml,json}`
+/// Accepts `policy.yaml`, `policy.json`, `platform-policy.{yaml,json}`
+/// (SPEC §12), `attestors/NAME.{yaml,yml,json}`
 /// and `attestations/NAME.json`, where NAME is a plain file name (no
 /// separators, not hidden). Everything else, including `..`, absolute
 /// paths and backslashes, is a `bad_path` refusal.
@@ -28,6 +29,7 @@ pub fn check_bundle_path(path: &str) -> Result<(), TufError> {
     }
     let allowed = match components.as_slice() {
         ["policy.yaml"] | ["policy.json"] => true,
+        ["platform-policy.yaml"] | ["platform-policy.json"] => true,
         ["attestors", name] => is_plain_name(name, &["yaml", "yml", "json"]),
         ["attestations", name] => is_plain_name(name, &["json"]),
         _ => false,
@@ -36,7 +38,7 @@ pub fn check_bundle_path(path: &str) -> Result<(), TufError> {
         Ok(())
     } else {
         Err(bad(
-            "not a bundle file (policy.yaml, policy.json, attestors/*.yaml|yml|json, attestations/*.json)",
+            "not a bundle file (policy.yaml, policy.json, platform-policy.yaml, platform-policy.json, attestors/*.yaml|yml|json, attestations/*.json)",
         ))
     }
 }

@@ -303,6 +303,8 @@ fn bundle_paths_are_exactly_the_bundle_file_kinds() {
     for good in [
         "policy.yaml",
         "policy.json",
+        "platform-policy.yaml",
+        "platform-policy.json",
         "attestors/ci.yaml",
         "attestors/a.yml",
         "attestors/b.json",
