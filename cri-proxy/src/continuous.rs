@@ -371,6 +371,7 @@ impl<C: Containers> Validator<C> {
                 return None;
             }
         };
+        self.report_config_errors();
         let mut images: HashMap<String, Option<ImageInfo>> = HashMap::new();
         // Unpaced only where a rate is too high to be a bound at all.
         let period = Duration::from_secs(1) / self.rate.max(1);
@@ -409,6 +410,23 @@ impl<C: Containers> Validator<C> {
             "continuous validation pass done"
         );
         Some(summary)
+    }
+
+    /// The platform policy's checks the node cannot evaluate, on every
+    /// pass (they never pass, so what they cover is denied).
+    fn report_config_errors(&self) {
+        let errors = self
+            .decider
+            .store
+            .current()
+            .and_then(|c| c.bundle.platform_policy().map(|p| p.config_errors()))
+            .unwrap_or_default();
+        self.metrics
+            .cv_platform_config_errors
+            .set(i64::try_from(errors.len()).unwrap_or(i64::MAX));
+        for error in &errors {
+            tracing::warn!(error = %error, "platform policy configuration error: the check never passes");
+        }
     }
 
     async fn revalidate(
@@ -847,6 +865,48 @@ mod tests {
         let validator = node.validator(containers, CvAction::Stop);
         assert_eq!(validator.pass().await.unwrap().unknown, 3);
         assert!(node.audit().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_platform_policy_counts_though_admission_does_not_enforce_it() {
+        let node = Node::new(ALLOW_ALL);
+        // The pods in namespace `prod` meet a check set that denies, and a
+        // check the node cannot evaluate.
+        std::fs::write(
+            node.dir.path().join("bundle/platform-policy.yaml"),
+            "gkePolicy:\n  checkSets:\n  - displayName: prod\n    scope:\n      kubernetesNamespace: prod\n    checks:\n    - displayName: nothing-runs\n      alwaysDeny: true\n    - displayName: scanned\n      vulnerabilityCheck:\n        maximumFixableSeverity: MEDIUM\n  - displayName: rest\n    checks:\n    - imageAllowlist:\n        allowPattern: ['**']\n",
+        )
+        .unwrap();
+        node.store.reload(true);
+        assert!(!node.decider.evaluation.platform_policy_enforce);
+        let mut containers = FakeContainers::default();
+        containers.add(
+            "p",
+            "s1",
+            pod("in-prod"),
+            &format!("{REPO}:good"),
+            image("good", 'a'),
+        );
+        let mut elsewhere = pod("elsewhere");
+        elsewhere.namespace = "dev".into();
+        containers.add(
+            "d",
+            "s2",
+            elsewhere,
+            &format!("{REPO}:good"),
+            image("good", 'a'),
+        );
+        let validator = node.validator(containers, CvAction::Log);
+        let summary = validator.pass().await.unwrap();
+        assert_eq!((summary.allowed, summary.denied), (1, 1), "{summary:?}");
+        let audit = node.audit();
+        assert_eq!(audit.len(), 1, "{audit:#?}");
+        assert_eq!(audit[0]["container_id"], "p");
+        assert_eq!(audit[0]["reason"], "PLATFORM_POLICY");
+        assert_eq!(audit[0]["platform_policy"]["check_set"], "prod");
+        let errors = audit[0]["platform_policy"]["config_errors"].to_string();
+        assert!(errors.contains("scanned"), "{errors}");
+        assert_eq!(node.metrics.cv_platform_config_errors.get(), 1);
     }
 
     #[tokio::test]

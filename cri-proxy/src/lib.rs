@@ -86,35 +86,30 @@ pub async fn serve_until(
         upstream::Upstream::new(config.image_endpoint.clone())
     };
     let runtime = resolve::ContainerdImages::new(runtime_client.clone(), image_client.clone());
-    // Registry signatures (SPEC §11) only when some attestor may be
-    // satisfied by them; their files are read now, so a missing one is a
-    // start-up error rather than a silent anonymous lookup.
+    // Registry signatures (SPEC §11): looked up only while some attestor or
+    // platform policy check of the bundle in force may count them, which a
+    // new bundle may change; the registries' files are read now, so a
+    // missing one is a start-up error rather than a silent anonymous lookup.
     let cache = AttestationCache::new(config.node.attestation_cache.clone());
-    let (signatures, content) = if config.node.evaluation.registry_attestors.is_none() {
-        (None, None)
-    } else {
-        let access = &config.node.registries;
-        let registries = Registries::load(
-            access.plain_http.clone(),
-            &access.extra_ca,
-            access.credentials.clone(),
-            access.timeout,
-        )
-        .map_err(anyhow::Error::msg)?;
-        (
-            Some(Arc::new(signatures::Signatures {
-                metrics: metrics.clone(),
-                registries,
-                limits: attestgate_registry::signatures::SignatureLimits::default(),
-                cache: cache.clone(),
-            })),
-            Some(content::ContentStore::new(
-                &config.runtime_endpoint,
-                content::CRI_NAMESPACE,
-                Duration::from_secs(5),
-            )),
-        )
-    };
+    let access = &config.node.registries;
+    let registries = Registries::load(
+        access.plain_http.clone(),
+        &access.extra_ca,
+        access.credentials.clone(),
+        access.timeout,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let signatures = Some(Arc::new(signatures::Signatures {
+        metrics: metrics.clone(),
+        registries,
+        limits: attestgate_registry::signatures::SignatureLimits::default(),
+        cache: cache.clone(),
+    }));
+    let content = Some(content::ContentStore::new(
+        &config.runtime_endpoint,
+        content::CRI_NAMESPACE,
+        Duration::from_secs(5),
+    ));
     let gate = Arc::new(intercept::Gate {
         decider: Arc::new(
             Decider::new(

@@ -106,6 +106,9 @@ pub struct Metrics {
     /// Lookups continuous validation could not make (a pass skipped, a
     /// container left undecided) and stops that failed.
     pub cv_errors: Counter,
+    /// Platform policy checks the node cannot evaluate, as the last pass
+    /// found them (GKE's configErrorEvent).
+    pub cv_platform_config_errors: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -293,7 +296,14 @@ impl Metrics {
             "Continuous-validation lookups containerd did not answer, and stops that failed",
             cv_errors.clone(),
         );
+        let cv_platform_config_errors = Gauge::default();
+        registry.register(
+            "cv_platform_config_errors",
+            "Checks of the platform policy in force the node cannot evaluate (they never pass), as the last continuous-validation pass found them",
+            cv_platform_config_errors.clone(),
+        );
         Metrics {
+            cv_platform_config_errors,
             cv_containers,
             cv_last_pass,
             cv_pass_seconds,

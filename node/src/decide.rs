@@ -202,7 +202,8 @@ impl Decider {
     /// the cache's, as [`Self::cached_attestations`] read them, and any
     /// found since), from attestors registry signatures may count for; or
     /// the platform policy, enforced, denies the image for want of a
-    /// signature. A pull waits for its lookup only then. Nothing is
+    /// signature (enforced or not: continuous validation reads its verdict
+    /// from the cache). A pull waits for its lookup only then. Nothing is
     /// recorded, and the cache is not read again: a caller asking more
     /// than once reads it once.
     pub fn needs_registry(
@@ -218,8 +219,9 @@ impl Decider {
         let Some(current) = self.store.current() else {
             return false;
         };
-        let platform_counts =
-            self.evaluation.platform_policy_enforce && self.platform_uses_registry();
+        // Enforced or not: continuous validation decides by the platform
+        // policy offline, from what the pull left in the cache.
+        let platform_counts = self.platform_uses_registry();
         if self.evaluation.registry_attestors.is_none() && !platform_counts {
             return false;
         }
@@ -238,11 +240,19 @@ impl Decider {
                 .iter()
                 .any(|a| !a.satisfied && self.evaluation.registry_attestors.admits(&a.name));
         let platform_wants = platform_counts
-            && decision
-                .platform_policy
-                .as_ref()
-                .is_some_and(PlatformVerdict::wants_registry_signatures);
+            && match &decision.platform_policy {
+                Some(verdict) => verdict.wants_registry_signatures(),
+                None => evaluate_platform(&current.bundle, &self.evaluation, image, pod, held)
+                    .is_some_and(|verdict| verdict.wants_registry_signatures()),
+            };
         project_wants || platform_wants
+    }
+
+    /// Whether registry signatures may count for anything under the bundle
+    /// in force: an attestor `registry_attestors` lists, or a check of its
+    /// platform policy. A pull looks its image's signatures up only then.
+    pub fn counts_registry_signatures(&self) -> bool {
+        !self.evaluation.registry_attestors.is_none() || self.platform_uses_registry()
     }
 
     /// Of `signatures`, found in the registry for `signed_digest`, those
@@ -348,7 +358,8 @@ impl Decider {
     }
 
     /// For continuous validation (SPEC §12): how `image` would be decided
-    /// now for a container already running in `pod`, recording nothing.
+    /// now for a container already running in `pod`, by the project policy
+    /// and the platform policy alike, recording nothing.
     /// None while no valid bundle is in force: then there is nothing to
     /// validate against, and a NO_POLICY verdict would flag (and under
     /// `cv_action = "stop"` end) every container on the node because the
@@ -364,14 +375,21 @@ impl Decider {
             return None;
         }
         let registry = self.cached_attestations(image);
-        let decision = evaluate_with(
-            &current.bundle,
-            &self.evaluation,
-            reference,
-            image,
-            pod,
-            &registry,
-        );
+        // Continuous validation evaluates the platform policy as GKE's
+        // does, whether or not admission enforces it: both must allow.
+        let enforced;
+        let settings = if current.bundle.platform_policy().is_some()
+            && !self.evaluation.platform_policy_enforce
+        {
+            enforced = Settings {
+                platform_policy_enforce: true,
+                ..self.evaluation.clone()
+            };
+            &enforced
+        } else {
+            &self.evaluation
+        };
+        let decision = evaluate_with(&current.bundle, settings, reference, image, pod, &registry);
         Some((decision, current))
     }
 
@@ -976,5 +994,13 @@ mod tests {
             d.explanation()
         );
         assert!(d.platform_policy.unwrap().conforms);
+
+        // Unenforced, a pull still looks the signatures up and waits for
+        // them: continuous validation decides by the platform policy from
+        // what the pull left in the cache.
+        decider.evaluation.platform_policy_enforce = false;
+        assert!(decider.counts_registry_signatures());
+        assert!(decider.needs_registry("registry.test/app", &image, &pod, &[]));
+        assert!(!decider.needs_registry("registry.test/app", &image, &pod, &held));
     }
 }

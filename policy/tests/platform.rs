@@ -700,6 +700,8 @@ fn enforcing_needs_both_policies_to_allow() {
         time: time::OffsetDateTime::UNIX_EPOCH,
         pod: None,
         container: None,
+        container_id: None,
+        action: None,
         cluster: None,
         bundle: None,
     };

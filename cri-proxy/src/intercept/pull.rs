@@ -415,7 +415,9 @@ impl<R: ImageRuntime> Gate<R> {
         reference: &str,
         request: &PullRequest,
     ) -> Option<Lookup> {
-        // Present only when registry signatures count for some attestor.
+        if !self.decider.counts_registry_signatures() {
+            return None;
+        }
         let signatures = self.signatures.clone()?;
         let credentials = split_repository(&image.repository).and_then(|(registry, _)| {
             request

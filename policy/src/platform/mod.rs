@@ -61,6 +61,25 @@ impl PlatformPolicy {
         })
     }
 
+    /// The checks the node cannot evaluate, which never pass: reported on
+    /// every continuous-validation pass, as GKE's `configErrorEvent`.
+    pub fn config_errors(&self) -> Vec<String> {
+        self.check_sets
+            .iter()
+            .flat_map(|set| {
+                set.checks
+                    .iter()
+                    .filter_map(move |check| match &check.kind {
+                        CheckKind::Unsupported { kind } => Some(format!(
+                            "check set {}: check {} ({kind}) cannot be evaluated on the node",
+                            set.name, check.name
+                        )),
+                        _ => None,
+                    })
+            })
+            .collect()
+    }
+
     fn checks(&self) -> impl Iterator<Item = &Check> {
         self.check_sets.iter().flat_map(|set| set.checks.iter())
     }
