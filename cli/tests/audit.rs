@@ -59,7 +59,7 @@ fn entry(n: usize) -> String {
     };
     Entry {
         time: datetime!(2026-12-01 00:00:00 UTC) + time::Duration::minutes(n as i64),
-        operation: if n % 2 == 0 {
+        operation: if n.is_multiple_of(2) {
             Operation::CreateContainer
         } else {
             Operation::PullImage
