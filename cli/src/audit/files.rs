@@ -142,6 +142,7 @@ pub fn log_files(log: &Path) -> Result<Vec<PathBuf>> {
     }
     let mut files = order(rotated);
     match std::fs::metadata(log) {
+        Ok(meta) if meta.is_dir() => bail!("audit log {}: is a directory", log.display()),
         Ok(_) => files.push(log.to_path_buf()),
         Err(e) if e.kind() == io::ErrorKind::NotFound && !files.is_empty() => {}
         Err(e) => return Err(e).with_context(|| format!("audit log {}", log.display())),
@@ -412,6 +413,8 @@ mod tests {
             found(&log),
             ["audit.jsonl.2.gz", "audit.jsonl.1", "audit.jsonl"]
         );
+        let error = format!("{:#}", log_files(dir.path()).unwrap_err());
+        assert!(error.ends_with("is a directory"), "{error}");
         let missing = dir.path().join("none.jsonl");
         let error = format!("{:#}", log_files(&missing).unwrap_err());
         assert!(error.contains(&missing.display().to_string()), "{error}");
