@@ -368,6 +368,48 @@ fn bad_input_exits_2() {
     );
 }
 
+#[test]
+fn a_gzip_rotation_cut_short_fails_the_query_after_the_rest_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = rotated_log(dir.path());
+    let compressed = dir.path().join("audit.jsonl.3.gz");
+    let bytes = std::fs::read(&compressed).unwrap();
+    std::fs::write(&compressed, &bytes[..bytes.len() - 10]).unwrap();
+    let out = attestgate(&["audit", "--log", log.to_str().unwrap(), "--output", "json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.ends_with(&lines(10..40)), "{stdout}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains(&format!("reading {}", compressed.display())),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_reader_that_stops_early_is_no_failure() {
+    use std::io::Read as _;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    // Far more than a pipe holds.
+    append(&log, 0..5_000);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_attestgate"))
+        .args(["audit", "--log", log.to_str().unwrap(), "--output", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = vec![0u8; 100];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stderr.is_empty());
+}
+
 /// Whether ATTESTGATE_E2E_REQUIRED is set (as CI does): a missing
 /// logrotate then fails the test instead of skipping it.
 fn e2e_required() -> bool {
