@@ -48,6 +48,7 @@ struct Options {
     /// Decisions before this long ago or this RFC 3339 time.
     #[arg(long, global = true, value_name = "DUR|TIME", value_parser = TimeSpec::parse)]
     until: Option<TimeSpec>,
+    /// Allowed or denied decisions only.
     #[arg(long, global = true, ignore_case = true)]
     decision: Option<DecisionFilter>,
     /// A reason of SPEC §6, such as MISSING_ATTESTATIONS (any case).
@@ -63,6 +64,7 @@ struct Options {
     /// characters but `/`, `**` any characters, `?` one character.
     #[arg(long, global = true, value_name = "PATTERN")]
     image: Option<String>,
+    /// How matching records, or the summary, are printed.
     #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
     output: Format,
 }
