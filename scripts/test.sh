@@ -13,7 +13,8 @@ cd "$(dirname "$0")/.."
 # (apache2-utils) for registries behind basic auth.
 packages=(openssl gnupg ca-certificates protobuf-compiler containerd runc
   containernetworking-plugins docker-registry skopeo umoci busybox-static
-  iproute2 curl systemd golang-go golang-golang-x-net-dev apache2-utils)
+  iproute2 curl systemd golang-go golang-golang-x-net-dev apache2-utils
+  logrotate)
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=()

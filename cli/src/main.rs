@@ -5,6 +5,7 @@
 //! Exit codes: 0 allow / success, 1 deny, 2 bad input or failure.
 
 mod attestor;
+mod audit;
 mod check;
 mod evaluate;
 mod keys;
@@ -51,6 +52,8 @@ enum Command {
         #[command(subcommand)]
         command: repo::Command,
     },
+    /// Query the audit log, rotated files included; `audit summary` counts.
+    Audit(audit::Args),
 }
 
 #[derive(Subcommand)]
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
             command: AttestorCommand::Create(args),
         } => attestor::create(args),
         Command::Repo { command } => repo::run(command),
+        Command::Audit(args) => audit::run(args),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
