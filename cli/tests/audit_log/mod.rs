@@ -63,6 +63,7 @@ impl Entry<'_> {
                 digest: Some(digest.clone()),
             },
             fail_open: false,
+            platform_policy: None,
         };
         let ctx = RecordContext {
             operation: self.operation,
@@ -73,6 +74,8 @@ impl Entry<'_> {
                 uid: Some("6f1c2a4e-0d3b-4f5a-9c8e-7b6a5d4c3b2a".to_string()),
             }),
             container: Some("app".to_string()),
+            container_id: None,
+            action: None,
             cluster: Some("us-east1-b.prod".to_string()),
             bundle: Some(BundleRef {
                 digest: "sha256:5d1e3c7a9b0f2e4d6c8a1b3f5e7d9c0a2b4f6e8d1c3a5b7f9e0d2c4a6b8f1e3d"
