@@ -200,3 +200,63 @@ async fn stop_stops_the_revoked_pod_and_never_a_break_glass_one() {
         );
     }
 }
+
+/// A platform policy the node does not enforce at admission is still
+/// evaluated on running pods: the check set their namespace scopes, with
+/// what it cannot evaluate reported. `prod` trusts the test registry's
+/// directory; `locked` denies everything; every other namespace meets a
+/// vulnerability check, which needs Google's scanner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_policy_flags_running_pods_by_the_check_set_their_scope_picks() {
+    let Some(s) = scenario("log") else {
+        return;
+    };
+    let node = &s.node;
+    let cri = node.via_proxy().await;
+    let mut running = Vec::new();
+    for namespace in ["prod", "locked", "dev"] {
+        let id = run(&cri, &node.pod(namespace, "app-0"), &node.app_image)
+            .await
+            .expect("admission does not enforce the platform policy");
+        running.push((namespace, id));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(revalidations(node).is_empty(), "{:#?}", node.audit());
+
+    let platform = format!(
+        "name: projects/e2e/platforms/gke/policies/node\ngkePolicy:\n  checkSets:\n  - displayName: prod\n    scope:\n      kubernetesNamespace: prod\n    checks:\n    - displayName: our-registry\n      trustedDirectoryCheck:\n        trustedDirPatterns: ['{}/attestgate']\n  - displayName: locked\n    scope:\n      kubernetesNamespace: locked\n    checks:\n    - displayName: nothing-runs\n      alwaysDeny: true\n  - displayName: everyone-else\n    checks:\n    - displayName: scanned\n      vulnerabilityCheck:\n        maximumFixableSeverity: MEDIUM\n",
+        node.registry
+    );
+    std::fs::write(node.bundle.join("platform-policy.yaml"), platform).unwrap();
+    let locked = wait_for_record(node, &running[1].1);
+    let dev = wait_for_record(node, &running[2].1);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(locked["reason"], "PLATFORM_POLICY", "{locked:#}");
+    assert_eq!(
+        locked["platform_policy"]["check_set"], "locked",
+        "{locked:#}"
+    );
+    assert_eq!(
+        locked["platform_policy"]["checks"][0]["kind"], "alwaysDeny",
+        "{locked:#}"
+    );
+    assert_eq!(dev["platform_policy"]["check_set"], "everyone-else");
+    assert!(
+        dev["platform_policy"]["config_errors"]
+            .to_string()
+            .contains("scanned"),
+        "{dev:#}"
+    );
+    let found = revalidations(node);
+    assert!(
+        found
+            .iter()
+            .all(|r| r["container_id"] != running[0].1.as_str()),
+        "the prod pod's registry is trusted: {found:#?}"
+    );
+    let log = node.proxy_log();
+    assert!(
+        log.contains("platform policy configuration error"),
+        "the unevaluable check is reported: {log}"
+    );
+}
