@@ -859,3 +859,116 @@ async fn the_shim_counts_a_platform_signature_for_its_index_only_while_that_plat
     assert_eq!(record["decision"], "deny", "{record:#}");
     node.ctr_remove("k8s.io", &other);
 }
+
+/// `key`'s public PEM, indented to sit under a YAML `|` at `indent`.
+fn pem_block(path: &std::path::Path, indent: usize) -> String {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| format!("{}{l}\n", " ".repeat(indent)))
+        .collect()
+}
+
+/// An enforced platform policy decides admission beside a project policy
+/// that allows everything, with keys no attestor holds: a cosign signature
+/// in the registry under a sigstore authority's key, a bundle attestation
+/// under an attestation authenticator's; the pause image exempted by the
+/// policy's own allowlist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enforced_platform_policy_admits_by_its_own_keys_and_refuses_the_rest() {
+    let Some(mut node) = Node::up(&agcri()) else {
+        return;
+    };
+    let keys = Keys::new();
+    keys.make("authority", "ec8");
+    let authenticator_key = node.add_attestor("release");
+    std::fs::remove_file(node.bundle.join("attestors/release.yaml")).unwrap();
+    node.attest(
+        "release",
+        &authenticator_key,
+        repository_of(&node.app_image),
+        &node.app_digest,
+    );
+    node.policy(
+        "defaultAdmissionRule:\n  evaluationMode: ALWAYS_ALLOW\n  enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG\n",
+    );
+    let platform = format!(
+        "gkePolicy:\n  imageAllowlist:\n    allowPattern: ['{registry}/attestgate/pause*']\n  checkSets:\n  - displayName: attested\n    scope:\n      kubernetesNamespace: attested\n    checks:\n    - displayName: release-attestation\n      simpleSigningAttestationCheck:\n        attestationAuthenticators:\n        - displayName: release\n          pkixPublicKeySet:\n            pkixPublicKeys:\n            - signatureAlgorithm: ECDSA_P256_SHA256\n              publicKeyPem: |\n{authenticator}  - displayName: signed\n    checks:\n    - displayName: cosign\n      sigstoreSignatureCheck:\n        sigstoreAuthorities:\n        - displayName: ci\n          publicKeySet:\n            publicKeys:\n            - publicKeyPem: |\n{authority}",
+        registry = node.registry,
+        authenticator = pem_block(&node.dir().join("release.pub"), 16),
+        authority = pem_block(&keys.public_path("authority"), 16),
+    );
+    std::fs::write(node.bundle.join("platform-policy.yaml"), platform).unwrap();
+    // Refused with file:line errors, were it wrong.
+    node.attestgate(&["policy", "check", &node.bundle.display().to_string()]);
+
+    let (signed, digest) = node.push_image("platform-signed", "1", "sleep 3600");
+    cosign_sig(
+        &node,
+        &keys,
+        &signed,
+        &digest,
+        payload(repository_of(&signed), &digest),
+        "authority",
+    )
+    .await;
+    let (unsigned, _) = node.push_image("platform-unsigned", "1", "sleep 3600");
+    let cache = node.dir().join("attestations").display().to_string();
+    let registry = node.registry.clone();
+    node.start_proxy(&[
+        "--platform-policy-enforce",
+        "true",
+        "--plain-http",
+        &registry,
+        "--attestation-cache",
+        &cache,
+    ]);
+    let cri = node.via_proxy().await;
+
+    // The catch-all set: the registry's signature, with no registry
+    // attestor configured, and the pod starts (its pause image exempted).
+    let pod = node.pod("dev", "signed-0");
+    let image_id = cri
+        .pull(&signed, Some(pod.clone()))
+        .await
+        .expect("signed under the sigstore authority's key");
+    let pod_id = cri
+        .run_pod(&pod)
+        .await
+        .expect("the pause image is exempted");
+    let id = cri
+        .create_container(&pod_id, &pod, "app", &image_id, &signed, &[])
+        .await
+        .expect("created: the cache holds the platform key's signature");
+    cri.start_container(&id).await.expect("started");
+    let status = assert_denied(cri.pull(&unsigned, Some(pod.clone())).await);
+    assert!(
+        status
+            .message()
+            .contains("platform policy check set signed"),
+        "{}",
+        status.message()
+    );
+    let audit = node.audit();
+    let refused = audit.last().unwrap();
+    assert_eq!(refused["reason"], "PLATFORM_POLICY", "{refused:#}");
+    assert_eq!(
+        refused["platform_policy"]["checks"][0]["kind"],
+        "sigstoreSignatureCheck"
+    );
+
+    // `attested` picks the authenticator's set: the bundle's attestation
+    // counts, a registry signature does not.
+    let attested = node.pod("attested", "app-0");
+    cri.pull(&node.app_image, Some(attested.clone()))
+        .await
+        .expect("attested under the authenticator's key");
+    assert_denied(cri.pull(&signed, Some(attested)).await);
+    let audit = node.audit();
+    let last = audit.last().unwrap();
+    assert_eq!(last["platform_policy"]["check_set"], "attested", "{last:#}");
+    assert_eq!(
+        last["platform_policy"]["checks"][0]["kind"], "simpleSigningAttestationCheck",
+        "{last:#}"
+    );
+}
