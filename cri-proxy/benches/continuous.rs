@@ -184,6 +184,7 @@ fn main() {
         interval: Duration::from_secs(3600),
         attestation_cache: None,
         rate,
+        recorded: std::sync::Mutex::default(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -162,6 +162,8 @@ pub enum CvAction {
 /// change on the node announces (an attestation's key revoked upstream
 /// arrives as a bundle change, which is seen within seconds anyway).
 pub const DEFAULT_CV_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+/// A month: past it the timer is no check at all.
+pub const MAX_CV_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
 
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -310,8 +312,8 @@ impl Config {
             .cv_interval
             .or(own.cv_interval)
             .map_or(DEFAULT_CV_INTERVAL, |span| span.0);
-        if cv_interval < std::time::Duration::from_secs(1) {
-            bail!("cv_interval {cv_interval:?}: expected at least 1s");
+        if !(std::time::Duration::from_secs(1)..=MAX_CV_INTERVAL).contains(&cv_interval) {
+            bail!("cv_interval {cv_interval:?}: expected 1s to 30d");
         }
         let cv_action = flags.cv_action.or(own.cv_action).unwrap_or_default();
         Ok(Config {

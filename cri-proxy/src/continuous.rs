@@ -21,10 +21,10 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use attestgate_node::{Decider, Request, Revalidated};
+use attestgate_node::{Decider, Request, Revalidated, WouldDecide};
 use attestgate_policy::{Decision, ImageRef, Operation};
 
 use crate::config::CvAction;
@@ -169,9 +169,12 @@ impl Containers for CriContainers {
         timeout: Duration,
     ) -> Result<Option<String>, ProxyError> {
         use k8s_cri::v1::{ContainerStatusRequest, ContainerStatusResponse};
+        // Verbose: the status's own image field is the image's first tag
+        // as containerd lists it now, not the name asked for; the config
+        // the container was created with is in the verbose info.
         let request = ContainerStatusRequest {
             container_id: container_id.to_string(),
-            verbose: false,
+            verbose: true,
         };
         let answer: Result<ContainerStatusResponse, _> = self
             .runtime
@@ -182,13 +185,18 @@ impl Containers for CriContainers {
             )
             .await;
         match answer {
-            Ok(response) => Ok(response.status.and_then(|s| s.image).map(|spec| {
-                if spec.user_specified_image.is_empty() {
-                    spec.image
-                } else {
-                    spec.user_specified_image
-                }
-            })),
+            Ok(response) => {
+                let from_status = response
+                    .status
+                    .and_then(|s| s.image)
+                    .map(|spec| spec.user_specified_image)
+                    .unwrap_or_default();
+                let created_as = response
+                    .info
+                    .get("info")
+                    .and_then(|info| asked_in_created_config(info));
+                Ok(Some(created_as.unwrap_or(from_status)))
+            }
             Err(UnaryError::Status {
                 code: NOT_FOUND, ..
             }) => Ok(None),
@@ -241,6 +249,27 @@ impl Containers for CriContainers {
     }
 }
 
+/// The image name a container's create asked for, from the config
+/// containerd keeps in its verbose status (`config.image`): the pod spec's
+/// name when containerd kept it, else the image field when it is a name
+/// (empty when it is an image id, which names nothing). None when the
+/// info holds no such config.
+pub fn asked_in_created_config(info: &str) -> Option<String> {
+    let info: serde_json::Value = serde_json::from_str(info).ok()?;
+    let image = info.get("config")?.get("image")?;
+    let field = |name: &str| {
+        image
+            .get(name)
+            .and_then(serde_json::Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    let asked = field("user_specified_image")
+        .or_else(|| field("userSpecifiedImage"))
+        .or_else(|| field("image").filter(|name| !is_image_id(name)))
+        .unwrap_or_default();
+    Some(asked.to_string())
+}
+
 /// How one running container fared in a pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -290,6 +319,17 @@ pub struct Validator<C> {
     /// there is a reason to decide again.
     pub attestation_cache: Option<PathBuf>,
     pub rate: u32,
+    /// Containers recorded as denied, with the bundle that denied them.
+    pub recorded: Mutex<HashMap<String, String>>,
+}
+
+/// Which denied containers a pass records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recording {
+    /// Every one: at start, on the interval, under a new bundle.
+    Every,
+    /// Those not recorded as denied under the same bundle before.
+    NewOnly,
 }
 
 /// What a change is noticed by: the bundle in force and the cache
@@ -312,16 +352,28 @@ impl<C: Containers> Validator<C> {
         loop {
             poll.tick().await;
             let now = self.inputs();
-            if now == seen && tokio::time::Instant::now() < next {
+            let due = tokio::time::Instant::now() >= next;
+            if now == seen && !due {
                 continue;
             }
+            // A cache entry is written at every pull that finds
+            // signatures: such a pass records only what it newly finds
+            // denied, or the log would repeat every denial each time.
+            let recording = if due || now.bundle != seen.bundle {
+                Recording::Every
+            } else {
+                Recording::NewOnly
+            };
             if now != seen {
                 tracing::info!(
                     "the bundle or the attestation cache changed; running containers are decided again"
                 );
             }
             seen = now;
-            next = self.next_pass(self.pass().await.is_some());
+            let done = self.pass_recording(recording).await.is_some();
+            if due || recording == Recording::Every {
+                next = self.next_pass(done);
+            }
         }
     }
 
@@ -333,7 +385,8 @@ impl<C: Containers> Validator<C> {
         } else {
             RETRY_AFTER.min(self.interval)
         };
-        tokio::time::Instant::now() + wait
+        let now = tokio::time::Instant::now();
+        now.checked_add(wait).unwrap_or(now + RETRY_AFTER)
     }
 
     fn inputs(&self) -> Inputs {
@@ -350,9 +403,13 @@ impl<C: Containers> Validator<C> {
         }
     }
 
-    /// Decides every running container once; None when containerd could
-    /// not list them.
+    /// Decides every running container once, recording every one denied;
+    /// None when containerd could not list them.
     pub async fn pass(&self) -> Option<PassSummary> {
+        self.pass_recording(Recording::Every).await
+    }
+
+    async fn pass_recording(&self, recording: Recording) -> Option<PassSummary> {
         let started = Instant::now();
         let mut summary = PassSummary::default();
         let listed = match self.containers.running(CALL_TIMEOUT).await {
@@ -371,6 +428,9 @@ impl<C: Containers> Validator<C> {
                 return None;
             }
         };
+        if let Ok(mut recorded) = self.recorded.lock() {
+            recorded.retain(|id, _| listed.iter().any(|c| &c.id == id));
+        }
         self.report_config_errors();
         let mut images: HashMap<String, Option<ImageInfo>> = HashMap::new();
         // Unpaced only where a rate is too high to be a bound at all.
@@ -390,6 +450,7 @@ impl<C: Containers> Validator<C> {
                     pods.get(&container.sandbox_id),
                     &mut images,
                     &mut summary,
+                    recording,
                 )
                 .await;
             summary.count(verdict);
@@ -435,6 +496,7 @@ impl<C: Containers> Validator<C> {
         pod: Option<&Pod>,
         images: &mut HashMap<String, Option<ImageInfo>>,
         summary: &mut PassSummary,
+        recording: Recording,
     ) -> Verdict {
         let info = match images.get(&container.image_id) {
             Some(known) => known.clone(),
@@ -474,39 +536,39 @@ impl<C: Containers> Validator<C> {
                 return Verdict::Unknown;
             }
         };
-        let pod = pod.cloned().unwrap_or_default();
+        let Some(pod) = pod else {
+            // Its sandbox gone since the list, or never listed: without its
+            // namespace and annotations (break-glass), the default rule
+            // would decide a pod that may have another.
+            tracing::warn!(container = %container.id, sandbox = %container.sandbox_id, "a running container's pod sandbox is not listed; it is not decided");
+            return Verdict::Unknown;
+        };
         let context = pod.context();
         let record = pod.record();
         let decided = crate::intercept::off_the_runtime(|| self.decide(&asked, &info, &context));
-        let Some((decision, bundle)) = decided else {
+        let Some(WouldDecide {
+            decision,
+            bundle,
+            admission_denies,
+        }) = decided
+        else {
             return Verdict::Unknown;
         };
         if decision.allowed {
+            self.forget(&container.id);
             return Verdict::Allowed;
         }
-        let action = if self.action == CvAction::Stop && !context.break_glass() {
-            match self
-                .containers
-                .stop(
-                    &container.id,
-                    STOP_GRACE_SECONDS,
-                    CALL_TIMEOUT + Duration::from_secs(STOP_GRACE_SECONDS as u64),
-                )
-                .await
-            {
-                Ok(()) => {
-                    summary.stopped += 1;
-                    self.metrics.cv_stopped.inc();
-                    "stopped".to_string()
-                }
-                Err(e) => {
-                    self.metrics.cv_errors.inc();
-                    tracing::error!(container = %container.id, error = %e, "a container the policy denies could not be stopped");
-                    format!("stop failed: {e}")
-                }
-            }
+        if recording == Recording::NewOnly && self.known(&container.id, &bundle) {
+            return Verdict::Denied;
+        }
+        let stop = self.action == CvAction::Stop && !context.break_glass() && admission_denies;
+        let action = if stop {
+            "stop"
+        } else if self.action == CvAction::Stop && !admission_denies {
+            // kubelet would only create it again: admission lets it in.
+            "logged: admission does not enforce the platform policy"
         } else {
-            "logged".to_string()
+            "logged"
         };
         let request = Request {
             operation: Operation::ContinuousValidation,
@@ -516,9 +578,9 @@ impl<C: Containers> Validator<C> {
         };
         let revalidated = Revalidated {
             container_id: &container.id,
-            action: &action,
+            action,
         };
-        crate::intercept::off_the_runtime(|| {
+        let recorded = crate::intercept::off_the_runtime(|| {
             self.decider.record_revalidation(
                 &request,
                 decision,
@@ -527,18 +589,64 @@ impl<C: Containers> Validator<C> {
                 Instant::now(),
             )
         });
+        if !recorded {
+            // Nothing is stopped unrecorded; the next pass tries again.
+            tracing::error!(container = %container.id, "a container the policy denies is not stopped: its record could not be written");
+            return Verdict::Denied;
+        }
+        self.remember(&container.id, &bundle);
+        if stop {
+            let bound = CALL_TIMEOUT + Duration::from_secs(STOP_GRACE_SECONDS.unsigned_abs());
+            match self
+                .containers
+                .stop(&container.id, STOP_GRACE_SECONDS, bound)
+                .await
+            {
+                Ok(()) => {
+                    summary.stopped += 1;
+                    self.metrics.cv_stopped.inc();
+                }
+                Err(e) => {
+                    self.metrics.cv_errors.inc();
+                    // Recorded again and stopped at the next pass that
+                    // records everything.
+                    self.forget(&container.id);
+                    tracing::error!(container = %container.id, error = %e, "a container the policy denies could not be stopped");
+                }
+            }
+        }
         Verdict::Denied
+    }
+
+    /// Whether `container` was recorded as denied under `bundle` already.
+    fn known(&self, container: &str, bundle: &attestgate_node::LoadedBundle) -> bool {
+        self.recorded
+            .lock()
+            .is_ok_and(|r| r.get(container) == Some(&bundle.reference.digest))
+    }
+
+    fn remember(&self, container: &str, bundle: &attestgate_node::LoadedBundle) {
+        if let Ok(mut recorded) = self.recorded.lock() {
+            recorded.insert(container.to_string(), bundle.reference.digest.clone());
+        }
+    }
+
+    fn forget(&self, container: &str) {
+        if let Ok(mut recorded) = self.recorded.lock() {
+            recorded.remove(container);
+        }
     }
 
     /// As CreateContainer decides: by the name asked for as far as the
     /// image carries it, else by each repository digest it has (allowed
-    /// when one is). None when no valid bundle is in force.
+    /// when one is). None when it cannot be told (see
+    /// [`Decider::would_decide`]).
     fn decide(
         &self,
         asked: &str,
         info: &ImageInfo,
         pod: &attestgate_policy::PodContext,
-    ) -> Option<(Decision, Arc<attestgate_node::LoadedBundle>)> {
+    ) -> Option<WouldDecide> {
         if !asked.is_empty()
             && !is_image_id(asked)
             && let Ok(name) = ImageRef::parse(asked)
@@ -552,7 +660,7 @@ impl<C: Containers> Validator<C> {
                 continue;
             };
             let decided = self.decider.would_decide(repo_digest, &image, pod)?;
-            if decided.0.allowed {
+            if decided.decision.allowed {
                 return Some(decided);
             }
             last = Some(decided);
@@ -578,7 +686,12 @@ impl<C: Containers> Validator<C> {
             } else {
                 decision
             };
-            Some((decision, bundle))
+            let admission_denies = !decision.allowed;
+            Some(WouldDecide {
+                decision,
+                bundle,
+                admission_denies,
+            })
         })
     }
 }
@@ -740,6 +853,7 @@ mod tests {
                 interval: Duration::from_secs(3600),
                 attestation_cache: None,
                 rate: 10_000,
+                recorded: Mutex::default(),
             }
         }
 
@@ -823,7 +937,7 @@ mod tests {
         assert_eq!(validator.containers.stopped(), vec!["bad".to_string()]);
         let audit = node.audit();
         assert_eq!(audit.len(), 1, "{audit:#?}");
-        assert_eq!(audit[0]["action"], "stopped");
+        assert_eq!(audit[0]["action"], "stop");
     }
 
     #[tokio::test]
@@ -907,6 +1021,120 @@ mod tests {
         let errors = audit[0]["platform_policy"]["config_errors"].to_string();
         assert!(errors.contains("scanned"), "{errors}");
         assert_eq!(node.metrics.cv_platform_config_errors.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_platform_policy_admission_does_not_enforce_is_logged_not_stopped() {
+        let node = Node::new(ALLOW_ALL);
+        std::fs::write(
+            node.dir.path().join("bundle/platform-policy.yaml"),
+            "gkePolicy:\n  checkSets:\n  - displayName: nothing\n    checks:\n    - alwaysDeny: true\n",
+        )
+        .unwrap();
+        node.store.reload(true);
+        let validator = node.validator(three_containers(), CvAction::Stop);
+        let summary = validator.pass().await.unwrap();
+        // The break-glass pod is allowed; the other two flagged, not
+        // stopped: kubelet would only create them again.
+        assert_eq!((summary.denied, summary.stopped), (2, 0), "{summary:?}");
+        assert!(validator.containers.stopped().is_empty());
+        for record in node.audit() {
+            assert_eq!(
+                record["action"],
+                "logged: admission does not enforce the platform policy"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_cache_entry_or_a_missing_sandbox_decides_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let bundle = dir.path().join("bundle");
+        std::fs::create_dir_all(&bundle).unwrap();
+        std::fs::write(bundle.join("policy.yaml"), ALLOW_GOOD).unwrap();
+        let store = Arc::new(BundleStore::new(bundle, metrics.clone()));
+        store.reload(true);
+        let cache = attestgate_node::AttestationCache::new(dir.path().join("cache"));
+        let settings = Settings {
+            registry_attestors: attestgate_policy::RegistryAttestors::All,
+            ..Settings::default()
+        };
+        let decider = Arc::new(
+            Decider::new(
+                store,
+                settings,
+                FailMode::Closed,
+                AuditLog::open(&dir.path().join("audit.jsonl")).unwrap(),
+                metrics.clone(),
+            )
+            .with_attestation_cache(cache.clone()),
+        );
+        let bad = attestgate_policy::Digest::parse(&digest('b')).unwrap();
+        std::fs::create_dir_all(dir.path().join("cache")).unwrap();
+        std::fs::write(cache.path_for(&bad), b"{not json").unwrap();
+        let mut containers = three_containers();
+        // `good`'s sandbox is gone from the list.
+        containers.pods.remove("s1");
+        let validator = Validator {
+            decider,
+            containers,
+            metrics,
+            action: CvAction::Stop,
+            interval: Duration::from_secs(3600),
+            attestation_cache: None,
+            rate: 10_000,
+            recorded: Mutex::default(),
+        };
+        let summary = validator.pass().await.unwrap();
+        // `good`: no pod; `bad` and `glass`: their image's entry unreadable.
+        assert_eq!(summary.unknown, 3, "{summary:?}");
+        assert!(validator.containers.stopped().is_empty());
+        let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap_or_default();
+        assert!(audit.is_empty(), "{audit}");
+    }
+
+    #[tokio::test]
+    async fn a_pass_after_a_cache_change_records_only_new_denials() {
+        let node = Node::new(ALLOW_GOOD);
+        let validator = node.validator(three_containers(), CvAction::Log);
+        validator.pass().await.unwrap();
+        assert_eq!(node.audit().len(), 1);
+        let again = validator.pass_recording(Recording::NewOnly).await.unwrap();
+        assert_eq!(again.denied, 1, "still counted as denied");
+        assert_eq!(node.audit().len(), 1, "not recorded twice");
+        // Under a new bundle, recorded again.
+        node.policy(&format!("{ALLOW_GOOD}# changed\n"));
+        validator.pass_recording(Recording::NewOnly).await.unwrap();
+        assert_eq!(node.audit().len(), 2);
+    }
+
+    #[test]
+    fn the_name_asked_for_is_read_from_the_config_the_container_was_created_with() {
+        let info = |image: &str| {
+            format!(
+                r#"{{"sandboxID":"s","config":{{"metadata":{{"name":"app"}},"image":{image}}}}}"#
+            )
+        };
+        assert_eq!(
+            asked_in_created_config(&info(
+                r#"{"image":"sha256:1111111111111111111111111111111111111111111111111111111111111111","user_specified_image":"reg.example/app:1"}"#
+            )),
+            Some("reg.example/app:1".into())
+        );
+        assert_eq!(
+            asked_in_created_config(&info(r#"{"image":"reg.example/app:2"}"#)),
+            Some("reg.example/app:2".into())
+        );
+        // An image id names nothing: decided by the repository digests.
+        assert_eq!(
+            asked_in_created_config(&info(
+                r#"{"image":"sha256:1111111111111111111111111111111111111111111111111111111111111111"}"#
+            )),
+            Some(String::new())
+        );
+        assert_eq!(asked_in_created_config("{}"), None);
+        assert_eq!(asked_in_created_config("not json"), None);
     }
 
     #[tokio::test]

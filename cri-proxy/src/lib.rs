@@ -92,19 +92,29 @@ pub async fn serve_until(
     // missing one is a start-up error rather than a silent anonymous lookup.
     let cache = AttestationCache::new(config.node.attestation_cache.clone());
     let access = &config.node.registries;
-    let registries = Registries::load(
+    let registries = match Registries::load(
         access.plain_http.clone(),
         &access.extra_ca,
         access.credentials.clone(),
         access.timeout,
-    )
-    .map_err(anyhow::Error::msg)?;
-    let signatures = Some(Arc::new(signatures::Signatures {
-        metrics: metrics.clone(),
-        registries,
-        limits: attestgate_registry::signatures::SignatureLimits::default(),
-        cache: cache.clone(),
-    }));
+    ) {
+        Ok(registries) => Some(registries),
+        Err(e) if config.node.evaluation.registry_attestors.is_none() => {
+            // Only a bundle's platform policy could want them: the proxy
+            // serves, and a pull's lookup adds nothing, as when it fails.
+            tracing::warn!(error = %e, "the registries' configuration cannot be read; no registry signatures are looked up");
+            None
+        }
+        Err(e) => return Err(anyhow::Error::msg(e)),
+    };
+    let signatures = registries.map(|registries| {
+        Arc::new(signatures::Signatures {
+            metrics: metrics.clone(),
+            registries,
+            limits: attestgate_registry::signatures::SignatureLimits::default(),
+            cache: cache.clone(),
+        })
+    });
     let content = Some(content::ContentStore::new(
         &config.runtime_endpoint,
         content::CRI_NAMESPACE,
@@ -143,6 +153,7 @@ pub async fn serve_until(
         // the bundle's to say (a platform policy's sigstore authorities).
         attestation_cache: Some(config.node.attestation_cache.clone()),
         rate: continuous::CONTAINERS_PER_SECOND,
+        recorded: std::sync::Mutex::default(),
     };
     if config.cv_action == config::CvAction::Off {
         tracing::info!("continuous validation is off (cv_action = \"off\")");

@@ -84,6 +84,17 @@ pub struct Request<'a> {
     pub container: Option<&'a str>,
 }
 
+/// How continuous validation finds a running container now.
+pub struct WouldDecide {
+    pub decision: Decision,
+    /// The bundle that decided, for the record.
+    pub bundle: Arc<LoadedBundle>,
+    /// Whether admission, under this node's own settings, would refuse it
+    /// too. A platform policy admission does not enforce still flags a
+    /// container, but stopping it would only have kubelet create it again.
+    pub admission_denies: bool,
+}
+
 /// A running container continuous validation decided again, and what it
 /// did about it (`logged`, `stopped`, or why the stop failed).
 #[derive(Debug, Clone, Copy)]
@@ -133,13 +144,7 @@ impl Decider {
     /// bundle's platform policy, and nothing (reported, counted) when the
     /// entry cannot be read.
     pub fn cached_attestations(&self, image: &ImageRef) -> Vec<RegistryAttestation> {
-        let (Some(cache), Some(digest)) = (&self.attestations, &image.digest) else {
-            return Vec::new();
-        };
-        if self.evaluation.registry_attestors.is_none() && !self.platform_uses_registry() {
-            return Vec::new();
-        }
-        match cache.load(digest) {
+        match self.load_cached(image) {
             Ok(held) => held,
             Err(e) => {
                 self.hooks.attestation_cache_unreadable();
@@ -147,6 +152,20 @@ impl Decider {
                 Vec::new()
             }
         }
+    }
+
+    /// [`Self::cached_attestations`], an unreadable entry an error.
+    fn load_cached(
+        &self,
+        image: &ImageRef,
+    ) -> Result<Vec<RegistryAttestation>, crate::attestations::CacheError> {
+        let (Some(cache), Some(digest)) = (&self.attestations, &image.digest) else {
+            return Ok(Vec::new());
+        };
+        if self.evaluation.registry_attestors.is_none() && !self.platform_uses_registry() {
+            return Ok(Vec::new());
+        }
+        cache.load(digest)
     }
 
     /// Whether the bundle in force has a platform policy with a check that
@@ -360,42 +379,76 @@ impl Decider {
     /// For continuous validation (SPEC §12): how `image` would be decided
     /// now for a container already running in `pod`, by the project policy
     /// and the platform policy alike, recording nothing.
-    /// None while no valid bundle is in force: then there is nothing to
-    /// validate against, and a NO_POLICY verdict would flag (and under
-    /// `cv_action = "stop"` end) every container on the node because the
-    /// node lost its policy, not because any image changed.
+    ///
+    /// None when it cannot be told: no valid bundle is in force (a
+    /// NO_POLICY verdict would flag, and under `cv_action = "stop"` end,
+    /// every container on the node because the node lost its policy, not
+    /// because any image changed), or the image's attestation-cache entry
+    /// cannot be read (its signatures would be missing, not revoked).
     pub fn would_decide(
         &self,
         reference: &str,
         image: &ImageRef,
         pod: &PodContext,
-    ) -> Option<(Decision, Arc<LoadedBundle>)> {
+    ) -> Option<WouldDecide> {
         let current = self.store.current()?;
         if current.lapsed(time::OffsetDateTime::now_utc()).is_some() {
             return None;
         }
-        let registry = self.cached_attestations(image);
+        let registry = match self.load_cached(image) {
+            Ok(held) => held,
+            Err(e) => {
+                self.hooks.attestation_cache_unreadable();
+                tracing::warn!(error = %e, "attestation cache entry unreadable: the running container is not decided");
+                return None;
+            }
+        };
         // Continuous validation evaluates the platform policy as GKE's
         // does, whether or not admission enforces it: both must allow.
-        let enforced;
-        let settings = if current.bundle.platform_policy().is_some()
-            && !self.evaluation.platform_policy_enforce
-        {
-            enforced = Settings {
-                platform_policy_enforce: true,
-                ..self.evaluation.clone()
-            };
-            &enforced
-        } else {
-            &self.evaluation
+        let unenforced_platform =
+            current.bundle.platform_policy().is_some() && !self.evaluation.platform_policy_enforce;
+        if !unenforced_platform {
+            let decision = evaluate_with(
+                &current.bundle,
+                &self.evaluation,
+                reference,
+                image,
+                pod,
+                &registry,
+            );
+            let admission_denies = !decision.allowed;
+            return Some(WouldDecide {
+                decision,
+                bundle: current,
+                admission_denies,
+            });
+        }
+        let enforced = Settings {
+            platform_policy_enforce: true,
+            ..self.evaluation.clone()
         };
-        let decision = evaluate_with(&current.bundle, settings, reference, image, pod, &registry);
-        Some((decision, current))
+        let decision = evaluate_with(&current.bundle, &enforced, reference, image, pod, &registry);
+        let admission_denies = !decision.allowed
+            && !evaluate_with(
+                &current.bundle,
+                &self.evaluation,
+                reference,
+                image,
+                pod,
+                &registry,
+            )
+            .allowed;
+        Some(WouldDecide {
+            decision,
+            bundle: current,
+            admission_denies,
+        })
     }
 
     /// Records what continuous validation found for the running container
     /// `container_id` under `bundle` (the one [`Self::would_decide`] decided
-    /// by), and `action`, what it did about it.
+    /// by), and `action`, what it does about it. Whether the record was
+    /// written: a container is stopped only once it is.
     pub fn record_revalidation(
         &self,
         request: &Request<'_>,
@@ -403,8 +456,9 @@ impl Decider {
         bundle: &LoadedBundle,
         revalidated: Revalidated<'_>,
         started: Instant,
-    ) -> Decision {
-        self.write(request, decision, Some(bundle), Some(revalidated), started)
+    ) -> bool {
+        self.write_reporting(request, decision, Some(bundle), Some(revalidated), started)
+            .1
     }
 
     /// An image that could not be decided, settled by whose failure it is
@@ -465,6 +519,19 @@ impl Decider {
         revalidated: Option<Revalidated<'_>>,
         started: Instant,
     ) -> Decision {
+        self.write_reporting(request, decision, current, revalidated, started)
+            .0
+    }
+
+    /// [`Self::write`], and whether the record reached the log.
+    fn write_reporting(
+        &self,
+        request: &Request<'_>,
+        decision: Decision,
+        current: Option<&LoadedBundle>,
+        revalidated: Option<Revalidated<'_>>,
+        started: Instant,
+    ) -> (Decision, bool) {
         let ctx = RecordContext {
             operation: request.operation,
             time: time::OffsetDateTime::now_utc(),
@@ -476,7 +543,9 @@ impl Decider {
             bundle: current.map(|c| c.reference.clone()),
         };
         let line = decision.record_json(&ctx);
-        let decision = match self.audit.append(&line) {
+        let written = self.audit.append(&line);
+        let recorded = written.is_ok();
+        let decision = match written {
             Ok(()) => decision,
             Err(e) => {
                 self.hooks.audit_failed();
@@ -502,7 +571,7 @@ impl Decider {
         } else {
             tracing::info!(operation, reason = %decision.reason, "{}", decision.explanation());
         }
-        decision
+        (decision, recorded)
     }
 
     pub fn audit_path(&self) -> &Path {

@@ -35,6 +35,6 @@ pub mod store;
 pub use attestations::AttestationCache;
 pub use audit::AuditLog;
 pub use config::{ConfigError, ConfigFile, FailMode, NodeSettings};
-pub use decide::{Decider, Request, Revalidated, Undecidable};
+pub use decide::{Decider, Request, Revalidated, Undecidable, WouldDecide};
 pub use hooks::Hooks;
 pub use store::{BundleStore, LoadedBundle, ReloadOutcome};
