@@ -318,6 +318,30 @@ fn torn_and_foreign_lines_are_skipped_counted_and_reported() {
 }
 
 #[test]
+fn a_run_of_nuls_without_newline_is_one_unreadable_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    // What a crash can leave in a file: megabytes of NULs, no newline,
+    // between records.
+    let mut text = lines(0..1).into_bytes();
+    text.resize(text.len() + (3 << 20), 0);
+    text.push(b'\n');
+    text.extend_from_slice(lines(1..2).as_bytes());
+    std::fs::write(&log, text).unwrap();
+    let out = attestgate(&["audit", "--log", log.to_str().unwrap(), "--output", "json"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), lines(0..2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(
+        stderr,
+        format!(
+            "attestgate: 1 line could not be read in {}\n",
+            log.display()
+        )
+    );
+}
+
+#[test]
 fn a_missing_log_is_an_error_unless_it_was_rotated() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("audit.jsonl");
