@@ -220,6 +220,50 @@ TIME                         OPERATION        DECISION  REASON                NA
 }
 
 #[test]
+fn the_table_escapes_control_characters_that_json_keeps() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    // Whoever creates a pod chooses its name and image reference.
+    let forged = Entry {
+        time: datetime!(2026-12-01 00:00:00 UTC),
+        operation: Operation::PullImage,
+        reason: Reason::MissingAttestations,
+        namespace: "prod",
+        pod: "web\u{1b}[2J\n2026-12-01T00:00:00.000000Z  PullImage  allow",
+        repository: "reg.example/\u{1b}]0;owned\u{7}app",
+        tag: "1.0\nx",
+        digest_hex: DIGEST_A,
+    }
+    .line();
+    std::fs::write(&log, format!("{forged}\n")).unwrap();
+    let log = log.to_str().unwrap();
+    assert_eq!(
+        ok(&["audit", "--log", log, "--output", "json"]),
+        format!("{forged}\n")
+    );
+    let table = ok(&["audit", "--log", log]);
+    assert_eq!(table.matches('\n').count(), 2, "{table}");
+    assert!(
+        table.lines().all(|l| !l.chars().any(char::is_control)),
+        "{table}"
+    );
+    let row = table.lines().nth(1).unwrap();
+    assert!(
+        row.contains(r"prod/web\x1b[2J\n2026-12-01T00:00:00.000000Z  PullImage  allow  "),
+        "{row}"
+    );
+    assert!(
+        row.ends_with(r"reg.example/\x1b]0;owned\x07app:1.0\nx@sha256:aaaaaaaaaaaa"),
+        "{row}"
+    );
+    let summary = ok(&["audit", "summary", "--log", log]);
+    assert!(
+        summary.lines().all(|l| !l.chars().any(char::is_control)),
+        "{summary}"
+    );
+}
+
+#[test]
 fn summary_counts_by_reason_namespace_and_image() {
     let dir = tempfile::tempdir().unwrap();
     let log = rotated_log(dir.path());
@@ -315,6 +359,30 @@ fn torn_and_foreign_lines_are_skipped_counted_and_reported() {
     assert_eq!(String::from_utf8(out.stdout).unwrap(), lines(0..41));
     let summary = ok(&["audit", "summary", "--log", log.to_str().unwrap()]);
     assert!(summary.starts_with("41 decisions"), "{summary}");
+}
+
+#[test]
+fn a_run_of_nuls_without_newline_is_one_unreadable_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    // What a crash can leave in a file: megabytes of NULs, no newline,
+    // between records.
+    let mut text = lines(0..1).into_bytes();
+    text.resize(text.len() + (3 << 20), 0);
+    text.push(b'\n');
+    text.extend_from_slice(lines(1..2).as_bytes());
+    std::fs::write(&log, text).unwrap();
+    let out = attestgate(&["audit", "--log", log.to_str().unwrap(), "--output", "json"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), lines(0..2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(
+        stderr,
+        format!(
+            "attestgate: 1 line could not be read in {}\n",
+            log.display()
+        )
+    );
 }
 
 #[test]

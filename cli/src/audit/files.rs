@@ -185,22 +185,46 @@ pub fn open(path: &Path) -> Result<Box<dyn Read>> {
     }
 }
 
-/// Calls `each_line` with every line of `reader`, without its newline, in
-/// order; the last one even if no newline ends it. Lines are handed out of
-/// one large buffer, never copied one by one. `each_line` returns false to
-/// stop early.
+/// The longest line handed out whole. The node's records are a few KiB at
+/// most (an image reference, a pod, one verdict per attestor); a line far
+/// past that is not a record, such as the run of NULs a crash can leave in
+/// a file, and must not be read into memory whole.
+pub const MAX_LINE: usize = 1 << 20;
+
+/// One line of a file, without its newline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Line<'a> {
+    Whole(&'a [u8]),
+    /// Longer than [`MAX_LINE`]: skipped up to its newline unread, so that
+    /// its bytes are never held.
+    TooLong,
+}
+
+/// Calls `each_line` with every line of `reader`, in order; the last one
+/// even if no newline ends it. Lines are handed out of one buffer of
+/// fixed size, never copied one by one. `each_line` returns false to stop
+/// early.
 pub fn for_each_line(
     mut reader: impl Read,
-    mut each_line: impl FnMut(&[u8]) -> bool,
+    mut each_line: impl FnMut(Line<'_>) -> bool,
 ) -> io::Result<()> {
-    const CHUNK: usize = 1 << 20;
-    let mut buf = vec![0u8; CHUNK];
+    // Room for a line of `MAX_LINE` bytes and its newline; the buffer never
+    // grows, so memory stays bounded whatever the file holds.
+    let mut buf = vec![0u8; MAX_LINE + 1];
     // Bytes of an unfinished line at the front of `buf`.
     let mut kept = 0;
+    // Inside an over-long line, already reported: bytes up to the next
+    // newline are read over and dropped.
+    let mut skipping = false;
     loop {
         if kept == buf.len() {
-            // One line longer than the buffer: make room for the rest of it.
-            buf.resize(buf.len() * 2, 0);
+            // A full buffer without a newline: the line is too long.
+            // Report it now and drop what was kept of it.
+            if !each_line(Line::TooLong) {
+                return Ok(());
+            }
+            skipping = true;
+            kept = 0;
         }
         let n = match reader.read(&mut buf[kept..]) {
             Ok(n) => n,
@@ -209,20 +233,32 @@ pub fn for_each_line(
         };
         if n == 0 {
             if kept > 0 {
-                each_line(&buf[..kept]);
+                each_line(Line::Whole(&buf[..kept]));
             }
             return Ok(());
         }
         let filled = kept + n;
+        // Where the lines still to hand out begin.
+        let mut start = 0;
+        if skipping {
+            // `kept` is 0 while skipping: the whole buffer is new bytes.
+            let Some(newline) = memchr::memchr(b'\n', &buf[..filled]) else {
+                continue;
+            };
+            skipping = false;
+            start = newline + 1;
+        }
         // Only the new bytes can hold the first newline after `kept`.
-        let Some(last_newline) = memchr::memrchr(b'\n', &buf[kept..filled]).map(|i| kept + i)
+        let from = start.max(kept);
+        let Some(last_newline) = memchr::memrchr(b'\n', &buf[from..filled]).map(|i| from + i)
         else {
-            kept = filled;
+            buf.copy_within(start..filled, 0);
+            kept = filled - start;
             continue;
         };
-        let mut start = 0;
-        for end in memchr::memchr_iter(b'\n', &buf[..=last_newline]) {
-            if !each_line(&buf[start..end]) {
+        let first = start;
+        for end in memchr::memchr_iter(b'\n', &buf[first..=last_newline]).map(|i| first + i) {
+            if !each_line(Line::Whole(&buf[start..end])) {
                 return Ok(());
             }
             start = end + 1;
@@ -349,7 +385,8 @@ mod tests {
         );
     }
 
-    fn lines_of(input: &[u8], chunked: bool) -> Vec<Vec<u8>> {
+    /// Each line, or `None` for one too long to be handed out.
+    fn lines_of(input: &[u8], chunked: bool) -> Vec<Option<Vec<u8>>> {
         let mut lines = Vec::new();
         // A reader that hands out one byte at a time puts every line
         // across chunk boundaries.
@@ -364,8 +401,11 @@ mod tests {
                 Ok(1)
             }
         }
-        let collect = |line: &[u8]| {
-            lines.push(line.to_vec());
+        let collect = |line: Line<'_>| {
+            lines.push(match line {
+                Line::Whole(line) => Some(line.to_vec()),
+                Line::TooLong => None,
+            });
             true
         };
         if chunked {
@@ -376,20 +416,53 @@ mod tests {
         lines
     }
 
+    fn whole(lines: &[&[u8]]) -> Vec<Option<Vec<u8>>> {
+        lines.iter().map(|l| Some(l.to_vec())).collect()
+    }
+
     #[test]
     fn lines_are_split_across_reads_and_a_last_line_without_newline_is_kept() {
         for chunked in [false, true] {
             assert_eq!(
                 lines_of(b"a\nbb\n\nccc", chunked),
-                [&b"a"[..], b"bb", b"", b"ccc"]
+                whole(&[b"a", b"bb", b"", b"ccc"])
             );
-            assert_eq!(lines_of(b"a\n", chunked), [&b"a"[..]]);
+            assert_eq!(lines_of(b"a\n", chunked), whole(&[b"a"]));
             assert!(lines_of(b"", chunked).is_empty());
         }
-        let long = vec![b'x'; (1 << 20) * 3 + 5];
-        let mut input = long.clone();
+        // The longest line there may be, with a line after it in the same read.
+        let longest = vec![b'x'; MAX_LINE];
+        let mut input = longest.clone();
         input.extend_from_slice(b"\nend\n");
-        assert_eq!(lines_of(&input, false), [long, b"end".to_vec()]);
+        assert_eq!(
+            lines_of(&input, false),
+            [Some(longest.clone()), Some(b"end".to_vec())]
+        );
+        input.truncate(MAX_LINE);
+        assert_eq!(lines_of(&input, false), [Some(longest)]);
+    }
+
+    #[test]
+    fn an_over_long_line_is_skipped_to_its_newline() {
+        for chunked in [false, true] {
+            for length in [MAX_LINE + 1, 3 * MAX_LINE + 5] {
+                let mut input = b"first\n".to_vec();
+                input.resize(input.len() + length, 0);
+                input.extend_from_slice(b"\nlast\n");
+                assert_eq!(
+                    lines_of(&input, chunked),
+                    [Some(b"first".to_vec()), None, Some(b"last".to_vec())],
+                    "{length} bytes, chunked {chunked}"
+                );
+                // Cut short by the end of the file, it is still one line.
+                input.truncate(input.len() - b"\nlast\n".len());
+                assert_eq!(
+                    lines_of(&input, chunked),
+                    [Some(b"first".to_vec()), None],
+                    "{length} bytes, chunked {chunked}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -168,19 +168,26 @@ fn scan(
     for path in files {
         let mut unreadable = 0u64;
         let mut write_error = None;
-        let read = read_file(path, |line| match query.judge(line) {
-            Verdict::Match(record) => match each_match(line, record) {
-                Ok(()) => true,
-                Err(e) => {
-                    write_error = Some(e);
-                    false
-                }
-            },
-            Verdict::NoMatch => true,
-            Verdict::Unreadable => {
+        let read = read_file(path, |line| match line {
+            // Not a record the node could have written.
+            files::Line::TooLong => {
                 unreadable += 1;
                 true
             }
+            files::Line::Whole(line) => match query.judge(line) {
+                Verdict::Match(record) => match each_match(line, record) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        write_error = Some(e);
+                        false
+                    }
+                },
+                Verdict::NoMatch => true,
+                Verdict::Unreadable => {
+                    unreadable += 1;
+                    true
+                }
+            },
         });
         if let Some(e) = write_error {
             return Err(e);
@@ -195,7 +202,7 @@ fn scan(
     Ok(scanned)
 }
 
-fn read_file(path: &Path, each_line: impl FnMut(&[u8]) -> bool) -> Result<()> {
+fn read_file(path: &Path, each_line: impl FnMut(files::Line<'_>) -> bool) -> Result<()> {
     let reader = files::open(path)?;
     files::for_each_line(reader, each_line).with_context(|| format!("reading {}", path.display()))
 }

@@ -1,12 +1,14 @@
 //! `attestgate audit summary`: the matching decisions counted by decision
 //! and reason, by namespace and by image, and the images denied most.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::{self, Write};
 
 use serde::Serialize;
 
 use super::record::Record;
+use super::table::printable;
 
 const TOP_DENIED: usize = 10;
 
@@ -238,8 +240,13 @@ fn write_aligned<const N: usize>(
     header: [&str; N],
     rows: &[[String; N]],
 ) -> io::Result<()> {
+    // Names come from records, which anyone creating a pod writes to.
+    let rows: Vec<[Cow<'_, str>; N]> = rows
+        .iter()
+        .map(|row| row.each_ref().map(|cell| printable(cell)))
+        .collect();
     let mut widths = header.map(str::len);
-    for row in rows {
+    for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
@@ -273,7 +280,7 @@ fn write_aligned<const N: usize>(
     };
     line(header)?;
     for row in rows {
-        line(std::array::from_fn(|i| row[i].as_str()))?;
+        line(std::array::from_fn(|i| &*row[i]))?;
     }
     Ok(())
 }
@@ -423,6 +430,25 @@ mod tests {
         );
         assert_eq!(top[1]["image"], "reg/c@sha256:1");
         assert_eq!(top[9]["image"], "reg/x07@sha256:1");
+    }
+
+    #[test]
+    fn names_in_the_table_have_their_control_characters_escaped() {
+        let lines = vec![record(
+            "deny",
+            "ALWAYS_DENY",
+            Some(r"prod\u001b[2J"),
+            r"reg/b\nreg/forged",
+        )];
+        let mut out = Vec::new();
+        summary_of(&lines).write_table(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.lines().all(|l| !l.chars().any(char::is_control)),
+            "{text}"
+        );
+        assert!(text.contains("\nprod\\x1b[2J  "), "{text}");
+        assert!(text.contains("\nreg/b\\nreg/forged@sha256:1  "), "{text}");
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! those widths (a wider cell pushes its row's later cells right), so a
 //! query over a large log holds no more than those rows in memory.
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::io::{self, Write};
 
 use super::record::Record;
@@ -102,6 +104,34 @@ fn row(record: &Record<'_>) -> Row {
         pod,
         image_cell(record),
     ]
+    .map(|cell| printable(&cell).into_owned())
+}
+
+/// `text` with its control characters (C0, DEL, C1) written as visible
+/// escapes: `\n`, `\x1b`. Anyone who can create a pod chooses its image
+/// reference, name and namespace, and JSON unescaping turns their
+/// `\u001b[…` and `\n` into the raw characters: printed as they are, they
+/// could drive the terminal or forge rows. Escaped, every record is exactly one line of plain text.
+/// (`--output json` keeps the log's bytes, where JSON escapes them.)
+pub(super) fn printable(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        // `char::is_control` is exactly C0, DEL and C1.
+        match c {
+            '\n' => escaped.push_str("\\n"),
+            '\r' => escaped.push_str("\\r"),
+            '\t' => escaped.push_str("\\t"),
+            c if c.is_control() => {
+                // Writing to a String cannot fail.
+                let _ = write!(escaped, "\\x{:02x}", u32::from(c));
+            }
+            c => escaped.push(c),
+        }
+    }
+    Cow::Owned(escaped)
 }
 
 /// The image as asked for, its digest shortened: `reg/app:1.2@sha256:0123456789ab`.
@@ -163,6 +193,40 @@ mod tests {
         assert_eq!(
             image_of(r#"{"reference":"reg/app","digest":"sha256:abc"}"#),
             "reg/app@sha256:abc"
+        );
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert!(matches!(printable("reg/app:1"), Cow::Borrowed("reg/app:1")));
+        assert_eq!(
+            printable("a\u{1b}[2Jb\nc\rd\te\u{0}\u{7f}\u{9b}é"),
+            "a\\x1b[2Jb\\nc\\rd\\te\\x00\\x7f\\x9bé"
+        );
+    }
+
+    #[test]
+    fn a_record_with_escapes_and_newlines_is_one_plain_line() {
+        let line = r#"{"time":"2026-12-02T11:00:00.000000Z","operation":"PullImage","decision":"allow","reason":"ATTESTED","image":{"reference":"reg/a:1\u001b[2J\n2026-12-02T11:00:01.000000Z  PullImage  allow"},"pod":{"namespace":"prod\u009b","name":"web\n\u001b]0;owned\u0007"}}"#;
+        let mut table = Table::new();
+        let mut out = Vec::new();
+        table
+            .add(&Record::parse(line.as_bytes()).unwrap(), &mut out)
+            .unwrap();
+        table.finish(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        // The header and one row, each ended by its newline and holding
+        // no other control character.
+        assert_eq!(text.matches('\n').count(), 2, "{text}");
+        assert!(
+            text.lines().all(|l| !l.chars().any(char::is_control)),
+            "{text}"
+        );
+        let row = text.lines().nth(1).unwrap();
+        assert!(row.contains(r"prod\x9b/web\n\x1b]0;owned\x07"), "{row}");
+        assert!(
+            row.ends_with(r"reg/a:1\x1b[2J\n2026-12-02T11:00:01.000000Z  PullImage  allow"),
+            "{row}"
         );
     }
 
