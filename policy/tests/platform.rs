@@ -370,6 +370,48 @@ fn a_single_file_is_checked_by_name_or_by_content() {
 }
 
 #[test]
+fn a_service_account_set_is_undecided_when_the_service_account_is_unknown() {
+    let text = platform_yaml(
+        "  - displayName: deployer\n    scope: {kubernetesServiceAccount: \"prod:deployer\"}\n    checks:\n    - trustedDirectoryCheck:\n        trustedDirPatterns: [\"gcr.io/p\"]\n",
+    );
+    let bundle = bundle_with(&text);
+    let (_, img) = image("gcr.io/p/app", "a");
+    let (_, other) = image("gcr.io/q/other", "b");
+    // In prod, with the service account unknown, the only set may apply:
+    // never "no check set applies, so it conforms".
+    for image in [&img, &other] {
+        let v = verdict(&bundle, image, &pod("prod", None), &[]);
+        assert!(!v.conforms, "{v:?}");
+        assert_eq!(v.check_set.as_deref(), Some("deployer"));
+        assert_eq!(v.scope.as_deref(), Some("serviceAccount:prod:deployer"));
+        assert!(v.checks.is_empty(), "{v:?}");
+        assert_eq!(v.config_errors.len(), 1, "{v:?}");
+        assert!(
+            v.config_errors[0].contains("cannot tell the pod's service account"),
+            "{v:?}"
+        );
+        assert!(
+            v.summary()
+                .contains("cannot tell the pod's service account")
+        );
+    }
+    // A set scoped to another namespace's service account does not apply.
+    let v = verdict(&bundle, &other, &pod("dev", None), &[]);
+    assert!(v.conforms && v.check_set.is_none() && v.config_errors.is_empty());
+    // With the service account known (`evaluate --service-account`), the
+    // set applies as before, or does not.
+    let v = verdict(&bundle, &img, &pod("prod", Some("deployer")), &[]);
+    assert!(
+        v.conforms && v.check_set.as_deref() == Some("deployer"),
+        "{v:?}"
+    );
+    let v = verdict(&bundle, &other, &pod("prod", Some("deployer")), &[]);
+    assert!(!v.conforms && v.config_errors.is_empty(), "{v:?}");
+    let v = verdict(&bundle, &other, &pod("prod", Some("web")), &[]);
+    assert!(v.conforms && v.check_set.is_none(), "{v:?}");
+}
+
+#[test]
 fn the_first_check_set_whose_scope_matches_applies() {
     let text = platform_yaml(
         "  - displayName: prod-ci\n    scope: {kubernetesServiceAccount: \"prod:ci\"}\n    checks: []\n  - displayName: prod\n    scope: {kubernetesNamespace: prod}\n    checks:\n    - alwaysDeny: true\n  - displayName: dev\n    scope: {kubernetesNamespace: dev}\n    checks: []\n",
@@ -385,7 +427,9 @@ fn the_first_check_set_whose_scope_matches_applies() {
         (Some("prod-ci".into()), true)
     );
     assert_eq!(set(&pod("prod", Some("web"))), (Some("prod".into()), false));
-    assert_eq!(set(&pod("prod", None)), (Some("prod".into()), false));
+    // Unknown service account (the node's CRI context): the prod-ci set
+    // may apply or not, so the verdict cannot fall through to prod.
+    assert_eq!(set(&pod("prod", None)), (Some("prod-ci".into()), false));
     assert_eq!(set(&pod("dev", Some("ci"))), (Some("dev".into()), true));
     // No set applies: GKE allows (and so does the verdict), saying so.
     let v = verdict(&bundle, &img, &pod("staging", None), &[]);
