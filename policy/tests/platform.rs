@@ -340,7 +340,66 @@ fn errors_name_the_file_line_column_and_field() {
     // Both forms at once are ambiguous.
     std::fs::write(b.path().join("platform-policy.yaml"), "gkePolicy: {}\n").unwrap();
     let e = Bundle::load(b.path()).unwrap_err().errors[0].to_string();
-    assert!(e.contains("more than one of"), "{e}");
+    assert!(e.contains("more than one platform policy file"), "{e}");
+}
+
+#[test]
+fn a_yml_platform_policy_loads_and_two_files_are_refused() {
+    let b = BundleDir::new();
+    b.policy(ALLOW_ALL);
+    let text = platform_yaml("  - checks:\n    - alwaysDeny: true\n");
+    std::fs::write(b.path().join("platform-policy.yml"), &text).unwrap();
+    let bundle = b.load();
+    let (_, img) = image(REPO, "x");
+    assert!(!verdict(&bundle, &img, &PodContext::default(), &[]).conforms);
+    // The indexed loader reads it too.
+    let index = b.path().join("index.bin");
+    std::fs::write(&index, bundle.index("stamp")).unwrap();
+    let d = img.digest.clone().unwrap();
+    let indexed = Bundle::load_indexed(b.path(), &index, "stamp", &[&d]).unwrap();
+    assert!(!verdict(&indexed, &img, &PodContext::default(), &[]).conforms);
+    // `policy check` on the file alone.
+    assert_eq!(
+        check_file(&b.path().join("platform-policy.yml")).unwrap(),
+        DocumentKind::PlatformPolicy { check_sets: 1 }
+    );
+    // Beside a .yaml one: which applies is ambiguous.
+    std::fs::write(b.path().join("platform-policy.yaml"), &text).unwrap();
+    let e = Bundle::load(b.path()).unwrap_err().errors[0].to_string();
+    assert!(
+        e.contains("more than one platform policy file")
+            && e.contains("platform-policy.yaml")
+            && e.contains("platform-policy.yml"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_platform_policy_that_cannot_be_read_fails_the_load() {
+    // Run as root, so a directory and a dangling symlink stand in for a
+    // file the loader cannot read.
+    let dangling = BundleDir::new();
+    dangling.policy(ALLOW_ALL);
+    std::os::unix::fs::symlink(
+        dangling.path().join("..data/platform-policy.yaml"),
+        dangling.path().join("platform-policy.yaml"),
+    )
+    .unwrap();
+    let directory = BundleDir::new();
+    directory.policy(ALLOW_ALL);
+    std::fs::create_dir(directory.path().join("platform-policy.yml")).unwrap();
+    for (b, name, why) in [
+        (&dangling, "platform-policy.yaml", "dangling symlink"),
+        (&directory, "platform-policy.yml", "not a regular file"),
+    ] {
+        let errors = Bundle::load(b.path()).unwrap_err().errors;
+        let e = errors[0].to_string();
+        assert!(e.contains(name) && e.contains(why), "{errors:?}");
+        // The same through the index: never "no platform policy".
+        let index = b.path().join("index.bin");
+        std::fs::write(&index, b"").unwrap();
+        assert!(Bundle::load_indexed(b.path(), &index, "stamp", &[]).is_err());
+    }
 }
 
 #[test]
