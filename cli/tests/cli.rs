@@ -736,8 +736,18 @@ fn evaluate_shows_every_platform_check_and_enforces_on_request() {
         attestgate(&args)
     };
 
+    // Without --service-account, as on the node (kubelet does not send
+    // it): the deployer set may apply, so prod's set cannot be chosen.
+    let unknown = with(&["--namespace", "prod", "--platform-policy-enforce"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&unknown.stdout);
+    assert!(
+        text.contains("cannot tell the pod's service account"),
+        "{text}"
+    );
+
     // Shown, not enforced: the project policy alone decides.
-    let shown = with(&["--namespace", "prod"]);
+    let shown = with(&["--namespace", "prod", "--service-account", "web"]);
     assert_eq!(shown.status.code(), Some(0));
     let text = String::from_utf8_lossy(&shown.stdout);
     assert!(text.starts_with("ALLOW ALWAYS_ALLOW"), "{text}");
@@ -757,6 +767,8 @@ fn evaluate_shows_every_platform_check_and_enforces_on_request() {
     let denied = with(&[
         "--namespace",
         "prod",
+        "--service-account",
+        "web",
         "--platform-policy-enforce",
         "--output",
         "json",

@@ -5,7 +5,7 @@
 //!   policy.yaml | policy.json
 //!   attestors/     *.yaml | *.yml | *.json
 //!   attestations/  *.json
-//!   platform-policy.yaml | platform-policy.json   (optional, SPEC §12)
+//!   platform-policy.yaml | .yml | .json   (optional, SPEC §12)
 //! ```
 //!
 //! Attestations are indexed by digest so a decision never scans the bundle,
@@ -118,7 +118,8 @@ impl Bundle {
         self
     }
 
-    /// The bundle's platform policy (`platform-policy.yaml`), if it has one.
+    /// The bundle's platform policy (`platform-policy.yaml`, `.yml` or
+    /// `.json`), if it has one.
     pub fn platform_policy(&self) -> Option<&PlatformPolicy> {
         self.platform_policy.as_ref()
     }
@@ -366,11 +367,13 @@ fn read_rules(dir: &Path, hasher: &mut Sha256) -> Rules {
 
 /// The platform policy file, when the bundle has one (it is optional).
 fn find_platform_policy_file(dir: &Path) -> Result<Option<PathBuf>, FieldError> {
-    let present: Vec<PathBuf> = crate::platform::FILE_NAMES
-        .iter()
-        .map(|name| dir.join(name))
-        .filter(|p| p.is_file())
-        .collect();
+    let mut present = Vec::new();
+    for name in crate::platform::FILE_NAMES {
+        let path = dir.join(name);
+        if is_present(&path)? {
+            present.push(path);
+        }
+    }
     match present.as_slice() {
         [] => Ok(None),
         [one] => Ok(Some(one.clone())),
@@ -378,8 +381,13 @@ fn find_platform_policy_file(dir: &Path) -> Result<Option<PathBuf>, FieldError> 
             "",
             None,
             format!(
-                "more than one of {}",
-                crate::platform::FILE_NAMES.join(" and ")
+                "more than one platform policy file ({}): only one may apply",
+                present
+                    .iter()
+                    .filter_map(|p| p.file_name())
+                    .map(|n| n.to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )
         .in_file(dir)),
@@ -390,10 +398,12 @@ fn find_policy_file(dir: &Path) -> Result<PathBuf, FieldError> {
     let yaml = dir.join("policy.yaml");
     let yml = dir.join("policy.yml");
     let json = dir.join("policy.json");
-    let present: Vec<PathBuf> = [yaml, yml, json]
-        .into_iter()
-        .filter(|p| p.is_file())
-        .collect();
+    let mut present = Vec::new();
+    for path in [yaml, yml, json] {
+        if is_present(&path)? {
+            present.push(path);
+        }
+    }
     match present.as_slice() {
         [one] => Ok(one.clone()),
         [] => Err(
@@ -405,6 +415,28 @@ fn find_policy_file(dir: &Path) -> Result<PathBuf, FieldError> {
             "more than one of policy.yaml, policy.yml and policy.json",
         )
         .in_file(dir)),
+    }
+}
+
+/// Whether the bundle has the file `path`: only "no such entry" is
+/// absence. Anything else (a dangling symlink, a directory, an entry that
+/// cannot be read) is an error naming the file, because taking it for
+/// absent would silently drop a policy the operator meant to apply.
+fn is_present(path: &Path) -> Result<bool, FieldError> {
+    let error = |why: String| FieldError::new("", None, why).in_file(path);
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(error(format!("cannot read: {e}"))),
+    }
+    // Follows a symlink (ConfigMap mounts are symlinks into `..data`).
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => Ok(true),
+        Ok(_) => Err(error("not a regular file".to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(error(
+            "dangling symlink: its target does not exist".to_string(),
+        )),
+        Err(e) => Err(error(format!("cannot read: {e}"))),
     }
 }
 

@@ -340,7 +340,66 @@ fn errors_name_the_file_line_column_and_field() {
     // Both forms at once are ambiguous.
     std::fs::write(b.path().join("platform-policy.yaml"), "gkePolicy: {}\n").unwrap();
     let e = Bundle::load(b.path()).unwrap_err().errors[0].to_string();
-    assert!(e.contains("more than one of"), "{e}");
+    assert!(e.contains("more than one platform policy file"), "{e}");
+}
+
+#[test]
+fn a_yml_platform_policy_loads_and_two_files_are_refused() {
+    let b = BundleDir::new();
+    b.policy(ALLOW_ALL);
+    let text = platform_yaml("  - checks:\n    - alwaysDeny: true\n");
+    std::fs::write(b.path().join("platform-policy.yml"), &text).unwrap();
+    let bundle = b.load();
+    let (_, img) = image(REPO, "x");
+    assert!(!verdict(&bundle, &img, &PodContext::default(), &[]).conforms);
+    // The indexed loader reads it too.
+    let index = b.path().join("index.bin");
+    std::fs::write(&index, bundle.index("stamp")).unwrap();
+    let d = img.digest.clone().unwrap();
+    let indexed = Bundle::load_indexed(b.path(), &index, "stamp", &[&d]).unwrap();
+    assert!(!verdict(&indexed, &img, &PodContext::default(), &[]).conforms);
+    // `policy check` on the file alone.
+    assert_eq!(
+        check_file(&b.path().join("platform-policy.yml")).unwrap(),
+        DocumentKind::PlatformPolicy { check_sets: 1 }
+    );
+    // Beside a .yaml one: which applies is ambiguous.
+    std::fs::write(b.path().join("platform-policy.yaml"), &text).unwrap();
+    let e = Bundle::load(b.path()).unwrap_err().errors[0].to_string();
+    assert!(
+        e.contains("more than one platform policy file")
+            && e.contains("platform-policy.yaml")
+            && e.contains("platform-policy.yml"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_platform_policy_that_cannot_be_read_fails_the_load() {
+    // Run as root, so a directory and a dangling symlink stand in for a
+    // file the loader cannot read.
+    let dangling = BundleDir::new();
+    dangling.policy(ALLOW_ALL);
+    std::os::unix::fs::symlink(
+        dangling.path().join("..data/platform-policy.yaml"),
+        dangling.path().join("platform-policy.yaml"),
+    )
+    .unwrap();
+    let directory = BundleDir::new();
+    directory.policy(ALLOW_ALL);
+    std::fs::create_dir(directory.path().join("platform-policy.yml")).unwrap();
+    for (b, name, why) in [
+        (&dangling, "platform-policy.yaml", "dangling symlink"),
+        (&directory, "platform-policy.yml", "not a regular file"),
+    ] {
+        let errors = Bundle::load(b.path()).unwrap_err().errors;
+        let e = errors[0].to_string();
+        assert!(e.contains(name) && e.contains(why), "{errors:?}");
+        // The same through the index: never "no platform policy".
+        let index = b.path().join("index.bin");
+        std::fs::write(&index, b"").unwrap();
+        assert!(Bundle::load_indexed(b.path(), &index, "stamp", &[]).is_err());
+    }
 }
 
 #[test]
@@ -370,6 +429,48 @@ fn a_single_file_is_checked_by_name_or_by_content() {
 }
 
 #[test]
+fn a_service_account_set_is_undecided_when_the_service_account_is_unknown() {
+    let text = platform_yaml(
+        "  - displayName: deployer\n    scope: {kubernetesServiceAccount: \"prod:deployer\"}\n    checks:\n    - trustedDirectoryCheck:\n        trustedDirPatterns: [\"gcr.io/p\"]\n",
+    );
+    let bundle = bundle_with(&text);
+    let (_, img) = image("gcr.io/p/app", "a");
+    let (_, other) = image("gcr.io/q/other", "b");
+    // In prod, with the service account unknown, the only set may apply:
+    // never "no check set applies, so it conforms".
+    for image in [&img, &other] {
+        let v = verdict(&bundle, image, &pod("prod", None), &[]);
+        assert!(!v.conforms, "{v:?}");
+        assert_eq!(v.check_set.as_deref(), Some("deployer"));
+        assert_eq!(v.scope.as_deref(), Some("serviceAccount:prod:deployer"));
+        assert!(v.checks.is_empty(), "{v:?}");
+        assert_eq!(v.config_errors.len(), 1, "{v:?}");
+        assert!(
+            v.config_errors[0].contains("cannot tell the pod's service account"),
+            "{v:?}"
+        );
+        assert!(
+            v.summary()
+                .contains("cannot tell the pod's service account")
+        );
+    }
+    // A set scoped to another namespace's service account does not apply.
+    let v = verdict(&bundle, &other, &pod("dev", None), &[]);
+    assert!(v.conforms && v.check_set.is_none() && v.config_errors.is_empty());
+    // With the service account known (`evaluate --service-account`), the
+    // set applies as before, or does not.
+    let v = verdict(&bundle, &img, &pod("prod", Some("deployer")), &[]);
+    assert!(
+        v.conforms && v.check_set.as_deref() == Some("deployer"),
+        "{v:?}"
+    );
+    let v = verdict(&bundle, &other, &pod("prod", Some("deployer")), &[]);
+    assert!(!v.conforms && v.config_errors.is_empty(), "{v:?}");
+    let v = verdict(&bundle, &other, &pod("prod", Some("web")), &[]);
+    assert!(v.conforms && v.check_set.is_none(), "{v:?}");
+}
+
+#[test]
 fn the_first_check_set_whose_scope_matches_applies() {
     let text = platform_yaml(
         "  - displayName: prod-ci\n    scope: {kubernetesServiceAccount: \"prod:ci\"}\n    checks: []\n  - displayName: prod\n    scope: {kubernetesNamespace: prod}\n    checks:\n    - alwaysDeny: true\n  - displayName: dev\n    scope: {kubernetesNamespace: dev}\n    checks: []\n",
@@ -385,7 +486,9 @@ fn the_first_check_set_whose_scope_matches_applies() {
         (Some("prod-ci".into()), true)
     );
     assert_eq!(set(&pod("prod", Some("web"))), (Some("prod".into()), false));
-    assert_eq!(set(&pod("prod", None)), (Some("prod".into()), false));
+    // Unknown service account (the node's CRI context): the prod-ci set
+    // may apply or not, so the verdict cannot fall through to prod.
+    assert_eq!(set(&pod("prod", None)), (Some("prod-ci".into()), false));
     assert_eq!(set(&pod("dev", Some("ci"))), (Some("dev".into()), true));
     // No set applies: GKE allows (and so does the verdict), saying so.
     let v = verdict(&bundle, &img, &pod("staging", None), &[]);

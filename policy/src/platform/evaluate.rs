@@ -82,6 +82,10 @@ impl PlatformVerdict {
             .filter(|c| !c.passed)
             .map(|c| format!("check {} ({}) failed: {}", c.name, c.kind, c.detail))
             .collect();
+        // An undecided check set runs no checks: its config error says why.
+        if failed.is_empty() {
+            return format!("platform policy: {}", self.config_errors.join("; "));
+        }
         format!("platform policy check set {set}: {}", failed.join("; "))
     }
 
@@ -134,8 +138,24 @@ fn verdict(
         return verdict;
     }
     // GKE: with no check set to apply, every image is allowed.
-    let Some(set) = policy.check_sets.iter().find(|s| applies(s, pod)) else {
-        return verdict;
+    let set = match choose(&policy.check_sets, pod) {
+        Choice::None => return verdict,
+        Choice::Applies(set) => set,
+        Choice::Undecided(set) => {
+            // Falling through to a later, looser set (or to "no set
+            // applies") would fail open: the pod may well run as this
+            // set's service account.
+            verdict.check_set = Some(set.name.clone());
+            verdict.scope = Some(set.scope.label());
+            verdict.conforms = false;
+            verdict.config_errors.push(format!(
+                "check set {} (scope {}): the node cannot tell the pod's service account, \
+                 so the check set that applies is unknown",
+                set.name,
+                set.scope.label()
+            ));
+            return verdict;
+        }
     };
     verdict.check_set = Some(set.name.clone());
     verdict.scope = Some(set.scope.label());
@@ -170,15 +190,41 @@ fn verdict(
     verdict
 }
 
-fn applies(set: &CheckSet, pod: &PodContext) -> bool {
-    match &set.scope {
-        Scope::Everything => true,
-        Scope::Namespace(ns) => pod.namespace.as_deref() == Some(ns.as_str()),
-        Scope::ServiceAccount { namespace, name } => {
-            pod.namespace.as_deref() == Some(namespace.as_str())
-                && pod.service_account.as_deref() == Some(name.as_str())
+/// Which check set applies to a pod, as far as the pod's context tells.
+enum Choice<'p> {
+    /// No check set's scope matches the pod.
+    None,
+    Applies(&'p CheckSet),
+    /// The first set that may apply is scoped to a service account in the
+    /// pod's namespace, and the pod's service account is unknown (kubelet
+    /// does not send it over CRI).
+    Undecided(&'p CheckSet),
+}
+
+/// The first check set whose scope matches `pod`, stopping at the first
+/// one that cannot be decided.
+fn choose<'p>(sets: &'p [CheckSet], pod: &PodContext) -> Choice<'p> {
+    for set in sets {
+        match &set.scope {
+            Scope::Everything => return Choice::Applies(set),
+            Scope::Namespace(ns) => {
+                if pod.namespace.as_deref() == Some(ns.as_str()) {
+                    return Choice::Applies(set);
+                }
+            }
+            Scope::ServiceAccount { namespace, name } => {
+                if pod.namespace.as_deref() != Some(namespace.as_str()) {
+                    continue;
+                }
+                match pod.service_account.as_deref() {
+                    None => return Choice::Undecided(set),
+                    Some(sa) if sa == name.as_str() => return Choice::Applies(set),
+                    Some(_) => {}
+                }
+            }
         }
     }
+    Choice::None
 }
 
 fn first_match<'p>(patterns: &'p [NamePattern], image: &ImageRef) -> Option<&'p str> {

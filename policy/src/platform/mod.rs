@@ -1,7 +1,7 @@
 //! GKE check-based platform policies (SPEC §12): the `gkePolicy` form of a
 //! Binary Authorization `PlatformPolicy` resource, as `gcloud beta container
 //! binauthz policy export` prints it, kept in a bundle as
-//! `platform-policy.yaml`.
+//! `platform-policy.yaml` (or `.yml`, `.json`).
 //!
 //! A policy is a list of check sets, each scoped to a namespace, a service
 //! account or everything. The first check set whose scope matches the pod
@@ -24,7 +24,13 @@ use crate::model::Attestor;
 
 /// The bundle file names a platform policy may have, in the order the
 /// loader looks for them.
-pub const FILE_NAMES: &[&str] = &["platform-policy.yaml", "platform-policy.json"];
+/// `.yml` as for `policy.yml`: a name the loader skipped would be a policy
+/// silently not applied.
+pub const FILE_NAMES: &[&str] = &[
+    "platform-policy.yaml",
+    "platform-policy.yml",
+    "platform-policy.json",
+];
 
 /// One platform policy, validated.
 #[derive(Debug, Clone)]

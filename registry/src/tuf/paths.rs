@@ -4,7 +4,7 @@
 
 use super::error::TufError;
 
-/// Accepts `policy.yaml`, `policy.json`, `platform-policy.{yaml,json}`
+/// Accepts `policy.yaml`, `policy.json`, `platform-policy.{yaml,yml,json}`
 /// (SPEC §12), `attestors/NAME.{yaml,yml,json}`
 /// and `attestations/NAME.json`, where NAME is a plain file name (no
 /// separators, not hidden). Everything else, including `..`, absolute
@@ -29,7 +29,8 @@ pub fn check_bundle_path(path: &str) -> Result<(), TufError> {
     }
     let allowed = match components.as_slice() {
         ["policy.yaml"] | ["policy.json"] => true,
-        ["platform-policy.yaml"] | ["platform-policy.json"] => true,
+        // Every name the bundle loader reads a platform policy from.
+        [name] if attestgate_policy::platform::FILE_NAMES.contains(name) => true,
         ["attestors", name] => is_plain_name(name, &["yaml", "yml", "json"]),
         ["attestations", name] => is_plain_name(name, &["json"]),
         _ => false,
@@ -38,7 +39,7 @@ pub fn check_bundle_path(path: &str) -> Result<(), TufError> {
         Ok(())
     } else {
         Err(bad(
-            "not a bundle file (policy.yaml, policy.json, platform-policy.yaml, platform-policy.json, attestors/*.yaml|yml|json, attestations/*.json)",
+            "not a bundle file (policy.yaml, policy.json, platform-policy.yaml|yml|json, attestors/*.yaml|yml|json, attestations/*.json)",
         ))
     }
 }

@@ -304,6 +304,7 @@ fn bundle_paths_are_exactly_the_bundle_file_kinds() {
         "policy.yaml",
         "policy.json",
         "platform-policy.yaml",
+        "platform-policy.yml",
         "platform-policy.json",
         "attestors/ci.yaml",
         "attestors/a.yml",
