@@ -27,7 +27,7 @@ use crate::error::{BundleError, FieldError};
 use crate::model::{Attestor, Occurrence, Policy};
 use crate::node::{MAX_DOCUMENT_BYTES, Node, Path as FieldPath};
 use crate::parse::{NoteInterner, attestor_from_node, occurrence_from_node, policy_from_node};
-use crate::platform::PlatformPolicy;
+use crate::platform::model::PlatformPolicy;
 use crate::platform::parse::platform_policy_from_node;
 use crate::reference::Digest;
 
@@ -368,7 +368,7 @@ fn read_rules(dir: &Path, hasher: &mut Sha256) -> Rules {
 /// The platform policy file, when the bundle has one (it is optional).
 fn find_platform_policy_file(dir: &Path) -> Result<Option<PathBuf>, FieldError> {
     let mut present = Vec::new();
-    for name in crate::platform::FILE_NAMES {
+    for name in crate::platform::model::FILE_NAMES {
         let path = dir.join(name);
         if is_present(&path)? {
             present.push(path);

@@ -8,7 +8,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::model::{EnforcementMode, EvaluationMode};
-use crate::platform::PlatformVerdict;
+use crate::platform_verdict::PlatformVerdict;
 use crate::reference::ImageRef;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

@@ -14,16 +14,19 @@
 //!    value for people and for the audit log.
 
 pub mod bundle;
+mod context;
 pub mod decision;
 pub mod error;
 pub mod evaluate;
 pub mod glob;
 pub mod index;
 pub mod model;
+mod names;
 mod node;
 pub mod parse;
 pub mod payload;
 pub mod platform;
+mod platform_verdict;
 pub mod reference;
 pub mod registry;
 pub mod verify;

@@ -14,6 +14,7 @@ use crate::model::{
     AdmissionRule, Attestor, AttestorPublicKey, EnforcementMode, EvaluationMode,
     GlobalPolicyEvaluationMode, KeyMaterial, Occurrence, Policy, Signature,
 };
+use crate::names::{dns1123_label, dns1123_subdomain};
 use crate::node::{Kind, Node, Obj, Path, list_items, scalar_string};
 use crate::reference::ImageRef;
 use crate::verify::{PgpKey, PkixKey, SignatureAlgorithm};
@@ -300,19 +301,6 @@ fn validate_istio_key(key: &str) -> Result<(), String> {
             "{key:?} is not of the form spiffe://DOMAIN/ns/NAMESPACE/sa/SERVICEACCOUNT"
         ))
     }
-}
-
-pub(crate) fn dns1123_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-pub(crate) fn dns1123_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(dns1123_label)
 }
 
 pub(crate) fn attestor_from_node(node: &Node, path: Path) -> Result<Attestor, FieldError> {

@@ -7,11 +7,12 @@
 use crate::error::FieldError;
 use crate::glob::NamePattern;
 use crate::model::{Attestor, AttestorPublicKey, KeyMaterial};
+use crate::names::{dns1123_label, dns1123_subdomain};
 use crate::node::{Kind, Node, Obj, Path, scalar_string};
-use crate::parse::{dns1123_label, dns1123_subdomain};
 use crate::verify::{PkixKey, SignatureAlgorithm};
 
-use super::{Check, CheckKind, CheckSet, DirPattern, PlatformPolicy, Scope};
+use super::dir_pattern::DirPattern;
+use super::model::{Check, CheckKind, CheckSet, PlatformPolicy, Scope};
 
 /// The check kinds GKE documents that need its services to evaluate.
 const KNOWN_UNSUPPORTED: &[&str] = &[
