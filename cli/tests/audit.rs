@@ -3,33 +3,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod binary;
+
 mod audit_log;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
+
+use binary::{attestgate, ok};
 
 use attestgate_node::AuditLog;
 use attestgate_policy::{Operation, Reason};
 use audit_log::Entry;
 use time::macros::datetime;
-
-fn attestgate(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_attestgate"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-/// Stdout of a run that must succeed.
-fn ok(args: &[&str]) -> String {
-    let out = attestgate(args);
-    assert!(
-        out.status.success(),
-        "attestgate {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 const DIGEST_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const DIGEST_B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";

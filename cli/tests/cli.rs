@@ -3,31 +3,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod binary;
+
 #[path = "../../policy/tests/support/mod.rs"]
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
+
+use binary::{attestgate, ok};
 
 use base64::Engine as _;
 use support::*;
-
-fn attestgate(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_attestgate"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = attestgate(args);
-    assert!(
-        out.status.success(),
-        "attestgate {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 

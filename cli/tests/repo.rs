@@ -3,25 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod binary;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn attestgate(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_attestgate"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = attestgate(args);
-    assert!(
-        out.status.success(),
-        "attestgate {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+use binary::{attestgate, ok};
 
 fn exit_code(args: &[&str]) -> (i32, String) {
     let out = attestgate(args);

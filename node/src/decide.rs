@@ -403,41 +403,25 @@ impl Decider {
                 return None;
             }
         };
+        let under = |settings: &Settings| {
+            evaluate_with(&current.bundle, settings, reference, image, pod, &registry)
+        };
         // Continuous validation evaluates the platform policy as GKE's
         // does, whether or not admission enforces it: both must allow.
         let unenforced_platform =
             current.bundle.platform_policy().is_some() && !self.evaluation.platform_policy_enforce;
-        if !unenforced_platform {
-            let decision = evaluate_with(
-                &current.bundle,
-                &self.evaluation,
-                reference,
-                image,
-                pod,
-                &registry,
-            );
-            let admission_denies = !decision.allowed;
-            return Some(WouldDecide {
-                decision,
-                bundle: current,
-                admission_denies,
+        let (decision, admission_denies) = if unenforced_platform {
+            let decision = under(&Settings {
+                platform_policy_enforce: true,
+                ..self.evaluation.clone()
             });
-        }
-        let enforced = Settings {
-            platform_policy_enforce: true,
-            ..self.evaluation.clone()
+            let admission_denies = !decision.allowed && !under(&self.evaluation).allowed;
+            (decision, admission_denies)
+        } else {
+            let decision = under(&self.evaluation);
+            let admission_denies = !decision.allowed;
+            (decision, admission_denies)
         };
-        let decision = evaluate_with(&current.bundle, &enforced, reference, image, pod, &registry);
-        let admission_denies = !decision.allowed
-            && !evaluate_with(
-                &current.bundle,
-                &self.evaluation,
-                reference,
-                image,
-                pod,
-                &registry,
-            )
-            .allowed;
         Some(WouldDecide {
             decision,
             bundle: current,

@@ -75,6 +75,19 @@ async fn run(
     Ok(id)
 }
 
+/// The app and `kept`, each running in a pod of its own in `prod`: their
+/// container ids.
+async fn run_both_attested(s: &Scenario, cri: &Cri) -> (String, String) {
+    let node = &s.node;
+    let app = run(cri, &node.pod("prod", "app-0"), &node.app_image)
+        .await
+        .expect("the attested app runs");
+    let kept = run(cri, &node.pod("prod", "kept-0"), &s.kept)
+        .await
+        .expect("the other attested image runs");
+    (app, kept)
+}
+
 fn revalidations(node: &Node) -> Vec<serde_json::Value> {
     node.audit()
         .into_iter()
@@ -113,12 +126,7 @@ async fn a_revoked_attestation_flags_its_running_pod_and_no_other() {
     };
     let node = &s.node;
     let cri = node.via_proxy().await;
-    let app = run(&cri, &node.pod("prod", "app-0"), &node.app_image)
-        .await
-        .expect("the attested app runs");
-    let kept = run(&cri, &node.pod("prod", "kept-0"), &s.kept)
-        .await
-        .expect("the other attested image runs");
+    let (app, kept) = run_both_attested(&s, &cri).await;
     // A pass at start and any pass since: nothing running is denied.
     std::thread::sleep(Duration::from_secs(3));
     assert!(revalidations(node).is_empty(), "{:#?}", node.audit());
@@ -164,12 +172,7 @@ async fn stop_stops_the_revoked_pod_and_never_a_break_glass_one() {
     };
     let node = &s.node;
     let cri = node.via_proxy().await;
-    let app = run(&cri, &node.pod("prod", "app-0"), &node.app_image)
-        .await
-        .expect("the attested app runs");
-    let kept = run(&cri, &node.pod("prod", "kept-0"), &s.kept)
-        .await
-        .expect("the other attested image runs");
+    let (app, kept) = run_both_attested(&s, &cri).await;
     let mut glass_pod = node.pod("prod", "glass-0");
     glass_pod.annotations.insert(GLASS.into(), "true".into());
     let glass = run(&cri, &glass_pod, &s.unsigned)

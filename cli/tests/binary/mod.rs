@@ -1,0 +1,24 @@
+//! The built `attestgate` binary, run as a user runs it: shared by the CLI's
+//! end-to-end test files.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::process::{Command, Output};
+
+pub fn attestgate(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_attestgate"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Stdout of a run that must succeed.
+pub fn ok(args: &[&str]) -> String {
+    let out = attestgate(args);
+    assert!(
+        out.status.success(),
+        "attestgate {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
