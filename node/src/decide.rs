@@ -484,6 +484,7 @@ impl Decider {
         }
     }
 
+    /// Writes the record; when it cannot be written, the fail mode decides.
     fn record(
         &self,
         request: &Request<'_>,
@@ -491,23 +492,12 @@ impl Decider {
         current: Option<&LoadedBundle>,
         started: Instant,
     ) -> Decision {
-        self.write(request, decision, current, None, started)
-    }
-
-    /// Writes the record; when it cannot be written, the fail mode decides.
-    fn write(
-        &self,
-        request: &Request<'_>,
-        decision: Decision,
-        current: Option<&LoadedBundle>,
-        revalidated: Option<Revalidated<'_>>,
-        started: Instant,
-    ) -> Decision {
-        self.write_reporting(request, decision, current, revalidated, started)
+        self.write_reporting(request, decision, current, None, started)
             .0
     }
 
-    /// [`Self::write`], and whether the record reached the log.
+    /// [`Self::record`], for a decision about `revalidated` when given, and
+    /// whether the record reached the log.
     fn write_reporting(
         &self,
         request: &Request<'_>,
