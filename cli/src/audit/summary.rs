@@ -147,24 +147,8 @@ impl Summary {
                     denied: n.counts.denied,
                 })
                 .collect(),
-            images: report
-                .images
-                .iter()
-                .map(|i| ImageJson {
-                    image: i.name,
-                    count: i.counts.count,
-                    denied: i.counts.denied,
-                })
-                .collect(),
-            top_denied_images: report
-                .top_denied
-                .iter()
-                .map(|i| ImageJson {
-                    image: i.name,
-                    count: i.counts.count,
-                    denied: i.counts.denied,
-                })
-                .collect(),
+            images: report.images.iter().map(image_json).collect(),
+            top_denied_images: report.top_denied.iter().map(image_json).collect(),
         };
         serde_json::to_writer(&mut *out, &json)?;
         out.write_all(b"\n")
@@ -301,6 +285,15 @@ fn ranked(map: &HashMap<Box<str>, Counts>) -> Vec<Named<'_>> {
             .then_with(|| a.name.cmp(&b.name))
     });
     rows
+}
+
+/// An image's counts as the JSON report gives them.
+fn image_json<'a>(image: &Named<'a>) -> ImageJson<'a> {
+    ImageJson {
+        image: image.name,
+        count: image.counts.count,
+        denied: image.counts.denied,
+    }
 }
 
 struct Report<'a> {
