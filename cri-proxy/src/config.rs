@@ -103,7 +103,10 @@ pub struct Flags {
     /// continuous validation) [default: log].
     #[arg(long, value_enum)]
     pub cv_action: Option<CvAction>,
-    /// Validate the configuration and exit.
+    /// Print the configuration in force (flags and defaults applied) as
+    /// TOML, check what it names (the bundle loads, the audit log and the
+    /// sockets' directories can be used), and exit: 0 when nothing is
+    /// wrong, 1 otherwise.
     #[arg(long)]
     pub check_config: bool,
 }
@@ -188,6 +191,9 @@ pub struct Config {
     pub memory_budget: usize,
     pub cv_interval: std::time::Duration,
     pub cv_action: CvAction,
+    /// The configuration file read, if any (none when the default path is
+    /// missing).
+    pub file: Option<PathBuf>,
 }
 
 /// What intercepted calls may hold together unless configured: four of
@@ -317,6 +323,7 @@ impl Config {
         }
         let cv_action = flags.cv_action.or(own.cv_action).unwrap_or_default();
         Ok(Config {
+            file: file.path.clone(),
             cv_interval,
             cv_action,
             max_connections,

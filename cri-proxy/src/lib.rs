@@ -10,6 +10,7 @@
 //! decide with attestgate-node, write the audit record) → `upstream.rs`
 //! (the same bytes to containerd, on the client the lookups use too).
 
+pub mod check;
 pub mod config;
 pub mod connection;
 pub mod continuous;

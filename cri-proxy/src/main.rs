@@ -5,13 +5,22 @@ use anyhow::Context as _;
 use attestgate_proxy::config::{Config, Flags};
 use clap::Parser as _;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<std::process::ExitCode> {
     let flags = Flags::parse();
     let check_only = flags.check_config;
     let config = Config::load(flags)?;
     if check_only {
-        println!("configuration is valid: {config:#?}");
-        return Ok(());
+        print!("{}", attestgate_proxy::check::effective_toml(&config));
+        let problems = attestgate_proxy::check::problems(&config);
+        for problem in &problems {
+            eprintln!("error: {problem}");
+        }
+        if problems.is_empty() {
+            eprintln!("configuration is valid");
+            return Ok(std::process::ExitCode::SUCCESS);
+        }
+        eprintln!("{} problem(s) found", problems.len());
+        return Ok(std::process::ExitCode::from(1));
     }
     init_logging(config.log_json);
 
@@ -26,7 +35,8 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?
-        .block_on(attestgate_proxy::run(config))
+        .block_on(attestgate_proxy::run(config))?;
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 fn init_logging(json: bool) {

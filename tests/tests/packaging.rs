@@ -72,24 +72,81 @@ fn systemd_units_verify() {
     );
 }
 
+/// The shipped file is the defaults spelt out: `--check-config` prints it
+/// back as the configuration in force, and fails on the pieces of a node
+/// that are not there (on a build machine, the bundle) until they are.
 #[test]
 fn shipped_config_is_valid() {
-    let out = Command::new(bin("attestgate-proxy"))
-        .arg("--config")
-        .arg(packaging().join("config.toml"))
-        .arg("--check-config")
-        .output()
-        .unwrap();
+    let node = tempfile::tempdir().unwrap();
+    let check = |extra: &[&str]| {
+        Command::new(bin("attestgate-proxy"))
+            .arg("--config")
+            .arg(packaging().join("config.toml"))
+            .args(extra)
+            .arg("--check-config")
+            .output()
+            .unwrap()
+    };
+    let bundle = node.path().join("bundle");
+    let audit = node.path().join("log/audit.jsonl");
+    let runtime = node.path().join("containerd/containerd.sock");
+    let flags = [
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--audit-log",
+        audit.to_str().unwrap(),
+        "--runtime-endpoint",
+        runtime.to_str().unwrap(),
+    ];
+    let out = check(&flags);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("error: bundle ") && stderr.contains("error: runtime_endpoint "),
+        "{stderr}"
+    );
+
+    std::fs::create_dir_all(&bundle).unwrap();
+    std::fs::create_dir_all(runtime.parent().unwrap()).unwrap();
+    std::fs::write(
+        bundle.join("policy.yaml"),
+        "defaultAdmissionRule:\n  evaluationMode: ALWAYS_DENY\n  enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG\n",
+    )
+    .unwrap();
+    let out = check(&flags);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("/run/attestgate/cri.sock") && text.contains("Closed"),
-        "{text}"
+    let effective: toml::Table = toml::from_str(&text).unwrap();
+    assert_eq!(
+        effective["listen"].as_str(),
+        Some("/run/attestgate/cri.sock")
     );
+    assert_eq!(effective["fail_mode"].as_str(), Some("closed"));
+    assert_eq!(effective["bundle"].as_str(), bundle.to_str());
+    assert_eq!(effective["memory_budget"].as_str(), Some("64MiB"));
+    // What it printed is a configuration file the proxy takes as it is.
+    let again = node.path().join("effective.toml");
+    std::fs::write(&again, text.as_bytes()).unwrap();
+    let reread = Command::new(bin("attestgate-proxy"))
+        .arg("--config")
+        .arg(&again)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    let body = |out: &[u8]| {
+        let text = String::from_utf8_lossy(out).into_owned();
+        text.lines().skip(2).collect::<Vec<_>>().join("\n")
+    };
+    assert!(
+        reread.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reread.stderr)
+    );
+    assert_eq!(body(&reread.stdout), body(&out.stdout));
 }
 
 /// containerd (the one installed here, 1.6/1.7) loads the shipped runtime
