@@ -54,6 +54,10 @@ enum Command {
     },
     /// Query the audit log, rotated files included; `audit summary` counts.
     Audit(audit::Args),
+    /// Write the man pages and bash and zsh completions under DIR (for the
+    /// package build).
+    #[command(hide = true)]
+    WriteManual { dir: std::path::PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -89,6 +93,14 @@ fn main() -> ExitCode {
         } => attestor::create(args),
         Command::Repo { command } => repo::run(command),
         Command::Audit(args) => audit::run(args),
+        Command::WriteManual { dir } => {
+            use clap::CommandFactory as _;
+            attestgate_node::manual::write(Cli::command(), &dir)
+                .map(|_| Outcome::Success)
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot write the manual under {}: {e}", dir.display())
+                })
+        }
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,

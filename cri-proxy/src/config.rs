@@ -109,6 +109,10 @@ pub struct Flags {
     /// wrong, 1 otherwise.
     #[arg(long)]
     pub check_config: bool,
+    /// Write this program's man pages and bash and zsh completions under
+    /// DIR and exit (for the package build).
+    #[arg(long, hide = true, value_name = "DIR")]
+    pub write_manual: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

@@ -7,6 +7,12 @@ use clap::Parser as _;
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
     let flags = Flags::parse();
+    if let Some(dir) = &flags.write_manual {
+        use clap::CommandFactory as _;
+        attestgate_node::manual::write(Flags::command(), dir)
+            .with_context(|| format!("cannot write the manual under {}", dir.display()))?;
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
     let check_only = flags.check_config;
     let config = Config::load(flags)?;
     if check_only {

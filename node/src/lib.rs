@@ -15,6 +15,8 @@
 //!   written closes).
 //! - [`freshness`]: until when a synced bundle may decide.
 //! - [`hooks`]: what a program may count (metrics) as the others work.
+//! - `manual` (feature `manual`): man pages and shell completions from a
+//!   program's clap definitions, for the package.
 //! - `metrics_http` (feature `metrics`): the Prometheus endpoint the
 //!   daemons serve.
 
@@ -28,6 +30,8 @@ pub mod content;
 pub mod decide;
 pub mod freshness;
 pub mod hooks;
+#[cfg(feature = "manual")]
+pub mod manual;
 #[cfg(feature = "metrics")]
 pub mod metrics_http;
 pub mod store;

@@ -53,6 +53,10 @@ pub struct Flags {
     /// Sync once and exit: 0 updated or current, 1 refused, 2 unreachable.
     #[arg(long)]
     pub once: bool,
+    /// Write this program's man pages and bash and zsh completions under
+    /// DIR and exit (for the package build).
+    #[arg(long, hide = true, value_name = "DIR")]
+    pub write_manual: Option<PathBuf>,
     /// Prometheus metrics address, e.g. 127.0.0.1:9465.
     #[arg(long)]
     pub metrics_listen: Option<String>,

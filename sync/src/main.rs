@@ -24,6 +24,19 @@ use attestgate_sync::versions;
 
 fn main() -> ExitCode {
     let flags = Flags::parse();
+    if let Some(dir) = &flags.write_manual {
+        use clap::CommandFactory as _;
+        return match attestgate_node::manual::write(Flags::command(), dir) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!(
+                    "attestgate-sync: cannot write the manual under {}: {e}",
+                    dir.display()
+                );
+                ExitCode::from(2)
+            }
+        };
+    }
     let config = Config::load(flags);
     // The file may ask for JSON logs: read it before the first line.
     init_logging(config.as_ref().is_ok_and(|c| c.log_json));
