@@ -152,7 +152,7 @@ fn read_file(root: &Root, path: &str, out: &mut Runtimes) -> Result<(), Containe
         // Relative to the importing file's directory, as containerd
         // resolves them.
         let pattern = dir.join(&import).to_string_lossy().into_owned();
-        for found in expand(root, &pattern).map_err(|message| invalid(message))? {
+        for found in expand(root, &pattern).map_err(&invalid)? {
             read_file(root, &found, out)?;
         }
     }

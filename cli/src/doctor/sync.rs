@@ -162,3 +162,106 @@ pub fn check(root: &Root, sync: &Sync<'_>, now: OffsetDateTime, timeout: Duratio
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::io::{Read as _, Write as _};
+
+    use super::*;
+
+    /// A syncer's state whose last fetch is in force, and a metrics
+    /// endpoint that answers `body` once.
+    fn synced(body: &'static str) -> (tempfile::TempDir, Root, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |p: &str| dir.path().join(p);
+        std::fs::create_dir_all(at("state/versions/v2-t2-r1")).unwrap();
+        std::fs::write(
+            at("state/last.json"),
+            r#"{"source":"file:///repo","validator":"x","version":"v2-t2-r1"}"#,
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("/state/versions/v2-t2-r1", at("bundle")).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.ends_with(b"\r\n\r\n") {
+                let n = s.read(&mut buf).unwrap();
+                if n == 0 {
+                    return;
+                }
+                request.extend_from_slice(&buf[..n]);
+            }
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(answer.as_bytes()).unwrap();
+        });
+        let root = Root::new(dir.path().to_path_buf());
+        (dir, root, addr)
+    }
+
+    fn run(root: &Root, addr: &str, now: i64) -> Check {
+        check(
+            root,
+            &Sync {
+                source: Some("file:///repo"),
+                state: Path::new("/state"),
+                bundle: Path::new("/bundle"),
+                metrics_listen: Some(addr),
+            },
+            OffsetDateTime::from_unix_timestamp(now).unwrap(),
+            Duration::from_secs(5),
+        )
+    }
+
+    #[test]
+    fn the_syncer_s_metrics_tell_how_the_last_poll_ended() {
+        let (_dir, root, addr) = synced(
+            "attestgate_sync_last_success_timestamp_seconds 1000\n\
+             attestgate_sync_last_failure_timestamp_seconds{reason=\"expired\"} 900\n",
+        );
+        let good = run(&root, &addr, 1060);
+        assert!(good.ok, "{good:?}");
+        assert!(good.detail.contains("succeeded 1m ago"), "{good:?}");
+
+        let (_dir, root, addr) = synced(
+            "attestgate_sync_last_success_timestamp_seconds 1000\n\
+             attestgate_sync_last_failure_timestamp_seconds{reason=\"signature\"} 1030\n",
+        );
+        let bad = run(&root, &addr, 1060);
+        assert!(!bad.ok, "{bad:?}");
+        assert!(
+            bad.detail.contains("failed 30s ago (reason=\"signature\")"),
+            "{bad:?}"
+        );
+
+        let (_dir, root, addr) = synced("attestgate_sync_last_success_timestamp_seconds 0\n");
+        assert!(!run(&root, &addr, 1060).ok);
+    }
+
+    #[test]
+    fn without_a_source_sync_is_not_configured_and_a_missing_state_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path().to_path_buf());
+        let mut sync = Sync {
+            source: None,
+            state: Path::new("/state"),
+            bundle: Path::new("/bundle"),
+            metrics_listen: None,
+        };
+        let now = OffsetDateTime::now_utc();
+        let timeout = Duration::from_secs(1);
+        assert!(check(&root, &sync, now, timeout).ok);
+        sync.source = Some("file:///repo");
+        let missing = check(&root, &sync, now, timeout);
+        assert!(
+            !missing.ok && missing.detail.contains("no sync recorded"),
+            "{missing:?}"
+        );
+    }
+}
