@@ -7,6 +7,7 @@
 mod attestor;
 mod audit;
 mod check;
+mod doctor;
 mod evaluate;
 mod keys;
 mod repo;
@@ -54,6 +55,8 @@ enum Command {
     },
     /// Query the audit log, rotated files included; `audit summary` counts.
     Audit(audit::Args),
+    /// Check that this node is wired for attestgate (exit 0 when every check passes).
+    Doctor(doctor::Args),
     /// Write the man pages and bash and zsh completions under DIR (for the
     /// package build).
     #[command(hide = true)]
@@ -93,6 +96,7 @@ fn main() -> ExitCode {
         } => attestor::create(args),
         Command::Repo { command } => repo::run(command),
         Command::Audit(args) => audit::run(args),
+        Command::Doctor(args) => doctor::run(args),
         Command::WriteManual { dir } => {
             use clap::CommandFactory as _;
             attestgate_node::manual::write(Cli::command(), &dir)
