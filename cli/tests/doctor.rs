@@ -550,13 +550,22 @@ fn a_node_wired_right_passes_and_each_broken_piece_is_named() {
             assert!(line(&text, "kubelet").contains("directly"), "{text}");
         },
     );
-    // The kubelet package's /etc/default/kubelet empties the variable the
-    // drop-in sets, and an environment file wins over Environment=.
+    // The kubelet package's /etc/default/kubelet empties KUBELET_EXTRA_ARGS
+    // (an environment file wins over Environment=): the packaged drop-in
+    // puts the endpoints on the command line itself, so it still holds.
     write(&node.path("/etc/default/kubelet"), "KUBELET_EXTRA_ARGS=\n");
-    failing(
-        &node,
-        &["kubelet"],
-        "/etc/default/kubelet overrides the drop-in",
+    node.expect_failing(&[], "/etc/default/kubelet beside the packaged drop-in");
+    // A drop-in that sets them through that variable is overridden.
+    node.with_content(
+        "/etc/systemd/system/kubelet.service.d/20-attestgate.conf",
+        "[Service]\nEnvironment=\"KUBELET_EXTRA_ARGS=--container-runtime-endpoint=unix:///run/attestgate/cri.sock --image-service-endpoint=unix:///run/attestgate/cri.sock\"\n",
+        || {
+            failing(
+                &node,
+                &["kubelet"],
+                "/etc/default/kubelet overrides the drop-in",
+            );
+        },
     );
     std::fs::remove_file(node.path("/etc/default/kubelet")).unwrap();
 

@@ -216,8 +216,8 @@ const SHIM: &str = "shim";
 
 pub fn check(root: &Root, config: &str) -> (Check, Option<Runtime>) {
     let remedy = format!(
-        "install packaging/containerd/attestgate-runtime-v2.toml (containerd 1.x) or \
-         attestgate-runtime-v3.toml (containerd 2.x) as /etc/containerd/conf.d/attestgate.toml, \
+        "install /usr/share/doc/attestgate/examples/containerd/attestgate-runtime-v2.toml \
+         (containerd 1.x) or attestgate-runtime-v3.toml (containerd 2.x) as /etc/containerd/conf.d/attestgate.toml, \
          with imports = [\"/etc/containerd/conf.d/*.toml\"] in {config}, then \
          `systemctl restart containerd`"
     );

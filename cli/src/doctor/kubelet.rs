@@ -479,10 +479,11 @@ pub fn discover(root: &Root) -> Result<Endpoints, KubeletError> {
 
 pub fn check(root: &Root, listen: &Path, runtime_endpoint: &str) -> Check {
     let remedy = format!(
-        "point kubelet at the proxy: install packaging/kubelet/20-attestgate.conf as \
+        "point kubelet at the proxy: install \
+         /usr/share/doc/attestgate/examples/kubelet/20-attestgate.conf as \
          /etc/systemd/system/kubelet.service.d/20-attestgate.conf (or set containerRuntimeEndpoint \
-         and imageServiceEndpoint to unix://{0} in kubelet's config file), mind an \
-         EnvironmentFile= that sets the same variable (it overrides Environment=), then \
+         and imageServiceEndpoint to unix://{0} in kubelet's config file, which flags \
+         override), then \
          `systemctl daemon-reload && systemctl restart kubelet`",
         listen.display()
     );
@@ -678,7 +679,7 @@ ExecStart=/usr/bin/kubelet $KUBELET_KUBECONFIG_ARGS $KUBELET_CONFIG_ARGS $KUBELE
             ),
             (
                 "/etc/systemd/system/kubelet.service.d/20-attestgate.conf",
-                ATTESTGATE_DROP_IN,
+                "[Service]\nEnvironment=\"KUBELET_EXTRA_ARGS=--container-runtime-endpoint=unix:///run/attestgate/cri.sock\"\n",
             ),
             ("/var/lib/kubelet/kubeadm-flags.env", KUBEADM_FLAGS),
             ("/etc/default/kubelet", "KUBELET_EXTRA_ARGS=\n"),
@@ -692,6 +693,30 @@ ExecStart=/usr/bin/kubelet $KUBELET_KUBECONFIG_ARGS $KUBELET_CONFIG_ARGS $KUBELE
             found.runtime.value,
             "unix:///var/run/containerd/containerd.sock"
         );
+    }
+
+    #[test]
+    fn the_packaged_drop_in_holds_against_an_emptying_environment_file() {
+        let (_dir, root) = node(&[
+            ("/lib/systemd/system/kubelet.service", KUBEADM_UNIT),
+            (
+                "/usr/lib/systemd/system/kubelet.service.d/10-kubeadm.conf",
+                KUBEADM_DROP_IN,
+            ),
+            (
+                "/etc/systemd/system/kubelet.service.d/20-attestgate.conf",
+                ATTESTGATE_DROP_IN,
+            ),
+            ("/var/lib/kubelet/kubeadm-flags.env", KUBEADM_FLAGS),
+            ("/etc/default/kubelet", "KUBELET_EXTRA_ARGS=\n"),
+            (
+                "/var/lib/kubelet/config.yaml",
+                "kind: KubeletConfiguration\ncontainerRuntimeEndpoint: unix:///run/containerd/containerd.sock\n",
+            ),
+        ]);
+        let found = discover(&root).unwrap();
+        assert_eq!(found.runtime.value, "unix:///run/attestgate/cri.sock");
+        assert_eq!(found.image.value, "unix:///run/attestgate/cri.sock");
     }
 
     #[test]
