@@ -41,8 +41,14 @@ fi
 
 vendor="${ATTESTGATE_VENDORED:-$target/vendor}"
 if [ -z "${ATTESTGATE_VENDORED:-}" ]; then
-  echo "==> cargo vendor $vendor"
-  cargo vendor --locked --quiet "$vendor" >/dev/null
+  # Re-vendoring rewrites every file, and cargo then rebuilds every crate:
+  # only when Cargo.lock changed.
+  lock_sum="$(sha256sum Cargo.lock | cut -d' ' -f1)"
+  if [ "$(cat "$target/vendored-from" 2>/dev/null)" != "$lock_sum" ]; then
+    echo "==> cargo vendor $vendor"
+    cargo vendor --locked --quiet "$vendor" >/dev/null
+    echo "$lock_sum" >"$target/vendored-from"
+  fi
 fi
 vendor="$(cd "$vendor" && pwd)"
 

@@ -10,11 +10,13 @@ cd "$(dirname "$0")/.."
 # the tools that build and push images; systemd for systemd-analyze and
 # systemd-socket-activate (it need not be PID 1); Go and its x/net, for the
 # HPACK differential test's helper (scripts/build-go-hpack.sh); htpasswd
-# (apache2-utils) for registries behind basic auth.
+# (apache2-utils) for registries behind basic auth; the Debian package's
+# build and checks (dpkg-dev, binutils for the dbgsym split, lintian) and
+# promtool (prometheus) for its alerting rules.
 packages=(openssl gnupg ca-certificates protobuf-compiler containerd runc
   containernetworking-plugins docker-registry skopeo umoci busybox-static
   iproute2 curl systemd golang-go golang-golang-x-net-dev apache2-utils
-  logrotate)
+  logrotate dpkg-dev binutils lintian prometheus)
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=()
@@ -52,6 +54,16 @@ echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> cargo build (the end-to-end scenarios run the binaries)"
 cargo build --workspace --bins --locked
+# The Debian package, built as a packager would (vendored, offline), for
+# tests/tests/debian.rs to install, upgrade and purge; lintian must find
+# nothing that packaging/debian/lintian-overrides does not explain.
+if [ "$(id -u)" = 0 ] && command -v dpkg-deb >/dev/null; then
+  echo "==> bash scripts/package.sh"
+  ATTESTGATE_DEB="$(bash scripts/package.sh | tail -n 1)"
+  export ATTESTGATE_DEB
+  echo "==> lintian $ATTESTGATE_DEB"
+  lintian --fail-on error,warning "$ATTESTGATE_DEB"
+fi
 echo "==> cargo test"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

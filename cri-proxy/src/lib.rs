@@ -163,8 +163,14 @@ pub async fn serve_until(
     }
     let reopen_gate = gate.clone();
     attestgate_node::store::spawn_watcher(store, move || {
-        if let Err(e) = reopen_gate.decider.audit.reopen() {
-            tracing::error!(error = %e, "cannot reopen the audit log");
+        // Said either way: after a rotation this line is how an operator
+        // knows records go to the new file.
+        match reopen_gate.decider.audit.reopen() {
+            Ok(()) => tracing::info!(
+                path = %reopen_gate.decider.audit.path().display(),
+                "audit log reopened"
+            ),
+            Err(e) => tracing::error!(error = %e, "cannot reopen the audit log"),
         }
     })?;
     if let Some(addr) = config.metrics_listen {

@@ -214,3 +214,45 @@ fn containerd_loads_the_runtime_snippet() {
         std::fs::read_to_string(packaging().join("kubernetes/runtimeclass.yaml")).unwrap();
     assert!(runtime_class.contains("handler: attestgate"));
 }
+
+/// The alerting rules the package ships load in Prometheus and fire when
+/// and only when their unit tests say (promtool, from Debian's prometheus).
+#[test]
+fn prometheus_rules_check_and_pass_their_tests() {
+    if Command::new("promtool").arg("--version").output().is_err() {
+        assert!(
+            !required(),
+            "promtool is missing (ATTESTGATE_E2E_REQUIRED is set)"
+        );
+        eprintln!("SKIPPED: promtool is missing");
+        return;
+    }
+    let dir = packaging().join("prometheus");
+    for args in [
+        &["check", "rules", "attestgate.rules.yml"][..],
+        &["test", "rules", "attestgate.rules.test.yml"][..],
+    ] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Every alert the issue names is there.
+    let rules = std::fs::read_to_string(dir.join("attestgate.rules.yml")).unwrap();
+    for alert in [
+        "AttestgateBundleExpiringSoon",
+        "AttestgateSyncFailing",
+        "AttestgateDenialBurst",
+        "AttestgateAuditWriteErrors",
+        "AttestgateConnectionLimits",
+    ] {
+        assert!(rules.contains(&format!("alert: {alert}")), "{alert}");
+    }
+}
