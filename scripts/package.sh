@@ -44,7 +44,7 @@ if [ -z "${ATTESTGATE_VENDORED:-}" ]; then
   # Re-vendoring rewrites every file, and cargo then rebuilds every crate:
   # only when Cargo.lock changed.
   lock_sum="$(sha256sum Cargo.lock | cut -d' ' -f1)"
-  if [ "$(cat "$target/vendored-from" 2>/dev/null)" != "$lock_sum" ]; then
+  if [ ! -d "$vendor" ] || [ "$(cat "$target/vendored-from" 2>/dev/null)" != "$lock_sum" ]; then
     echo "==> cargo vendor $vendor"
     cargo vendor --locked --quiet "$vendor" >/dev/null
     echo "$lock_sum" >"$target/vendored-from"

@@ -63,6 +63,12 @@ if [ "$(id -u)" = 0 ] && command -v dpkg-deb >/dev/null; then
   export ATTESTGATE_DEB
   echo "==> lintian $ATTESTGATE_DEB"
   lintian --fail-on error,warning "$ATTESTGATE_DEB"
+  # CI builds once: the release tree and the vendored sources are only disk
+  # from here on (the package is in target/debian).
+  if [ -n "${ATTESTGATE_CI_FREE_DISK:-}" ]; then
+    rm -rf "${CARGO_TARGET_DIR:-target}/release" "${CARGO_TARGET_DIR:-target}/vendor" \
+      "${CARGO_TARGET_DIR:-target}/package-cargo-home"
+  fi
 fi
 echo "==> cargo test"
 log="$(mktemp)"

@@ -133,7 +133,12 @@ impl Proxy {
             .spawn()
             .unwrap();
         let proxy = Proxy { child, log };
+        // As under systemd, the service starts at the first connection.
         let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&listen).is_err() {
+            assert!(Instant::now() < deadline, "{}", proxy.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
         while !proxy
             .log_text()
             .contains("using the socket passed by systemd")
@@ -217,7 +222,8 @@ async fn the_package_installs_decides_upgrades_and_purges_clean() {
     let before = attestgate_paths();
     let work = tempfile::tempdir().unwrap();
 
-    // Install.
+    // Install; a failure anywhere below still purges what this test put in.
+    let installed = Installed;
     run("dpkg", &["-i", deb.to_str().unwrap()]);
     let version = installed_version().expect("installed");
     for path in [
@@ -436,11 +442,25 @@ async fn the_package_installs_decides_upgrades_and_purges_clean() {
     drop(node);
 
     // Purge: nothing of the package's or its programs' is left.
+    std::mem::forget(installed);
     run("dpkg", &["--purge", "attestgate"]);
     assert!(installed_version().is_none());
     let after = attestgate_paths();
     let left: Vec<&PathBuf> = after.difference(&before).collect();
     assert!(left.is_empty(), "left behind by purge: {left:#?}");
+}
+
+/// Purges the package when a failing test unwinds past it, so that the
+/// machine is left as the test found it (checked to have no attestgate).
+struct Installed;
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        let _ = Command::new("dpkg")
+            .args(["--purge", "attestgate"])
+            .stdin(Stdio::null())
+            .output();
+    }
 }
 
 /// The same package as a newer version, as a rebuild of the same tree
