@@ -4,7 +4,9 @@
 //! ([`node`]); a private registry for bundle artifacts ([`registry`]);
 //! bundles published and synced as an operator and a node do
 //! ([`publisher`]); registry signatures laid out as other tools lay them
-//! out ([`layout`]).
+//! out ([`layout`]); processes as /proc shows them ([`process`]); a
+//! registry relay that trickles replies, for pulls still under way when a
+//! fault strikes ([`throttle`]).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -13,7 +15,9 @@ pub mod flood;
 pub mod layout;
 pub mod metrics;
 pub mod node;
+pub mod process;
 pub mod publisher;
 pub mod raw_h2;
 pub mod registry;
 pub mod stats;
+pub mod throttle;

@@ -493,6 +493,71 @@ impl Node {
         }
     }
 
+    /// Starts the proxy as systemd runs a socket-activated service with
+    /// `Restart=always`: `systemd-socket-activate` binds [`Node::proxy_sock`]
+    /// and keeps it, and a supervisor shell under it runs the proxy with
+    /// that socket as fd 3 (`LISTEN_FDS=1`, `LISTEN_PID` the proxy's own
+    /// pid, set in a subshell that then execs the proxy), again each time
+    /// it exits, once [`Node::let_proxy_restart`] says so. Clients that
+    /// connect while no proxy runs wait in the kept socket's backlog.
+    pub fn start_proxy_supervised(&mut self, args: &[&str]) {
+        let gate = self.proxy_restart_gate();
+        // The TERM trap passes the supervisor's stop on to the proxy, which
+        // would otherwise outlive it; the gate lets a scenario hold the
+        // proxy down as long as it needs to.
+        let supervisor = format!(
+            "trap 'kill -TERM \"$child\" 2>/dev/null; wait \"$child\"; exit 0' TERM\n\
+             while :; do\n\
+               (LISTEN_PID=$BASHPID exec \"$0\" \"$@\") & child=$!\n\
+               wait \"$child\"\n\
+               until [ -e '{gate}' ]; do sleep 0.02; done\n\
+               rm -f '{gate}'\n\
+             done",
+            gate = gate.display()
+        );
+        let listen = self.proxy_sock.display().to_string();
+        self.start_proxy_with(
+            &[
+                "systemd-socket-activate",
+                "-l",
+                &listen,
+                "bash",
+                "-c",
+                &supervisor,
+            ],
+            &[],
+            args,
+        );
+    }
+
+    fn proxy_restart_gate(&self) -> PathBuf {
+        self.dir().join("restart-proxy")
+    }
+
+    /// The pid of the proxy [`Node::start_proxy_supervised`]'s supervisor
+    /// runs now, waiting up to 20 s for one.
+    pub fn supervised_proxy_pid(&self) -> u32 {
+        let supervisor = self.proxy_pid().expect("a supervised proxy");
+        let exe = bin("attestgate-proxy");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let [pid] = crate::process::children(supervisor, &exe)[..] {
+                return pid;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no proxy under supervisor {supervisor}: {}",
+                self.proxy_log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Lets the supervisor start the proxy again after it exited.
+    pub fn let_proxy_restart(&self) {
+        std::fs::write(self.proxy_restart_gate(), "").expect("restart gate");
+    }
+
     /// SIGTERM (graceful), wait, and start it again with the same arguments.
     pub fn restart_proxy(&mut self) {
         self.stop_proxy();
@@ -568,6 +633,19 @@ impl Node {
     /// Restarts containerd (same config, same state).
     pub fn restart_containerd(&self) {
         self.sh("ag_stop_pid \"$(cat \"$DIR/containerd/pid\")\" \"$DIR/containerd/config.toml\" 30 && rm -f \"$DIR/containerd/pid\" && ag_containerd_start \"$DIR\"");
+    }
+
+    /// SIGKILLs containerd, as a crash would, and waits until it is gone;
+    /// its shims, and so the pods, live on. [`Node::start_containerd`]
+    /// brings it back on the same socket and state.
+    pub fn kill_containerd(&self) {
+        self.sh("pid=\"$(cat \"$DIR/containerd/pid\")\"; ag__cmdline_has \"$pid\" \"$DIR/containerd/config.toml\" && kill -KILL \"$pid\"; while ag__pid_alive \"$pid\"; do sleep 0.02; done; rm -f \"$DIR/containerd/pid\"");
+    }
+
+    /// Starts containerd (same config, same state) and waits until its CRI
+    /// is ready.
+    pub fn start_containerd(&self) {
+        self.sh("ag_containerd_start \"$DIR\"");
     }
 
     /// Writes the bundle's policy, as a whole: a proxy watching the bundle
