@@ -73,7 +73,7 @@ fi
 echo "==> cargo test"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
-cargo test --workspace --locked 2>&1 | tee "$log"
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log"
 # cargo ends on the doc-test binary (often "0 passed"); say the total last.
 passed=$(awk '/^test result:/ {s += $4} END {print s + 0}' "$log")
 failed=$(awk '/^test result:/ {s += $6} END {print s + 0}' "$log")
