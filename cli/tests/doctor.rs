@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use binary::{attestgate, ok};
+use binary::{attestgate, ok, openssl};
 use k8s_cri::v1::{VersionRequest, VersionResponse};
 use tonic::codegen::http;
 use tonic::{Request, Response, Status};
@@ -147,23 +147,16 @@ fn packaged(path: &str) -> String {
 }
 
 fn openssl_key(path: &Path) {
-    let out = Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-        ])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = path.to_str().unwrap();
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        out,
+    ]);
 }
 
 /// A node under a temporary root, and the processes it runs.

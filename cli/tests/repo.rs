@@ -8,7 +8,7 @@ mod binary;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use binary::{attestgate, ok};
+use binary::{attestgate, ok, openssl};
 
 fn exit_code(args: &[&str]) -> (i32, String) {
     let out = attestgate(args);
@@ -16,15 +16,6 @@ fn exit_code(args: &[&str]) -> (i32, String) {
         out.status.code().unwrap(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-fn openssl(args: &[&str]) {
-    let out = Command::new("openssl").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// root: PKCS#8 EC P-256; targets: SEC1 EC; snapshot: RSA 3072 (PKCS#8);

@@ -324,16 +324,7 @@ imports = ["/etc/containerd/conf.d/*.toml"]
     runtime_type = "io.containerd.runc.v2"
 "#;
 
-    fn node(files: &[(&str, &str)]) -> (tempfile::TempDir, Root) {
-        let dir = tempfile::tempdir().unwrap();
-        for (path, text) in files {
-            let path = dir.path().join(path.trim_start_matches('/'));
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, text).unwrap();
-        }
-        let root = Root::new(dir.path().to_path_buf());
-        (dir, root)
-    }
+    use crate::doctor::root::laid_out as node;
 
     #[test]
     fn globs_match_as_go_does_in_one_name() {

@@ -546,15 +546,21 @@ ExecStart=/usr/bin/kubelet $KUBELET_KUBECONFIG_ARGS $KUBELET_CONFIG_ARGS $KUBELE
 
     const ATTESTGATE_DROP_IN: &str = include_str!("../../../packaging/kubelet/20-attestgate.conf");
 
-    fn node(files: &[(&str, &str)]) -> (tempfile::TempDir, Root) {
-        let dir = tempfile::tempdir().unwrap();
-        for (path, text) in files {
-            let path = dir.path().join(path.trim_start_matches('/'));
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, text).unwrap();
-        }
-        let root = Root::new(dir.path().to_path_buf());
-        (dir, root)
+    use crate::doctor::root::laid_out as node;
+
+    /// A kubeadm node (its unit, its drop-in and the flags file `kubeadm
+    /// init` writes) with `more` laid out beside it.
+    fn kubeadm_node(more: &[(&str, &str)]) -> (tempfile::TempDir, Root) {
+        let mut files = vec![
+            ("/lib/systemd/system/kubelet.service", KUBEADM_UNIT),
+            (
+                "/usr/lib/systemd/system/kubelet.service.d/10-kubeadm.conf",
+                KUBEADM_DROP_IN,
+            ),
+            ("/var/lib/kubelet/kubeadm-flags.env", KUBEADM_FLAGS),
+        ];
+        files.extend_from_slice(more);
+        node(&files)
     }
 
     #[test]
@@ -599,18 +605,10 @@ ExecStart=/usr/bin/kubelet $KUBELET_KUBECONFIG_ARGS $KUBELET_CONFIG_ARGS $KUBELE
 
     #[test]
     fn kubeadm_flags_file_sets_the_endpoint_when_nothing_overrides_it() {
-        let (_dir, root) = node(&[
-            ("/lib/systemd/system/kubelet.service", KUBEADM_UNIT),
-            (
-                "/usr/lib/systemd/system/kubelet.service.d/10-kubeadm.conf",
-                KUBEADM_DROP_IN,
-            ),
-            ("/var/lib/kubelet/kubeadm-flags.env", KUBEADM_FLAGS),
-            (
-                "/var/lib/kubelet/config.yaml",
-                "kind: KubeletConfiguration\n",
-            ),
-        ]);
+        let (_dir, root) = kubeadm_node(&[(
+            "/var/lib/kubelet/config.yaml",
+            "kind: KubeletConfiguration\n",
+        )]);
         let found = discover(&root).unwrap();
         assert_eq!(
             found.runtime.value,
@@ -636,17 +634,11 @@ ExecStart=/usr/bin/kubelet $KUBELET_KUBECONFIG_ARGS $KUBELET_CONFIG_ARGS $KUBELE
 
     #[test]
     fn attestgate_drop_in_wins_over_kubeadm_flags() {
-        let (_dir, root) = node(&[
-            ("/lib/systemd/system/kubelet.service", KUBEADM_UNIT),
-            (
-                "/usr/lib/systemd/system/kubelet.service.d/10-kubeadm.conf",
-                KUBEADM_DROP_IN,
-            ),
+        let (_dir, root) = kubeadm_node(&[
             (
                 "/etc/systemd/system/kubelet.service.d/20-attestgate.conf",
                 ATTESTGATE_DROP_IN,
             ),
-            ("/var/lib/kubelet/kubeadm-flags.env", KUBEADM_FLAGS),
             (
                 "/var/lib/kubelet/config.yaml",
                 "kind: KubeletConfiguration\n",
@@ -671,17 +663,11 @@ ExecStart=/usr/bin/kubelet $KUBELET_KUBECONFIG_ARGS $KUBELET_CONFIG_ARGS $KUBELE
     fn an_environment_file_overrides_environment_whatever_the_order() {
         // /etc/default/kubelet, as the kubelet package ships it, empties
         // KUBELET_EXTRA_ARGS: systemd lets the file win over Environment=.
-        let (_dir, root) = node(&[
-            ("/lib/systemd/system/kubelet.service", KUBEADM_UNIT),
-            (
-                "/usr/lib/systemd/system/kubelet.service.d/10-kubeadm.conf",
-                KUBEADM_DROP_IN,
-            ),
+        let (_dir, root) = kubeadm_node(&[
             (
                 "/etc/systemd/system/kubelet.service.d/20-attestgate.conf",
                 "[Service]\nEnvironment=\"KUBELET_EXTRA_ARGS=--container-runtime-endpoint=unix:///run/attestgate/cri.sock\"\n",
             ),
-            ("/var/lib/kubelet/kubeadm-flags.env", KUBEADM_FLAGS),
             ("/etc/default/kubelet", "KUBELET_EXTRA_ARGS=\n"),
             (
                 "/var/lib/kubelet/config.yaml",
@@ -697,17 +683,11 @@ ExecStart=/usr/bin/kubelet $KUBELET_KUBECONFIG_ARGS $KUBELET_CONFIG_ARGS $KUBELE
 
     #[test]
     fn the_packaged_drop_in_holds_against_an_emptying_environment_file() {
-        let (_dir, root) = node(&[
-            ("/lib/systemd/system/kubelet.service", KUBEADM_UNIT),
-            (
-                "/usr/lib/systemd/system/kubelet.service.d/10-kubeadm.conf",
-                KUBEADM_DROP_IN,
-            ),
+        let (_dir, root) = kubeadm_node(&[
             (
                 "/etc/systemd/system/kubelet.service.d/20-attestgate.conf",
                 ATTESTGATE_DROP_IN,
             ),
-            ("/var/lib/kubelet/kubeadm-flags.env", KUBEADM_FLAGS),
             ("/etc/default/kubelet", "KUBELET_EXTRA_ARGS=\n"),
             (
                 "/var/lib/kubelet/config.yaml",

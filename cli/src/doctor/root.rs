@@ -47,6 +47,21 @@ impl Root {
     }
 }
 
+/// A fake node for tests: each `(path, text)` written under a new
+/// temporary root.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub fn laid_out(files: &[(&str, &str)]) -> (tempfile::TempDir, Root) {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, text) in files {
+        let path = dir.path().join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    let root = Root::new(dir.path().to_path_buf());
+    (dir, root)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

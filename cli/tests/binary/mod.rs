@@ -1,5 +1,5 @@
-//! The built `attestgate` binary, run as a user runs it: shared by the CLI's
-//! end-to-end test files.
+//! The built `attestgate` binary, run as a user runs it, and the openssl
+//! that makes its keys: shared by the CLI's end-to-end test files.
 
 #![allow(dead_code, clippy::unwrap_used)]
 
@@ -21,4 +21,15 @@ pub fn ok(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs openssl, which must succeed: the tests' keys are made by another
+/// tool than the one that reads them.
+pub fn openssl(args: &[&str]) {
+    let out = Command::new("openssl").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
