@@ -129,12 +129,12 @@ ExecStart=
 ExecStart=/usr/bin/kubelet $KUBELET_KUBECONFIG_ARGS $KUBELET_CONFIG_ARGS $KUBELET_KUBEADM_ARGS $KUBELET_EXTRA_ARGS
 "#;
 
+/// A containerd config that leaves the CRI plugin's section to the files
+/// it imports: containerd takes a plugin's section from one file whole.
 const CONTAINERD_MAIN: &str = r#"version = 2
 imports = ["/etc/containerd/conf.d/*.toml"]
-[plugins."io.containerd.grpc.v1.cri".containerd]
-  default_runtime_name = "runc"
-  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-    runtime_type = "io.containerd.runc.v2"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "/var/lib/containerd/opt"
 "#;
 
 fn packaged(path: &str) -> String {
@@ -567,6 +567,24 @@ fn a_node_wired_right_passes_and_each_broken_piece_is_named() {
         let text = failing(&node, &["containerd"], "no attestgate runtime");
         assert!(line(&text, "containerd").contains("io.containerd.attestgate.v2"));
     });
+    // A second import with a CRI section of its own (a registry mirror):
+    // it replaces the runtime's file's section whole.
+    let mirror = node.path("/etc/containerd/conf.d/zz-registry.toml");
+    std::fs::write(
+        &mirror,
+        "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"/etc/containerd/certs.d\"\n",
+    )
+    .unwrap();
+    let text = failing(
+        &node,
+        &["containerd"],
+        "an import replacing the CRI section",
+    );
+    assert!(
+        line(&text, "containerd").contains("zz-registry.toml's CRI plugin section replaces"),
+        "{text}"
+    );
+    std::fs::remove_file(&mirror).unwrap();
     node.without("/usr/bin/containerd-shim-attestgate-v2", || {
         failing(&node, &["shim"], "no shim on PATH");
     });

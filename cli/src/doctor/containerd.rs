@@ -43,10 +43,16 @@ pub struct Runtime {
 #[derive(Debug, Default)]
 pub struct Runtimes {
     pub runtimes: Vec<Runtime>,
-    /// The CRI's default runtime, and the file that set it last.
+    /// The CRI's default runtime, and the file that set it.
     pub default: Option<(String, String)>,
     /// Every file read, in the order containerd merges them.
     pub files: Vec<String>,
+    /// The file whose CRI plugin section is in force.
+    pub cri_file: Option<String>,
+    /// Files whose CRI plugin section a later file replaced, each with the
+    /// file that replaced it: containerd takes a plugin's section from the
+    /// last file that has one, whole, so what the earlier one set is gone.
+    pub replaced: Vec<(String, String)>,
 }
 
 impl Runtimes {
@@ -69,23 +75,74 @@ fn cri_plugin(version: i64) -> Option<&'static str> {
     }
 }
 
-/// Reads `path` (a node path) and what it imports, recursively, as
-/// containerd does: imports after the file importing them, so that they
-/// override it, each file at most once.
+/// Reads `path` (a node path) and what it imports, as containerd's
+/// LoadConfig does: breadth first (a file, then the files it imports, then
+/// theirs), each file at most once, each merged over what came before. A
+/// plugin's section is not merged key by key: the last file that has one
+/// replaces it whole (containerd's mergeConfig), so the CRI's runtimes and
+/// default are those of that one file.
 pub fn read(root: &Root, path: &str) -> Result<Runtimes, ContainerdError> {
     let mut out = Runtimes::default();
     if !root.path(Path::new(path)).exists() {
         return Err(ContainerdError::Missing(path.to_string()));
     }
-    read_file(root, path, &mut out)?;
+    let mut pending = std::collections::VecDeque::from([path.to_string()]);
+    let mut cri: Option<(String, toml::Value)> = None;
+    while let Some(path) = pending.pop_front() {
+        if out.files.contains(&path) {
+            continue;
+        }
+        let (section, imports) = read_file(root, &path)?;
+        out.files.push(path.clone());
+        if let Some(section) = section {
+            if let Some((earlier, _)) = &cri {
+                out.replaced.push((earlier.clone(), path.clone()));
+            }
+            cri = Some((path, section));
+        }
+        pending.extend(imports);
+    }
+    if let Some((file, section)) = cri {
+        if let Some(containerd) = section.get("containerd") {
+            runtimes_of(containerd, &file, &mut out);
+        }
+        out.cri_file = Some(file);
+    }
     Ok(out)
 }
 
-fn read_file(root: &Root, path: &str, out: &mut Runtimes) -> Result<(), ContainerdError> {
-    if out.files.iter().any(|f| f == path) {
-        return Ok(());
+fn runtimes_of(containerd: &toml::Value, file: &str, out: &mut Runtimes) {
+    if let Some(name) = containerd
+        .get("default_runtime_name")
+        .and_then(toml::Value::as_str)
+    {
+        out.default = Some((name.to_string(), file.to_string()));
     }
-    out.files.push(path.to_string());
+    let Some(runtimes) = containerd.get("runtimes").and_then(toml::Value::as_table) else {
+        return;
+    };
+    for (name, runtime) in runtimes {
+        let field = |key: &str| {
+            runtime
+                .get(key)
+                .and_then(toml::Value::as_str)
+                .map(str::to_string)
+        };
+        out.runtimes.push(Runtime {
+            name: name.clone(),
+            runtime_type: field("runtime_type").unwrap_or_default(),
+            runtime_path: field("runtime_path").filter(|p| !p.is_empty()),
+            file: file.to_string(),
+        });
+    }
+}
+
+/// One file's CRI plugin section, if it has one, and the files it
+/// imports, in order.
+fn read_file(
+    root: &Root,
+    path: &str,
+) -> Result<(Option<toml::Value>, Vec<String>), ContainerdError> {
     let text = std::fs::read_to_string(root.path(Path::new(path))).map_err(|source| {
         ContainerdError::Read {
             path: path.to_string(),
@@ -96,7 +153,7 @@ fn read_file(root: &Root, path: &str, out: &mut Runtimes) -> Result<(), Containe
         path: path.to_string(),
         message,
     };
-    let table: toml::Table = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+    let mut table: toml::Table = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
     let version = match table.get("version") {
         None => 1,
         Some(toml::Value::Integer(v)) => *v,
@@ -107,34 +164,10 @@ fn read_file(root: &Root, path: &str, out: &mut Runtimes) -> Result<(), Containe
             "config version {version} is not one containerd reads"
         ))
     })?;
-    let cri = table
-        .get("plugins")
-        .and_then(|p| p.get(plugin))
-        .and_then(|p| p.get("containerd"));
-    if let Some(cri) = cri {
-        if let Some(name) = cri
-            .get("default_runtime_name")
-            .and_then(toml::Value::as_str)
-        {
-            out.default = Some((name.to_string(), path.to_string()));
-        }
-        if let Some(runtimes) = cri.get("runtimes").and_then(toml::Value::as_table) {
-            for (name, runtime) in runtimes {
-                let field = |key: &str| {
-                    runtime
-                        .get(key)
-                        .and_then(toml::Value::as_str)
-                        .map(str::to_string)
-                };
-                out.runtimes.push(Runtime {
-                    name: name.clone(),
-                    runtime_type: field("runtime_type").unwrap_or_default(),
-                    runtime_path: field("runtime_path").filter(|p| !p.is_empty()),
-                    file: path.to_string(),
-                });
-            }
-        }
-    }
+    let section = table
+        .get_mut("plugins")
+        .and_then(toml::Value::as_table_mut)
+        .and_then(|plugins| plugins.remove(plugin));
     let imports = match table.get("imports") {
         None => Vec::new(),
         Some(toml::Value::Array(items)) => items
@@ -148,15 +181,14 @@ fn read_file(root: &Root, path: &str, out: &mut Runtimes) -> Result<(), Containe
         Some(other) => return Err(invalid(format!("imports: {other} is not a list"))),
     };
     let dir = Path::new(path).parent().unwrap_or(Path::new("/"));
+    let mut found = Vec::new();
     for import in imports {
         // Relative to the importing file's directory, as containerd
         // resolves them.
         let pattern = dir.join(&import).to_string_lossy().into_owned();
-        for found in expand(root, &pattern).map_err(&invalid)? {
-            read_file(root, &found, out)?;
-        }
+        found.extend(expand(root, &pattern).map_err(&invalid)?);
     }
-    Ok(())
+    Ok((section, found))
 }
 
 /// The node paths a glob names, sorted (containerd uses Go's
@@ -215,39 +247,61 @@ const RUNTIME: &str = "containerd";
 const SHIM: &str = "shim";
 
 pub fn check(root: &Root, config: &str) -> (Check, Option<Runtime>) {
+    let read = read(root, config);
     let remedy = format!(
-        "install /usr/share/doc/attestgate/examples/containerd/attestgate-runtime-v2.toml \
-         (containerd 1.x) or attestgate-runtime-v3.toml (containerd 2.x) as /etc/containerd/conf.d/attestgate.toml, \
-         with imports = [\"/etc/containerd/conf.d/*.toml\"] in {config}, then \
-         `systemctl restart containerd`"
+        "add the runtime in /usr/share/doc/attestgate/examples/containerd/attestgate-runtime-v2.toml \
+         (containerd 1.x; attestgate-runtime-v3.toml for 2.x) to the CRI plugin's section of {}, \
+         then `systemctl restart containerd`",
+        read.as_ref()
+            .ok()
+            .and_then(|r| r.cri_file.as_deref())
+            .unwrap_or(config)
     );
-    let runtimes = match read(root, config) {
+    let runtimes = match read {
         Ok(runtimes) => runtimes,
         Err(e) => return (Check::fail(RUNTIME, e.to_string(), remedy), None),
     };
+    let replacement = runtimes.replaced.last().map(|(lost, by)| {
+        format!(
+            "{by}'s CRI plugin section replaces {lost}'s whole (containerd takes a plugin's \
+             section from one file, not key by key): what {lost} sets for the CRI (sandbox image, \
+             CNI directories, other runtimes) is not in force"
+        )
+    });
     let Some(runtime) = runtimes.attestgate().cloned() else {
         let known: Vec<String> = runtimes
             .runtimes
             .iter()
             .map(|r| format!("{} ({})", r.name, r.runtime_type))
             .collect();
+        let mut detail = format!(
+            "no CRI runtime with runtime_type = \"{RUNTIME_TYPE}\" in {} (runtimes: {})",
+            runtimes.files.join(", "),
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        );
+        if let Some(replacement) = replacement {
+            detail = format!("{detail}; {replacement}");
+        }
+        return (Check::fail(RUNTIME, detail, remedy), None);
+    };
+    if let (Some(replacement), Some((lost, by))) = (replacement, runtimes.replaced.last()) {
         return (
             Check::fail(
                 RUNTIME,
+                replacement,
                 format!(
-                    "no CRI runtime with runtime_type = \"{RUNTIME_TYPE}\" in {} (runtimes: {})",
-                    runtimes.files.join(", "),
-                    if known.is_empty() {
-                        "none".to_string()
-                    } else {
-                        known.join(", ")
-                    }
+                    "keep the CRI plugin's settings in one file: move the attestgate runtime \
+                     (and anything else {by} sets for the CRI) into {lost}'s section, and drop \
+                     that section from {by}; then `systemctl restart containerd`"
                 ),
-                remedy,
             ),
-            None,
+            Some(runtime),
         );
-    };
+    }
     let default = match &runtimes.default {
         Some((name, _)) if *name == runtime.name => {
             "the CRI's default runtime: every pod goes through the shim".to_string()
@@ -336,9 +390,12 @@ imports = ["/etc/containerd/conf.d/*.toml"]
     }
 
     #[test]
-    fn a_v2_import_adds_the_runtime_and_overrides_the_default() {
+    fn an_import_is_the_cri_section_when_the_main_file_has_none() {
         let (_dir, root) = node(&[
-            ("/etc/containerd/config.toml", MAIN_V2),
+            (
+                "/etc/containerd/config.toml",
+                "version = 2\nimports = [\"/etc/containerd/conf.d/*.toml\"]\n",
+            ),
             ("/etc/containerd/conf.d/attestgate.toml", V2),
             ("/etc/containerd/conf.d/notes.txt", "not toml ["),
         ]);
@@ -360,9 +417,77 @@ imports = ["/etc/containerd/conf.d/*.toml"]
                 "/etc/containerd/conf.d/attestgate.toml".to_string()
             ))
         );
+        assert!(read.replaced.is_empty());
         let (check, _) = check(&root, DEFAULT_CONFIG);
         assert!(check.ok, "{check:?}");
         assert!(check.detail.contains("default runtime"), "{}", check.detail);
+    }
+
+    #[test]
+    fn an_import_s_cri_section_replaces_the_main_file_s_whole() {
+        // As containerd 1.6's `config dump` shows it: the main file's runc
+        // runtime (and all else it set for the CRI) is gone.
+        let (_dir, root) = node(&[
+            ("/etc/containerd/config.toml", MAIN_V2),
+            ("/etc/containerd/conf.d/attestgate.toml", V2),
+        ]);
+        let read = read(&root, DEFAULT_CONFIG).unwrap();
+        let names: Vec<&str> = read.runtimes.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, vec!["attestgate"]);
+        assert_eq!(
+            read.replaced,
+            vec![(
+                DEFAULT_CONFIG.to_string(),
+                "/etc/containerd/conf.d/attestgate.toml".to_string()
+            )]
+        );
+        let (verdict, runtime) = check(&root, DEFAULT_CONFIG);
+        assert!(!verdict.ok, "{verdict:?}");
+        assert!(verdict.detail.contains("replaces"), "{}", verdict.detail);
+        assert!(runtime.is_some(), "the shim check still has a runtime");
+        // The runtime merged into the main file's own section is right.
+        let merged = format!(
+            "{MAIN_V2}  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.attestgate]\n    \
+             runtime_type = \"io.containerd.attestgate.v2\"\n"
+        )
+        .replace("default_runtime_name = \"runc\"", "default_runtime_name = \"attestgate\"");
+        let (_dir, root) = node(&[("/etc/containerd/config.toml", &merged)]);
+        let (check, _) = check(&root, DEFAULT_CONFIG);
+        assert!(check.ok, "{check:?}");
+        assert!(check.detail.contains("default runtime"), "{}", check.detail);
+    }
+
+    #[test]
+    fn imports_merge_breadth_first_as_containerd_loads_them() {
+        // containerd 1.6 with these files dumps default_runtime_name = "b":
+        // the main file, its imports a and c, then a's import b.
+        let file = |imports: &str, default: &str| {
+            format!(
+                "version = 2\nimports = [{imports}]\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  default_runtime_name = \"{default}\"\n"
+            )
+        };
+        let main = file("\"a.toml\", \"c.toml\"", "main");
+        let a = file("\"b.toml\"", "a");
+        let (b, c) = (file("", "b"), file("", "c"));
+        let (_dir, root) = node(&[
+            ("/etc/containerd/config.toml", &main),
+            ("/etc/containerd/a.toml", &a),
+            ("/etc/containerd/b.toml", &b),
+            ("/etc/containerd/c.toml", &c),
+        ]);
+        let read = read(&root, DEFAULT_CONFIG).unwrap();
+        assert_eq!(
+            read.files,
+            vec![
+                DEFAULT_CONFIG,
+                "/etc/containerd/a.toml",
+                "/etc/containerd/c.toml",
+                "/etc/containerd/b.toml"
+            ]
+        );
+        assert_eq!(read.default.unwrap().0, "b");
+        assert_eq!(read.cri_file.as_deref(), Some("/etc/containerd/b.toml"));
     }
 
     #[test]

@@ -477,6 +477,38 @@ pub fn discover(root: &Root) -> Result<Endpoints, KubeletError> {
     Ok(Endpoints { runtime, image })
 }
 
+/// The kubelet running now, if one is: its pid and the command line it
+/// was started with, from /proc. A drop-in installed since changes the
+/// units, not the process, until kubelet is restarted.
+fn running(root: &Root) -> Option<(u32, Vec<Word>)> {
+    let entries = std::fs::read_dir(root.path(Path::new("/proc"))).ok()?;
+    for entry in entries.filter_map(Result::ok) {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(comm) = std::fs::read_to_string(entry.path().join("comm")) else {
+            continue;
+        };
+        if comm.trim_end() != "kubelet" {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let from = format!("the running kubelet's command line (pid {pid})");
+        let words = cmdline
+            .split(|b| *b == 0)
+            .filter(|w| !w.is_empty())
+            .map(|w| Word {
+                text: String::from_utf8_lossy(w).into_owned(),
+                from: from.clone(),
+            })
+            .collect();
+        return Some((pid, words));
+    }
+    None
+}
+
 pub fn check(root: &Root, listen: &Path, runtime_endpoint: &str) -> Check {
     let remedy = format!(
         "point kubelet at the proxy: install \
@@ -505,6 +537,31 @@ pub fn check(root: &Root, listen: &Path, runtime_endpoint: &str) -> Check {
                 setting.from,
                 listen.display()
             ));
+        }
+    }
+    if wrong.is_empty()
+        && let Some((pid, words)) = running(root)
+    {
+        let started_with = flags(&words);
+        let stale: Vec<String> = ["container-runtime-endpoint", "image-service-endpoint"]
+            .iter()
+            .filter_map(|name| {
+                let setting = started_with.get(name)?;
+                (!endpoint::same_socket(&setting.value, listen))
+                    .then(|| format!("--{name}={}", setting.value))
+            })
+            .collect();
+        if !stale.is_empty() {
+            return Check::fail(
+                NAME,
+                format!(
+                    "kubelet's units point it at the proxy's {}, but the kubelet running (pid {pid}) \
+                     was started with {}: it has not been restarted since",
+                    listen.display(),
+                    stale.join(" ")
+                ),
+                "`systemctl daemon-reload && systemctl restart kubelet`",
+            );
         }
     }
     if wrong.is_empty() {
@@ -657,6 +714,46 @@ ExecStart=/usr/bin/kubelet $KUBELET_KUBECONFIG_ARGS $KUBELET_CONFIG_ARGS $KUBELE
             "/run/containerd/containerd.sock",
         );
         assert!(check.ok, "{check:?}");
+    }
+
+    #[test]
+    fn a_kubelet_not_restarted_since_the_drop_in_is_named() {
+        let files = [
+            (
+                "/etc/systemd/system/kubelet.service.d/20-attestgate.conf",
+                ATTESTGATE_DROP_IN,
+            ),
+            (
+                "/var/lib/kubelet/config.yaml",
+                "kind: KubeletConfiguration\n",
+            ),
+            ("/proc/4242/comm", "kubelet\n"),
+            (
+                "/proc/4242/cmdline",
+                "/usr/bin/kubelet\0--config=/var/lib/kubelet/config.yaml\0\
+                 --container-runtime-endpoint=unix:///var/run/containerd/containerd.sock\0",
+            ),
+            ("/proc/77/comm", "containerd\n"),
+            ("/proc/77/cmdline", "containerd\0"),
+        ];
+        let proxy = Path::new("/run/attestgate/cri.sock");
+        let containerd = "/run/containerd/containerd.sock";
+        let (_dir, root) = kubeadm_node(&files);
+        let verdict = check(&root, proxy, containerd);
+        assert!(!verdict.ok, "{verdict:?}");
+        assert!(
+            verdict.detail.contains("pid 4242")
+                && verdict.detail.contains("containerd.sock")
+                && verdict.detail.contains("not been restarted"),
+            "{}",
+            verdict.detail
+        );
+        // Restarted with the drop-in's flags, it passes.
+        let mut restarted = files;
+        restarted[3].1 = "/usr/bin/kubelet\0--container-runtime-endpoint=unix:///run/attestgate/cri.sock\0\
+                          --image-service-endpoint=unix:///run/attestgate/cri.sock\0";
+        let (_dir, root) = kubeadm_node(&restarted);
+        assert!(check(&root, proxy, containerd).ok);
     }
 
     #[test]

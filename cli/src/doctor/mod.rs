@@ -94,8 +94,14 @@ fn read_config(root: &Root, path: &Path) -> (Check, Option<Node>) {
         ConfigFile::read(&real)
     };
     let keys = file.and_then(|file| {
-        let proxy = file.keys_of(config::PROXY)?;
-        let sync = file.keys_of(config::SYNC)?;
+        let mut proxy: ProxyKeys = file.keys_of(config::PROXY)?;
+        let mut sync: SyncKeys = file.keys_of(config::SYNC)?;
+        // An empty value turns these off, as the proxy and the syncer read
+        // them.
+        let set = |value: Option<String>| value.filter(|v| !v.is_empty());
+        proxy.metrics_listen = set(proxy.metrics_listen);
+        sync.bundle_source = set(sync.bundle_source);
+        sync.sync_metrics_listen = set(sync.sync_metrics_listen);
         Ok(Node { file, proxy, sync })
     });
     match keys {
@@ -203,6 +209,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             }
         }
     }
+    explain_refusals(&mut checks, rustix::process::geteuid().as_raw());
     let rendered = match args.output {
         Format::Text => report::text(&checks),
         Format::Json => report::json(&checks),
@@ -213,4 +220,76 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     } else {
         Outcome::Deny
     })
+}
+
+/// Run by another user than root, doctor is refused what the node's
+/// programs, running as root, may do: a refusal is then doctor's, and the
+/// remedy says so instead of sending the administrator after a fault that
+/// may not be there.
+fn explain_refusals(checks: &mut [Check], uid: u32) {
+    if uid == 0 {
+        return;
+    }
+    for check in checks
+        .iter_mut()
+        .filter(|c| !c.ok && c.detail.contains("os error 13"))
+    {
+        check.remedy = Some(format!(
+            "doctor runs as uid {uid} and was refused: run it as root (`sudo attestgate doctor`), \
+             as the node's programs run"
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn empty_values_are_off_as_the_daemons_read_them() {
+        let (_dir, root) = root::laid_out(&[(
+            "/etc/attestgate/config.toml",
+            "metrics_listen = \"\"\nbundle_source = \"\"\nsync_metrics_listen = \"\"\n",
+        )]);
+        let (check, node) = read_config(&root, Path::new(config::DEFAULT_PATH));
+        assert!(check.ok, "{check:?}");
+        let node = node.unwrap();
+        assert_eq!(node.proxy.metrics_listen, None);
+        assert_eq!(node.sync.bundle_source, None);
+        assert_eq!(node.sync.sync_metrics_listen, None);
+    }
+
+    #[test]
+    fn a_refusal_of_a_user_other_than_root_says_run_as_root() {
+        let refused = || {
+            Check::fail(
+                "proxy",
+                format!(
+                    "nothing answers on /run/attestgate/cri.sock: {}",
+                    std::io::Error::from_raw_os_error(13)
+                ),
+                "start it",
+            )
+        };
+        let mut checks = vec![refused(), Check::fail("bundle", "invalid", "fix it")];
+        explain_refusals(&mut checks, 1000);
+        assert!(
+            checks[0]
+                .remedy
+                .as_deref()
+                .unwrap()
+                .contains("run it as root")
+        );
+        assert_eq!(checks[1].remedy.as_deref(), Some("fix it"));
+        // The audit log's access(2) says it the same way.
+        assert!(
+            rustix::io::Errno::ACCESS
+                .to_string()
+                .contains("os error 13")
+        );
+        let mut checks = vec![refused()];
+        explain_refusals(&mut checks, 0);
+        assert_eq!(checks[0].remedy.as_deref(), Some("start it"));
+    }
 }

@@ -52,8 +52,12 @@ pub fn metrics(addr: &str, timeout: Duration) -> Result<String, ScrapeError> {
         .take(16 << 20)
         .read_to_end(&mut response)
         .map_err(io)?;
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(response.len());
+    let head = String::from_utf8_lossy(&response[..split]);
+    let body = response.get(split + 4..).unwrap_or_default();
     let status = head.lines().next().unwrap_or_default();
     if status.split_whitespace().nth(1) != Some("200") {
         return Err(ScrapeError::Status {
@@ -64,28 +68,32 @@ pub fn metrics(addr: &str, timeout: Duration) -> Result<String, ScrapeError> {
     let chunked = head
         .lines()
         .any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.contains("chunked"));
+    // Framing is in bytes: the body becomes text only once it is whole.
     Ok(if chunked {
-        dechunk(body)
+        String::from_utf8_lossy(&dechunk(body)).into_owned()
     } else {
-        body.to_string()
+        String::from_utf8_lossy(body).into_owned()
     })
 }
 
 /// A chunked body's chunks joined; a server may chunk even a response
 /// it closes after.
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(end) = body.windows(2).position(|w| w == b"\r\n") {
+        let size = String::from_utf8_lossy(&body[..end]);
         let size = size.split(';').next().unwrap_or_default().trim();
         let Ok(len) = usize::from_str_radix(size, 16) else {
             break;
         };
+        let rest = &body[end + 2..];
         if len == 0 || rest.len() < len {
-            out.push_str(rest.get(..len.min(rest.len())).unwrap_or_default());
+            out.extend_from_slice(&rest[..len.min(rest.len())]);
             break;
         }
-        out.push_str(&rest[..len]);
-        body = rest[len..].trim_start_matches("\r\n");
+        out.extend_from_slice(&rest[..len]);
+        body = &rest[len..];
+        body = body.strip_prefix(b"\r\n").unwrap_or(body);
     }
     out
 }
@@ -122,7 +130,14 @@ mod tests {
 
     #[test]
     fn chunks_are_joined() {
-        assert_eq!(dechunk("4\r\nabcd\r\n3\r\nefg\r\n0\r\n\r\n"), "abcdefg");
+        assert_eq!(dechunk(b"4\r\nabcd\r\n3\r\nefg\r\n0\r\n\r\n"), b"abcdefg");
+        // A chunk may end inside a character, and a body need not be UTF-8.
+        assert_eq!(
+            dechunk(b"1\r\n\xc3\r\n2\r\n\xa9\xff\r\n0\r\n\r\n"),
+            b"\xc3\xa9\xff"
+        );
+        assert_eq!(dechunk(b"9\r\nshort"), b"short");
+        assert_eq!(dechunk(b"zz\r\nabc"), b"");
     }
 
     #[test]
