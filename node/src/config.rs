@@ -97,6 +97,28 @@ pub enum ConfigError {
     },
 }
 
+impl ConfigError {
+    /// The file the error is about, when it is about one.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            ConfigError::Read { path, .. } | ConfigError::Invalid { path, .. } => Some(path),
+            ConfigError::Value { .. } => None,
+        }
+    }
+}
+
+/// The audit log a configuration file names, read from it even when the
+/// file is invalid for another reason (an unknown key, a bad value): a
+/// refusal that the invalid file causes belongs in the log the node's other
+/// records are in. None when the file is not TOML or names no absolute
+/// path.
+pub fn audit_log_named(path: &Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let table: toml::Table = toml::from_str(&text).ok()?;
+    let log = Path::new(table.get("audit_log")?.as_str()?);
+    log.is_absolute().then(|| log.to_path_buf())
+}
+
 /// What the node does when it cannot apply a policy: no valid bundle, or
 /// its own failure to resolve an image (SPEC §8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -430,6 +452,29 @@ fn known_keys() -> Vec<&'static str> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn an_invalid_file_still_names_its_audit_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        std::fs::write(&file, "audit_log = \"/srv/audit.jsonl\"\nbogus_key = 1\n").unwrap();
+        let e = ConfigFile::read(&file).unwrap_err();
+        assert_eq!(e.path(), Some(file.as_path()));
+        assert_eq!(
+            e.path().and_then(audit_log_named),
+            Some(PathBuf::from("/srv/audit.jsonl"))
+        );
+        for text in [
+            "audit_log = \"relative.jsonl\"\n",
+            "audit_log = 3\n",
+            "audit_log = [\n",
+            "",
+        ] {
+            std::fs::write(&file, text).unwrap();
+            assert_eq!(audit_log_named(&file), None, "{text:?}");
+        }
+        assert_eq!(audit_log_named(&dir.path().join("missing.toml")), None);
+    }
 
     #[derive(Deserialize, Debug, Default)]
     #[serde(deny_unknown_fields)]

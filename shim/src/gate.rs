@@ -234,9 +234,13 @@ fn platforms_present(
 }
 
 /// Without a readable configuration we know neither the fail mode nor the
-/// bundle: refused, and said why where it will be looked for.
+/// bundle: refused, and said why where it will be looked for: the audit
+/// log the file names, if it still names one, else the default.
 fn unconfigured(container: &Container<'_>, e: &ConfigError) -> Verdict {
-    let settings = ConfigFile::default().settings();
+    let mut settings = ConfigFile::default().settings();
+    if let Some(log) = e.path().and_then(attestgate_node::config::audit_log_named) {
+        settings.audit_log = log;
+    }
     let decider = Decider::new(
         Arc::new(BundleStore::new(settings.bundle, Arc::new(NoHooks))),
         settings.evaluation,

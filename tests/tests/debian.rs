@@ -219,6 +219,17 @@ async fn the_package_installs_decides_upgrades_and_purges_clean() {
         installed_version().is_none(),
         "attestgate is installed on this machine; this test installs and purges its own (dpkg --purge attestgate first)"
     );
+    // Purge removes these: ones that were here before are someone's.
+    for dir in [
+        "/etc/attestgate",
+        "/var/lib/attestgate",
+        "/var/log/attestgate",
+    ] {
+        assert!(
+            !Path::new(dir).exists(),
+            "{dir} exists though attestgate is not installed; this test's purge would remove it (move it away first)"
+        );
+    }
     let before = attestgate_paths();
     let work = tempfile::tempdir().unwrap();
 

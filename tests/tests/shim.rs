@@ -403,6 +403,13 @@ fn fails_closed(mode: Mode) {
     // A configuration that does not parse: nothing is known, closed.
     node.write_shim_config(&format!("{}bogus_key = 1\n", mode.config()));
     refused("noconfig", "bogus_key");
+    // Recorded in the log the invalid file still names, not the default.
+    let record = last_audit(&node);
+    assert_eq!(record["reason"], "ERROR", "{record}");
+    assert!(
+        record["message"].as_str().unwrap().contains("bogus_key"),
+        "{record}"
+    );
 
     // An audit log that cannot be written: closed.
     std::fs::write(
