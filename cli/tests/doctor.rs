@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use binary::{attestgate, ok, openssl};
+use binary::{attestgate, ok, openssl_ec_key};
 use k8s_cri::v1::{VersionRequest, VersionResponse};
 use tonic::codegen::http;
 use tonic::{Request, Response, Status};
@@ -146,19 +146,6 @@ fn packaged(path: &str) -> String {
     .unwrap()
 }
 
-fn openssl_key(path: &Path) {
-    let out = path.to_str().unwrap();
-    openssl(&[
-        "genpkey",
-        "-algorithm",
-        "EC",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-out",
-        out,
-    ]);
-}
-
 /// A node under a temporary root, and the processes it runs.
 struct Node {
     tmp: tempfile::TempDir,
@@ -229,7 +216,7 @@ impl Node {
             .iter()
             .map(|role| {
                 let key = work.join(format!("{role}.pem"));
-                openssl_key(&key);
+                openssl_ec_key(key.to_str().unwrap());
                 key
             })
             .collect();

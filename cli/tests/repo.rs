@@ -8,7 +8,7 @@ mod binary;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use binary::{attestgate, ok, openssl};
+use binary::{attestgate, ok, openssl, openssl_ec_key};
 
 fn exit_code(args: &[&str]) -> (i32, String) {
     let out = attestgate(args);
@@ -24,15 +24,7 @@ fn make_keys(dir: &Path) -> PathBuf {
     let k = dir.join("keys");
     std::fs::create_dir_all(&k).unwrap();
     let p = |name: &str| k.join(name).to_str().unwrap().to_owned();
-    openssl(&[
-        "genpkey",
-        "-algorithm",
-        "EC",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-out",
-        &p("root.pem"),
-    ]);
+    openssl_ec_key(&p("root.pem"));
     openssl(&[
         "ecparam",
         "-genkey",

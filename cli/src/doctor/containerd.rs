@@ -43,8 +43,8 @@ pub struct Runtime {
 #[derive(Debug, Default)]
 pub struct Runtimes {
     pub runtimes: Vec<Runtime>,
-    /// The CRI's default runtime, and the file that set it.
-    pub default: Option<(String, String)>,
+    /// The CRI's default runtime, as `cri_file` sets it.
+    pub default: Option<String>,
     /// Every file read, in the order containerd merges them.
     pub files: Vec<String>,
     /// The file whose CRI plugin section is in force.
@@ -116,7 +116,7 @@ fn runtimes_of(containerd: &toml::Value, file: &str, out: &mut Runtimes) {
         .get("default_runtime_name")
         .and_then(toml::Value::as_str)
     {
-        out.default = Some((name.to_string(), file.to_string()));
+        out.default = Some(name.to_string());
     }
     let Some(runtimes) = containerd.get("runtimes").and_then(toml::Value::as_table) else {
         return;
@@ -246,6 +246,14 @@ fn matches(pattern: &[u8], name: &[u8]) -> bool {
 const RUNTIME: &str = "containerd";
 const SHIM: &str = "shim";
 
+fn replacement(lost: &str, by: &str) -> String {
+    format!(
+        "{by}'s CRI plugin section replaces {lost}'s whole (containerd takes a plugin's \
+         section from one file, not key by key): what {lost} sets for the CRI (sandbox image, \
+         CNI directories, other runtimes) is not in force"
+    )
+}
+
 pub fn check(root: &Root, config: &str) -> (Check, Option<Runtime>) {
     let read = read(root, config);
     let remedy = format!(
@@ -261,13 +269,7 @@ pub fn check(root: &Root, config: &str) -> (Check, Option<Runtime>) {
         Ok(runtimes) => runtimes,
         Err(e) => return (Check::fail(RUNTIME, e.to_string(), remedy), None),
     };
-    let replacement = runtimes.replaced.last().map(|(lost, by)| {
-        format!(
-            "{by}'s CRI plugin section replaces {lost}'s whole (containerd takes a plugin's \
-             section from one file, not key by key): what {lost} sets for the CRI (sandbox image, \
-             CNI directories, other runtimes) is not in force"
-        )
-    });
+    let replaced = runtimes.replaced.last();
     let Some(runtime) = runtimes.attestgate().cloned() else {
         let known: Vec<String> = runtimes
             .runtimes
@@ -283,16 +285,16 @@ pub fn check(root: &Root, config: &str) -> (Check, Option<Runtime>) {
                 known.join(", ")
             }
         );
-        if let Some(replacement) = replacement {
-            detail = format!("{detail}; {replacement}");
+        if let Some((lost, by)) = replaced {
+            detail = format!("{detail}; {}", replacement(lost, by));
         }
         return (Check::fail(RUNTIME, detail, remedy), None);
     };
-    if let (Some(replacement), Some((lost, by))) = (replacement, runtimes.replaced.last()) {
+    if let Some((lost, by)) = replaced {
         return (
             Check::fail(
                 RUNTIME,
-                replacement,
+                replacement(lost, by),
                 format!(
                     "keep the CRI plugin's settings in one file: move the attestgate runtime \
                      (and anything else {by} sets for the CRI) into {lost}'s section, and drop \
@@ -303,11 +305,12 @@ pub fn check(root: &Root, config: &str) -> (Check, Option<Runtime>) {
         );
     }
     let default = match &runtimes.default {
-        Some((name, _)) if *name == runtime.name => {
+        Some(name) if *name == runtime.name => {
             "the CRI's default runtime: every pod goes through the shim".to_string()
         }
-        Some((name, file)) => format!(
-            "not the default runtime ({name}, set in {file}): only pods with a RuntimeClass for it go through the shim"
+        Some(name) => format!(
+            "not the default runtime ({name}, set in {}): only pods with a RuntimeClass for it go through the shim",
+            runtime.file
         ),
         None => "not the default runtime (runc): only pods with a RuntimeClass for it go through the shim".to_string(),
     };
@@ -410,12 +413,10 @@ imports = ["/etc/containerd/conf.d/*.toml"]
         let runtime = read.attestgate().unwrap();
         assert_eq!(runtime.name, "attestgate");
         assert_eq!(runtime.file, "/etc/containerd/conf.d/attestgate.toml");
+        assert_eq!(read.default.as_deref(), Some("attestgate"));
         assert_eq!(
-            read.default,
-            Some((
-                "attestgate".to_string(),
-                "/etc/containerd/conf.d/attestgate.toml".to_string()
-            ))
+            read.cri_file.as_deref(),
+            Some("/etc/containerd/conf.d/attestgate.toml")
         );
         assert!(read.replaced.is_empty());
         let (check, _) = check(&root, DEFAULT_CONFIG);
@@ -486,7 +487,7 @@ imports = ["/etc/containerd/conf.d/*.toml"]
                 "/etc/containerd/b.toml"
             ]
         );
-        assert_eq!(read.default.unwrap().0, "b");
+        assert_eq!(read.default.as_deref(), Some("b"));
         assert_eq!(read.cri_file.as_deref(), Some("/etc/containerd/b.toml"));
     }
 

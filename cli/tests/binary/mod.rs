@@ -33,3 +33,17 @@ pub fn openssl(args: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// An EC P-256 private key in PKCS#8 PEM at `path`, as `openssl genpkey`
+/// writes it.
+pub fn openssl_ec_key(path: &str) {
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        path,
+    ]);
+}
